@@ -1,0 +1,52 @@
+# bnnlab — the two commands of the README are `make lab` and `make test`.
+#   make lab    venv + torch (CPU build) + bnnlab, then JupyterLab on notebooks/ (127.0.0.1 only)
+#   make test   system packages (apt, as root) + venv + the whole test suite
+#   make bench  the benchmark table on this machine (python -m bnnlab bench)
+SHELL    := /bin/bash
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+PORT     ?= 8888
+TORCH    := torch==2.13.0
+APT_PKGS := dataset-fashion-mnist chromium
+ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+PYTEST_ARGS ?=
+
+.PHONY: lab test venv sysdeps bench clean
+
+sysdeps:
+	@missing=""; for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "[make] system packages present:$(foreach p,$(APT_PKGS), $(p))"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "[make] installing system packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+	  echo "[make] missing system packages:$$missing"; \
+	  echo "[make] install them with:  sudo apt-get update && sudo apt-get install -y --no-install-recommends$$missing"; \
+	  exit 1; \
+	fi
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+
+# The stamp re-runs the (isolated) build only when the build inputs change.
+$(VENV)/.installed: $(PY) pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.h ext/*.pxd)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+lab: venv
+	$(VENV)/bin/jupyter lab --no-browser $(ROOTFLAG) --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=notebooks
+
+test: sysdeps venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) -m bnnlab bench
+
+clean:
+	rm -rf build *.egg-info bnnlab/*.so .pytest_cache
