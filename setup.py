@@ -24,7 +24,7 @@ ext = Extension(
     sources=["ext/_kernels.pyx"],
     include_dirs=["ext"],
     depends=[os.path.join("ext", f) for f in os.listdir("ext") if f.endswith((".h", ".pxd"))],
-    extra_compile_args=["-O3", "-fopenmp", "-std=gnu11"] + (["-O0", "-g"] if DEBUG else []),
+    extra_compile_args=["-O3", "-fopenmp", "-std=gnu11", "-ffp-contract=off"] + (["-O0", "-g"] if DEBUG else []),
     extra_link_args=["-fopenmp"],
 )
 

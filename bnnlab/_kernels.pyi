@@ -1,0 +1,46 @@
+# Stub of the PRIVATE compiled module bnnlab._kernels (ext/_kernels.pyx + ext/bnn_*.h).
+# Only bnnlab/kernels.py calls it; it validates everything first.  Comments give the C
+# buffer types (typed memoryviews, C-contiguous).  Outputs are allocated by the caller;
+# "zeroed" outputs are ORed into.  Every function releases the GIL while computing.
+import numpy as np
+
+LEVEL_NAMES: tuple[str, ...]  # ("portable", "popcnt", "avx2", "avx512")
+
+def level() -> int: ...  # ISA level the next call uses
+def detected_level() -> int: ...  # best level the CPU/OS supports
+def set_level_cap(cap: int) -> None: ...  # use at most this level (clamped to 0..3)
+def tiles(lvl: int) -> dict[str, int]: ...  # dot_mr, dot_nr, panel_mr, panel_nr
+def set_grain_scale(scale: float) -> float: ...  # 0: always use n threads; returns old
+def set_backend(backend: int) -> int: ...  # 0 pool, 1 OpenMP; returns old
+def backend() -> int: ...
+def pool_size() -> int: ...  # worker threads started
+def set_pool_spin_ns(ns: int) -> int: ...  # idle-worker spin before sleeping; returns old
+def pool_stalls() -> int: ...  # jobs that made the pool back off to one thread for 100 ms
+def pool_reset_backoff() -> None: ...
+def set_pool_backoff(enabled: bool) -> bool: ...  # returns old
+def openmp_max_threads() -> int: ...
+def openmp_enabled() -> bool: ...
+
+# x: const {float32|float64|int8|uint8(bool: 0 -> -1)}[:, ::1] (rows, k); out: uint64[:, ::1]
+# (rows, ceil(k/64)), fully written.  Returns True if a float x held NaN or inf.
+def pack_rows(x: np.ndarray, out: np.ndarray, nt: int) -> bool: ...
+# x: const real[:, :, ::1] (N, C, H*W); out: uint64[:, :, ::1] (N, H*W, ceil(C/64)).
+def pack_nchw(x: np.ndarray, out: np.ndarray, nt: int) -> bool: ...
+
+# a: const uint64[:, ::1] (M, w), b: const uint64[:, ::1] (N, w), w = ceil(k/64)
+def gemm(a: np.ndarray, b: np.ndarray, k: int, out: np.ndarray, nt: int) -> None: ...  # int32[:, ::1] (M, N)
+def gemm_affine(a: np.ndarray, b: np.ndarray, k: int, alpha: np.ndarray, bias: np.ndarray,
+                out: np.ndarray, nt: int) -> None: ...  # const float32[::1] (N,) x2, float32[:, ::1] (M, N)
+def gemm_threshold_pack(a: np.ndarray, b: np.ndarray, k: int, lim: np.ndarray, flipw: np.ndarray,
+                        out: np.ndarray, nt: int) -> None: ...  # const int64[::1] (N,), const uint64[::1]
+                                                               # (ceil(N/64),), uint64[:, ::1] zeroed
+
+# x: const uint64[:, :, :, ::1] (N, H, W, ceil(c/64)); w: const uint64[:, :, :, ::1] (O, kh, kw, ceil(c/64))
+def conv(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int, px: int, pad_neg: bool,
+         out: np.ndarray, nhwc: bool, nt: int) -> None: ...  # int32[:, :, :, ::1] NCHW or NHWC
+def conv_affine(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int, px: int,
+                pad_neg: bool, alpha: np.ndarray, bias: np.ndarray, out: np.ndarray, nhwc: bool,
+                nt: int) -> None: ...  # float32 out
+def conv_threshold_pack(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int, px: int,
+                        pad_neg: bool, lim: np.ndarray, flipw: np.ndarray, out: np.ndarray,
+                        nt: int) -> None: ...  # uint64[:, :, :, ::1] (N, OH, OW, ceil(O/64)) zeroed

@@ -1,0 +1,1105 @@
+r"""Packed-bit XNOR-popcount kernels on the CPU: the public face of ``ext/``.
+
+This module is the only importer of the compiled ``bnnlab._kernels``.  It validates every
+argument (raising :class:`ValueError` / :class:`TypeError` that name the argument),
+converts NumPy arrays and CPU tensors (zero-copy when they are already C-contiguous with a
+supported dtype; **non-contiguous views are copied**), allocates the outputs and only then
+calls into ``nogil`` C code, which trusts its caller.
+
+Notation: :math:`x_b = \operatorname{sign}(x) \in \{-1, +1\}` with **sign(0) = +1**;
+:math:`K` the reduction length (``in_features``, or ``C_in * k_h * k_w`` for a conv).
+
+Bit layout (as larq-compute-engine): element ``j`` of a row lives in word ``j // 64``, bit
+``j % 64`` (least significant first) along the reduction axis; bit 1 :math:`\Leftrightarrow`
+value :math:`-1` (:math:`x < 0`); the padding bits past :math:`K` are 0 in both operands, so
+
+.. math::
+    \langle a_b, b_b \rangle = K - 2\,\operatorname{popcount}(a \oplus b).
+
+Conv activations are packed **NHWC**: for each pixel, the ``C`` channel bits fill
+``ceil(C / 64)`` words (:class:`PackedActivations`, words of shape ``(N, H, W, ceil(C/64))``);
+conv weights are packed per ``(out_channel, k_h, k_w)`` over ``C_in``
+(:class:`PackedConvWeights`, words of shape ``(O, k_h, k_w, ceil(C/64))``).
+
+Everything here is inference-only: no autograd, no surrogate gradient (the layers in
+:mod:`bnnlab.layers` carry those).  Results do not depend on the number of threads or on
+the instruction set used (AVX-512 VPOPCNTDQ, AVX2, POPCNT or portable C, picked at run time;
+see :func:`kernel_info`).
+
+Threads: every kernel takes ``n_threads`` (an upper bound: tiny problems use fewer);
+``None`` means :func:`get_num_threads`, which follows ``torch.get_num_threads()`` unless
+:func:`set_num_threads` was called.  The work runs on bnnlab's own thread pool, in which the
+caller never waits for a thread that has not started (so a core busy with torch's spinning
+OpenMP workers or another process costs speed, not a stall); idle workers sleep after ~50 us.
+``BNNLAB_THREADING=openmp`` selects an OpenMP loop instead (ext/README.md, "Threads").
+
+References:
+    Rastegari et al., "XNOR-Net", ECCV 2016.  Hubara et al., "Binarized Neural Networks",
+    NeurIPS 2016.  Bannink et al., "Larq Compute Engine", MLSys 2021 (bit layout, padding).
+    Zhang et al., "daBNN", ACM MM 2019 (packed binary conv on CPUs).
+"""
+from __future__ import annotations
+
+import numbers
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+try:
+    from bnnlab import _kernels
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "bnnlab's compiled kernels (bnnlab._kernels, built from ext/_kernels.pyx) are missing. "
+        "Reinstall with `pip install -e .` (needs a C compiler with OpenMP; Cython comes from "
+        "the build requirements)."
+    ) from exc
+
+__all__ = [
+    "WORD_BITS",
+    "n_words",
+    "PackedBits",
+    "PackedActivations",
+    "PackedConvWeights",
+    "pack_signs",
+    "unpack_signs",
+    "pack_nhwc",
+    "unpack_nhwc",
+    "flatten_nhwc",
+    "pack_conv_weights",
+    "unpack_conv_weights",
+    "xnor_matmul",
+    "binary_matmul",
+    "Thresholds",
+    "prepare_thresholds",
+    "matmul_threshold",
+    "matmul_affine",
+    "conv2d_packed",
+    "conv2d_threshold",
+    "conv2d_affine",
+    "binary_conv2d",
+    "set_num_threads",
+    "get_num_threads",
+    "kernel_info",
+]
+
+WORD_BITS = 64
+_MAX_THREADS = 256          # the C side keeps per-thread flags for at most 256 threads
+_MAX_K = 2**31 - 1          # dot products are int32
+_ISA_NAMES = _kernels.LEVEL_NAMES   # ("portable", "popcnt", "avx2", "avx512")
+_num_threads: int | None = None     # set_num_threads(); None: follow torch
+
+
+def n_words(k: int) -> int:
+    """Number of 64-bit words that hold ``k`` bits: ``ceil(k / 64)``."""
+    return -(-int(k) // WORD_BITS)
+
+
+def _last_word_mask(k: int) -> np.uint64:
+    used = k % WORD_BITS
+    return np.uint64(0xFFFFFFFFFFFFFFFF if used == 0 else (1 << used) - 1)
+
+
+def _check_words(words, ndim: int, what: str) -> None:
+    if not isinstance(words, np.ndarray):
+        raise TypeError(f"words must be a numpy.ndarray, got {type(words).__name__}")
+    if words.dtype != np.uint64:
+        raise TypeError(f"words must have dtype uint64, got {words.dtype}")
+    if words.ndim != ndim:
+        raise ValueError(f"words must be {ndim}-D {what}, got shape {words.shape}")
+    if not words.flags.c_contiguous:
+        raise ValueError("words must be C-contiguous (use np.ascontiguousarray)")
+    if not words.dtype.isnative:  # pragma: no cover - big-endian words
+        raise ValueError("words must be in native byte order")
+    if words.size == 0:
+        raise ValueError(f"words is empty (shape {words.shape})")
+
+
+def _check_count(value, name: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_padding_bits(last_words: np.ndarray, k: int, what: str) -> None:
+    mask = _last_word_mask(k)
+    if mask != np.uint64(0xFFFFFFFFFFFFFFFF) and np.any(last_words & ~mask):
+        raise ValueError(
+            f"{what}: padding bits past {k} must be 0 (the kernels rely on it: "
+            "dot = K - 2*popcount(a XOR b))"
+        )
+
+
+# ----------------------------------------------------------------------------- containers
+@dataclass(frozen=True, eq=False)
+class PackedBits:
+    r"""Rows of :math:`\pm 1` values, 64 per ``uint64`` word, with their unpacked length ``k``.
+
+    Row ``r``, element ``j`` is bit ``j % 64`` of ``words[r, j // 64]``; bit 1 means -1.
+    Bits past ``k`` are 0 (checked on construction).  Packed weights of a linear layer with
+    ``in_features = k`` occupy exactly ``ceil(k / 64) * 8`` bytes per output row.
+
+    Args:
+        words: ``uint64`` array of shape ``(rows, ceil(k / 64))``, C-contiguous, rows >= 1.
+        k: the unpacked row length, >= 1.
+
+    Shape:
+        ``shape == (rows, k)`` is the logical (unpacked) shape.
+
+    Examples::
+
+        >>> p = pack_signs(np.array([[0.5, -2.0, 0.0]], dtype=np.float32))
+        >>> p.words, p.k, p.shape, p.nbytes
+        (array([[2]], dtype=uint64), 3, (1, 3), 8)
+    """
+
+    words: np.ndarray
+    k: int
+
+    def __post_init__(self) -> None:
+        _check_words(self.words, 2, "(rows, ceil(k/64))")
+        k = _check_count(self.k, "k")
+        if k > _MAX_K:
+            raise ValueError(f"k must be < 2**31 (int32 dot products), got {k}")
+        object.__setattr__(self, "k", k)
+        if self.words.shape[1] != n_words(k):
+            raise ValueError(
+                f"words has {self.words.shape[1]} columns; k={k} needs {n_words(k)}"
+            )
+        _check_padding_bits(self.words[:, -1], k, "words")
+
+    @classmethod
+    def _trusted(cls, words: np.ndarray, k: int) -> "PackedBits":
+        """PRIVATE: wrap words this module just produced (skips the checks)."""
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "words", words)
+        object.__setattr__(obj, "k", k)
+        return obj
+
+    @property
+    def rows(self) -> int:
+        """Number of packed rows."""
+        return self.words.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Logical shape ``(rows, k)``."""
+        return (self.rows, self.k)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the words: ``rows * ceil(k / 64) * 8``."""
+        return self.words.nbytes
+
+    def __repr__(self) -> str:
+        return f"PackedBits(rows={self.rows}, k={self.k}, nbytes={self.nbytes})"
+
+
+@dataclass(frozen=True, eq=False)
+class PackedActivations:
+    r"""A batch of :math:`\pm 1` feature maps packed NHWC along the channels.
+
+    Pixel ``(n, y, x)``, channel ``c`` is bit ``c % 64`` of ``words[n, y, x, c // 64]``;
+    bit 1 means -1; bits past ``channels`` are 0 (checked).
+
+    Args:
+        words: ``uint64`` array ``(N, H, W, ceil(C / 64))``, C-contiguous.
+        channels: ``C``, >= 1.
+
+    Shape:
+        ``shape == (N, C, H, W)``, the logical NCHW shape (as torch).
+    """
+
+    words: np.ndarray
+    channels: int
+
+    def __post_init__(self) -> None:
+        _check_words(self.words, 4, "(N, H, W, ceil(C/64))")
+        c = _check_count(self.channels, "channels")
+        object.__setattr__(self, "channels", c)
+        if self.words.shape[3] != n_words(c):
+            raise ValueError(
+                f"words has {self.words.shape[3]} words per pixel; channels={c} needs {n_words(c)}"
+            )
+        _check_padding_bits(self.words[..., -1], c, "words")
+
+    @classmethod
+    def _trusted(cls, words: np.ndarray, channels: int) -> "PackedActivations":
+        """PRIVATE: wrap words this module just produced (skips the checks)."""
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "words", words)
+        object.__setattr__(obj, "channels", channels)
+        return obj
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """Logical shape ``(N, C, H, W)``."""
+        n, h, w, _ = self.words.shape
+        return (n, self.channels, h, w)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the words: ``N * H * W * ceil(C / 64) * 8``."""
+        return self.words.nbytes
+
+    def __repr__(self) -> str:
+        return f"PackedActivations(shape={self.shape}, nbytes={self.nbytes})"
+
+
+@dataclass(frozen=True, eq=False)
+class PackedConvWeights:
+    r"""Binary conv weights packed per ``(out_channel, k_h, k_w)`` over the input channels.
+
+    Weight ``(o, c, dy, dx)`` is bit ``c % 64`` of ``words[o, dy, dx, c // 64]``; bit 1 means
+    -1; bits past ``in_channels`` are 0 (checked).  Memory: ``k_h * k_w * ceil(C/64) * 8``
+    bytes per output channel (the kernel builds a transient, same-size transposed copy per
+    call; nothing else is cached).
+
+    Args:
+        words: ``uint64`` array ``(O, k_h, k_w, ceil(C / 64))``, C-contiguous.
+        in_channels: ``C``, >= 1.
+
+    Shape:
+        ``shape == (O, C, k_h, k_w)``, the logical torch weight shape.
+    """
+
+    words: np.ndarray
+    in_channels: int
+
+    def __post_init__(self) -> None:
+        _check_words(self.words, 4, "(O, kh, kw, ceil(C/64))")
+        c = _check_count(self.in_channels, "in_channels")
+        object.__setattr__(self, "in_channels", c)
+        if self.words.shape[3] != n_words(c):
+            raise ValueError(
+                f"words has {self.words.shape[3]} words per tap; in_channels={c} needs {n_words(c)}"
+            )
+        _check_padding_bits(self.words[..., -1], c, "words")
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """Logical shape ``(O, C, k_h, k_w)``."""
+        o, kh, kw, _ = self.words.shape
+        return (o, self.in_channels, kh, kw)
+
+    @property
+    def out_channels(self) -> int:
+        return self.words.shape[0]
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return (self.words.shape[1], self.words.shape[2])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the words: ``O * k_h * k_w * ceil(C / 64) * 8``."""
+        return self.words.nbytes
+
+    def __repr__(self) -> str:
+        return f"PackedConvWeights(shape={self.shape}, nbytes={self.nbytes})"
+
+
+# ----------------------------------------------------------------------------- conversions
+def _torch():
+    return sys.modules.get("torch")
+
+
+_DTYPE_CHARS = {"f": "float32", "d": "float64", "b": "int8", "?": "bool"}
+
+
+def _tensor_to_numpy(x, name: str) -> np.ndarray:
+    torch = _torch()
+    if not x.is_cpu:
+        raise ValueError(f"{name} must be a CPU tensor, got device {x.device}")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}")
+    if x.dtype not in (torch.float32, torch.float64, torch.int8, torch.bool):
+        raise TypeError(f"{name} has dtype {x.dtype}; expected torch.float32, float64, int8 or bool")
+    if x.requires_grad:
+        x = x.detach()
+    if x.is_conj() or x.is_neg():
+        x = x.resolve_conj().resolve_neg()
+    return x.numpy()
+
+
+def _as_real(x, name: str, ndim: int, layout: str) -> np.ndarray:
+    """``x`` as a C-contiguous ``ndim``-D array of float32/float64/int8/uint8(bool)."""
+    if type(x) is not np.ndarray:
+        torch = _torch()
+        if torch is not None and isinstance(x, torch.Tensor):
+            x = _tensor_to_numpy(x, name)
+        elif isinstance(x, np.ndarray):
+            x = np.asarray(x)                  # ndarray subclasses (e.g. np.matrix): plain view
+        elif isinstance(x, (PackedBits, PackedActivations, PackedConvWeights)):
+            raise TypeError(f"{name} is already packed ({type(x).__name__}); pass real values")
+        else:
+            raise TypeError(f"{name} must be a numpy.ndarray or torch.Tensor, got {type(x).__name__}")
+    dt = x.dtype
+    if dt.char not in _DTYPE_CHARS:
+        raise TypeError(f"{name} has dtype {dt}; expected float32, float64, int8 or bool")
+    if not dt.isnative:
+        x = x.astype(dt.newbyteorder("="))
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
+    if x.size == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)            # non-contiguous views are copied
+    if dt.char == "?":
+        x = x.view(np.uint8)                   # C side: bit = (x == 0): True means +1
+    return x
+
+
+def _pack_rows(arr: np.ndarray, name: str, nt: int) -> PackedBits:
+    """Pack a validated 2-D array (output of _as_real) into trusted PackedBits."""
+    rows, k = arr.shape
+    if k > _MAX_K:
+        raise ValueError(f"{name} has k={k} columns; at most 2**31 - 1 are supported")
+    out = np.empty((rows, (k + 63) >> 6), np.uint64)
+    if _kernels.pack_rows(arr, out, nt):
+        raise _nonfinite_error(name)
+    return PackedBits._trusted(out, k)
+
+
+def _check_strict(arr: np.ndarray, name: str) -> None:
+    if arr.dtype == np.uint8:  # bool: binary by construction
+        return
+    ok = (arr == 1) | (arr == -1)
+    if not ok.all():
+        idx = tuple(int(i) for i in np.argwhere(~ok)[0])
+        raise ValueError(
+            f"{name} must contain only -1 and +1 when strict=True; found {arr[idx]!r} at index {idx}"
+        )
+
+
+def _nonfinite_error(name: str) -> ValueError:
+    return ValueError(f"{name} contains NaN or inf (NaN would silently pack as +1)")
+
+
+def _as_vector(v, name: str, n: int, *, allow_inf: bool = False) -> np.ndarray:
+    """A real scalar (broadcast) or 1-D array of length ``n`` as float64."""
+    torch = _torch()
+    if torch is not None and isinstance(v, torch.Tensor):
+        if v.device.type != "cpu":
+            raise ValueError(f"{name} must be a CPU tensor, got device {v.device}")
+        if v.dtype == torch.bool or v.is_complex():
+            raise TypeError(f"{name} must be real numbers (float or int), got {v.dtype}")
+        v = v.detach().to(torch.float64).numpy()
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be real numbers, got a bool")
+    try:
+        arr = np.asarray(v)
+    except Exception as exc:  # pragma: no cover - exotic objects
+        raise TypeError(f"{name} must be a real scalar or 1-D array: {exc}") from exc
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be real numbers (float or int), got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if arr.ndim == 0:
+        arr = np.full(n, float(arr))
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name} must be a scalar or have shape ({n},), got {tuple(arr.shape)}")
+    if np.isnan(arr).any():
+        raise ValueError(f"{name} contains NaN")
+    if not allow_inf and np.isinf(arr).any():
+        raise ValueError(f"{name} contains inf")
+    return np.ascontiguousarray(arr)
+
+
+def _as_flags(v, name: str, n: int) -> np.ndarray:
+    if v is None:
+        return np.zeros(n, np.uint8)
+    torch = _torch()
+    if torch is not None and isinstance(v, torch.Tensor):
+        if v.device.type != "cpu":
+            raise ValueError(f"{name} must be a CPU tensor, got device {v.device}")
+        v = v.detach().cpu().numpy()
+    arr = np.asarray(v)
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    elif arr.dtype.kind in "iu":
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"{name} must hold booleans (or 0/1)")
+        arr = arr.astype(np.uint8)
+    else:
+        raise TypeError(f"{name} must be booleans, got dtype {arr.dtype}")
+    if arr.ndim == 0:
+        arr = np.full(n, arr, np.uint8)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name} must be a scalar or have shape ({n},), got {tuple(arr.shape)}")
+    return np.ascontiguousarray(arr)
+
+
+@dataclass(frozen=True, eq=False)
+class Thresholds:
+    r"""Per-output-channel thresholds prepared for the fused sign epilogue (reusable).
+
+    Built by :func:`prepare_thresholds`; pass it as ``threshold`` to :func:`matmul_threshold`
+    or :func:`conv2d_threshold` (with ``flip=None``) to skip the per-call conversion.  It holds
+    the exact integer form of the test: output channel ``c`` is -1 iff
+    ``(popcount mismatches > lim[c]) XOR flip[c]``.
+
+    Attributes:
+        lim: int64 ``(channels,)``.  flipw: uint64 ``(ceil(channels / 64),)``, bit ``c`` =
+        flip of channel ``c``.  channels: number of output channels.  k: reduction length
+        the limits were computed for (``in_features`` or ``C_in * k_h * k_w``).
+    """
+
+    lim: np.ndarray
+    flipw: np.ndarray
+    channels: int
+    k: int
+
+
+def prepare_thresholds(threshold, flip=None, *, channels: int, k: int) -> Thresholds:
+    r"""Convert real thresholds (and flips) to the integer test the kernels run.
+
+    Output channel ``c`` is +1 iff ``d >= threshold[c]`` (``d <= threshold[c]`` where
+    ``flip[c]``), ``d`` the integer ±1 dot product of length ``k``: since ``d`` is an integer,
+    ``d >= tau`` iff ``d >= ceil(tau)``, exactly.
+
+    Args:
+        threshold: scalar or ``(channels,)`` reals; ±inf allowed, NaN not.
+        flip: ``None`` or scalar / ``(channels,)`` booleans.
+        channels: number of output channels (``b.rows`` / ``O``), >= 1.
+        k: reduction length (``in_features``, or ``C_in * k_h * k_w``), >= 1.
+    """
+    n = _check_count(channels, "channels")
+    K = _check_count(k, "k")
+    thr = _as_vector(threshold, "threshold", n, allow_inf=True)
+    fl = _as_flags(flip, "flip", n)
+    flb = fl.view(np.bool_)
+    t = np.clip(np.where(flb, np.floor(thr), np.ceil(thr)), -K - 1, K + 1).astype(np.int64)
+    lim = np.where(flb, (K - t - 1) // 2, (K - t) // 2).astype(np.int64)
+    flipw = np.zeros(n_words(n) * 8, np.uint8)
+    packed = np.packbits(fl, bitorder="little")
+    flipw[: packed.size] = packed
+    return Thresholds(np.ascontiguousarray(lim), flipw.view("<u8").astype(np.uint64), n, K)
+
+
+def _limits(threshold, flip, n: int, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lim, flipw) for the BITS epilogue from reals or a prepared :class:`Thresholds`."""
+    if isinstance(threshold, Thresholds):
+        if flip is not None:
+            raise ValueError("flip must be None when threshold is a prepared Thresholds")
+        if threshold.channels != n or threshold.k != K:
+            raise ValueError(
+                f"threshold was prepared for channels={threshold.channels}, k={threshold.k}; "
+                f"this layer has channels={n}, k={K}"
+            )
+        return threshold.lim, threshold.flipw
+    th = prepare_thresholds(threshold, flip, channels=n, k=K)
+    return th.lim, th.flipw
+
+
+def _as_f32_vector(v, name: str, n: int) -> np.ndarray:
+    if type(v) is np.ndarray and v.dtype == np.float32 and v.shape == (n,) and v.flags.c_contiguous:
+        arr = v                                        # fast path: nothing to convert
+    else:
+        arr = _as_vector(v, name, n).astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite (in float32)")
+    return arr
+
+
+def _affine(alpha, bias, n: int) -> tuple[np.ndarray, np.ndarray]:
+    al = _as_f32_vector(alpha, "alpha", n)
+    bi = np.zeros(n, np.float32) if bias is None else _as_f32_vector(bias, "bias", n)
+    return al, bi
+
+
+# ----------------------------------------------------------------------------- threads
+def _check_threads(n, name: str = "n_threads") -> int:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int or None, got {n!r}")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"{name} must be >= 1, got {n}")
+    if n > _MAX_THREADS:
+        raise ValueError(f"{name} must be <= {_MAX_THREADS}, got {n}")
+    return n
+
+
+def _threads(n_threads) -> int:
+    return get_num_threads() if n_threads is None else _check_threads(n_threads)
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the default number of threads of every kernel (``n_threads=None``).
+
+    Args:
+        n: a positive int, or ``None`` to follow ``torch.get_num_threads()`` again (the
+            default; OpenMP's ``omp_get_max_threads()`` when torch is not imported).
+
+    Kernels use fewer threads than asked when the problem is too small to profit.
+    """
+    global _num_threads
+    _num_threads = None if n is None else _check_threads(n, "n")
+
+
+def get_num_threads() -> int:
+    """The default number of threads: :func:`set_num_threads`'s value, else torch's."""
+    if _num_threads is not None:
+        return _num_threads
+    torch = _torch()
+    if torch is not None:
+        return max(1, min(_MAX_THREADS, int(torch.get_num_threads())))
+    return max(1, min(_MAX_THREADS, int(_kernels.openmp_max_threads())))
+
+
+# ----------------------------------------------------------------------------- packing
+def pack_signs(x, *, strict: bool = False, n_threads: int | None = None) -> PackedBits:
+    r"""Pack :math:`\operatorname{sign}(x)` row by row along the last axis.
+
+    Bit ``j % 64`` of word ``j // 64`` of row ``r`` is 1 iff ``x[r, j] < 0``; so
+    sign(0) = +1 (also for -0.0).  For bool input, ``True`` means +1 and ``False`` -1.
+
+    Args:
+        x: real ``(rows, k)`` array or CPU tensor: float32, float64, int8 or bool.
+            Non-contiguous inputs are copied; contiguous ones are read in place.
+        strict: if True, refuse values other than -1 and +1 (bool is always accepted).
+        n_threads: threads for large inputs (``None``: :func:`get_num_threads`).
+
+    Returns:
+        :class:`PackedBits` with ``words`` of shape ``(rows, ceil(k / 64))``.
+
+    Raises:
+        TypeError: wrong type or dtype.  ValueError: not 2-D, empty, NaN/inf, or a non-±1
+        value under ``strict``.
+
+    Examples::
+
+        >>> pack_signs(np.array([[1.0, -1.0, -3.0]], np.float32)).words
+        array([[6]], dtype=uint64)
+    """
+    nt = _threads(n_threads)
+    arr = _as_real(x, "x", 2, "(rows, k)")
+    if strict:
+        _check_strict(arr, "x")
+    return _pack_rows(arr, "x", nt)
+
+
+def unpack_signs(p: PackedBits, dtype=np.float32) -> np.ndarray:
+    """The ±1 matrix ``(rows, k)`` that ``p`` packs (inverse of :func:`pack_signs` on ±1).
+
+    Args:
+        p: :class:`PackedBits`.
+        dtype: float32 (default), float64 or int8.
+    """
+    if not isinstance(p, PackedBits):
+        raise TypeError(f"p must be a PackedBits, got {type(p).__name__}")
+    dt = _check_out_dtype(dtype)
+    bits = _unpack_bits(p.words, p.k)
+    return (1 - 2 * bits.astype(dt)).astype(dt, copy=False)
+
+
+def _check_out_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32, float64 or int8, got {dtype!r}") from exc
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int8)):
+        raise TypeError(f"dtype must be float32, float64 or int8, got {dt}")
+    return dt
+
+
+def _unpack_bits(words: np.ndarray, k: int) -> np.ndarray:
+    """Bits along the last axis, LSB first, truncated to k: uint8 array (..., k)."""
+    le = words.astype("<u8", copy=False)
+    as_bytes = le.view(np.uint8).reshape(*words.shape[:-1], words.shape[-1] * 8)
+    return np.unpackbits(as_bytes, axis=-1, count=k, bitorder="little")
+
+
+def pack_nhwc(x, *, strict: bool = False, n_threads: int | None = None) -> PackedActivations:
+    r"""Pack the signs of an NCHW batch into channel-packed NHWC words.
+
+    Bit ``c % 64`` of ``words[n, y, x, c // 64]`` is 1 iff ``x[n, c, y, x] < 0`` (sign(0)
+    = +1; bool ``True`` means +1).
+
+    Args:
+        x: real ``(N, C, H, W)`` array or CPU tensor (float32, float64, int8, bool);
+            non-contiguous inputs are copied.
+        strict: refuse values other than ±1.
+        n_threads: threads (``None``: :func:`get_num_threads`).
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`.
+        - Output words: :math:`(N, H, W, \lceil C / 64 \rceil)`.
+    """
+    nt = _threads(n_threads)
+    arr = _as_real(x, "x", 4, "(N, C, H, W)")
+    if strict:
+        _check_strict(arr, "x")
+    n, c, h, w = arr.shape
+    out = np.empty((n, h, w, n_words(c)), np.uint64)
+    if _kernels.pack_nchw(arr.reshape(n, c, h * w), out.reshape(n, h * w, n_words(c)), nt):
+        raise _nonfinite_error("x")
+    return PackedActivations._trusted(out, c)
+
+
+def unpack_nhwc(p: PackedActivations, dtype=np.float32) -> np.ndarray:
+    """The ±1 NCHW batch ``(N, C, H, W)`` that ``p`` packs."""
+    if not isinstance(p, PackedActivations):
+        raise TypeError(f"p must be a PackedActivations, got {type(p).__name__}")
+    dt = _check_out_dtype(dtype)
+    bits = _unpack_bits(p.words, p.channels)               # (N, H, W, C)
+    return np.ascontiguousarray((1 - 2 * bits.astype(dt)).astype(dt, copy=False).transpose(0, 3, 1, 2))
+
+
+def flatten_nhwc(p: PackedActivations) -> PackedBits:
+    """Flatten packed activations to one packed row per image, in ``(h, w, c)`` order.
+
+    The bridge from a binary conv to a binary linear layer without unpacking to float:
+    row ``n`` holds ``k = H * W * C`` elements, element ``(y * W + x) * C + c`` being channel
+    ``c`` of pixel ``(y, x)``.  torch's ``flatten`` uses ``(c, h, w)`` order, so the dense
+    weights must be permuted to match:
+    ``w.reshape(O, C, H, W).permute(0, 2, 3, 1).reshape(O, -1)``.
+    Zero-copy when ``C`` is a multiple of 64; otherwise the bits are repacked.
+
+    Args:
+        p: :class:`PackedActivations` ``(N, C, H, W)``.
+
+    Returns:
+        :class:`PackedBits` ``(N, H * W * C)``.
+    """
+    if not isinstance(p, PackedActivations):
+        raise TypeError(f"p must be a PackedActivations, got {type(p).__name__}")
+    n, c, h, w = p.shape
+    k = h * w * c
+    if k > _MAX_K:
+        raise ValueError(f"p flattens to k={k} > 2**31 - 1 elements per row")
+    if c % WORD_BITS == 0:
+        return PackedBits._trusted(p.words.reshape(n, -1), k)
+    bits = _unpack_bits(p.words, c).reshape(n, k)
+    nw = n_words(k)
+    padded = np.zeros((n, nw * WORD_BITS), np.uint8)
+    padded[:, :k] = bits
+    words = np.packbits(padded, axis=1, bitorder="little").view("<u8").astype(np.uint64, copy=False)
+    return PackedBits._trusted(np.ascontiguousarray(words.reshape(n, nw)), k)
+
+
+def pack_conv_weights(w, *, strict: bool = False) -> PackedConvWeights:
+    r"""Pack the signs of conv weights ``(O, C, k_h, k_w)`` per ``(o, dy, dx)`` over ``C``.
+
+    Args:
+        w: real ``(O, C, k_h, k_w)`` array or CPU tensor (torch layout).
+        strict: refuse values other than ±1.
+
+    Returns:
+        :class:`PackedConvWeights`, words ``(O, k_h, k_w, ceil(C / 64))``.
+    """
+    arr = _as_real(w, "w", 4, "(O, C, kh, kw)")
+    if strict:
+        _check_strict(arr, "w")
+    o, c, kh, kw = arr.shape
+    rows = np.ascontiguousarray(arr.transpose(0, 2, 3, 1)).reshape(o * kh * kw, c)
+    out = np.empty((o * kh * kw, n_words(c)), np.uint64)
+    if _kernels.pack_rows(rows, out, 1):
+        raise _nonfinite_error("w")
+    return PackedConvWeights(out.reshape(o, kh, kw, n_words(c)), c)
+
+
+def unpack_conv_weights(w: PackedConvWeights, dtype=np.float32) -> np.ndarray:
+    """The ±1 weights ``(O, C, k_h, k_w)`` that ``w`` packs."""
+    if not isinstance(w, PackedConvWeights):
+        raise TypeError(f"w must be a PackedConvWeights, got {type(w).__name__}")
+    dt = _check_out_dtype(dtype)
+    bits = _unpack_bits(w.words, w.in_channels)            # (O, kh, kw, C)
+    return np.ascontiguousarray((1 - 2 * bits.astype(dt)).astype(dt, copy=False).transpose(0, 3, 1, 2))
+
+
+# ----------------------------------------------------------------------------- matmul
+def _packed_pair(a, b) -> None:
+    if not isinstance(a, PackedBits):
+        raise TypeError(f"a must be a PackedBits (see pack_signs), got {type(a).__name__}")
+    if not isinstance(b, PackedBits):
+        raise TypeError(f"b must be a PackedBits (see pack_signs), got {type(b).__name__}")
+    if a.k != b.k:
+        raise ValueError(f"a and b pack rows of different lengths: a.k={a.k}, b.k={b.k}")
+
+
+def _pack_operand(x, name: str, nt: int) -> PackedBits:
+    if isinstance(x, PackedBits):
+        return x
+    return _pack_rows(_as_real(x, name, 2, "(rows, k)"), name, nt)
+
+
+def xnor_matmul(a: PackedBits, b: PackedBits, n_threads: int | None = None) -> np.ndarray:
+    r"""XNOR-popcount product of packed rows: :math:`A_b B_b^\top` as int32.
+
+    .. math::
+        \text{out}[i, j] = k - 2\,\operatorname{popcount}(a_i \oplus b_j)
+        = \sum_l \operatorname{sign}(A_{il}) \operatorname{sign}(B_{jl})
+
+    ``a.rows <= 8`` takes a GEMV-like path that streams ``b`` once; larger ``a`` uses a
+    register-blocked kernel over a transient transposed copy ("panel") of ``b``.
+
+    Args:
+        a: :class:`PackedBits` ``(M, k)`` (activations).
+        b: :class:`PackedBits` ``(N, k)`` (weights, one row per output).
+        n_threads: threads (``None``: :func:`get_num_threads`).
+
+    Returns:
+        ``np.ndarray`` int32 of shape ``(M, N)``.
+
+    Examples::
+
+        >>> a = pack_signs(np.array([[1.0, -1.0]], np.float32))
+        >>> xnor_matmul(a, a)
+        array([[2]], dtype=int32)
+    """
+    return _xnor_matmul(a, b, _threads(n_threads))
+
+
+def _xnor_matmul(a: PackedBits, b: PackedBits, nt: int) -> np.ndarray:
+    _packed_pair(a, b)
+    out = np.empty((a.words.shape[0], b.words.shape[0]), np.int32)
+    _kernels.gemm(a.words, b.words, a.k, out, nt)
+    return out
+
+
+def binary_matmul(a, b, n_threads: int | None = None) -> np.ndarray:
+    r""":math:`\operatorname{sign}(a)\,\operatorname{sign}(b)^\top` exactly, as int32.
+
+    Packs real inputs by sign (sign(0) = +1; bool True = +1) and calls :func:`xnor_matmul`;
+    either operand may already be a :class:`PackedBits` (e.g. pre-packed weights).
+
+    Args:
+        a: ``(M, k)`` real array / CPU tensor, or :class:`PackedBits`.
+        b: ``(N, k)`` real array / CPU tensor, or :class:`PackedBits`.
+        n_threads: threads (``None``: :func:`get_num_threads`).
+
+    Returns:
+        int32 ``np.ndarray`` ``(M, N)``.
+    """
+    nt = _threads(n_threads)
+    pa, pb = _pack_operand(a, "a", nt), _pack_operand(b, "b", nt)
+    return _xnor_matmul(pa, pb, nt)
+
+
+def matmul_threshold(a, b: PackedBits, threshold, flip=None,
+                     n_threads: int | None = None) -> PackedBits:
+    r"""Binary matmul fused with a per-column threshold that emits the next layer's bits.
+
+    For :math:`d_{ij} = \langle \operatorname{sign}(a_i), \operatorname{sign}(b_j)\rangle`
+    the output row ``i`` packs, over ``j``:
+
+    .. math::
+        y_{ij} = +1 \text{ if } d_{ij} \ge \tau_j \text{ (or } d_{ij} \le \tau_j
+        \text{ where flip}_j\text{)}, \quad -1 \text{ otherwise}.
+
+    To fold ``sign(s_j * d + t_j)`` (e.g. a BatchNorm after the layer, sign(0) = +1):
+    ``s_j > 0``: ``threshold = -t_j / s_j``; ``s_j < 0``: same threshold, ``flip=True``;
+    ``s_j == 0``: ``threshold = -inf`` if ``t_j >= 0`` (always +1) else ``+inf``.  The
+    comparison is exact in the integers (``d >= tau`` iff ``d >= ceil(tau)``); whether it
+    matches a float computation of ``s_j * d + t_j`` at near-ties is the caller's concern.
+
+    Args:
+        a: ``(M, K)`` :class:`PackedBits` or real array/tensor (packed by sign).
+        b: ``(N, K)`` :class:`PackedBits` weights.
+        threshold: scalar or ``(N,)`` reals (±inf allowed, NaN not), or a
+            :class:`Thresholds` from :func:`prepare_thresholds` (then ``flip=None``).
+        flip: ``None`` or scalar / ``(N,)`` booleans.
+        n_threads: threads (``None``: :func:`get_num_threads`).
+
+    Returns:
+        :class:`PackedBits` ``(M, N)``: the next layer's packed input (``k = N``).
+    """
+    nt = _threads(n_threads)
+    a = _pack_operand(a, "a", nt)
+    _packed_pair(a, b)
+    lim, fl = _limits(threshold, flip, b.rows, a.k)
+    out = np.zeros((a.rows, n_words(b.rows)), np.uint64)
+    _kernels.gemm_threshold_pack(a.words, b.words, a.k, lim, fl, out, nt)
+    return PackedBits._trusted(out, b.rows)
+
+
+def matmul_affine(a, b: PackedBits, alpha, bias=None, n_threads: int | None = None) -> np.ndarray:
+    r"""Binary matmul with a float epilogue: ``out[i, j] = alpha[j] * d_ij + bias[j]``.
+
+    Computed in float32 as ``float32(d) * alpha_j`` rounded, then ``+ bias_j`` rounded (no
+    FMA), i.e. exactly NumPy's ``d.astype(float32) * alpha + bias``; ``d`` is exact as long
+    as ``|d| <= 2**24``.  For the last binary layer (e.g. XNOR-Net's alpha and the bias).
+
+    Args:
+        a: ``(M, K)`` :class:`PackedBits` or real array/tensor.
+        b: ``(N, K)`` :class:`PackedBits`.
+        alpha: scalar or ``(N,)`` finite reals.
+        bias: ``None`` (zeros) or scalar / ``(N,)`` finite reals.
+        n_threads: threads (``None``: :func:`get_num_threads`).
+
+    Returns:
+        float32 ``np.ndarray`` ``(M, N)``.
+    """
+    nt = _threads(n_threads)
+    a = _pack_operand(a, "a", nt)
+    _packed_pair(a, b)
+    al, bi = _affine(alpha, bias, b.rows)
+    out = np.empty((a.rows, b.rows), np.float32)
+    _kernels.gemm_affine(a.words, b.words, a.k, al, bi, out, nt)
+    return out
+
+
+# ----------------------------------------------------------------------------- conv
+def _pair(v, name: str, minimum: int) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+        return (_check_count(v[0], name, minimum=minimum), _check_count(v[1], name, minimum=minimum))
+    v = _check_count(v, name, minimum=minimum)
+    return (v, v)
+
+
+def _pad_value(v) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"pad_value must be +1.0 or -1.0, got {v!r}")
+    if v == 1:
+        return 0
+    if v == -1:
+        return 1
+    raise ValueError(
+        f"pad_value must be +1.0 or -1.0, got {v!r} (0 cannot be packed; torch's zero "
+        "padding after binarisation is not a binary convolution)"
+    )
+
+
+def _conv_setup(x, w, stride, padding, pad_value):
+    if not isinstance(x, PackedActivations):
+        raise TypeError(f"x must be a PackedActivations (see pack_nhwc), got {type(x).__name__}")
+    if not isinstance(w, PackedConvWeights):
+        raise TypeError(f"w must be a PackedConvWeights (see pack_conv_weights), got {type(w).__name__}")
+    sy, sx = _pair(stride, "stride", 1)
+    py, px = _pair(padding, "padding", 0)
+    pad_neg = _pad_value(pad_value)
+    if x.channels != w.in_channels:
+        raise ValueError(
+            f"x has {x.channels} channels but w expects in_channels={w.in_channels}"
+        )
+    n, c, h, wd = x.shape
+    kh, kw = w.kernel_size
+    if h + 2 * py < kh or wd + 2 * px < kw:
+        raise ValueError(
+            f"kernel size {(kh, kw)} is larger than the padded input {(h + 2 * py, wd + 2 * px)}"
+        )
+    if c * kh * kw > _MAX_K:
+        raise ValueError("C_in * kh * kw must be < 2**31")
+    oh, ow = (h + 2 * py - kh) // sy + 1, (wd + 2 * px - kw) // sx + 1
+    return (sy, sx, py, px, pad_neg), (n, w.out_channels, oh, ow)
+
+
+def _layout(layout) -> bool:
+    if layout not in ("nchw", "nhwc"):
+        raise ValueError(f"layout must be 'nchw' or 'nhwc', got {layout!r}")
+    return layout == "nhwc"
+
+
+def conv2d_packed(x: PackedActivations, w: PackedConvWeights, stride=1, padding=0,
+                  pad_value: float = 1.0, *, layout: str = "nchw",
+                  n_threads: int | None = None) -> np.ndarray:
+    r"""Binary 2-D convolution (cross-correlation, as torch) of packed operands, int32.
+
+    .. math::
+        \text{out}[n, o, y, x] = \sum_{c, d_y, d_x} x_b[n, c, y s_h - p_h + d_y, x s_w - p_w + d_x]
+        \; w_b[o, c, d_y, d_x]
+
+    where input pixels outside the image equal ``pad_value`` (±1) in every channel.  No
+    im2col buffer: each output pixel reads ``k_h`` runs of ``k_w * ceil(C/64)`` words from a
+    padded copy of the packed input.  Groups and dilation are not supported.
+
+    Args:
+        x: :class:`PackedActivations` ``(N, C, H, W)``.
+        w: :class:`PackedConvWeights` ``(O, C, k_h, k_w)`` (any kernel size).
+        stride: int or (s_h, s_w), >= 1.
+        padding: int or (p_h, p_w), >= 0.
+        pad_value: +1.0 or -1.0 (0 is not binary; see ``BinaryConv2d(pad_value=...)``).
+        layout: ``"nchw"`` (default, torch's) or ``"nhwc"`` for the output.
+        n_threads: threads (``None``: :func:`get_num_threads`).
+
+    Shape:
+        Output :math:`(N, O, H_o, W_o)` (or NHWC) with
+        :math:`H_o = \lfloor (H + 2 p_h - k_h) / s_h \rfloor + 1`, same for W.
+    """
+    nt = _threads(n_threads)
+    (sy, sx, py, px, neg), (n, o, oh, ow) = _conv_setup(x, w, stride, padding, pad_value)
+    nhwc = _layout(layout)
+    out = np.empty((n, oh, ow, o) if nhwc else (n, o, oh, ow), np.int32)
+    _kernels.conv(x.words, x.channels, w.words, sy, sx, py, px, neg, out, nhwc, nt)
+    return out
+
+
+def conv2d_threshold(x: PackedActivations, w: PackedConvWeights, threshold, flip=None,
+                     stride=1, padding=0, pad_value: float = 1.0, *,
+                     n_threads: int | None = None) -> PackedActivations:
+    r"""Binary conv fused with a per-output-channel threshold: the next layer's packed input.
+
+    Output channel ``o`` of pixel ``(n, y, x)`` is +1 iff ``d >= threshold[o]`` (or
+    ``d <= threshold[o]`` where ``flip[o]``), ``d`` the int conv output of
+    :func:`conv2d_packed`; see :func:`matmul_threshold` for folding a BatchNorm + sign.
+    ``threshold`` may be a :class:`Thresholds` prepared once with
+    ``prepare_thresholds(..., channels=O, k=C_in * k_h * k_w)``.
+
+    Returns:
+        :class:`PackedActivations` ``(N, O, H_o, W_o)``, ready for the next binary conv.
+    """
+    nt = _threads(n_threads)
+    (sy, sx, py, px, neg), (n, o, oh, ow) = _conv_setup(x, w, stride, padding, pad_value)
+    lim, fl = _limits(threshold, flip, o, x.channels * w.kernel_size[0] * w.kernel_size[1])
+    out = np.zeros((n, oh, ow, n_words(o)), np.uint64)
+    _kernels.conv_threshold_pack(x.words, x.channels, w.words, sy, sx, py, px, neg, lim, fl, out, nt)
+    return PackedActivations._trusted(out, o)
+
+
+def conv2d_affine(x: PackedActivations, w: PackedConvWeights, alpha, bias=None, stride=1,
+                  padding=0, pad_value: float = 1.0, *, layout: str = "nchw",
+                  n_threads: int | None = None) -> np.ndarray:
+    r"""Binary conv with a float epilogue: ``out[n, o, y, x] = alpha[o] * d + bias[o]``.
+
+    float32, two roundings, no FMA (as :func:`matmul_affine`).  For the last binary conv.
+    """
+    nt = _threads(n_threads)
+    (sy, sx, py, px, neg), (n, o, oh, ow) = _conv_setup(x, w, stride, padding, pad_value)
+    nhwc = _layout(layout)
+    al, bi = _affine(alpha, bias, o)
+    out = np.empty((n, oh, ow, o) if nhwc else (n, o, oh, ow), np.float32)
+    _kernels.conv_affine(x.words, x.channels, w.words, sy, sx, py, px, neg, al, bi, out, nhwc, nt)
+    return out
+
+
+def binary_conv2d(x, w, stride=1, padding=0, pad_value: float = 1.0, *, layout: str = "nchw",
+                  n_threads: int | None = None) -> np.ndarray:
+    r"""``torch.nn.functional.conv2d`` of the signs, padded with ``pad_value``, exactly (int32).
+
+    Equals ``F.conv2d(F.pad(sign(x), (p_w, p_w, p_h, p_h), value=pad_value), sign(w),
+    stride=stride)`` with sign(0) = +1.
+
+    Args:
+        x: ``(N, C, H, W)`` real array / CPU tensor, or :class:`PackedActivations`.
+        w: ``(O, C, k_h, k_w)`` real array / CPU tensor, or :class:`PackedConvWeights`.
+        stride, padding, pad_value, layout, n_threads: as :func:`conv2d_packed`.
+
+    Returns:
+        int32 ``np.ndarray`` ``(N, O, H_o, W_o)`` (NHWC with ``layout="nhwc"``).
+
+    Examples::
+
+        >>> x = np.ones((1, 3, 4, 4), np.float32); w = -np.ones((2, 3, 3, 3), np.float32)
+        >>> binary_conv2d(x, w, padding=1, pad_value=-1.0)[0, 0, 0, 0]  # corner: 4 real taps, 5 pad taps
+        np.int32(3)
+    """
+    nt = _threads(n_threads)
+    if not isinstance(x, PackedActivations):
+        arr = _as_real(x, "x", 4, "(N, C, H, W)")
+        n, c, h, wd = arr.shape
+        words = np.empty((n, h, wd, n_words(c)), np.uint64)
+        if _kernels.pack_nchw(arr.reshape(n, c, h * wd), words.reshape(n, h * wd, n_words(c)), nt):
+            raise _nonfinite_error("x")
+        x = PackedActivations._trusted(words, c)
+    if not isinstance(w, PackedConvWeights):
+        w = pack_conv_weights(w)
+    return conv2d_packed(x, w, stride, padding, pad_value, layout=layout, n_threads=nt)
+
+
+# ----------------------------------------------------------------------------- info / ISA
+def kernel_info() -> dict:
+    """What the kernels run on, for benchmark reports.
+
+    Returns:
+        dict with ``isa`` (level used now: "avx512", "avx2", "popcnt" or "portable"),
+        ``isa_detected`` (best the CPU supports), ``avx2_available``, ``avx2_used``,
+        ``avx512_vpopcntdq_available``, ``avx512_used``, ``portable_forced``, ``openmp``
+        (compiled with OpenMP), ``threading`` ("pool" or "openmp"), ``pool_workers``
+        (worker threads started so far), ``pool_stalls`` (times the pool fell back to one
+        thread for 100 ms because a worker was descheduled mid-job), ``omp_max_threads``, ``num_threads`` (the default
+        ``n_threads``), ``num_threads_source`` and ``tiles`` (register-tile shapes).
+    """
+    lvl, det = _kernels.level(), _kernels.detected_level()
+    return {
+        "isa": _ISA_NAMES[lvl],
+        "isa_detected": _ISA_NAMES[det],
+        "avx2_available": det >= 2,
+        "avx2_used": lvl >= 2,
+        "avx512_vpopcntdq_available": det >= 3,
+        "avx512_used": lvl >= 3,
+        "portable_forced": lvl < det,
+        "openmp": _kernels.openmp_enabled(),
+        "threading": _BACKENDS[_kernels.backend()],
+        "pool_workers": _kernels.pool_size(),
+        "pool_stalls": _kernels.pool_stalls(),
+        "omp_max_threads": _kernels.openmp_max_threads(),
+        "num_threads": get_num_threads(),
+        "num_threads_source": "set_num_threads" if _num_threads is not None
+        else ("torch" if _torch() is not None else "openmp"),
+        "tiles": _kernels.tiles(lvl),
+    }
+
+
+def _set_isa(name: str | None) -> str:
+    """PRIVATE (tests, benchmarks): cap the instruction set; ``None``/"auto" = best.
+
+    Returns the level now in use.  Also set at import from the environment variable
+    ``BNNLAB_ISA`` (auto, avx512, avx2, popcnt, portable).
+    """
+    if name is None or name == "auto":
+        _kernels.set_level_cap(len(_ISA_NAMES) - 1)
+    elif name in _ISA_NAMES:
+        _kernels.set_level_cap(_ISA_NAMES.index(name))
+    else:
+        raise ValueError(f"name must be one of {('auto',) + tuple(_ISA_NAMES)}, got {name!r}")
+    return _ISA_NAMES[_kernels.level()]
+
+
+def _force_portable(flag: bool = True) -> None:
+    """PRIVATE: force the portable C path (True) or go back to the best ISA (False)."""
+    _set_isa("portable" if flag else None)
+
+
+def _available_isas() -> tuple[str, ...]:
+    """PRIVATE: every ISA level this CPU can run, lowest first."""
+    return _ISA_NAMES[: _kernels.detected_level() + 1]
+
+
+_BACKENDS = ("pool", "openmp")
+
+
+def _set_threading(backend: str) -> str:
+    """PRIVATE (tests, benchmarks): "pool" (default: bnnlab's work-claiming thread pool)
+    or "openmp" (an OpenMP dynamic loop, which shares torch's libgomp threads).  Returns
+    the previous backend.  Also set at import from ``BNNLAB_THREADING``."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "openmp" and not _kernels.openmp_enabled():
+        raise ValueError("backend 'openmp' is unavailable: the extension was built without OpenMP")
+    return _BACKENDS[_kernels.set_backend(_BACKENDS.index(backend))]
+
+
+def _reset_pool_backoff() -> None:
+    """PRIVATE (benchmarks): forget a pending single-thread back-off of the pool, so that a
+    2-thread measurement right after a stalled job really uses 2 threads."""
+    _kernels.pool_reset_backoff()
+
+
+def _set_grain_scale(scale: float) -> float:
+    """PRIVATE (tests): multiply the minimum work per thread; 0 = always use n_threads
+    threads, even on tiny problems, and never back off to one thread (the pool's adaptive
+    back-off, ext/README.md).  Returns the previous value."""
+    _kernels.set_pool_backoff(scale > 0)
+    return _kernels.set_grain_scale(float(scale))
+
+
+_env_isa = os.environ.get("BNNLAB_ISA")
+if _env_isa:
+    try:
+        _set_isa(_env_isa.strip().lower())
+    except ValueError:
+        warnings.warn(f"ignoring BNNLAB_ISA={_env_isa!r}: expected one of "
+                      f"{('auto',) + tuple(_ISA_NAMES)}", RuntimeWarning, stacklevel=1)
+_env_threading = os.environ.get("BNNLAB_THREADING")
+if _env_threading:
+    try:
+        _set_threading(_env_threading.strip().lower())
+    except ValueError as _exc:
+        warnings.warn(f"ignoring BNNLAB_THREADING={_env_threading!r}: {_exc}", RuntimeWarning, stacklevel=1)

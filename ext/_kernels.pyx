@@ -1,0 +1,330 @@
+# cython: language_level=3, cdivision=True
+"""Packed-bit XNOR-popcount kernels of bnnlab.  PRIVATE: call through ``bnnlab.kernels``.
+
+Bit layout (ext/README.md): element j of a row lives in word j // 64, bit j % 64 (least
+significant first); bit 1 <=> value -1 (x < 0, so sign(0) = +1); bits past the row
+length are 0 in every operand, so for rows of K elements
+
+    dot(a, b) = K - 2 * popcount(a XOR b)
+
+needs no correction.  Conv activations are packed NHWC: for each pixel, C channel bits
+in ceil(C / 64) words; conv weights are packed per (out_channel, kh, kw) over C_in.
+
+Every function trusts its caller: bnnlab.kernels checks dtypes, ranks, contiguity, value
+ranges and sizes, and allocates the outputs (zeroed where a kernel ORs bits into them)
+*before* calling in here.  The cheap shape checks below are a second line of defence
+against direct calls, not the API's validation.  The C code lives in ext/bnn_*.h.
+"""
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+
+cdef extern from "bnn_kernels.h" nogil:
+    int BNN_EPI_I32
+    int BNN_EPI_F32
+    int BNN_EPI_BITS
+    int BNN_N_LEVELS
+    const char *bnn_level_names[]
+    int bnn_level()
+    int bnn_detect_level()
+    void bnn_set_level_cap(int cap)
+    void bnn_tiles(int level, int *d_mr, int *d_nr, int *p_mr, int *p_nr)
+    int bnn_openmp_max_threads()
+    double bnn_grain_scale
+    int bnn_backend
+    int bnn_pool_spin_ns
+    int bnn_pool_size()
+    int64_t bnn_pool_stalls
+    void bnn_pool_reset_backoff()
+    int bnn_pool_backoff_enabled
+    int bnn_pack_rows(int level, int dtype, const void *x, int64_t rows, int64_t k,
+                      uint64_t *out, int nt)
+    int bnn_pack_nchw(int level, int dtype, const void *x, int64_t n, int64_t c, int64_t p,
+                      uint64_t *out, int nt)
+    int bnn_gemm(int level, const uint64_t *a, int64_t M, const uint64_t *b, int64_t N,
+                 int64_t nw, int64_t K, int mode, void *out, const float *alpha,
+                 const float *bias, const int64_t *lim, const uint64_t *flipw, int nt)
+    int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
+                 const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
+                 int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode,
+                 int nhwc, void *out, const float *alpha, const float *bias,
+                 const int64_t *lim, const uint64_t *flipw, int nt)
+
+ctypedef fused real_t:
+    float
+    double
+    signed char      # int8: bit = x < 0
+    unsigned char    # bool viewed as uint8: bit = (x == 0), i.e. True means +1
+
+
+# ---------------------------------------------------------------- dispatch / info
+LEVEL_NAMES = tuple(bnn_level_names[i].decode() for i in range(BNN_N_LEVELS))
+
+
+def level():
+    """ISA level the next call will use (0 portable, 1 popcnt, 2 avx2, 3 avx512)."""
+    return bnn_level()
+
+
+def detected_level():
+    """Best ISA level this CPU and OS support."""
+    return bnn_detect_level()
+
+
+def set_level_cap(int cap):
+    """Use at most ISA level ``cap`` (clamped to 0..3) from the next call on."""
+    bnn_set_level_cap(cap)
+
+
+def tiles(int lvl):
+    """Register-tile shapes of level ``lvl``: dict(dot_mr, dot_nr, panel_mr, panel_nr)."""
+    cdef int d_mr, d_nr, p_mr, p_nr
+    if lvl < 0 or lvl >= BNN_N_LEVELS:
+        raise ValueError(f"lvl must be in 0..{BNN_N_LEVELS - 1}, got {lvl}")
+    bnn_tiles(lvl, &d_mr, &d_nr, &p_mr, &p_nr)
+    return {"dot_mr": d_mr, "dot_nr": d_nr, "panel_mr": p_mr, "panel_nr": p_nr}
+
+
+def set_grain_scale(double scale):
+    """Scale the work-per-thread grain (0 = always use the requested thread count);
+    returns the previous value.  For tests of the threaded partitioning."""
+    global bnn_grain_scale
+    cdef double old = bnn_grain_scale
+    bnn_grain_scale = scale
+    return old
+
+
+def set_backend(int backend):
+    """0: bnnlab's thread pool (default), 1: OpenMP dynamic loop.  Returns the previous."""
+    global bnn_backend
+    cdef int old = bnn_backend
+    if backend not in (0, 1):
+        raise ValueError(f"backend must be 0 (pool) or 1 (openmp), got {backend}")
+    bnn_backend = backend
+    return old
+
+
+def backend():
+    """Current threading backend: 0 pool, 1 OpenMP."""
+    return bnn_backend
+
+
+def pool_size():
+    """Number of worker threads the pool has started (the caller is not counted)."""
+    return bnn_pool_size()
+
+
+def pool_stalls():
+    """Jobs after which the pool backed off to one thread for 100 ms (caller waited on a
+    descheduled worker for over a quarter of the job)."""
+    return bnn_pool_stalls
+
+
+def pool_reset_backoff():
+    """Forget a pending back-off (tests, benchmarks)."""
+    bnn_pool_reset_backoff()
+
+
+def set_pool_backoff(bint enabled):
+    """Enable/disable the adaptive back-off (tests); returns the previous setting."""
+    global bnn_pool_backoff_enabled
+    cdef bint old = bnn_pool_backoff_enabled
+    bnn_pool_backoff_enabled = enabled
+    bnn_pool_reset_backoff()
+    return old
+
+
+def set_pool_spin_ns(int ns):
+    """How long an idle pool worker spins before sleeping; returns the previous value."""
+    global bnn_pool_spin_ns
+    cdef int old = bnn_pool_spin_ns
+    bnn_pool_spin_ns = max(0, ns)
+    return old
+
+
+def openmp_max_threads():
+    """omp_get_max_threads(), or 1 when built without OpenMP."""
+    return bnn_openmp_max_threads()
+
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define BNN_OPENMP_ON 1
+    #else
+    #define BNN_OPENMP_ON 0
+    #endif
+    """
+    int BNN_OPENMP_ON
+
+
+
+def openmp_enabled():
+    """True when the extension was compiled with OpenMP."""
+    return bool(BNN_OPENMP_ON)
+
+
+# ---------------------------------------------------------------- packing
+def pack_rows(const real_t[:, ::1] x, uint64_t[:, ::1] out, int nt):
+    """out[r] = packed sign bits of x[r]; returns True if a float x held NaN or inf.
+    out: (rows, ceil(k / 64)), every word written."""
+    cdef int64_t rows = x.shape[0], k = x.shape[1]
+    cdef int bad, lvl = bnn_level(), dt = 3
+    if real_t is float:
+        dt = 0
+    elif real_t is double:
+        dt = 1
+    elif real_t is "signed char":
+        dt = 2
+    if out.shape[0] != rows or out.shape[1] != (k + 63) // 64 or rows < 1 or k < 1 or nt < 1:
+        raise ValueError("pack_rows: inconsistent shapes")
+    with nogil:
+        bad = bnn_pack_rows(lvl, dt, &x[0, 0], rows, k, &out[0, 0], nt)
+    return bool(bad)
+
+
+def pack_nchw(const real_t[:, :, ::1] x, uint64_t[:, :, ::1] out, int nt):
+    """x: (N, C, H*W) values -> out: (N, H*W, ceil(C / 64)) words (packed NHWC).
+    Returns True if a float x held NaN or inf."""
+    cdef int64_t n = x.shape[0], c = x.shape[1], p = x.shape[2]
+    cdef int bad, lvl = bnn_level(), dt = 3
+    if real_t is float:
+        dt = 0
+    elif real_t is double:
+        dt = 1
+    elif real_t is "signed char":
+        dt = 2
+    if (out.shape[0] != n or out.shape[1] != p or out.shape[2] != (c + 63) // 64
+            or n < 1 or c < 1 or p < 1 or nt < 1):
+        raise ValueError("pack_nchw: inconsistent shapes")
+    with nogil:
+        bad = bnn_pack_nchw(lvl, dt, &x[0, 0, 0], n, c, p, &out[0, 0, 0], nt)
+    return bool(bad)
+
+
+# ---------------------------------------------------------------- GEMM
+cdef int _check_gemm(const uint64_t[:, ::1] a, const uint64_t[:, ::1] b, int64_t k, int nt) except -1:
+    if (a.shape[0] < 1 or b.shape[0] < 1 or k < 1 or a.shape[1] != (k + 63) // 64
+            or b.shape[1] != a.shape[1] or nt < 1):
+        raise ValueError("gemm: inconsistent shapes")
+    return 0
+
+
+def gemm(const uint64_t[:, ::1] a, const uint64_t[:, ::1] b, int64_t k, int32_t[:, ::1] out, int nt):
+    """out[i, j] = k - 2 * popcount(a[i] XOR b[j]); out (a rows, b rows) int32."""
+    _check_gemm(a, b, k, nt)
+    if out.shape[0] != a.shape[0] or out.shape[1] != b.shape[0]:
+        raise ValueError("gemm: out has the wrong shape")
+    cdef int rc, lvl = bnn_level()
+    with nogil:
+        rc = bnn_gemm(lvl, &a[0, 0], a.shape[0], &b[0, 0], b.shape[0], a.shape[1], k,
+                      BNN_EPI_I32, &out[0, 0], NULL, NULL, NULL, NULL, nt)
+    if rc:
+        raise MemoryError("gemm: could not allocate scratch memory")
+
+
+def gemm_affine(const uint64_t[:, ::1] a, const uint64_t[:, ::1] b, int64_t k,
+                const float[::1] alpha, const float[::1] bias, float[:, ::1] out, int nt):
+    """out[i, j] = float(dot) * alpha[j] + bias[j] (float32, two roundings)."""
+    _check_gemm(a, b, k, nt)
+    if (out.shape[0] != a.shape[0] or out.shape[1] != b.shape[0]
+            or alpha.shape[0] != b.shape[0] or bias.shape[0] != b.shape[0]):
+        raise ValueError("gemm_affine: inconsistent shapes")
+    cdef int rc, lvl = bnn_level()
+    with nogil:
+        rc = bnn_gemm(lvl, &a[0, 0], a.shape[0], &b[0, 0], b.shape[0], a.shape[1], k,
+                      BNN_EPI_F32, &out[0, 0], &alpha[0], &bias[0], NULL, NULL, nt)
+    if rc:
+        raise MemoryError("gemm_affine: could not allocate scratch memory")
+
+
+def gemm_threshold_pack(const uint64_t[:, ::1] a, const uint64_t[:, ::1] b, int64_t k,
+                        const int64_t[::1] lim, const uint64_t[::1] flipw, uint64_t[:, ::1] out, int nt):
+    """Bit j of out row i = (popcount(a[i] XOR b[j]) > lim[j]) XOR (bit j of flipw); out
+    must be zeroed, shape (a rows, ceil(b rows / 64)); flipw: ceil(b rows / 64) words."""
+    _check_gemm(a, b, k, nt)
+    if (out.shape[0] != a.shape[0] or out.shape[1] != (b.shape[0] + 63) // 64
+            or lim.shape[0] != b.shape[0] or flipw.shape[0] != (b.shape[0] + 63) // 64):
+        raise ValueError("gemm_threshold_pack: inconsistent shapes")
+    cdef int rc, lvl = bnn_level()
+    with nogil:
+        rc = bnn_gemm(lvl, &a[0, 0], a.shape[0], &b[0, 0], b.shape[0], a.shape[1], k,
+                      BNN_EPI_BITS, &out[0, 0], NULL, NULL, &lim[0], &flipw[0], nt)
+    if rc:
+        raise MemoryError("gemm_threshold_pack: could not allocate scratch memory")
+
+
+# ---------------------------------------------------------------- conv
+cdef int _check_conv(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, :, ::1] w,
+                     int64_t sy, int64_t sx, int64_t py, int64_t px, int nt,
+                     int64_t *oh, int64_t *ow) except -1:
+    cdef int64_t cw = (c + 63) // 64
+    if (x.shape[0] < 1 or x.shape[1] < 1 or x.shape[2] < 1 or c < 1 or x.shape[3] != cw
+            or w.shape[0] < 1 or w.shape[1] < 1 or w.shape[2] < 1 or w.shape[3] != cw
+            or sy < 1 or sx < 1 or py < 0 or px < 0 or nt < 1
+            or x.shape[1] + 2 * py < w.shape[1] or x.shape[2] + 2 * px < w.shape[2]):
+        raise ValueError("conv: inconsistent shapes")
+    oh[0] = (x.shape[1] + 2 * py - w.shape[1]) // sy + 1
+    ow[0] = (x.shape[2] + 2 * px - w.shape[2]) // sx + 1
+    return 0
+
+
+def conv(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, :, ::1] w,
+         int64_t sy, int64_t sx, int64_t py, int64_t px, bint pad_neg,
+         int32_t[:, :, :, ::1] out, bint nhwc, int nt):
+    """Binary conv2d, int32 out (N, O, OH, OW), or (N, OH, OW, O) when nhwc."""
+    cdef int64_t oh, ow
+    _check_conv(x, c, w, sy, sx, py, px, nt, &oh, &ow)
+    if out.shape[0] != x.shape[0] or out.shape[1 if not nhwc else 3] != w.shape[0] or \
+            out.shape[2 if not nhwc else 1] != oh or out.shape[3 if not nhwc else 2] != ow:
+        raise ValueError("conv: out has the wrong shape")
+    cdef int rc, lvl = bnn_level()
+    with nogil:
+        rc = bnn_conv(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
+                      &w[0, 0, 0, 0], w.shape[0], w.shape[1], w.shape[2], sy, sx, py, px,
+                      pad_neg, oh, ow, BNN_EPI_I32, nhwc, &out[0, 0, 0, 0],
+                      NULL, NULL, NULL, NULL, nt)
+    if rc:
+        raise MemoryError("conv: could not allocate scratch memory")
+
+
+def conv_affine(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, :, ::1] w,
+                int64_t sy, int64_t sx, int64_t py, int64_t px, bint pad_neg,
+                const float[::1] alpha, const float[::1] bias,
+                float[:, :, :, ::1] out, bint nhwc, int nt):
+    """Binary conv2d with out = float(dot) * alpha[o] + bias[o] (float32)."""
+    cdef int64_t oh, ow
+    _check_conv(x, c, w, sy, sx, py, px, nt, &oh, &ow)
+    if out.shape[0] != x.shape[0] or out.shape[1 if not nhwc else 3] != w.shape[0] or \
+            out.shape[2 if not nhwc else 1] != oh or out.shape[3 if not nhwc else 2] != ow or \
+            alpha.shape[0] != w.shape[0] or bias.shape[0] != w.shape[0]:
+        raise ValueError("conv_affine: inconsistent shapes")
+    cdef int rc, lvl = bnn_level()
+    with nogil:
+        rc = bnn_conv(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
+                      &w[0, 0, 0, 0], w.shape[0], w.shape[1], w.shape[2], sy, sx, py, px,
+                      pad_neg, oh, ow, BNN_EPI_F32, nhwc, &out[0, 0, 0, 0],
+                      &alpha[0], &bias[0], NULL, NULL, nt)
+    if rc:
+        raise MemoryError("conv_affine: could not allocate scratch memory")
+
+
+def conv_threshold_pack(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, :, ::1] w,
+                        int64_t sy, int64_t sx, int64_t py, int64_t px, bint pad_neg,
+                        const int64_t[::1] lim, const uint64_t[::1] flipw,
+                        uint64_t[:, :, :, ::1] out, int nt):
+    """Binary conv2d whose output channel o becomes bit o of the next layer's packed NHWC
+    input: bit = (mismatches > lim[o]) XOR (bit o of flipw).  out (N, OH, OW, ceil(O / 64)),
+    zeroed; flipw: ceil(O / 64) words."""
+    cdef int64_t oh, ow
+    _check_conv(x, c, w, sy, sx, py, px, nt, &oh, &ow)
+    if out.shape[0] != x.shape[0] or out.shape[1] != oh or out.shape[2] != ow or \
+            out.shape[3] != (w.shape[0] + 63) // 64 or lim.shape[0] != w.shape[0] or \
+            flipw.shape[0] != (w.shape[0] + 63) // 64:
+        raise ValueError("conv_threshold_pack: inconsistent shapes")
+    cdef int rc, lvl = bnn_level()
+    with nogil:
+        rc = bnn_conv(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
+                      &w[0, 0, 0, 0], w.shape[0], w.shape[1], w.shape[2], sy, sx, py, px,
+                      pad_neg, oh, ow, BNN_EPI_BITS, 0, &out[0, 0, 0, 0],
+                      NULL, NULL, &lim[0], &flipw[0], nt)
+    if rc:
+        raise MemoryError("conv_threshold_pack: could not allocate scratch memory")

@@ -1,0 +1,129 @@
+/* bnn_common.h -- shared types of bnnlab's packed-bit kernels (see ext/README.md).
+ *
+ * PRIVATE.  Everything here trusts its caller (bnnlab/kernels.py validates shapes,
+ * dtypes, contiguity and values before any of it runs).
+ *
+ * Bit layout: element j of a row lives in word j / 64, bit j % 64 (LSB first);
+ * bit 1 <=> value -1 (x < 0, so sign(0) = +1); bits past the row length are 0.
+ * For two rows of K elements:  dot = K - 2 * popcount(a XOR b).
+ */
+#ifndef BNN_COMMON_H
+#define BNN_COMMON_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <float.h>
+#if defined(__x86_64__) || defined(__i386__)
+#  include <immintrin.h>
+#  define BNN_X86 1
+#else
+#  define BNN_X86 0
+#endif
+#ifdef _OPENMP
+#  include <omp.h>
+#endif
+
+#define BNN_LEVEL_PORTABLE 0   /* plain C, SWAR popcount                      */
+#define BNN_LEVEL_POPCNT   1   /* scalar, hardware POPCNT                      */
+#define BNN_LEVEL_AVX2     2   /* AVX2: vpshufb nibble lookup + vpsadbw        */
+#define BNN_LEVEL_AVX512   3   /* AVX-512F/BW/VL + VPOPCNTDQ                   */
+#define BNN_N_LEVELS       4
+
+#define BNN_EPI_I32  0   /* out[p, j] = K - 2 * mismatches (int32)                       */
+#define BNN_EPI_F32  1   /* out[p, j] = (float)dot * alpha[j] + bias[j] (float32)        */
+#define BNN_EPI_BITS 2   /* bit j of row p = (mismatches > lim[j]) XOR flip_j (uint64)   */
+
+#define BNN_CAT_(a, b) a##_##b
+#define BNN_CAT(a, b) BNN_CAT_(a, b)
+#define BNN_UNROLL _Pragma("GCC unroll 16")
+#define BNN_INLINE static inline __attribute__((always_inline))
+
+/* Where the output of row p, column j goes:
+ *   off(p) = (p / P) * rs_outer + (p % P) * rs_inner,   element = out[off(p) + j * cs]
+ * (for BITS: word off(p) + j / 64, bit j % 64; cs unused). */
+typedef struct {
+    int mode;
+    int64_t K;
+    void *out;
+    int64_t P, rs_outer, rs_inner, cs;
+    const float *alpha, *bias;       /* F32: per column                              */
+    const int64_t *lim;              /* BITS: per column                             */
+    const uint64_t *flipw;           /* BITS: packed flags, bit j = flip of column j */
+} bnn_epi;
+
+/* The "A" operand: M rows; row p is nseg segments of L words, segment s at
+ * ptr(p) + s * seg_stride, with
+ *   ptr(p) = base + (p / P) * img_stride + ((p % P) / OW) * row_stride + ((p % P) % OW) * col_stride.
+ * A GEMM row: nseg = 1, L = nw, P = OW = M, col_stride = nw.
+ * A conv output pixel: nseg = kh segments of kw * CW words in the padded NHWC input. */
+typedef struct {
+    const uint64_t *base;
+    int64_t M, nseg, seg_stride, L;
+    int64_t P, OW, img_stride, row_stride, col_stride;
+} bnn_rows;
+
+typedef struct {
+    bnn_rows rows;
+    const uint64_t *b;       /* dot path: N rows of rows.L words (rows.nseg == 1)            */
+    const uint64_t *panel;   /* panel path: ceil(N / NR) groups of [nseg * L][NR] words      */
+    const uint64_t **rowptr; /* panel path: M row pointers (each thread fills its own rows)   */
+    int64_t *rowoff;         /* panel path: M output offsets                                 */
+    int64_t N;
+    bnn_epi epi;
+} bnn_job;
+
+/* Packing jobs (rows of k values -> rows of ceil(k/64) words, or NCHW -> NHWC words). */
+typedef struct {
+    const void *x;
+    uint64_t *out;
+    int64_t rows, k, nw;            /* rows layout                                  */
+    int64_t n, c, p, cw;            /* NCHW layout: n images, c channels, p pixels  */
+    int dtype;                      /* BNN_DT_*                                     */
+    int bad[256];                   /* per chunk: saw NaN/inf                       */
+} bnn_pack_job;
+
+#define BNN_DT_F32  0
+#define BNN_DT_F64  1
+#define BNN_DT_I8   2   /* bit = x < 0                                                 */
+#define BNN_DT_BOOL 3   /* bit = !x  (True means +1, False means -1)                   */
+
+typedef void (*bnn_job_fn)(const bnn_job *, int, int);
+typedef void (*bnn_pack_fn)(bnn_pack_job *, int, int);
+
+/* One ISA level's kernels and tile shapes. */
+typedef struct {
+    bnn_job_fn dot, panel;
+    bnn_pack_fn pack_rows[4], pack_nchw[4];   /* indexed by BNN_DT_* */
+    int d_mr, d_nr, p_mr, p_nr;
+} bnn_impl;
+
+BNN_INLINE int64_t bnn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+BNN_INLINE int64_t bnn_max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+BNN_INLINE const uint64_t *bnn_row_ptr(const bnn_rows *r, int64_t p) {
+    int64_t img = p / r->P, q = p - img * r->P, oy = q / r->OW, ox = q - oy * r->OW;
+    return r->base + img * r->img_stride + oy * r->row_stride + ox * r->col_stride;
+}
+
+BNN_INLINE int64_t bnn_out_off(const bnn_epi *e, int64_t p) {
+    int64_t img = p / e->P;
+    return img * e->rs_outer + (p - img * e->P) * e->rs_inner;
+}
+
+/* Software popcount for the portable level (no POPCNT instruction assumed). */
+BNN_INLINE uint64_t bnn_popcount_swar(uint64_t x) {
+    x = x - ((x >> 1) & 0x5555555555555555ULL);
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+    return (x * 0x0101010101010101ULL) >> 56;
+}
+
+/* 64-byte aligned scratch; size rounded up as aligned_alloc requires. */
+static inline void *bnn_alloc(size_t bytes) {
+    size_t n = (bytes + 63) & ~(size_t)63;
+    return aligned_alloc(64, n ? n : 64);
+}
+
+#endif /* BNN_COMMON_H */

@@ -1,0 +1,345 @@
+/* bnn_kernels.h -- entry points of bnnlab's packed-bit kernels (called from _kernels.pyx).
+ *
+ * PRIVATE.  Every function trusts its caller: bnnlab/kernels.py has checked dtypes,
+ * shapes, contiguity, value ranges and allocated (zeroed where required) outputs.
+ *
+ * Run-time dispatch: bnn_impl.h is compiled once per ISA level with a target attribute;
+ * bnn_level() picks the best level the CPU (and OS) supports, capped by
+ * bnn_set_level_cap() (bnnlab.kernels._set_isa / _force_portable, env BNNLAB_ISA).
+ * The binary needs no -march flag and runs on any x86-64 (or, portable level only,
+ * any other) CPU.
+ *
+ * Threads: a job is split into deterministic chunks (row tiles, 64-column blocks, ...),
+ * about BNN_CHUNKS_PER_THREAD per thread, run by bnnlab's pool (bnn_pool.h: the caller
+ * never waits for a worker that has not started) or, if selected, an OpenMP dynamic loop.
+ * The thread count is capped by the amount of work.  Each output element (and each
+ * packed output word) is written by exactly one chunk, so results never depend on the
+ * number of threads or on who ran what.
+ */
+#ifndef BNN_KERNELS_H
+#define BNN_KERNELS_H
+
+#include "bnn_common.h"
+#include "bnn_pool.h"
+
+#define BNN_LEVEL 0
+#include "bnn_impl.h"
+#if BNN_X86
+#  define BNN_LEVEL 1
+#  include "bnn_impl.h"
+#  define BNN_LEVEL 2
+#  include "bnn_impl.h"
+#  define BNN_LEVEL 3
+#  include "bnn_impl.h"
+static const bnn_impl *const bnn_impls[BNN_N_LEVELS] = {&impl_l0, &impl_l1, &impl_l2, &impl_l3};
+#else
+static const bnn_impl *const bnn_impls[BNN_N_LEVELS] = {&impl_l0, &impl_l0, &impl_l0, &impl_l0};
+#endif
+
+static const char *const bnn_level_names[BNN_N_LEVELS] = {"portable", "popcnt", "avx2", "avx512"};
+
+/* ----------------------------------------------------------------- dispatch */
+static int bnn_detected = -1;
+static int bnn_cap = BNN_N_LEVELS - 1;
+
+static int bnn_detect_level(void) {
+    if (bnn_detected >= 0) return bnn_detected;
+    int lvl = BNN_LEVEL_PORTABLE;
+#if BNN_X86 && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("popcnt")) {
+        lvl = BNN_LEVEL_POPCNT;
+        if (__builtin_cpu_supports("avx2")) {   /* also checks OS support of the YMM state */
+            lvl = BNN_LEVEL_AVX2;
+            if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq"))
+                lvl = BNN_LEVEL_AVX512;
+        }
+    }
+#endif
+    bnn_detected = lvl;
+    return lvl;
+}
+
+static int bnn_level(void) {
+    int d = bnn_detect_level();
+    return d < bnn_cap ? d : bnn_cap;
+}
+
+static void bnn_set_level_cap(int cap) {
+    if (cap < 0) cap = 0;
+    if (cap >= BNN_N_LEVELS) cap = BNN_N_LEVELS - 1;
+    bnn_cap = cap;
+}
+
+static void bnn_tiles(int level, int *d_mr, int *d_nr, int *p_mr, int *p_nr) {
+    const bnn_impl *im = bnn_impls[level];
+    *d_mr = im->d_mr; *d_nr = im->d_nr; *p_mr = im->p_mr; *p_nr = im->p_nr;
+}
+
+static int bnn_openmp_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* ------------------------------------------------------------------ threads */
+/* Use at most one thread per `grain` units of work (waking a thread costs microseconds).
+ * bnn_grain_scale multiplies every grain; 0 disables the cap (tests use it to run the
+ * multi-threaded partitioning on small problems). */
+static double bnn_grain_scale = 1.0;
+
+static int bnn_threads_for(int nt, double work, double grain) {
+    if (nt <= 1) return 1;
+    if (bnn_grain_scale <= 0.0) return nt;
+    double useful = work / (grain * bnn_grain_scale);
+    if (useful < 2.0) return 1;
+    if (useful < (double)nt) return (int)useful;
+    return nt;
+}
+
+/* Threading backend: 0 = bnnlab's pool (bnn_pool.h, default), 1 = OpenMP dynamic loop. */
+#define BNN_BACKEND_POOL 0
+#define BNN_BACKEND_OPENMP 1
+static int bnn_backend = BNN_BACKEND_POOL;
+
+#define BNN_CHUNKS_PER_THREAD 8
+#define BNN_MAX_CHUNKS 256            /* bnn_pack_job keeps one flag per chunk */
+
+static int bnn_nchunks(int nt, int64_t units) {
+    if (nt <= 1 || units <= 1) return 1;
+    int64_t c = (int64_t)nt * BNN_CHUNKS_PER_THREAD;
+    if (c > units) c = units;
+    if (c > BNN_MAX_CHUNKS) c = BNN_MAX_CHUNKS;
+    return (int)c;
+}
+
+static void bnn_run_chunks(bnn_chunk_fn fn, void *ctx, int nchunks, int nt) {
+    if (nt <= 1 || nchunks <= 1) {
+        for (int c = 0; c < nchunks; c++) fn(ctx, c, nchunks);
+        return;
+    }
+#ifdef _OPENMP
+    if (bnn_backend == BNN_BACKEND_OPENMP) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        for (int c = 0; c < nchunks; c++) fn(ctx, c, nchunks);
+        return;
+    }
+#endif
+    bnn_pool_run(fn, ctx, nchunks, nt);
+}
+
+typedef struct { bnn_job_fn f; const bnn_job *job; } bnn_job_call;
+static void bnn_job_chunk(void *ctx, int c, int n) {
+    const bnn_job_call *jc = (const bnn_job_call *)ctx;
+    jc->f(jc->job, c, n);
+}
+
+/* Run a kernel job over `units` indivisible work units (row tiles or 64-column blocks);
+ * chunk c of n is what the worker computes for (t, T) = (c, n). */
+static void bnn_run_job(bnn_job_fn f, const bnn_job *job, int nt, int64_t units) {
+    bnn_job_call jc = {f, job};
+    bnn_run_chunks(bnn_job_chunk, &jc, bnn_nchunks(nt, units), nt);
+}
+
+typedef struct { bnn_pack_fn f; bnn_pack_job *job; } bnn_pack_call;
+static void bnn_pack_chunk(void *ctx, int c, int n) {
+    const bnn_pack_call *pc = (const bnn_pack_call *)ctx;
+    pc->f(pc->job, c, n);
+}
+
+static int bnn_run_pack(bnn_pack_fn f, bnn_pack_job *job, int nt, int64_t units) {
+    memset(job->bad, 0, sizeof(job->bad));
+    bnn_pack_call pc = {f, job};
+    bnn_run_chunks(bnn_pack_chunk, &pc, bnn_nchunks(nt, units), nt);
+    int bad = 0;
+    for (int i = 0; i < BNN_MAX_CHUNKS; i++) bad |= job->bad[i];
+    return bad;
+}
+
+/* ------------------------------------------------------------------ packing */
+/* x: rows x k values (dtype BNN_DT_*), out: rows x ceil(k/64) words (fully written).
+ * Returns 1 if a float input held NaN or +-inf, else 0. */
+static int bnn_pack_rows(int level, int dtype, const void *x, int64_t rows, int64_t k,
+                         uint64_t *out, int nt) {
+    bnn_pack_job job;
+    job.x = x; job.out = out; job.rows = rows; job.k = k; job.nw = (k + 63) / 64;
+    job.n = job.c = job.p = job.cw = 0; job.dtype = dtype;
+    nt = bnn_threads_for(nt, (double)rows * (double)k, 262144.0);
+    return bnn_run_pack(bnn_impls[level]->pack_rows[dtype], &job, nt, rows);
+}
+
+/* x: N x C x P values (P = H * W), out: N x P x ceil(C/64) words (fully written). */
+static int bnn_pack_nchw(int level, int dtype, const void *x, int64_t n, int64_t c, int64_t p,
+                         uint64_t *out, int nt) {
+    bnn_pack_job job;
+    job.x = x; job.out = out; job.rows = job.k = job.nw = 0;
+    job.n = n; job.c = c; job.p = p; job.cw = (c + 63) / 64; job.dtype = dtype;
+    nt = bnn_threads_for(nt, (double)n * (double)c * (double)p, 262144.0);
+    return bnn_run_pack(bnn_impls[level]->pack_nchw[dtype], &job, nt, n * job.cw * ((p + 255) / 256));
+}
+
+/* B (N rows x wlen words) -> panel: ceil(N/nr) groups of [wlen][nr] words; missing
+ * rows of the last group are zero (their results are computed and discarded). */
+typedef struct { const uint64_t *b; uint64_t *panel; int64_t N, wlen, ngroups; int nr; } bnn_panel_job;
+
+static void bnn_panel_chunk(void *ctx, int c, int n) {
+    const bnn_panel_job *pj = (const bnn_panel_job *)ctx;
+    const int64_t g0 = pj->ngroups * c / n, g1 = pj->ngroups * (c + 1) / n;
+    const int64_t wlen = pj->wlen, nr = pj->nr;
+    for (int64_t g = g0; g < g1; g++) {
+        uint64_t *pg = pj->panel + g * wlen * nr;
+        for (int64_t r = 0; r < nr; r++) {
+            const int64_t row = g * nr + r;
+            if (row < pj->N) {
+                const uint64_t *br = pj->b + row * wlen;
+                for (int64_t w = 0; w < wlen; w++) pg[w * nr + r] = br[w];
+            } else {
+                for (int64_t w = 0; w < wlen; w++) pg[w * nr + r] = 0;
+            }
+        }
+    }
+}
+
+static uint64_t *bnn_make_panel(const uint64_t *b, int64_t N, int64_t wlen, int nr, int nt) {
+    const int64_t ngroups = (N + nr - 1) / nr;
+    uint64_t *panel = (uint64_t *)bnn_alloc((size_t)ngroups * (size_t)wlen * (size_t)nr * 8u);
+    if (!panel) return NULL;
+    bnn_panel_job pj = {b, panel, N, wlen, ngroups, nr};
+    nt = bnn_threads_for(nt, (double)N * (double)wlen, 262144.0);
+    bnn_run_chunks(bnn_panel_chunk, &pj, bnn_nchunks(nt, ngroups), nt);
+    return panel;
+}
+
+/* ------------------------------------------------------------------ epilogue setup */
+static void bnn_epi_init(bnn_epi *e, int mode, int64_t K, void *out, const float *alpha,
+                         const float *bias, const int64_t *lim, const uint64_t *flipw) {
+    e->mode = mode; e->K = K; e->out = out;
+    e->alpha = alpha; e->bias = bias; e->lim = lim; e->flipw = flipw;
+}
+
+/* Row pointer / output offset lists of the panel path. */
+static int bnn_alloc_rows(bnn_job *job, int64_t M) {
+    job->rowptr = (const uint64_t **)bnn_alloc((size_t)M * sizeof(uint64_t *));
+    job->rowoff = (int64_t *)bnn_alloc((size_t)M * sizeof(int64_t));
+    if (!job->rowptr || !job->rowoff) {
+        free((void *)job->rowptr); free(job->rowoff);
+        return -1;
+    }
+    return 0;
+}
+
+static void bnn_free_rows(bnn_job *job) {
+    free((void *)job->rowptr); free(job->rowoff);
+}
+
+/* ------------------------------------------------------------------ GEMM */
+/* out = epilogue(K - 2 * popcount(a_i XOR b_j)), a: M x nw, b: N x nw words; flipw: packed
+ * per-column flags (BITS only).
+ * I32/F32 out: M x N row-major; BITS out: M x ceil(N/64) words, zeroed by the caller.
+ * Returns 0, or -1 if scratch memory could not be allocated. */
+static int bnn_gemm(int level, const uint64_t *a, int64_t M, const uint64_t *b, int64_t N,
+                    int64_t nw, int64_t K, int mode, void *out, const float *alpha,
+                    const float *bias, const int64_t *lim, const uint64_t *flipw, int nt) {
+    const bnn_impl *im = bnn_impls[level];
+    bnn_job job;
+    job.rowptr = NULL; job.rowoff = NULL;
+    job.rows.base = a; job.rows.M = M; job.rows.nseg = 1; job.rows.seg_stride = 0;
+    job.rows.L = nw; job.rows.P = M; job.rows.OW = M;
+    job.rows.img_stride = 0; job.rows.row_stride = 0; job.rows.col_stride = nw;
+    job.b = b; job.panel = NULL; job.N = N;
+    bnn_epi_init(&job.epi, mode, K, out, alpha, bias, lim, flipw);
+    job.epi.P = M; job.epi.rs_outer = 0; job.epi.cs = 1;
+    job.epi.rs_inner = (mode == BNN_EPI_BITS) ? (N + 63) / 64 : N;
+    const double work = (double)M * (double)N * (double)nw;
+    if (M <= 8) {
+        nt = bnn_threads_for(nt, work, 131072.0);
+        bnn_run_job(im->dot, &job, nt, (N + 63) / 64);
+        return 0;
+    }
+    nt = bnn_threads_for(nt, work, 131072.0);
+    uint64_t *panel = bnn_make_panel(b, N, nw, im->p_nr, nt);
+    if (!panel) return -1;
+    if (bnn_alloc_rows(&job, M)) { free(panel); return -1; }
+    job.panel = panel;
+    bnn_run_job(im->panel, &job, nt, (M + im->p_mr - 1) / im->p_mr);
+    bnn_free_rows(&job);
+    free(panel);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ conv */
+/* x: N x H x W x CW words (packed NHWC, C channels), w: O x kh x kw x CW words.
+ * Output pixel (n, oy, ox) reads input rows oy*sy - py + dy, columns ox*sx - px + dx;
+ * outside the image the input is the constant pad pixel: +1 (all bits 0) or, with
+ * pad_neg, -1 (bits set for the first C channels only).  K = C * kh * kw.
+ * I32/F32 out: NCHW (nhwc = 0) or NHWC (nhwc = 1); BITS out: N x OH x OW x ceil(O/64)
+ * words, zeroed by the caller.  Returns 0, or -1 on allocation failure. */
+static int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
+                    const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
+                    int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode, int nhwc,
+                    void *out, const float *alpha, const float *bias, const int64_t *lim,
+                    const uint64_t *flipw, int nt) {
+    const bnn_impl *im = bnn_impls[level];
+    const int64_t CW = (C + 63) / 64, Hp = H + 2 * py, Wp = W + 2 * px;
+    const int64_t P = OH * OW, M = N * P, wlen = kh * kw * CW;
+    const uint64_t *xp = x;
+    uint64_t *xpad = NULL;
+    if (py > 0 || px > 0) {
+        /* Padded copy of the packed input (not an im2col: same size as the input plus a
+         * border), so that every tap reads real words and each kernel row is one run. */
+        /* one allocation: the padded input, then one pad pixel (CW words) */
+        const size_t npad = (size_t)N * (size_t)Hp * (size_t)Wp * (size_t)CW;
+        xpad = (uint64_t *)bnn_alloc((npad + (size_t)CW) * 8u);
+        if (!xpad) return -1;
+        uint64_t *padword = xpad + npad;
+        for (int64_t c = 0; c < CW; c++) padword[c] = 0;
+        if (pad_neg) {
+            for (int64_t c = 0; c < CW; c++) padword[c] = ~(uint64_t)0;
+            if (C % 64) padword[CW - 1] = ((uint64_t)1 << (C % 64)) - 1;
+        }
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t y = 0; y < Hp; y++) {
+                uint64_t *dst = xpad + ((n * Hp + y) * Wp) * CW;
+                const int64_t iy = y - py;
+                if (iy < 0 || iy >= H) {
+                    for (int64_t q = 0; q < Wp; q++) memcpy(dst + q * CW, padword, (size_t)CW * 8u);
+                } else {
+                    for (int64_t q = 0; q < px; q++) memcpy(dst + q * CW, padword, (size_t)CW * 8u);
+                    memcpy(dst + px * CW, x + ((n * H + iy) * W) * CW, (size_t)(W * CW) * 8u);
+                    for (int64_t q = px + W; q < Wp; q++) memcpy(dst + q * CW, padword, (size_t)CW * 8u);
+                }
+            }
+        }
+        xp = xpad;
+    }
+    const double work = (double)M * (double)O * (double)wlen;
+    nt = bnn_threads_for(nt, work, 131072.0);
+    uint64_t *panel = bnn_make_panel(w, O, wlen, im->p_nr, nt);
+    if (!panel) { free(xpad); return -1; }
+    bnn_job job;
+    if (bnn_alloc_rows(&job, M)) { free(panel); free(xpad); return -1; }
+    job.rows.base = xp; job.rows.M = M; job.rows.nseg = kh; job.rows.seg_stride = Wp * CW;
+    job.rows.L = kw * CW; job.rows.P = P; job.rows.OW = OW;
+    job.rows.img_stride = Hp * Wp * CW; job.rows.row_stride = sy * Wp * CW; job.rows.col_stride = sx * CW;
+    job.b = NULL; job.panel = panel; job.N = O;
+    bnn_epi_init(&job.epi, mode, C * kh * kw, out, alpha, bias, lim, flipw);
+    job.epi.P = P;
+    if (mode == BNN_EPI_BITS) {
+        const int64_t ow = (O + 63) / 64;
+        job.epi.rs_outer = P * ow; job.epi.rs_inner = ow; job.epi.cs = 1;
+    } else if (nhwc) {
+        job.epi.rs_outer = P * O; job.epi.rs_inner = O; job.epi.cs = 1;
+    } else {
+        job.epi.rs_outer = O * P; job.epi.rs_inner = 1; job.epi.cs = P;
+    }
+    bnn_run_job(im->panel, &job, nt, (M + im->p_mr - 1) / im->p_mr);
+    bnn_free_rows(&job);
+    free(panel);
+    free(xpad);
+    return 0;
+}
+
+#endif /* BNN_KERNELS_H */

@@ -1,0 +1,212 @@
+"""Bad arguments to bnnlab.kernels raise ValueError/TypeError naming the argument -- never a crash.
+
+The whole corpus runs in ONE subprocess, which prints one JSON line per case as it goes; a
+segfault or abort therefore fails the run (and names the case it died on) instead of
+killing pytest.  Each case is then checked as its own test.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# (id, expression, expected exception, substring the message must contain)
+CASES = [
+    # pack_signs: types, ranks, emptiness, values, threads
+    ("pack-list", "bk.pack_signs([[1.0, -1.0]])", "TypeError", "x"),
+    ("pack-int64", "bk.pack_signs(np.ones((2, 3), np.int64))", "TypeError", "x"),
+    ("pack-float16", "bk.pack_signs(np.ones((2, 3), np.float16))", "TypeError", "x"),
+    ("pack-complex", "bk.pack_signs(np.ones((2, 3), np.complex64))", "TypeError", "x"),
+    ("pack-object", "bk.pack_signs(np.array([[None, 1]], dtype=object))", "TypeError", "x"),
+    ("pack-1d", "bk.pack_signs(np.ones(5, np.float32))", "ValueError", "2-D"),
+    ("pack-3d", "bk.pack_signs(np.ones((2, 2, 2), np.float32))", "ValueError", "2-D"),
+    ("pack-0d", "bk.pack_signs(np.ones((), np.float32))", "ValueError", "2-D"),
+    ("pack-scalar", "bk.pack_signs(np.float32(1.0))", "TypeError", "x"),
+    ("pack-no-rows", "bk.pack_signs(np.ones((0, 5), np.float32))", "ValueError", "empty"),
+    ("pack-no-cols", "bk.pack_signs(np.ones((3, 0), np.float32))", "ValueError", "empty"),
+    ("pack-nan", "bk.pack_signs(np.array([[1.0, np.nan]], np.float32))", "ValueError", "NaN"),
+    ("pack-nan-long", "bk.pack_signs(np.where(np.arange(300) == 299, np.nan, 1.0).astype(np.float32)[None])",
+     "ValueError", "NaN"),
+    ("pack-inf64", "bk.pack_signs(np.array([[1.0, -np.inf]]))", "ValueError", "inf"),
+    ("pack-strict-half", "bk.pack_signs(np.array([[1.0, 0.5]]), strict=True)", "ValueError", "strict"),
+    ("pack-strict-zero", "bk.pack_signs(np.zeros((1, 70), np.int8), strict=True)", "ValueError", "strict"),
+    ("pack-strict-nan", "bk.pack_signs(np.array([[np.nan]]), strict=True)", "ValueError", "x"),
+    ("pack-threads-0", "bk.pack_signs(np.ones((2, 3)), n_threads=0)", "ValueError", "n_threads"),
+    ("pack-threads-neg", "bk.pack_signs(np.ones((2, 3)), n_threads=-2)", "ValueError", "n_threads"),
+    ("pack-threads-float", "bk.pack_signs(np.ones((2, 3)), n_threads=1.5)", "TypeError", "n_threads"),
+    ("pack-threads-bool", "bk.pack_signs(np.ones((2, 3)), n_threads=True)", "TypeError", "n_threads"),
+    ("pack-threads-str", "bk.pack_signs(np.ones((2, 3)), n_threads='2')", "TypeError", "n_threads"),
+    ("pack-threads-huge", "bk.pack_signs(np.ones((2, 3)), n_threads=10**6)", "ValueError", "n_threads"),
+    ("pack-torch-half", "bk.pack_signs(torch.ones(2, 3, dtype=torch.float16))", "TypeError", "x"),
+    ("pack-torch-int32", "bk.pack_signs(torch.ones(2, 3, dtype=torch.int32))", "TypeError", "x"),
+    ("pack-torch-meta", "bk.pack_signs(torch.ones(2, 3, device='meta'))", "ValueError", "CPU"),
+    ("pack-torch-sparse", "bk.pack_signs(torch.eye(3).to_sparse())", "TypeError", "x"),
+    ("pack-torch-nan", "bk.pack_signs(torch.tensor([[0.0, float('nan')]]))", "ValueError", "NaN"),
+    ("pack-packed", "bk.pack_signs(bk.pack_signs(np.ones((1, 3))))", "TypeError", "x"),
+    # PackedBits construction
+    ("bits-float-words", "bk.PackedBits(np.zeros((2, 1)), 3)", "TypeError", "words"),
+    ("bits-list-words", "bk.PackedBits([[0]], 3)", "TypeError", "words"),
+    ("bits-1d", "bk.PackedBits(np.zeros(2, np.uint64), 3)", "ValueError", "words"),
+    ("bits-noncontig", "bk.PackedBits(np.zeros((2, 4), np.uint64)[:, ::2], 65)", "ValueError", "C-contiguous"),
+    ("bits-empty", "bk.PackedBits(np.zeros((0, 1), np.uint64), 3)", "ValueError", "words"),
+    ("bits-k0", "bk.PackedBits(np.zeros((2, 1), np.uint64), 0)", "ValueError", "k"),
+    ("bits-k-float", "bk.PackedBits(np.zeros((2, 1), np.uint64), 3.0)", "TypeError", "k"),
+    ("bits-k-bool", "bk.PackedBits(np.zeros((2, 1), np.uint64), True)", "TypeError", "k"),
+    ("bits-k-mismatch", "bk.PackedBits(np.zeros((2, 1), np.uint64), 65)", "ValueError", "k=65"),
+    ("bits-k-huge", "bk.PackedBits(np.zeros((1, 1), np.uint64), 2**40)", "ValueError", "k"),
+    ("bits-padding-set", "bk.PackedBits(np.full((2, 1), 2**63, np.uint64), 3)", "ValueError", "padding"),
+    # unpack
+    ("unpack-array", "bk.unpack_signs(np.zeros((2, 1), np.uint64))", "TypeError", "p"),
+    ("unpack-dtype", "bk.unpack_signs(P3, dtype=np.int32)", "TypeError", "dtype"),
+    ("unpack-dtype-junk", "bk.unpack_signs(P3, dtype='nonsense')", "TypeError", "dtype"),
+    ("unpack-nhwc-bits", "bk.unpack_nhwc(P3)", "TypeError", "p"),
+    ("unpack-w-bits", "bk.unpack_conv_weights(P3)", "TypeError", "w"),
+    ("flatten-bits", "bk.flatten_nhwc(P3)", "TypeError", "p"),
+    # xnor_matmul / binary_matmul
+    ("xnor-a-array", "bk.xnor_matmul(np.zeros((2, 1), np.uint64), P3)", "TypeError", "a"),
+    ("xnor-b-array", "bk.xnor_matmul(P3, np.ones((2, 3)))", "TypeError", "b"),
+    ("xnor-k-mismatch", "bk.xnor_matmul(P3, P70)", "ValueError", "a.k"),
+    ("xnor-threads-0", "bk.xnor_matmul(P3, P3, n_threads=0)", "ValueError", "n_threads"),
+    ("xnor-threads-none-str", "bk.xnor_matmul(P3, P3, n_threads='all')", "TypeError", "n_threads"),
+    ("bmm-k-mismatch", "bk.binary_matmul(np.ones((2, 3)), np.ones((4, 5)))", "ValueError", "a.k"),
+    ("bmm-a-nan", "bk.binary_matmul(np.full((2, 3), np.nan), np.ones((4, 3)))", "ValueError", "a contains"),
+    ("bmm-b-inf", "bk.binary_matmul(np.ones((2, 3)), np.full((4, 3), np.inf, np.float32))", "ValueError", "b contains"),
+    ("bmm-b-1d", "bk.binary_matmul(np.ones((2, 3)), np.ones(3))", "ValueError", "b must"),
+    ("bmm-a-empty", "bk.binary_matmul(np.ones((0, 3)), np.ones((2, 3)))", "ValueError", "a is empty"),
+    ("bmm-a-str", "bk.binary_matmul('abc', np.ones((2, 3)))", "TypeError", "a must"),
+    # fused epilogues
+    ("thr-nan", "bk.matmul_threshold(P3, P3, np.array([np.nan, 0.0]))", "ValueError", "threshold"),
+    ("thr-length", "bk.matmul_threshold(P3, P3, np.zeros(5))", "ValueError", "threshold"),
+    ("thr-2d", "bk.matmul_threshold(P3, P3, np.zeros((2, 1)))", "ValueError", "threshold"),
+    ("thr-str", "bk.matmul_threshold(P3, P3, 'zero')", "TypeError", "threshold"),
+    ("thr-bool", "bk.matmul_threshold(P3, P3, True)", "TypeError", "threshold"),
+    ("thr-torch-bool", "bk.matmul_threshold(P3, P3, torch.tensor([True, False]))", "TypeError", "threshold"),
+    ("thr-torch-complex", "bk.matmul_threshold(P3, P3, torch.zeros(2, dtype=torch.complex64))", "TypeError", "threshold"),
+    ("thr-b-real", "bk.matmul_threshold(P3, np.ones((2, 3)), 0.0)", "TypeError", "b"),
+    ("flip-length", "bk.matmul_threshold(P3, P3, 0.0, flip=[True, False, True])", "ValueError", "flip"),
+    ("flip-float", "bk.matmul_threshold(P3, P3, 0.0, flip=np.array([0.5, 1.0]))", "TypeError", "flip"),
+    ("flip-int2", "bk.matmul_threshold(P3, P3, 0.0, flip=np.array([0, 2]))", "ValueError", "flip"),
+    ("prep-k0", "bk.prepare_thresholds(0.0, channels=2, k=0)", "ValueError", "k"),
+    ("prep-channels-str", "bk.prepare_thresholds(0.0, channels='2', k=3)", "TypeError", "channels"),
+    ("prep-wrong-layer", "bk.matmul_threshold(P3, P3, bk.prepare_thresholds(0.0, channels=2, k=4))",
+     "ValueError", "k=4"),
+    ("prep-with-flip", "bk.matmul_threshold(P3, P3, bk.prepare_thresholds(0.0, channels=2, k=3), flip=True)",
+     "ValueError", "flip"),
+    ("alpha-inf", "bk.matmul_affine(P3, P3, np.array([np.inf, 1.0]))", "ValueError", "alpha"),
+    ("alpha-f32-overflow", "bk.matmul_affine(P3, P3, 1e39)", "ValueError", "alpha"),
+    ("alpha-length", "bk.matmul_affine(P3, P3, np.ones(3))", "ValueError", "alpha"),
+    ("bias-length", "bk.matmul_affine(P3, P3, 1.0, bias=np.ones(4))", "ValueError", "bias"),
+    ("bias-nan", "bk.matmul_affine(P3, P3, 1.0, bias=np.array([0.0, np.nan]))", "ValueError", "bias"),
+    ("alpha-complex", "bk.matmul_affine(P3, P3, np.array([1j, 1j]))", "TypeError", "alpha"),
+    # conv packing
+    ("nhwc-3d", "bk.pack_nhwc(np.ones((2, 3, 4), np.float32))", "ValueError", "4-D"),
+    ("nhwc-empty", "bk.pack_nhwc(np.ones((1, 0, 4, 4), np.float32))", "ValueError", "empty"),
+    ("nhwc-nan", "bk.pack_nhwc(np.full((1, 2, 2, 2), np.nan))", "ValueError", "NaN"),
+    ("nhwc-int16", "bk.pack_nhwc(np.ones((1, 2, 2, 2), np.int16))", "TypeError", "x"),
+    ("nhwc-strict", "bk.pack_nhwc(np.full((1, 2, 2, 2), 0.3), strict=True)", "ValueError", "strict"),
+    ("wts-3d", "bk.pack_conv_weights(np.ones((2, 3, 3)))", "ValueError", "w must"),
+    ("wts-inf", "bk.pack_conv_weights(np.full((2, 3, 1, 1), np.inf))", "ValueError", "w contains"),
+    ("wts-strict", "bk.pack_conv_weights(np.full((2, 3, 1, 1), 2.0), strict=True)", "ValueError", "strict"),
+    ("act-channels-mismatch", "bk.PackedActivations(np.zeros((1, 2, 2, 1), np.uint64), 65)", "ValueError", "channels"),
+    ("act-padding-set", "bk.PackedActivations(np.full((1, 2, 2, 1), 8, np.uint64), 3)", "ValueError", "padding"),
+    ("act-3d", "bk.PackedActivations(np.zeros((1, 2, 1), np.uint64), 3)", "ValueError", "words"),
+    ("wpk-channels-0", "bk.PackedConvWeights(np.zeros((1, 3, 3, 1), np.uint64), 0)", "ValueError", "in_channels"),
+    # conv arguments
+    ("conv-x-real", "bk.conv2d_packed(np.ones((1, 3, 5, 5)), W3)", "TypeError", "x"),
+    ("conv-w-real", "bk.conv2d_packed(X3, np.ones((2, 3, 3, 3)))", "TypeError", "w"),
+    ("conv-stride-0", "bk.conv2d_packed(X3, W3, stride=0)", "ValueError", "stride"),
+    ("conv-stride-neg", "bk.conv2d_packed(X3, W3, stride=-1)", "ValueError", "stride"),
+    ("conv-stride-float", "bk.conv2d_packed(X3, W3, stride=1.5)", "TypeError", "stride"),
+    ("conv-stride-triple", "bk.conv2d_packed(X3, W3, stride=(1, 1, 1))", "ValueError", "stride"),
+    ("conv-stride-none", "bk.conv2d_packed(X3, W3, stride=None)", "TypeError", "stride"),
+    ("conv-padding-neg", "bk.conv2d_packed(X3, W3, padding=-1)", "ValueError", "padding"),
+    ("conv-padding-same", "bk.conv2d_packed(X3, W3, padding='same')", "TypeError", "padding"),
+    ("conv-pad-zero", "bk.conv2d_packed(X3, W3, padding=1, pad_value=0.0)", "ValueError", "pad_value"),
+    ("conv-pad-half", "bk.conv2d_packed(X3, W3, padding=1, pad_value=0.5)", "ValueError", "pad_value"),
+    ("conv-pad-nan", "bk.conv2d_packed(X3, W3, padding=1, pad_value=float('nan'))", "ValueError", "pad_value"),
+    ("conv-pad-str", "bk.conv2d_packed(X3, W3, padding=1, pad_value='1')", "TypeError", "pad_value"),
+    ("conv-pad-bool", "bk.conv2d_packed(X3, W3, padding=1, pad_value=True)", "TypeError", "pad_value"),
+    ("conv-channels", "bk.conv2d_packed(X3, bk.pack_conv_weights(np.ones((2, 4, 3, 3))))", "ValueError", "channels"),
+    ("conv-kernel-too-big", "bk.conv2d_packed(X3, bk.pack_conv_weights(np.ones((2, 3, 7, 7))))", "ValueError", "kernel"),
+    ("conv-layout", "bk.conv2d_packed(X3, W3, layout='NCHW')", "ValueError", "layout"),
+    ("conv-threads", "bk.conv2d_packed(X3, W3, n_threads=0)", "ValueError", "n_threads"),
+    ("conv-thr-length", "bk.conv2d_threshold(X3, W3, np.zeros(3))", "ValueError", "threshold"),
+    ("conv-thr-nan", "bk.conv2d_threshold(X3, W3, float('nan'))", "ValueError", "threshold"),
+    ("conv-flip-length", "bk.conv2d_threshold(X3, W3, 0.0, flip=[True])", "ValueError", "flip"),
+    ("conv-alpha-nan", "bk.conv2d_affine(X3, W3, np.array([1.0, np.nan]))", "ValueError", "alpha"),
+    ("conv-affine-layout", "bk.conv2d_affine(X3, W3, 1.0, layout='chw')", "ValueError", "layout"),
+    ("bconv-x-3d", "bk.binary_conv2d(np.ones((3, 5, 5)), np.ones((2, 3, 3, 3)))", "ValueError", "x must"),
+    ("bconv-w-5d", "bk.binary_conv2d(np.ones((1, 3, 5, 5)), np.ones((2, 3, 3, 3, 1)))", "ValueError", "w must"),
+    ("bconv-x-nan", "bk.binary_conv2d(np.full((1, 3, 5, 5), np.nan), np.ones((2, 3, 3, 3)))", "ValueError", "x contains"),
+    ("bconv-w-nan", "bk.binary_conv2d(np.ones((1, 3, 5, 5)), np.full((2, 3, 3, 3), np.nan))", "ValueError", "w contains"),
+    ("bconv-w-torch-half", "bk.binary_conv2d(np.ones((1, 3, 5, 5)), torch.ones(2, 3, 3, 3).half())", "TypeError", "w"),
+    ("bconv-pad", "bk.binary_conv2d(np.ones((1, 3, 5, 5)), np.ones((2, 3, 3, 3)), padding=1, pad_value=0)",
+     "ValueError", "pad_value"),
+    # global settings and private switches
+    ("threads-set-0", "bk.set_num_threads(0)", "ValueError", "n"),
+    ("threads-set-str", "bk.set_num_threads('4')", "TypeError", "n"),
+    ("threads-set-float", "bk.set_num_threads(2.0)", "TypeError", "n"),
+    ("isa-unknown", "bk._set_isa('sse9')", "ValueError", "name"),
+    ("threading-unknown", "bk._set_threading('tbb')", "ValueError", "backend"),
+    # the compiled module refuses inconsistent buffers on its own (defence in depth)
+    ("raw-gemm-shapes", "_kernels.gemm(P3.words, P70.words, 3, np.empty((2, 2), np.int32), 1)", "ValueError", "gemm"),
+    ("raw-gemm-out", "_kernels.gemm(P3.words, P3.words, 3, np.empty((1, 1), np.int32), 1)", "ValueError", "gemm"),
+    ("raw-gemm-dtype", "_kernels.gemm(P3.words, P3.words, 3, np.empty((2, 2), np.int64), 1)", "ValueError", "dtype"),
+    ("raw-conv-out", "_kernels.conv(X3.words, 3, W3.words, 1, 1, 0, 0, 0, np.empty((1, 2, 5, 5), np.int32), 0, 1)",
+     "ValueError", "conv"),
+    ("raw-conv-stride", "_kernels.conv(X3.words, 3, W3.words, 0, 1, 0, 0, 0, np.empty((1, 2, 3, 3), np.int32), 0, 1)",
+     "ValueError", "conv"),
+    ("raw-pack-out", "_kernels.pack_rows(np.ones((2, 65), np.float32), np.empty((2, 1), np.uint64), 1)",
+     "ValueError", "pack_rows"),
+    ("raw-threads", "_kernels.gemm(P3.words, P3.words, 3, np.empty((2, 2), np.int32), 0)", "ValueError", "gemm"),
+]
+
+CHILD = r"""
+import json, sys
+import numpy as np
+import torch
+from bnnlab import kernels as bk
+from bnnlab import _kernels
+
+ns = {"np": np, "torch": torch, "bk": bk, "_kernels": _kernels}
+ns["P3"] = bk.pack_signs(np.array([[1.0, -1.0, 1.0], [-1.0, -1.0, 1.0]]))
+ns["P70"] = bk.pack_signs(np.ones((2, 70)))
+ns["X3"] = bk.pack_nhwc(np.ones((1, 3, 5, 5)))
+ns["W3"] = bk.pack_conv_weights(np.ones((2, 3, 3, 3)))
+for case_id, expr in json.load(sys.stdin):
+    try:
+        eval(expr, ns)
+        result = {"id": case_id, "exc": None, "msg": ""}
+    except Exception as exc:  # the outcome is what we record
+        result = {"id": case_id, "exc": type(exc).__name__, "msg": str(exc)}
+    print(json.dumps(result), flush=True)
+print(json.dumps({"id": "__done__"}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    payload = json.dumps([(cid, expr) for cid, expr, _, _ in CASES])
+    proc = subprocess.run([sys.executable, "-c", CHILD], input=payload, capture_output=True,
+                          text=True, timeout=300)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    got = {rec["id"]: rec for rec in lines}
+    last = lines[-1]["id"] if lines else None
+    assert proc.returncode == 0 and "__done__" in got, (
+        f"corpus subprocess died (returncode {proc.returncode}) after case {last!r}:\n{proc.stderr[-3000:]}"
+    )
+    return got
+
+
+def test_case_ids_are_unique():
+    ids = [c[0] for c in CASES]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("case_id, expr, exc, needle", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_raises_a_clear_error(outcomes, case_id, expr, exc, needle):
+    rec = outcomes[case_id]
+    assert rec["exc"] == exc, f"{expr} -> {rec['exc']}: {rec['msg']}"
+    assert needle in rec["msg"], f"message of {expr!r} does not mention {needle!r}: {rec['msg']}"
