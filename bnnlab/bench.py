@@ -1,0 +1,423 @@
+r"""Speed and memory benchmarks: torch float32 vs bnnlab's packed kernels.
+
+``python -m bnnlab bench [--quick] [--cases gemm,conv64] [--threads 1,2] [--json FILE]``
+
+Every case is **checked before it is timed**: the packed result must equal the torch result
+(integer parts bit-exact, the end-to-end model's logits ``allclose`` with identical
+predictions). A case that fails the check gets no time (``correct: False``) and the command
+exits with status 1.
+
+Timing: medians over repetitions after a warm-up, torch and bnnlab **interleaved in one
+process** (torch, bnnlab, bnnlab, torch, ... so drifting machine load hits both alike); a
+repetition of a fast call loops it until it lasts at least ``min_time``.
+``torch.set_num_threads`` and :func:`bnnlab.kernels.set_num_threads` are set to the same value
+for each thread count.
+
+Cases:
+
+* ``gemm{n}``: torch ``a @ b.T`` on ±1 data, M = N = K = n; bnnlab packs A in the loop and
+  runs ``xnor_matmul`` against pre-packed B. ``gemm{n}_prepacked``: A and B both pre-packed.
+* ``gemv{m}x4096``: ``x @ W.T`` with x (m, 4096), W (4096, 4096); bnnlab packs x in the loop,
+  W pre-packed.
+* ``conv{c}x{hw}``: 3x3 conv c -> c channels, batch 1, ``F.conv2d(x, w, padding=1)``; bnnlab
+  ``pack_nhwc(x)`` in the loop + ``conv2d_packed`` (+1 padding; checked against torch on the
+  +1-padded input).
+* ``e2e_cnn``: ``packed.export(models.binary_cnn())`` vs the float twin
+  ``models.binary_cnn(binary=False)``; ``e2e_cnn_vs_torch_bnn``: the same packed model vs the
+  torch BNN it came from.
+* ``threads_gemm2048``: bnnlab at 2 threads vs bnnlab at 1 thread (the baseline column).
+* ``mem_*``: float32 bytes vs packed bytes (ratio = float / packed).
+
+bnnlab outputs are int32 (exact); torch's are float32. ``n = 4096`` is skipped with
+``--quick``. The end-to-end models run on one 28x28 image under ``torch.inference_mode``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bnnlab import kernels
+
+__all__ = ["CASES", "run", "format_table", "latency", "main"]
+
+#: every case name, in run order (memory rows come last)
+CASES: tuple[str, ...] = (
+    "gemm512", "gemm1024", "gemm2048", "gemm4096",
+    "gemv1x4096", "gemv8x4096",
+    "conv64x56", "conv128x28", "conv256x14", "conv512x7",
+    "e2e_cnn",
+    "threads_gemm2048",
+    "mem_gemm4096", "mem_cnn_weights", "mem_cnn_file",
+)
+_QUICK_SKIP = ("gemm4096",)
+
+
+def _group(case: str) -> str:
+    for prefix, group in (("gemm", "gemm"), ("gemv", "gemv"), ("conv", "conv"), ("e2e", "e2e"),
+                          ("threads", "threads"), ("mem", "memory")):
+        if case.startswith(prefix):
+            return group
+    raise ValueError(f"unknown case {case!r}")
+
+
+def _matches(case: str, token: str) -> bool:
+    return case.startswith(token) or _group(case) == token
+
+
+# ----------------------------------------------------------------------------- timing
+def _time_once(fn: Callable[[], object], inner: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - t0) / inner
+
+
+def _interleaved(fns: Sequence[Callable[[], object]], repeats: int, warmup: int,
+                 min_time: float, budget: float) -> list[float]:
+    """Median seconds per call of each fn, measured alternately (order reversed every round)."""
+    inner = []
+    for fn in fns:
+        for _ in range(max(1, warmup)):
+            fn()
+        t = _time_once(fn, 1)
+        inner.append(max(1, math.ceil(min_time / max(t, 1e-9))) if t < min_time else 1)
+    samples: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
+    for r in range(repeats):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            samples[i].append(_time_once(fns[i], inner[i]))
+        if r >= 2 and time.perf_counter() - start > budget:
+            break
+    return [statistics.median(s) for s in samples]
+
+
+def latency(model: Callable, x, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time (seconds) of ``model(x)`` under ``torch.inference_mode``.
+
+    The model is used as it is (call ``.eval()`` first for torch models); works for
+    :class:`~bnnlab.packed.PackedModel` too. For the lab dashboard.
+    """
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# ----------------------------------------------------------------------------- cases
+def _pm1(*shape: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.where(torch.rand(*shape, generator=g) < 0.5, -1.0, 1.0)
+
+
+def _row(case: str, threads: int | None, **kw) -> dict:
+    row = {"case": case, "group": _group(case), "threads": threads, "baseline": "torch float32",
+           "torch": None, "bnnlab": None, "ratio": None, "unit": "s", "correct": False,
+           "packing": "", "note": ""}
+    row.update(kw)
+    if row["torch"] is not None and row["bnnlab"]:
+        row["ratio"] = row["torch"] / row["bnnlab"]
+    return row
+
+
+def _gemm(n: int, threads: int, cfg: dict) -> list[dict]:
+    a, b = _pm1(n, n, seed=1), _pm1(n, n, seed=2)
+    pb = kernels.pack_signs(b)
+    pa = kernels.pack_signs(a)
+    want = (a @ b.T).to(torch.int32).numpy()
+    ok = np.array_equal(kernels.xnor_matmul(kernels.pack_signs(a), pb), want)
+    ok_pre = np.array_equal(kernels.xnor_matmul(pa, pb), want)
+    name = f"gemm{n}"
+    if not (ok and ok_pre):
+        bad = "packed result differs from torch: not timed"
+        return [_row(name, threads, note=bad), _row(name + "_prepacked", threads, note=bad)]
+    t_t, t_b, t_p = _interleaved(
+        [lambda: a @ b.T, lambda: kernels.xnor_matmul(kernels.pack_signs(a), pb),
+         lambda: kernels.xnor_matmul(pa, pb)], **cfg)
+    return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True,
+                 packing="A packed in the loop, B pre-packed"),
+            _row(name + "_prepacked", threads, torch=t_t, bnnlab=t_p, correct=True,
+                 packing="A and B pre-packed")]
+
+
+def _gemv(m: int, threads: int, cfg: dict) -> list[dict]:
+    k = n = 4096
+    x, w = _pm1(m, k, seed=3), _pm1(n, k, seed=4)
+    pw = kernels.pack_signs(w)
+    want = (x @ w.T).to(torch.int32).numpy()
+    name = f"gemv{m}x4096"
+    if not np.array_equal(kernels.xnor_matmul(kernels.pack_signs(x), pw), want):
+        return [_row(name, threads, note="packed result differs from torch: not timed")]
+    t_t, t_b = _interleaved([lambda: x @ w.T,
+                             lambda: kernels.xnor_matmul(kernels.pack_signs(x), pw)], **cfg)
+    return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True,
+                 packing="x packed in the loop, W pre-packed")]
+
+
+def _conv(c: int, hw: int, threads: int, cfg: dict) -> list[dict]:
+    x, w = _pm1(1, c, hw, hw, seed=5), _pm1(c, c, 3, 3, seed=6)
+    pw = kernels.pack_conv_weights(w)
+    want = F.conv2d(F.pad(x, (1, 1, 1, 1), value=1.0), w).to(torch.int32).numpy()
+    name = f"conv{c}x{hw}"
+    got = kernels.conv2d_packed(kernels.pack_nhwc(x), pw, 1, 1, 1.0)
+    if not np.array_equal(got, want):
+        return [_row(name, threads, note="packed result differs from torch: not timed")]
+    t_t, t_b = _interleaved(
+        [lambda: F.conv2d(x, w, padding=1),
+         lambda: kernels.conv2d_packed(kernels.pack_nhwc(x), pw, 1, 1, 1.0)], **cfg)
+    return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True,
+                 packing="x packed in the loop (NHWC), W pre-packed",
+                 note="torch zero-pads, bnnlab +1-pads (checked against torch on the "
+                      "+1-padded input)")]
+
+
+_E2E: dict = {}
+
+
+def _e2e_models():
+    """(torch BNN, float twin, packed model, input), built once per process."""
+    if not _E2E:
+        from bnnlab import models, packed
+        g = torch.Generator().manual_seed(7)
+        torch.manual_seed(7)
+        bnn = models.binary_cnn()
+        twin = models.binary_cnn(binary=False)
+        for m in (bnn, twin):
+            m.train()
+            with torch.no_grad():
+                for _ in range(3):
+                    m(torch.randn(16, 1, 28, 28, generator=g))
+            m.eval()
+        x = torch.randn(1, 1, 28, 28, generator=g)
+        _E2E.update(bnn=bnn, twin=twin, packed=packed.export(bnn), x=x)
+    return _E2E["bnn"], _E2E["twin"], _E2E["packed"], _E2E["x"]
+
+
+def _e2e(threads: int, cfg: dict) -> list[dict]:
+    bnn, twin, pk, x = _e2e_models()
+    xs = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(8))
+    with torch.inference_mode():
+        want, got = bnn(xs), pk(xs)
+    ok = torch.allclose(got, want, rtol=1e-4, atol=1e-4) and \
+        torch.equal(got.argmax(1), want.argmax(1))
+    if not ok:
+        return [_row("e2e_cnn", threads, note="packed model differs from the torch BNN: not timed"),
+                _row("e2e_cnn_vs_torch_bnn", threads, note="not timed")]
+
+    def call(m):
+        def f():
+            with torch.inference_mode():
+                return m(x)
+        return f
+
+    t_twin, t_pk, t_bnn = _interleaved([call(twin), call(pk), call(bnn)], **cfg)
+    exact = bool(torch.equal(got, want))
+    note = f"models.binary_cnn 28x28 batch 1; logits {'bit-exact' if exact else 'allclose'}"
+    return [_row("e2e_cnn", threads, torch=t_twin, bnnlab=t_pk, correct=True,
+                 baseline="torch float twin", packing="input packed in the loop", note=note),
+            _row("e2e_cnn_vs_torch_bnn", threads, torch=t_bnn, bnnlab=t_pk, correct=True,
+                 baseline="torch BNN (eval)", packing="input packed in the loop", note=note)]
+
+
+def _threads_gemm(cfg: dict) -> list[dict]:
+    n = 2048
+    a, b = _pm1(n, n, seed=1), _pm1(n, n, seed=2)
+    pb = kernels.pack_signs(b)
+    want = (a @ b.T).to(torch.int32).numpy()
+    ok = all(np.array_equal(
+        kernels.xnor_matmul(kernels.pack_signs(a, n_threads=t), pb, n_threads=t), want)
+        for t in (1, 2))
+    if not ok:
+        return [_row("threads_gemm2048", 2, note="result differs between thread counts: not timed")]
+    t1, t2 = _interleaved([
+        lambda: kernels.xnor_matmul(kernels.pack_signs(a, n_threads=1), pb, n_threads=1),
+        lambda: kernels.xnor_matmul(kernels.pack_signs(a, n_threads=2), pb, n_threads=2)], **cfg)
+    torch_before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        tt1 = _interleaved([lambda: a @ b.T], **cfg)[0]
+        torch.set_num_threads(2)
+        tt2 = _interleaved([lambda: a @ b.T], **cfg)[0]
+    finally:
+        torch.set_num_threads(torch_before)
+    return [_row("threads_gemm2048", 2, torch=t1, bnnlab=t2, correct=True,
+                 baseline="bnnlab 1 thread", packing="A packed in the loop",
+                 note=f"2 vs 1 threads; torch's own 2-vs-1 speed-up: {tt1 / tt2:.2f}x")]
+
+
+def _memory(case: str) -> list[dict]:
+    if case == "mem_gemm4096":
+        w = _pm1(4096, 4096, seed=4)
+        pw = kernels.pack_signs(w)
+        return [_row(case, None, torch=w.numel() * 4, bnnlab=pw.nbytes, unit="bytes", correct=True,
+                     baseline="float32", note="4096x4096 weight matrix")]
+    _, _, pk, _ = _e2e_models()
+    mem = pk.memory()
+    if case == "mem_cnn_weights":
+        return [_row(case, None, torch=mem["float_weight_bytes"], bnnlab=mem["packed_weight_bytes"],
+                     unit="bytes", correct=True, baseline="float32",
+                     note="binary layers of models.binary_cnn (NHWC word padding included)")]
+    s = pk.sizes()
+    return [_row(case, None, torch=s["float_state_dict_bytes"], bnnlab=s["packed_file_bytes"],
+                 unit="bytes", correct=True, baseline="torch.save(state_dict)",
+                 note="whole models.binary_cnn file (float first/last layers and BN included)")]
+
+
+# ----------------------------------------------------------------------------- driver
+def _select(cases: Iterable[str] | None, quick: bool) -> list[str]:
+    if cases is None:
+        chosen = list(CASES)
+    else:
+        if isinstance(cases, str):
+            cases = [c for c in cases.split(",") if c]
+        tokens = [str(c).strip() for c in cases]
+        unknown = [t for t in tokens if not t or not any(_matches(c, t) for c in CASES)]
+        if unknown or not tokens:
+            raise ValueError(f"cases: unknown case(s) {unknown}; known: {', '.join(CASES)} "
+                             f"(or a prefix or group: gemm, gemv, conv, e2e, threads, memory)")
+        chosen = [c for c in CASES if any(_matches(c, t) for t in tokens)]
+    if quick:
+        chosen = [c for c in chosen if c not in _QUICK_SKIP]
+    return chosen
+
+
+def run(cases: Iterable[str] | str | None = None, quick: bool = False,
+        threads: Sequence[int] = (1, 2), *, repeats: int | None = None) -> list[dict]:
+    """Run the benchmark cases; return one dict per row.
+
+    Args:
+        cases: names from :data:`CASES`, prefixes (``"gemm"``, ``"conv64"``) or a comma-separated
+            string; ``None`` runs everything.
+        quick: fewer repetitions and no 4096 GEMM (under a minute on 2 cores).
+        threads: thread counts to run the timed cases at (memory rows once).
+        repeats: override the number of repetitions.
+
+    Returns:
+        Rows with keys ``case``, ``group``, ``threads``, ``baseline`` (what the ``torch`` column
+        holds), ``torch`` and ``bnnlab`` (median seconds, or bytes for memory rows; ``None`` when
+        not measured), ``ratio`` (torch / bnnlab: the speed-up or memory saving), ``unit``
+        (``"s"`` or ``"bytes"``), ``correct`` (the packed result was checked equal to torch;
+        ``False`` rows carry no time), ``packing`` and ``note``.
+    """
+    if isinstance(quick, (int, float)) and not isinstance(quick, bool):
+        raise TypeError(f"quick must be a bool, got {type(quick).__name__}")
+    threads = tuple(threads)
+    if not threads or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in threads):
+        raise ValueError(f"threads must be positive ints, got {threads!r}")
+    chosen = _select(cases, quick)
+    cfg = {"repeats": repeats or (5 if quick else 15), "warmup": 1 if quick else 3,
+           "min_time": 0.002 if quick else 0.02, "budget": 3.0 if quick else 30.0}
+    torch_before, bnn_before = torch.get_num_threads(), kernels.get_num_threads()
+    rows: list[dict] = []
+    try:
+        for t in threads:
+            torch.set_num_threads(t)
+            kernels.set_num_threads(t)
+            for case in chosen:
+                if case.startswith("gemm"):
+                    rows += _gemm(int(case[4:]), t, cfg)
+                elif case.startswith("gemv"):
+                    rows += _gemv(int(case[4:case.index("x")]), t, cfg)
+                elif case.startswith("conv"):
+                    c, hw = case[4:].split("x")
+                    rows += _conv(int(c), int(hw), t, cfg)
+                elif case == "e2e_cnn":
+                    rows += _e2e(t, cfg)
+        if "threads_gemm2048" in chosen:
+            rows += _threads_gemm(cfg)
+        for case in chosen:
+            if case.startswith("mem_"):
+                rows += _memory(case)
+    finally:
+        torch.set_num_threads(torch_before)
+        # back to "follow torch" when it did, else the explicit value it had
+        kernels.set_num_threads(None if bnn_before == torch_before else bnn_before)
+    return rows
+
+
+def _fmt(v, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "bytes":
+        return f"{v / 1024:.1f} KiB" if v >= 1024 else f"{int(v)} B"
+    if v >= 1:
+        return f"{v:.2f} s"
+    if v >= 1e-3:
+        return f"{v * 1e3:.3g} ms"
+    return f"{v * 1e6:.3g} us"
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """A plain-text table of :func:`run`'s rows (one line per row)."""
+    head = ("case", "thr", "baseline", "torch", "bnnlab", "ratio", "ok", "packing / note")
+    lines = []
+    for r in rows:
+        ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.1f}x"
+        extra = "; ".join(s for s in (r.get("packing", ""), r.get("note", "")) if s)
+        lines.append((str(r["case"]), "-" if r.get("threads") is None else str(r["threads"]),
+                      str(r.get("baseline", "")), _fmt(r.get("torch"), r.get("unit", "s")),
+                      _fmt(r.get("bnnlab"), r.get("unit", "s")), ratio,
+                      "yes" if r.get("correct") else "NO", extra))
+    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h)
+              for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" if i in (0, 2, 7) else f"{{:>{w}}}" for i, w in enumerate(widths))
+    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*l) for l in lines]
+    return "\n".join(s.rstrip() for s in out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bnnlab bench``; returns 0, or 1 if a packed result was wrong."""
+    p = argparse.ArgumentParser(
+        prog="python -m bnnlab bench",
+        description="torch float32 vs bnnlab packed kernels: time and memory.")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer repeats, skip the 4096 GEMM (< 1 min)")
+    p.add_argument("--cases", default=None,
+                   help=f"comma-separated names or prefixes; known: {', '.join(CASES)}")
+    p.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2 (default)")
+    p.add_argument("--repeats", type=int, default=None, help="override the repetitions")
+    p.add_argument("--json", metavar="FILE", help="also write the rows (and machine info) as JSON")
+    args = p.parse_args(argv)
+    try:
+        threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
+        info = kernels.kernel_info()
+        load = os.getloadavg() if hasattr(os, "getloadavg") else None
+        print(f"bnnlab bench: isa={info['isa']}, openmp={info['openmp']}, cpus={os.cpu_count()}, "
+              f"load average={'n/a' if load is None else ', '.join(f'{v:.2f}' for v in load)}, "
+              f"torch {torch.__version__}")
+        t0 = time.perf_counter()
+        rows = run(args.cases, args.quick, threads, repeats=args.repeats)
+    except ValueError as exc:
+        print(f"bnnlab bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    print(f"({time.perf_counter() - t0:.1f} s; medians, torch and bnnlab interleaved; ratio = "
+          f"torch / bnnlab)")
+    if args.json:
+        doc = {"kernel_info": info, "load_average": load, "torch_version": torch.__version__,
+               "quick": args.quick, "threads": list(threads), "rows": rows}
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2, default=str)
+    return 0 if all(r["correct"] for r in rows) else 1

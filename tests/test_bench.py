@@ -1,0 +1,108 @@
+"""Tests of bnnlab.bench: row schema, correctness gate, table and JSON output (no timing asserts)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bnnlab import bench, kernels
+
+KEYS = {"case", "group", "threads", "baseline", "torch", "bnnlab", "ratio", "unit", "correct",
+        "packing", "note"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+    kernels.set_num_threads(None)
+
+
+def test_run_quick_small_case_rows_have_the_schema():
+    before = torch.get_num_threads()
+    rows = bench.run(cases=["gemm512"], quick=True, threads=(1,), repeats=2)
+    assert torch.get_num_threads() == before            # thread settings are restored
+    assert [r["case"] for r in rows] == ["gemm512", "gemm512_prepacked"]
+    for r in rows:
+        assert set(r) == KEYS
+        assert r["group"] == "gemm" and r["threads"] == 1 and r["unit"] == "s"
+        assert r["correct"] is True
+        assert r["torch"] > 0 and r["bnnlab"] > 0
+        assert r["ratio"] == pytest.approx(r["torch"] / r["bnnlab"])
+    assert "pre-packed" in rows[1]["packing"]
+
+
+def test_an_incorrect_kernel_gets_no_time(monkeypatch):
+    real = kernels.xnor_matmul
+
+    def wrong(a, b, n_threads=None):
+        out = real(a, b, n_threads)
+        out[0, 0] += 2
+        return out
+    monkeypatch.setattr(kernels, "xnor_matmul", wrong)
+    rows = bench.run(cases=["gemv1x4096"], quick=True, threads=(1,), repeats=2)
+    assert len(rows) == 1 and rows[0]["correct"] is False
+    assert rows[0]["torch"] is None and rows[0]["bnnlab"] is None and rows[0]["ratio"] is None
+    assert "NO" in bench.format_table(rows)
+
+
+def test_memory_rows():
+    rows = bench.run(cases=["mem_gemm4096"], threads=(1,))
+    assert rows[0]["unit"] == "bytes" and rows[0]["threads"] is None
+    assert rows[0]["torch"] == 4096 * 4096 * 4 and rows[0]["bnnlab"] == 4096 * 64 * 8
+    assert rows[0]["ratio"] == 32
+
+
+def test_case_selection():
+    assert bench._select(["gemm"], quick=True) == ["gemm512", "gemm1024", "gemm2048"]
+    assert "gemm4096" in bench._select("gemm", quick=False)
+    assert bench._select("conv64,memory", quick=False) == ["conv64x56", "mem_gemm4096",
+                                                           "mem_cnn_weights", "mem_cnn_file"]
+    with pytest.raises(ValueError, match="cases"):
+        bench.run(cases=["nope"])
+    with pytest.raises(ValueError, match="threads"):
+        bench.run(cases=["gemm512"], threads=(0,))
+
+
+def test_format_table_renders_every_row():
+    rows = [
+        {"case": "gemm512", "group": "gemm", "threads": 1, "baseline": "torch float32",
+         "torch": 2e-3, "bnnlab": 1e-4, "ratio": 20.0, "unit": "s", "correct": True,
+         "packing": "A packed", "note": ""},
+        {"case": "mem_x", "group": "memory", "threads": None, "baseline": "float32",
+         "torch": 4096, "bnnlab": 128, "ratio": 32.0, "unit": "bytes", "correct": True,
+         "packing": "", "note": "n"},
+    ]
+    text = bench.format_table(rows)
+    lines = text.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("case")
+    assert "2 ms" in lines[2] and "100 us" in lines[2] and "20.0x" in lines[2]
+    assert "4.0 KiB" in lines[3] and "128 B" in lines[3] and "32.0x" in lines[3]
+
+
+def test_main_writes_valid_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--quick", "--cases", "gemm512", "--threads", "1", "--repeats", "2",
+                     "--json", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert [r["case"] for r in doc["rows"]] == ["gemm512", "gemm512_prepacked"]
+    assert doc["threads"] == [1] and "isa" in doc["kernel_info"]
+    assert "gemm512_prepacked" in capsys.readouterr().out
+    assert bench.main(["--cases", "bogus"]) == 2
+
+
+def test_latency_helper():
+    model = torch.nn.Linear(4, 2)
+    t = bench.latency(model, torch.zeros(1, 4), repeats=3, warmup=1)
+    assert isinstance(t, float) and t > 0
+    with pytest.raises(ValueError, match="repeats"):
+        bench.latency(model, torch.zeros(1, 4), repeats=0)
+    with pytest.raises(TypeError, match="model"):
+        bench.latency(3, torch.zeros(1, 4))
+
+
+def test_pm1_data_is_binary():
+    x = bench._pm1(3, 5, seed=0)
+    assert set(np.unique(x.numpy())) <= {-1.0, 1.0}
