@@ -1,0 +1,277 @@
+"""Small reference networks, sized to train in seconds on two CPU cores, each with a float twin.
+
+Every builder takes ``binary=True`` (the BNN) or ``binary=False`` (its *float twin*: the same
+graph where each binary layer is replaced by its torch layer, preceded by a real activation
+where the binary layer binarises its input). Comparing the two isolates the cost of
+binarisation.
+
+* :func:`binary_mlp` and :func:`binary_cnn` are **flat** :class:`torch.nn.Sequential` models
+  made only of ``nn.Flatten``, ``nn.Linear``, ``nn.Conv2d``, :class:`~bnnlab.layers.BinaryLinear`,
+  :class:`~bnnlab.layers.BinaryConv2d` (``pad_value=1.0``), ``nn.BatchNorm1d/2d``,
+  ``nn.MaxPool2d`` and ``nn.ReLU`` / ``nn.Hardtanh`` / ``nn.Identity``. Their first and last
+  layers are float; every binary layer binarises its own input (``input_quantizer="ste_sign"``),
+  which is the binary activation of the BN output before it. The packed exporter
+  (:mod:`bnnlab.packed`) relies on this structure.
+* :func:`tiny_bireal` and :func:`tiny_reactnet` stack :class:`~bnnlab.blocks.BiRealBlock` /
+  :class:`~bnnlab.blocks.ReActBlock` between a float stem and a float classifier.
+
+What stays real in every model: the first layer (it sees the raw pixels), the last layer (the
+logits), BatchNorm, pooling, and the shortcuts of the residual blocks.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from bnnlab.blocks import BiRealBlock, ReActBlock
+from bnnlab.layers import BinaryConv2d, BinaryLinear
+
+__all__ = ["binary_mlp", "binary_cnn", "tiny_bireal", "tiny_reactnet", "count_parameters"]
+
+_ACTIVATIONS = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh, "identity": nn.Identity}
+
+
+def _check_positive_int(value: Any, argname: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{argname} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{argname} must be >= 1, got {value}")
+    return value
+
+
+def _check_widths(values: Any, argname: str, min_len: int = 1) -> tuple[int, ...]:
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = (values,)
+    if not isinstance(values, Sequence) or isinstance(values, str):
+        raise TypeError(f"{argname} must be a sequence of ints, got {type(values).__name__}")
+    if len(values) < min_len:
+        raise ValueError(f"{argname} needs at least {min_len} entries, got {len(values)}")
+    return tuple(_check_positive_int(v, argname) for v in values)
+
+
+def _activation(name: Any, argname: str = "activation") -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"{argname} must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
+    return _ACTIVATIONS[name]()
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of ``model`` (BN running statistics excluded)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def binary_mlp(in_features: int = 784, hidden: Sequence[int] = (512, 512),
+               num_classes: int = 10, *, binary: bool = True, weight_clip: float | None = 1.0,
+               input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
+               activation: str = "relu", head_activation: str = "hardtanh") -> nn.Sequential:
+    r"""Binary MLP ``in_features - hidden[0] - ... - hidden[-1] - num_classes`` (BinaryNet style).
+
+    Layers (binary version, :math:`h_i` = ``hidden[i]``)::
+
+        Flatten, Linear(in, h0), BN(h0),                        # float first layer
+        [BinaryLinear(h_i, h_{i+1}), BN(h_{i+1})] * (len(hidden) - 1),
+        <head_activation>, Linear(h_last, num_classes)          # float last layer
+
+    Each ``BinaryLinear`` computes :math:`\operatorname{sign}(W) \cdot \operatorname{sign}(x)`
+    of the BN output before it (sign(0) = +1, STE clip 1). Linear layers followed by BN have no
+    bias. The float twin (``binary=False``) replaces each ``BinaryLinear`` by
+    ``activation, nn.Linear``; everything else is identical.
+
+    Args:
+        in_features: input size (784 for 28×28, 64 for 8×8 digits). Inputs of any shape
+            ``(N, *)`` are flattened. Default: ``784``.
+        hidden: hidden widths; ``len(hidden) - 1`` binary layers. Default: ``(512, 512)``.
+        num_classes: outputs (logits). Default: ``10``.
+        binary: ``False`` builds the float twin. Default: ``True``.
+        weight_clip: latent weight clip of the binary layers (applied by
+            :func:`bnnlab.train.fit`). Default: ``1.0``.
+        input_quantizer, weight_quantizer: binarisers of the binary layers. Default:
+            ``"ste_sign"`` (the packed exporter needs ``"ste_sign"`` inputs).
+        activation: the float twin's activation where the BNN has its signs: ``"relu"``,
+            ``"hardtanh"`` or ``"identity"``. Default: ``"relu"``.
+        head_activation: activation before the float classifier, in both twins (the BNN's
+            last BN output is otherwise fed linearly to the classifier). Default: ``"hardtanh"``.
+
+    Returns:
+        A flat :class:`torch.nn.Sequential`.
+
+    Examples::
+
+        >>> net = binary_mlp(64, hidden=(128, 128))
+        >>> net(torch.rand(5, 1, 8, 8)).shape
+        torch.Size([5, 10])
+    """
+    in_features = _check_positive_int(in_features, "in_features")
+    hidden = _check_widths(hidden, "hidden")
+    num_classes = _check_positive_int(num_classes, "num_classes")
+    layers: list[nn.Module] = [nn.Flatten(), nn.Linear(in_features, hidden[0], bias=False),
+                               nn.BatchNorm1d(hidden[0])]
+    for h_in, h_out in zip(hidden[:-1], hidden[1:]):
+        if binary:
+            layers.append(BinaryLinear(h_in, h_out, bias=False, input_quantizer=input_quantizer,
+                                       weight_quantizer=weight_quantizer,
+                                       weight_clip=weight_clip))
+        else:
+            layers += [_activation(activation), nn.Linear(h_in, h_out, bias=False)]
+        layers.append(nn.BatchNorm1d(h_out))
+    layers += [_activation(head_activation, "head_activation"),
+               nn.Linear(hidden[-1], num_classes)]
+    return nn.Sequential(*layers)
+
+
+def binary_cnn(in_channels: int = 1, image_size: int = 28, num_classes: int = 10, *,
+               binary: bool = True, channels: Sequence[int] = (16, 64, 64), hidden: int = 128,
+               weight_clip: float | None = 1.0, input_quantizer: Any = "ste_sign",
+               weight_quantizer: Any = "ste_sign", activation: str = "relu",
+               head_activation: str = "hardtanh") -> nn.Sequential:
+    r"""Small binary CNN for 28×28 (Fashion-MNIST) or 32×32 (CIFAR-sized) images.
+
+    Layers (binary version, :math:`c_i` = ``channels[i]``, every conv 3×3 with padding 1)::
+
+        Conv2d(in, c0), MaxPool(2), BN(c0),                         # float first layer
+        [BinaryConv2d(c_i, c_{i+1}, pad_value=1), MaxPool(2), BN] * (len(channels) - 1),
+        Flatten, BinaryLinear(c_last * s * s, hidden), BN(hidden),
+        <head_activation>, Linear(hidden, num_classes)              # float last layer
+
+    with :math:`s = \lfloor image\_size / 2^{len(channels)} \rfloor` (3 for 28, 4 for 32 with
+    three stages). Binary convolutions pad their binarised input with +1 (``pad_value=1.0``),
+    which is exactly what the packed kernel computes. Conv/linear layers followed by BN have no
+    bias. The float twin replaces each binary layer by ``activation, nn.Conv2d/nn.Linear``
+    (zero padding).
+
+    Args:
+        in_channels: input channels (1 grey, 3 colour). Default: ``1``.
+        image_size: input height = width, 28 or 32 (any size ≥ :math:`2^{len(channels)}` works).
+            Default: ``28``.
+        num_classes: outputs. Default: ``10``.
+        binary: ``False`` builds the float twin. Default: ``True``.
+        channels: widths of the conv stages. Default: ``(16, 64, 64)`` (as accurate as
+            ``(32, 64, 64)`` on Fashion-MNIST, ~30 % cheaper to train).
+        hidden: width of the binary fully connected layer. Default: ``128``.
+        weight_clip, input_quantizer, weight_quantizer, activation, head_activation: as
+            :func:`binary_mlp`.
+
+    Returns:
+        A flat :class:`torch.nn.Sequential`.
+    """
+    in_channels = _check_positive_int(in_channels, "in_channels")
+    image_size = _check_positive_int(image_size, "image_size")
+    num_classes = _check_positive_int(num_classes, "num_classes")
+    channels = _check_widths(channels, "channels")
+    hidden = _check_positive_int(hidden, "hidden")
+    side = image_size >> len(channels)
+    if side < 1:
+        raise ValueError(f"image_size={image_size} is too small for {len(channels)} pooling "
+                         f"stages (needs >= {2 ** len(channels)})")
+
+    def binary_or_float(bin_cls, float_cls, *args, **kw):
+        if binary:
+            extra = {"pad_value": 1.0} if bin_cls is BinaryConv2d else {}
+            return [bin_cls(*args, **kw, input_quantizer=input_quantizer,
+                            weight_quantizer=weight_quantizer, weight_clip=weight_clip, **extra)]
+        return [_activation(activation), float_cls(*args, **kw)]
+
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False),
+                               nn.MaxPool2d(2), nn.BatchNorm2d(channels[0])]
+    for c_in, c_out in zip(channels[:-1], channels[1:]):
+        layers += binary_or_float(BinaryConv2d, nn.Conv2d, c_in, c_out, 3, padding=1, bias=False)
+        layers += [nn.MaxPool2d(2), nn.BatchNorm2d(c_out)]
+    layers.append(nn.Flatten())
+    layers += binary_or_float(BinaryLinear, nn.Linear, channels[-1] * side * side, hidden,
+                              bias=False)
+    layers += [nn.BatchNorm1d(hidden), _activation(head_activation, "head_activation"),
+               nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def _stem(in_channels: int, width: int) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
+
+
+def _head(width: int, num_classes: int) -> list[nn.Module]:
+    return [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)]
+
+
+def tiny_bireal(in_channels: int = 1, num_classes: int = 10, *, width: int = 16,
+                binary: bool = True, blocks_per_stage: int = 2, weight_clip: float | None = None,
+                input_quantizer: Any = "approx_sign",
+                weight_quantizer: Any = "magnitude_aware_sign",
+                activation: str = "hardtanh") -> nn.Sequential:
+    r"""A three-stage Bi-Real Net (widths ``w, 2w, 4w``) for small images (8×8 to 32×32).
+
+    Layers::
+
+        Conv2d(in, w, 3) + BN                                 # float stem
+        BiRealBlock(w, w) * n                                 # stage 1
+        BiRealBlock(w, 2w, stride 2), BiRealBlock(2w, 2w) * (n-1)
+        BiRealBlock(2w, 4w, stride 2), BiRealBlock(4w, 4w) * (n-1)
+        AdaptiveAvgPool(1), Flatten, Linear(4w, num_classes)  # float head
+
+    Binary: every 3×3 convolution of the blocks (ApproxSign activations, magnitude-aware
+    weights). Real: stem, head, BN, and the shortcuts (the 1×1 downsampling convs included).
+
+    Args:
+        in_channels: input channels. Default: ``1``.
+        num_classes: outputs. Default: ``10``.
+        width: :math:`w`. Default: ``16``.
+        binary: ``False`` builds the float twin. Default: ``True``.
+        blocks_per_stage: :math:`n`, Bi-Real units per stage. Default: ``2``.
+        weight_clip, input_quantizer, weight_quantizer, activation: see
+            :class:`~bnnlab.blocks.BiRealBlock`.
+
+    Returns:
+        :class:`torch.nn.Sequential` (input any :math:`(N, C_{in}, H, W)` with H, W ≥ 4).
+    """
+    in_channels = _check_positive_int(in_channels, "in_channels")
+    num_classes = _check_positive_int(num_classes, "num_classes")
+    width = _check_positive_int(width, "width")
+    n = _check_positive_int(blocks_per_stage, "blocks_per_stage")
+    kw = dict(binary=binary, input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
+              weight_clip=weight_clip, activation=activation)
+    layers = _stem(in_channels, width)
+    c = width
+    for stage in range(3):
+        c_out = width * 2 ** stage
+        for i in range(n):
+            stride = 2 if (stage > 0 and i == 0) else 1
+            layers.append(BiRealBlock(c, c_out, stride, **kw))
+            c = c_out
+    return nn.Sequential(*layers, *_head(c, num_classes))
+
+
+def tiny_reactnet(in_channels: int = 1, num_classes: int = 10, *, width: int = 16,
+                  binary: bool = True, weight_clip: float | None = None,
+                  weight_quantizer: Any = "magnitude_aware_sign") -> nn.Sequential:
+    r"""A small ReActNet-A (MobileNet-like, every block binary) for small images.
+
+    Layers::
+
+        Conv2d(in, w, 3) + BN                                 # float stem
+        ReActBlock(w, w), ReActBlock(w, 2w, stride 2), ReActBlock(2w, 2w),
+        ReActBlock(2w, 4w, stride 2), ReActBlock(4w, 4w)
+        AdaptiveAvgPool(1), Flatten, Linear(4w, num_classes)  # float head
+
+    Binary: every 3×3 and 1×1 convolution inside the blocks (RSign activations with learnable
+    thresholds, magnitude-aware weights). Real: stem, head, BN, RPReLU, the shortcuts.
+
+    Args:
+        in_channels: input channels. Default: ``1``.
+        num_classes: outputs. Default: ``10``.
+        width: :math:`w`. Default: ``16``.
+        binary: ``False`` builds the float twin. Default: ``True``.
+        weight_clip, weight_quantizer: see :class:`~bnnlab.blocks.ReActBlock`.
+
+    Returns:
+        :class:`torch.nn.Sequential` (input any :math:`(N, C_{in}, H, W)` with H, W ≥ 4).
+    """
+    in_channels = _check_positive_int(in_channels, "in_channels")
+    num_classes = _check_positive_int(num_classes, "num_classes")
+    width = _check_positive_int(width, "width")
+    kw = dict(binary=binary, weight_quantizer=weight_quantizer, weight_clip=weight_clip)
+    w = width
+    blocks = [ReActBlock(w, w, **kw), ReActBlock(w, 2 * w, 2, **kw),
+              ReActBlock(2 * w, 2 * w, **kw), ReActBlock(2 * w, 4 * w, 2, **kw),
+              ReActBlock(4 * w, 4 * w, **kw)]
+    return nn.Sequential(*_stem(in_channels, w), *blocks, *_head(4 * w, num_classes))

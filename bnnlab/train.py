@@ -1,0 +1,564 @@
+"""A small fit / evaluate loop shared by notebooks, figures and tests (not a framework).
+
+Data stay on CPU tensors and are batched by indexing a seeded permutation: no ``DataLoader``,
+no worker processes, so an epoch over 10,000 Fashion-MNIST images costs only the model's
+own arithmetic. After every optimiser step the latent-weight constraint of each binary layer
+is applied (every module with a ``clip_weights_()`` method, e.g. :class:`~bnnlab.layers.BinaryLinear`
+built with ``weight_clip=1.0``).
+
+Examples::
+
+    >>> from bnnlab import data, models, train
+    >>> ds = data.load_digits(flatten=True)
+    >>> net = models.binary_mlp(64, hidden=(128, 128), num_classes=10)
+    >>> hist = train.fit(net, ds, epochs=5, lr=1e-2, progress=False)
+    >>> len(hist), sorted(train.evaluate(net, *ds.test))
+    (5, ['accuracy', 'loss'])
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = [
+    "History",
+    "Callback",
+    "EarlyStopping",
+    "fit",
+    "evaluate",
+    "apply_weight_clip",
+    "REFERENCE_SETUPS",
+    "ReferenceResult",
+    "train_reference",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# History and callbacks
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class History:
+    """Per-epoch record of a :func:`fit` run.
+
+    Attributes:
+        epoch: epoch numbers, starting at 1.
+        train_loss: mean training loss over the epoch's batches (training mode, as the
+            weights moved).
+        train_acc: running training accuracy over the epoch (``nan`` for regression).
+        val_loss, val_acc: loss and accuracy on the validation part at the end of the epoch,
+            in eval mode (``nan`` when there is no validation part).
+        time: wall-clock seconds of each epoch (training + validation).
+        lr: learning rate used during each epoch (first parameter group).
+        stopped_early: ``True`` when a callback stopped training.
+    """
+
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    time: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    stopped_early: bool = False
+
+    _KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "time", "lr")
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    @property
+    def total_time(self) -> float:
+        """Sum of the epoch times in seconds."""
+        return float(sum(self.time))
+
+    def as_dict(self) -> dict[str, list]:
+        """Plain dict of lists (for JSON, pandas or plotting)."""
+        return {k: list(getattr(self, k)) for k in self._KEYS}
+
+    def best(self, metric: str = "val_acc") -> tuple[int, float]:
+        """``(epoch, value)`` of the best epoch by ``metric`` (max for ``*_acc``, min for losses)."""
+        if metric not in self._KEYS[1:5]:
+            raise ValueError(f"metric must be one of {self._KEYS[1:5]}, got {metric!r}")
+        values = getattr(self, metric)
+        if not values:
+            raise ValueError("history is empty")
+        sign = -1.0 if metric.endswith("acc") else 1.0
+        finite = [(sign * v, i) for i, v in enumerate(values) if not math.isnan(v)]
+        if not finite:
+            raise ValueError(f"{metric} has no finite values")
+        _, i = min(finite)
+        return self.epoch[i], values[i]
+
+    def __repr__(self) -> str:
+        if not self.epoch:
+            return "History(empty)"
+        last = {k: getattr(self, k)[-1] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
+        body = ", ".join(f"{k}={v:.4f}" for k, v in last.items())
+        return f"History(epochs={len(self)}, {body}, time={self.total_time:.1f}s)"
+
+
+class Callback:
+    """Base class for :func:`fit` callbacks; every hook is optional.
+
+    Any object with some of these methods works (duck typing); subclassing is a convenience.
+    A hook stops training by returning ``True`` or by setting ``self.stop_training = True``.
+
+    Hooks:
+        ``on_train_begin(model, history)``;
+        ``on_batch_end(batch, loss, model)`` with the global batch index and the batch loss
+        (a float);
+        ``on_epoch_end(epoch, history, model)`` after validation, ``history`` already holds
+        the epoch;
+        ``on_train_end(model, history)``.
+    """
+
+    stop_training: bool = False
+
+
+class EarlyStopping(Callback):
+    """Stop when a validation metric has not improved for ``patience`` epochs.
+
+    Args:
+        monitor: ``"val_loss"`` (minimised) or ``"val_acc"`` (maximised). Default: ``"val_loss"``.
+        patience: epochs without improvement before stopping. Default: ``3``.
+        min_delta: smallest change that counts as an improvement. Default: ``0.0``.
+        restore_best: load the weights of the best epoch back into the model when training
+            ends. Default: ``True``.
+    """
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0,
+                 restore_best: bool = True) -> None:
+        if monitor not in ("val_loss", "val_acc", "train_loss", "train_acc"):
+            raise ValueError(f"monitor must be 'val_loss', 'val_acc', 'train_loss' or "
+                             f"'train_acc', got {monitor!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be an int >= 0, got {patience!r}")
+        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.restore_best = restore_best
+        self.mode = "max" if monitor.endswith("acc") else "min"
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+        self._best_state: dict | None = None
+        self._wait = 0
+        self.stop_training = False
+
+    def on_train_begin(self, model, history) -> None:
+        self.best_value, self.best_epoch, self._best_state, self._wait = None, None, None, 0
+        self.stop_training = False
+
+    def on_epoch_end(self, epoch, history, model) -> bool:
+        value = getattr(history, self.monitor)[-1]
+        better = (self.best_value is None
+                  or (self.mode == "min" and value < self.best_value - self.min_delta)
+                  or (self.mode == "max" and value > self.best_value + self.min_delta))
+        if better:
+            self.best_value, self.best_epoch, self._wait = value, epoch, 0
+            if self.restore_best:
+                self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self._wait += 1
+            if self._wait > self.patience:
+                self.stop_training = True
+        return self.stop_training
+
+    def on_train_end(self, model, history) -> None:
+        if self.restore_best and self._best_state is not None:
+            model.load_state_dict(self._best_state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+def apply_weight_clip(model: nn.Module) -> None:
+    """Apply the latent-weight constraint of every module that has ``clip_weights_()``."""
+    for m in model.modules():
+        clip = getattr(m, "clip_weights_", None)
+        if callable(clip):
+            clip()
+
+
+def _resolve_loss(loss) -> tuple[Callable[[Tensor, Tensor], Tensor], bool]:
+    """-> (loss function, is_classification)."""
+    if loss is None or loss == "cross_entropy":
+        return F.cross_entropy, True
+    if loss == "mse":
+        return F.mse_loss, False
+    if callable(loss):
+        return loss, True
+    raise ValueError(f"loss must be 'cross_entropy', 'mse' or a callable, got {loss!r}")
+
+
+def _make_optimizer(optimizer, params, lr: float, weight_decay: float):
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    if isinstance(optimizer, str):
+        name = optimizer.lower()
+        if name == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        if name == "adamw":
+            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        if name == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        raise ValueError(f"optimizer must be 'adam', 'adamw', 'sgd', an Optimizer or a "
+                         f"callable, got {optimizer!r}")
+    if callable(optimizer):
+        return optimizer(params)
+    raise TypeError(f"optimizer must be a str, a torch.optim.Optimizer or a callable, "
+                    f"got {type(optimizer).__name__}")
+
+
+def _make_schedule(schedule, opt, epochs: int, steps_per_epoch: int):
+    """-> (scheduler or None, step per 'batch' or 'epoch')."""
+    if schedule is None:
+        return None, None
+    if schedule == "cosine":
+        total = max(1, epochs * steps_per_epoch)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total), "batch"
+    if schedule == "linear":
+        total = max(1, epochs * steps_per_epoch)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total)), "batch"
+    if callable(schedule):
+        return schedule(opt), "epoch"
+    raise ValueError(f"schedule must be None, 'cosine', 'linear' or a callable, got {schedule!r}")
+
+
+def _unpack_data(data):
+    """Accept a Split-like object (``.train``, optional ``.val``) or a ``(x, y)`` pair."""
+    if hasattr(data, "train"):
+        train = data.train
+        val = getattr(data, "val", None)
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        train, val = tuple(data), None
+    else:
+        raise TypeError("data must be a bnnlab.data.Split (or any object with .train/.val "
+                        "(x, y) pairs) or a tuple (x, y) of tensors")
+    for name, pair in (("data.train", train), ("data.val", val)):
+        if pair is None:
+            continue
+        if len(pair) != 2 or not all(isinstance(t, Tensor) for t in pair):
+            raise TypeError(f"{name} must be a pair (x, y) of tensors")
+        if pair[0].shape[0] != pair[1].shape[0]:
+            raise ValueError(f"{name}: x and y have different lengths")
+    if val is not None and val[0].shape[0] == 0:
+        val = None
+    return train, val
+
+
+def _call(cb, hook: str, *args) -> bool:
+    fn = getattr(cb, hook, None)
+    stop = bool(fn(*args)) if callable(fn) else False
+    return stop or bool(getattr(cb, "stop_training", False))
+
+
+def _correct(out: Tensor, y: Tensor) -> Tensor:
+    return (out.argmax(dim=1) == y).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1000,
+             loss="cross_entropy") -> dict[str, float]:
+    """Loss and accuracy of ``model`` on ``(x, y)``, in eval mode, without gradients.
+
+    The model's training/eval mode is restored afterwards.
+
+    Args:
+        model: the network.
+        x, y: inputs and targets (class indices, or float targets for ``loss="mse"``).
+        batch_size: evaluation batch size (memory only; the result does not depend on it).
+        loss: ``"cross_entropy"``, ``"mse"`` or a callable ``(output, target) -> mean loss``.
+
+    Returns:
+        ``{"loss": float, "accuracy": float}`` (accuracy is ``nan`` for ``"mse"``).
+    """
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError("x and y must be tensors")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    loss_fn, classify = _resolve_loss(loss)
+    n = x.shape[0]
+    if n == 0:
+        return {"loss": math.nan, "accuracy": math.nan}
+    was_training = model.training
+    model.eval()
+    try:
+        total_loss = 0.0
+        correct = 0
+        for i in range(0, n, batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            out = model(xb)
+            total_loss += float(loss_fn(out, yb)) * xb.shape[0]
+            if classify:
+                correct += int(_correct(out, yb))
+    finally:
+        model.train(was_training)
+    return {"loss": total_loss / n, "accuracy": correct / n if classify else math.nan}
+
+
+# ---------------------------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------------------------
+def fit(model: nn.Module, data, *, epochs: int, lr: float = 1e-3, batch_size: int = 128,
+        optimizer="adam", weight_decay: float = 0.0, loss="cross_entropy", schedule=None,
+        callbacks: Iterable = (), progress: bool = True, seed: int = 0,
+        clip_weights: bool = True, eval_batch_size: int = 1000,
+        num_threads: int | None = None) -> History:
+    """Train ``model`` on ``data`` for ``epochs`` epochs and return the :class:`History`.
+
+    Each epoch shuffles the training part with a generator seeded from ``seed`` (the global
+    torch RNG is not touched), takes mini-batches by indexing, and after each optimiser step
+    calls ``clip_weights_()`` on every module that has it (the binary layers' latent-weight
+    clip). Validation runs in eval mode at the end of each epoch.
+
+    Args:
+        model: network to train (in place).
+        data: a :class:`bnnlab.data.Split` (its ``train`` is fitted, its ``val`` is reported;
+            ``test`` is never touched), or a ``(x, y)`` pair without validation.
+        epochs: number of passes over the training part.
+        lr: learning rate. Default: ``1e-3``.
+        batch_size: mini-batch size; the last, smaller batch is kept. Default: ``128``.
+        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9), a
+            :class:`torch.optim.Optimizer`, or a callable ``params -> optimizer``.
+            Default: ``"adam"``.
+        weight_decay: passed to the optimiser built from a name. Default: ``0``.
+        loss: ``"cross_entropy"`` (classification), ``"mse"`` (regression) or a callable
+            ``(output, target) -> loss`` (then treated as classification for accuracy).
+        schedule: ``None``, ``"cosine"`` or ``"linear"`` (per-batch decay to 0 over the run),
+            or a callable ``optimizer -> scheduler`` stepped once per epoch.
+        callbacks: objects with optional hooks (see :class:`Callback`).
+        progress: show a :mod:`tqdm.auto` bar over epochs. Default: ``True``.
+        seed: seed of the shuffling. Default: ``0``.
+        clip_weights: apply the binary layers' weight clip after each step. Default: ``True``.
+        eval_batch_size: batch size of the validation pass. Default: ``1000``.
+        num_threads: torch intra-op threads during the run (restored afterwards); ``None``
+            keeps the current setting. On a machine whose cores are shared with other busy
+            processes, ``1`` can be several times faster than oversubscribed threads.
+
+    Returns:
+        :class:`History` with one entry per epoch run. The model is left in eval mode.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                    or num_threads < 1):
+        raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+    (x, y), val = _unpack_data(data)
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("data.train is empty")
+    loss_fn, classify = _resolve_loss(loss)
+    callbacks = tuple(callbacks)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _make_optimizer(optimizer, params, float(lr), weight_decay)
+    steps = math.ceil(n / batch_size)
+    sched, sched_every = _make_schedule(schedule, opt, epochs, steps)
+    gen = torch.Generator().manual_seed(int(seed))
+    history = History()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(1, epochs + 1), disable=not progress, desc="fit", unit="epoch")
+    old_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    stop = any([_call(cb, "on_train_begin", model, history) for cb in callbacks])
+    global_batch = 0
+    try:
+        for epoch in bar:
+            if stop:
+                break
+            t0 = time.perf_counter()
+            lr_now = opt.param_groups[0]["lr"]
+            model.train()
+            perm = torch.randperm(n, generator=gen)
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            correct = torch.zeros((), dtype=torch.int64)
+            for i in range(0, n, batch_size):
+                idx = perm[i:i + batch_size]
+                xb, yb = x[idx], y[idx]
+                out = model(xb)
+                batch_loss = loss_fn(out, yb)
+                opt.zero_grad(set_to_none=True)
+                batch_loss.backward()
+                opt.step()
+                if clip_weights:
+                    apply_weight_clip(model)
+                if sched_every == "batch":
+                    sched.step()
+                with torch.no_grad():
+                    loss_sum += batch_loss.detach().double() * xb.shape[0]
+                    if classify:
+                        correct += _correct(out.detach(), yb)
+                if callbacks:
+                    lv = float(batch_loss.detach())
+                    if any([_call(cb, "on_batch_end", global_batch, lv, model)
+                            for cb in callbacks]):
+                        stop = True
+                global_batch += 1
+                if stop:
+                    break
+            if sched_every == "epoch":
+                sched.step()
+            seen = min(n, (i // batch_size + 1) * batch_size) if stop else n
+            history.epoch.append(epoch)
+            history.train_loss.append(float(loss_sum) / seen)
+            history.train_acc.append(float(correct) / seen if classify else math.nan)
+            if val is not None:
+                ev = evaluate(model, *val, batch_size=eval_batch_size, loss=loss)
+                history.val_loss.append(ev["loss"])
+                history.val_acc.append(ev["accuracy"])
+            else:
+                history.val_loss.append(math.nan)
+                history.val_acc.append(math.nan)
+            history.lr.append(lr_now)
+            history.time.append(time.perf_counter() - t0)
+            if progress:
+                post = {"loss": f"{history.train_loss[-1]:.4f}"}
+                if classify:
+                    post["acc"] = f"{history.train_acc[-1]:.3f}"
+                if val is not None:
+                    post["val_loss"] = f"{history.val_loss[-1]:.4f}"
+                    if classify:
+                        post["val_acc"] = f"{history.val_acc[-1]:.3f}"
+                bar.set_postfix(post)
+            if any([_call(cb, "on_epoch_end", epoch, history, model) for cb in callbacks]):
+                stop = True
+            if stop:
+                history.stopped_early = True
+                break
+    finally:
+        bar.close()
+        if num_threads is not None:
+            torch.set_num_threads(old_threads)
+    for cb in callbacks:
+        _call(cb, "on_train_end", model, history)
+    model.eval()
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference setups (the numbers quoted in the README, the report and tests/test_accuracy.py)
+# ---------------------------------------------------------------------------------------------
+#: name -> builder kwargs, data kwargs and fit kwargs of the reference experiments.
+REFERENCE_SETUPS: dict[str, dict] = {
+    # Binary MLP 784-512-512-10 on 10,000 Fashion-MNIST images.
+    "mlp": {
+        "data": "fashion-mnist",
+        "data_kw": {"n_train": 10000, "flatten": True},
+        "model": "binary_mlp",
+        "model_kw": {"in_features": 784, "hidden": (512, 512), "num_classes": 10},
+        "fit_kw": {"epochs": 10, "lr": 1e-3, "batch_size": 128, "schedule": "cosine"},
+    },
+    # Small binary CNN (28x28) on 10,000 Fashion-MNIST images.
+    "cnn": {
+        "data": "fashion-mnist",
+        "data_kw": {"n_train": 10000, "val_size": 2000},
+        "model": "binary_cnn",
+        "model_kw": {"in_channels": 1, "image_size": 28, "num_classes": 10},
+        "fit_kw": {"epochs": 4, "lr": 2e-3, "batch_size": 128, "schedule": "cosine"},
+    },
+    # Binary MLP 64-256-256-10 on scikit-learn's 8x8 digits.
+    "mlp-digits": {
+        "data": "digits",
+        "data_kw": {"flatten": True},
+        "model": "binary_mlp",
+        "model_kw": {"in_features": 64, "hidden": (256, 256), "num_classes": 10},
+        "fit_kw": {"epochs": 20, "lr": 3e-3, "batch_size": 64, "schedule": "cosine"},
+    },
+}
+
+
+@dataclass
+class ReferenceResult:
+    """What :func:`train_reference` returns.
+
+    Attributes:
+        model: the trained network (eval mode).
+        history: its :class:`History`.
+        test: :func:`evaluate` on the test part (``loss``, ``accuracy``).
+        seconds: wall-clock seconds of :func:`fit` (data loading excluded).
+        data: the :class:`~bnnlab.data.Split` used.
+    """
+
+    model: nn.Module
+    history: History
+    test: dict
+    seconds: float
+    data: object = None
+
+    def __repr__(self) -> str:
+        return (f"ReferenceResult(model={type(self.model).__name__}, epochs={len(self.history)}, "
+                f"test_accuracy={self.test['accuracy']:.4f}, seconds={self.seconds:.1f})")
+
+
+def _load_reference_data(name: str, data_kw: dict, seed: int):
+    from bnnlab import data as D
+
+    if name == "fashion-mnist":
+        return D.load_fashion_mnist(seed=seed, **data_kw)
+    if name == "digits":
+        return D.load_digits(seed=seed, **data_kw)
+    raise ValueError(f"unknown reference data set {name!r}")
+
+
+def train_reference(name: str, data=None, *, binary: bool = True, epochs: int | None = None,
+                    seed: int = 0, progress: bool = True, model_kw: dict | None = None,
+                    **fit_kw) -> ReferenceResult:
+    """Build and train one of the reference experiments of :data:`REFERENCE_SETUPS`.
+
+    Args:
+        name: ``"mlp"`` (binary MLP 784-512-512-10, Fashion-MNIST, 10k images, 10 epochs),
+            ``"cnn"`` (small binary CNN, Fashion-MNIST, 10k images, 4 epochs) or
+            ``"mlp-digits"`` (binary MLP 64-256-256-10 on 8×8 digits).
+        data: a :class:`~bnnlab.data.Split` to use instead of loading the default one (its
+            input layout must match the model: flat for the MLPs, images for the CNN).
+        binary: ``False`` trains the float twin with the same recipe. Default: ``True``.
+        epochs: override the number of epochs.
+        seed: seed of the model initialisation (``torch.manual_seed``), the data split and the
+            shuffling. Default: ``0``.
+        progress: tqdm progress bar. Default: ``True``.
+        model_kw: extra keyword arguments for the model builder.
+        **fit_kw: override any :func:`fit` argument (``lr``, ``batch_size``, ``schedule``,
+            ``callbacks`` ...).
+
+    Returns:
+        :class:`ReferenceResult` with the model, its history, the test metrics and the time.
+
+    Examples::
+
+        >>> res = train_reference("mlp-digits", progress=False)
+        >>> res.test["accuracy"] > 0.8
+        True
+    """
+    from bnnlab import models as M
+
+    if name not in REFERENCE_SETUPS:
+        raise ValueError(f"name must be one of {sorted(REFERENCE_SETUPS)}, got {name!r}")
+    setup = REFERENCE_SETUPS[name]
+    if data is None:
+        data = _load_reference_data(setup["data"], setup["data_kw"], seed)
+    kw = dict(setup["fit_kw"])
+    if epochs is not None:
+        kw["epochs"] = epochs
+    kw.update(fit_kw)
+    torch.manual_seed(seed)
+    builder = getattr(M, setup["model"])
+    model = builder(**{**setup["model_kw"], **(model_kw or {})}, binary=binary)
+    t0 = time.perf_counter()
+    history = fit(model, data, seed=seed, progress=progress, **kw)
+    seconds = time.perf_counter() - t0
+    test = evaluate(model, *data.test)
+    return ReferenceResult(model=model, history=history, test=test, seconds=seconds, data=data)
