@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from bnnlab import kernels
 
-__all__ = ["CASES", "run", "format_table", "latency", "main"]
+__all__ = ["CASES", "run", "format_table", "latency", "model_latency", "main"]
 
 #: every case name, in run order (memory rows come last)
 CASES: tuple[str, ...] = (
@@ -123,6 +123,50 @@ def latency(model: Callable, x, repeats: int = 20, warmup: int = 3) -> float:
             model(x)
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def model_latency(model: torch.nn.Module, input_shape, *, packed: str = "auto",
+                  repeats: int = 20, warmup: int = 3) -> dict:
+    """Batch-1 latency of ``model``: torch (eval mode) and, when it exports, its packed twin.
+
+    Args:
+        model: a torch model (float or binary); it is not modified (eval mode is restored).
+        input_shape: one sample's shape, without the batch dimension.
+        packed: ``"auto"`` exports with :func:`bnnlab.packed.export` when the model has binary
+            layers the exporter supports (a refusal is recorded in ``"packed_note"``),
+            ``"never"`` skips the export. Default: ``"auto"``.
+
+    Returns:
+        ``{"torch": s, "packed": s or None, "packed_note": str, "best": s}`` in seconds
+        (medians); ``best`` is the packed time when there is one, else the torch time.
+    """
+    if packed not in ("auto", "never"):
+        raise ValueError(f"packed must be 'auto' or 'never', got {packed!r}")
+    if isinstance(input_shape, int):
+        input_shape = (input_shape,)
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"input_shape must be a tuple of positive ints, got {input_shape!r}")
+    x = torch.zeros(1, *shape)
+    was_training = model.training
+    model.eval()
+    try:
+        out = {"torch": latency(model, x, repeats=repeats, warmup=warmup), "packed": None,
+               "packed_note": "not attempted"}
+        if packed == "auto":
+            from bnnlab import packed as _packed
+
+            try:
+                pm = _packed.export(model)
+            except ValueError as exc:
+                out["packed_note"] = f"not exportable: {exc}"
+            else:
+                out["packed"] = latency(pm, x, repeats=repeats, warmup=warmup)
+                out["packed_note"] = "exported"
+    finally:
+        model.train(was_training)
+    out["best"] = out["packed"] if out["packed"] is not None else out["torch"]
+    return out
 
 
 # ----------------------------------------------------------------------------- cases

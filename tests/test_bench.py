@@ -106,3 +106,31 @@ def test_latency_helper():
 def test_pm1_data_is_binary():
     x = bench._pm1(3, 5, seed=0)
     assert set(np.unique(x.numpy())) <= {-1.0, 1.0}
+
+
+def test_model_latency_uses_packed_export_for_binary_models():
+    import torch
+
+    from bnnlab import models
+
+    torch.manual_seed(0)
+    binary = models.binary_mlp(64, (32, 32), 10)
+    res = bench.model_latency(binary, (64,), repeats=2, warmup=1)
+    assert res["packed"] is not None and res["packed_note"] == "exported"
+    assert res["best"] == res["packed"] and res["torch"] > 0
+    assert binary.training  # training flag restored
+
+    float_twin = models.binary_mlp(64, (32, 32), 10, binary=False)
+    res = bench.model_latency(float_twin, (64,), repeats=2, warmup=1)
+    assert res["packed"] is None and res["packed_note"].startswith("not exportable")
+    assert res["best"] == res["torch"]
+
+
+def test_model_latency_rejects_bad_arguments():
+    import pytest
+    import torch
+
+    with pytest.raises(ValueError, match="packed"):
+        bench.model_latency(torch.nn.Linear(2, 2), (2,), packed="maybe")
+    with pytest.raises(ValueError, match="input_shape"):
+        bench.model_latency(torch.nn.Linear(2, 2), (0,))

@@ -1,0 +1,595 @@
+"""ipywidgets dashboards built from :mod:`bnnlab.analysis` (data) and :mod:`bnnlab.plots` (figures).
+
+Each builder returns one widget (a :class:`ipywidgets.VBox` subclass) that shows in a notebook
+cell as is, and that can be driven from Python without a browser: its controls are in
+``.controls`` (a dict), its figures are ``go.FigureWidget`` attributes, and moving a control
+(``w.controls["clip_value"].value = 0.5``) refreshes the figures synchronously, in one
+``batch_update``. Long operations (fine-tuning, training several variants) show an
+:class:`ipywidgets.IntProgress`, can be stopped with a Stop button, and have a plain ``run()``
+method that does the same work without the buttons (what tests and scripts call).
+
+A button click runs the work in a background thread (``background=True``, the default), so that
+the notebook kernel keeps processing widget events, including the Stop button, during training.
+
+=========================================  =================================================
+builder                                    shows
+=========================================  =================================================
+:func:`quantizer_explorer`                 q(x), surrogate, smoothed derivative, mismatch
+:func:`binarize_explorer`                  which layers to binarise: memory/MACs, accuracy
+:func:`sign_distribution_explorer`         latent-value histograms per layer × epoch
+:func:`gradient_mismatch_explorer`         per-layer cosine(STE, reference) over training
+:func:`live_comparison`                    several variants trained side by side
+=========================================  =================================================
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import ipywidgets as W
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from torch import nn
+
+from bnnlab import analysis as A
+from bnnlab import plots as P
+
+__all__ = [
+    "quantizer_explorer",
+    "binarize_explorer",
+    "sign_distribution_explorer",
+    "gradient_mismatch_explorer",
+    "live_comparison",
+    "default_latency_fn",
+    "QuantizerExplorer",
+    "BinarizeExplorer",
+    "SignDistributionExplorer",
+    "GradientMismatchExplorer",
+    "LiveComparison",
+]
+
+
+# =============================================================================================
+# Shared machinery
+# =============================================================================================
+def _sync(fw: go.FigureWidget, fig: go.Figure) -> None:
+    """Copy the traces and title of a freshly built ``fig`` into ``fw`` (one batch update)."""
+    same = len(fw.data) == len(fig.data) and all(
+        a.type == b.type for a, b in zip(fw.data, fig.data))
+    if not same:
+        fw.data = []
+        fw.add_traces(list(fig.data))
+    with fw.batch_update():
+        if same:
+            for old, new in zip(fw.data, fig.data):
+                spec = new.to_plotly_json()
+                spec.pop("type", None)
+                old.update(spec, overwrite=True)
+        fw.layout.title = fig.layout.title
+
+
+class _Progress:
+    """fit callback: advances an IntProgress per batch, stops when ``should_stop()``, and calls
+    ``on_epoch(epoch, history)`` after each epoch."""
+
+    def __init__(self, bar: W.IntProgress, should_stop: Callable[[], bool],
+                 on_epoch: Callable | None = None) -> None:
+        self.bar, self.should_stop, self.on_epoch = bar, should_stop, on_epoch
+        self.stop_training = False
+
+    def on_batch_end(self, batch, loss, model) -> None:
+        self.bar.value = min(self.bar.max, self.bar.value + 1)
+        self.stop_training = bool(self.should_stop())
+
+    def on_epoch_end(self, epoch, history, model) -> None:
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, history)
+
+
+class _Runner:
+    """Run / Stop buttons, a progress bar and a status line around a ``run()`` method."""
+
+    def _init_runner(self, label: str, background: bool) -> None:
+        self.background = bool(background)
+        self.run_button = W.Button(description=label, button_style="primary", icon="play")
+        self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop",
+                                    disabled=True)
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="progress")
+        self.status = W.Label(value="")
+        self.run_button.on_click(lambda _: self.start())
+        self.stop_button.on_click(lambda _: self.stop())
+        self._stop_requested = False
+        self._thread: threading.Thread | None = None
+
+    def _runner_box(self) -> W.HBox:
+        return W.HBox([self.run_button, self.stop_button, self.progress, self.status])
+
+    def stop(self) -> None:
+        """Ask the running work to stop after the current batch."""
+        self._stop_requested = True
+
+    def start(self) -> None:
+        """What the Run button does: :meth:`run` in a background thread (or inline)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        if self.background:
+            self._thread = threading.Thread(target=self._guarded_run, daemon=True)
+            self._thread.start()
+        else:
+            self._guarded_run()
+
+    def _guarded_run(self) -> None:
+        try:
+            self.run()
+        except Exception as exc:  # shown in the widget: a thread has nowhere else to report
+            self.status.value = f"error: {type(exc).__name__}: {exc}"
+            if not self.background:
+                raise
+        finally:
+            self.run_button.disabled, self.stop_button.disabled = False, True
+
+    def _begin(self, total_steps: int) -> None:
+        self._stop_requested = False
+        self.progress.max, self.progress.value = max(1, total_steps), 0
+        self.run_button.disabled, self.stop_button.disabled = True, False
+
+    def _end(self, message: str) -> None:
+        self.run_button.disabled, self.stop_button.disabled = False, True
+        self.status.value = ("stopped: " if self._stop_requested else "") + message
+
+
+def _parts(data):
+    """(train, val) pairs of a Split-like object or an (x, y) pair (val falls back to train)."""
+    if hasattr(data, "train"):
+        val = getattr(data, "val", None)
+        return data.train, (val if val is not None and len(val[0]) else data.train)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return tuple(data), tuple(data)
+    raise TypeError("data must be a bnnlab.data.Split or a pair (x, y) of tensors")
+
+
+def _steps(data, epochs: int, batch_size: int) -> int:
+    return epochs * math.ceil(len(_parts(data)[0][0]) / batch_size)
+
+
+# =============================================================================================
+# Quantizer explorer
+# =============================================================================================
+class QuantizerExplorer(W.VBox):
+    """See :func:`quantizer_explorer`."""
+
+    def __init__(self, x_range=(-3.0, 3.0), n_points: int = 601) -> None:
+        self.x = np.linspace(float(x_range[0]), float(x_range[1]), int(n_points))
+        slider = dict(continuous_update=False, readout_format=".2f")
+        self.controls = {
+            "quantizer": W.Dropdown(options=list(A.EXPLORER_QUANTIZERS), description="quantizer"),
+            "clip_value": W.FloatSlider(1.0, min=0.25, max=3.0, step=0.05,
+                                        description="clip_value", **slider),
+            "beta": W.FloatSlider(5.0, min=0.5, max=20.0, step=0.5, description="beta", **slider),
+            "noise": W.Dropdown(options=list(A.NOISES), description="noise"),
+            "scale": W.FloatSlider(1.0, min=0.05, max=3.0, step=0.05, description="scale",
+                                   **slider),
+            "normalize": W.Checkbox(False, description="normalize"),
+        }
+        self.figure = go.FigureWidget(P.quantizer_figure(self.curves()))
+        for c in self.controls.values():
+            c.observe(lambda _: self.update(), names="value")
+        c = self.controls
+        super().__init__([W.HBox([c["quantizer"], c["clip_value"], c["beta"]]),
+                          W.HBox([c["noise"], c["scale"], c["normalize"]]), self.figure])
+
+    def curves(self) -> dict:
+        """The curves for the current controls (mismatch on the fine default grid)."""
+        v = {k: w.value for k, w in self.controls.items()}
+        q = A.make_quantizer(v["quantizer"], clip_value=v["clip_value"], beta=v["beta"])
+        out = A.mismatch_curves(q, v["noise"], v["scale"], x=self.x, normalize=v["normalize"])
+        out["mismatch"] = A.surrogate_mismatch(q, v["noise"], v["scale"],
+                                               normalize=v["normalize"])
+        return out
+
+    def update(self) -> None:
+        _sync(self.figure, P.quantizer_figure(self.curves()))
+
+
+def quantizer_explorer(x_range=(-3.0, 3.0), n_points: int = 601) -> QuantizerExplorer:
+    """Choose a quantizer and its parameters; see :math:`q(x)`, its surrogate gradient, the
+    derivative of the smoothed sign :math:`\\mathbb{E}[\\operatorname{sign}(x + s\\varepsilon)]`
+    for the chosen noise and scale, and their L1 mismatch (figure title).
+
+    Controls (``.controls``): ``quantizer``, ``clip_value``, ``beta`` (SwishSign), ``noise``,
+    ``scale``, ``normalize``. Figure (``.figure``): traces ``q(x)``, surrogate, smoothed.
+
+    Args:
+        x_range: plotted interval. Default: ``(-3, 3)``.
+        n_points: plotted grid size. Default: ``601``.
+    """
+    return QuantizerExplorer(x_range, n_points)
+
+
+# =============================================================================================
+# Binarize explorer
+# =============================================================================================
+_CANDIDATES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+class BinarizeExplorer(_Runner, W.VBox):
+    """See :func:`binarize_explorer`."""
+
+    def __init__(self, model_fn: Callable[[], nn.Module], data, *, input_shape=None,
+                 families=None, epochs: int = 1, lr: float = 1e-3, batch_size: int = 64,
+                 fit_kw: Mapping | None = None, background: bool = True) -> None:
+        from bnnlab.convert import FAMILIES
+
+        if not callable(model_fn):
+            raise TypeError("model_fn must be a callable returning a float nn.Module")
+        self.model_fn, self.data = model_fn, data
+        self.input_shape = tuple(input_shape or _parts(data)[0][0].shape[1:])
+        self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
+        self.fit_kw = dict(fit_kw or {})
+        self.results: list[dict] = []
+        names = [n for n, m in model_fn().named_modules() if type(m) in _CANDIDATES]
+        self.controls = {n: W.Checkbox(value=0 < i < len(names) - 1, description=n, indent=False)
+                         for i, n in enumerate(names)}
+        self.controls["family"] = W.Dropdown(options=list(families or FAMILIES),
+                                             description="family")
+        self._init_runner("Fine-tune", background)
+        self.summary_figure = go.FigureWidget(P.summary_figure(self.summary()))
+        self.accuracy_figure = go.FigureWidget(self._accuracy_fig())
+        for c in self.controls.values():
+            c.observe(lambda _: self.update(), names="value")
+        boxes = [c for n, c in self.controls.items() if n != "family"]
+        super().__init__([W.HBox([self.controls["family"], *boxes]), self.summary_figure,
+                          self._runner_box(), self.accuracy_figure])
+
+    @property
+    def selected(self) -> list[str]:
+        """Names of the layers ticked for binarisation."""
+        return [n for n, c in self.controls.items() if n != "family" and c.value]
+
+    def build(self) -> nn.Module:
+        """A fresh ``model_fn()`` with the ticked layers binarised in the chosen family."""
+        from bnnlab.convert import binarize
+
+        return binarize(self.model_fn(), layer=self.controls["family"].value,
+                        include=self.selected, keep_first=False, keep_last=False)
+
+    def summary(self):
+        from bnnlab.summary import summary
+
+        return summary(self.build(), self.input_shape)
+
+    def update(self) -> None:
+        _sync(self.summary_figure, P.summary_figure(self.summary()))
+
+    def _accuracy_fig(self) -> go.Figure:
+        return P.bars_figure([r["name"] for r in self.results],
+                             [r["accuracy"] for r in self.results],
+                             title="validation accuracy after fine-tuning",
+                             yaxis_title="accuracy")
+
+    def run(self) -> dict:
+        """Binarise, fine-tune for ``epochs`` (progress, stoppable), evaluate on the validation
+        part, append a result row and refresh the accuracy bars. Returns the row."""
+        from bnnlab.train import evaluate, fit
+
+        model = self.build()
+        self._begin(_steps(self.data, self.epochs, self.batch_size))
+        cb = _Progress(self.progress, lambda: self._stop_requested)
+        fit(model, self.data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+            callbacks=[cb], progress=False, **self.fit_kw)
+        acc = evaluate(model, *_parts(self.data)[1])["accuracy"]
+        name = f"{self.controls['family'].value}: {', '.join(self.selected) or 'none'}"
+        row = {"name": f"#{len(self.results) + 1} {name}", "accuracy": acc,
+               "memory_kib": self.summary().memory_bytes / 1024}
+        self.results.append(row)
+        _sync(self.accuracy_figure, self._accuracy_fig())
+        self._end(f"{row['name']}: accuracy {acc:.3f}")
+        return row
+
+
+def binarize_explorer(model_fn: Callable[[], nn.Module], data, *, input_shape=None,
+                      families=None, epochs: int = 1, lr: float = 1e-3, batch_size: int = 64,
+                      fit_kw: Mapping | None = None, background: bool = True) -> BinarizeExplorer:
+    """Pick which layers of a float model to binarise and with which family; see the memory and
+    MACs per layer at once, and the validation accuracy after a short fine-tune.
+
+    Controls (``.controls``): one checkbox per ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d`` of the
+    model (by module name; all but the first and last ticked), and ``family``
+    (:data:`bnnlab.convert.FAMILIES`). Figures: ``.summary_figure``
+    (:func:`bnnlab.plots.summary_figure`, refreshed on every change) and ``.accuracy_figure``
+    (one bar per fine-tuned configuration). ``Fine-tune`` runs :meth:`BinarizeExplorer.run`
+    (progress bar, Stop button); results are kept in ``.results``.
+
+    Args:
+        model_fn: returns a (possibly pre-trained) float model; called for every build (each
+            control change rebuilds the summary), so keep it cheap, e.g.
+            ``lambda: copy.deepcopy(pretrained)``; its float weights start each fine-tune.
+        data: a :class:`bnnlab.data.Split` (fits ``train``, reports ``val``).
+        input_shape: one sample's shape for the summary; default: from ``data``.
+        families: the dropdown's families. Default: all of :data:`bnnlab.convert.FAMILIES`.
+        epochs, lr, batch_size: of the fine-tune. fit_kw: more :func:`bnnlab.train.fit` arguments.
+        background: run the button's work in a thread (keeps Stop responsive). Default: ``True``.
+    """
+    return BinarizeExplorer(model_fn, data, input_shape=input_shape, families=families,
+                            epochs=epochs, lr=lr, batch_size=batch_size, fit_kw=fit_kw,
+                            background=background)
+
+
+# =============================================================================================
+# Sign-distribution explorer
+# =============================================================================================
+class SignDistributionExplorer(W.VBox):
+    """See :func:`sign_distribution_explorer`."""
+
+    def __init__(self, history) -> None:
+        h = history.history if isinstance(history, A.SignStats) else history
+        if not isinstance(h, A.SignHistory):
+            raise TypeError("sign_stats_history must be a bnnlab.analysis.SignStats or SignHistory")
+        if not h.epochs or not h.layers:
+            raise ValueError("sign_stats_history is empty: train with the SignStats callback first")
+        self.history = h
+        layers = list(h.layers)
+        kinds = ["weights"] + (["inputs"] if "input_counts" in h.layers[layers[0]] else [])
+        self.controls = {
+            "layer": W.Dropdown(options=layers, description="layer"),
+            "values": W.ToggleButtons(options=kinds, description="values"),
+            "epoch": W.SelectionSlider(options=list(h.epochs), value=h.epochs[-1],
+                                       description="epoch", continuous_update=False),
+        }
+        self.figure = go.FigureWidget(self._figure())
+        for c in self.controls.values():
+            c.observe(lambda _: self.update(), names="value")
+        super().__init__([W.HBox(list(self.controls.values())), self.figure])
+
+    def _figure(self) -> go.Figure:
+        h, v = self.history, {k: c.value for k, c in self.controls.items()}
+        i, rec = h.epochs.index(v["epoch"]), h.layers[v["layer"]]
+        counts, frac = (("weight_counts", "fraction_positive") if v["values"] == "weights"
+                        else ("input_counts", "input_fraction_positive"))
+        return P.sign_distribution_figure(
+            h.edges, rec[counts][i], h.epochs, rec[frac], i,
+            title=f"layer {v['layer']}: {v['values']} at epoch {v['epoch']}")
+
+    def update(self) -> None:
+        _sync(self.figure, self._figure())
+
+
+def sign_distribution_explorer(sign_stats_history) -> SignDistributionExplorer:
+    """Histogram of a layer's latent weights (or inputs) at one epoch, and its share of +1 over
+    training, from a :class:`bnnlab.analysis.SignStats` callback (or its ``.history``).
+
+    Controls (``.controls``): ``layer`` (dropdown), ``values`` (``"weights"``, and ``"inputs"``
+    when the callback had a probe batch), ``epoch`` (slider over the snapshots). Figure
+    (``.figure``): :func:`bnnlab.plots.sign_distribution_figure`.
+    """
+    return SignDistributionExplorer(sign_stats_history)
+
+
+# =============================================================================================
+# Gradient-mismatch explorer
+# =============================================================================================
+class GradientMismatchExplorer(W.VBox):
+    """See :func:`gradient_mismatch_explorer`."""
+
+    def __init__(self, results) -> None:
+        if isinstance(results, A.GradientMismatch):
+            results = {"model": results}
+        if not isinstance(results, Mapping) or not results or not all(
+                isinstance(r, A.GradientMismatch) and r.results for r in results.values()):
+            raise TypeError("results must be a non-empty dict {name: GradientMismatch} of "
+                            "callbacks that have measured at least once")
+        self.results = dict(results)
+        layers = list(dict.fromkeys(n for gm in self.results.values() for n in gm.layer_names))
+        refs = list(dict.fromkeys(r for gm in self.results.values() for r in gm.references))
+        self.controls = {
+            "layer": W.Dropdown(options=["mean over layers", *layers], description="layer"),
+            "reference": W.Dropdown(options=refs, description="reference"),
+            "metric": W.Dropdown(options=["cosine", "rel_error", "norm_ratio"],
+                                 description="metric"),
+        }
+        self.figure = go.FigureWidget(self._figure())
+        for c in self.controls.values():
+            c.observe(lambda _: self.update(), names="value")
+        super().__init__([W.HBox(list(self.controls.values())), self.figure])
+
+    def series(self) -> dict[str, tuple[list, list]]:
+        """``{name: (epochs, values)}`` for the current controls (missing layers: skipped)."""
+        v = {k: c.value for k, c in self.controls.items()}
+        layer = None if v["layer"] == "mean over layers" else v["layer"]
+        return {name: (gm.epochs, gm.series(v["metric"], v["reference"], layer))
+                for name, gm in self.results.items()
+                if (layer is None or layer in gm.layer_names) and v["reference"] in gm.references}
+
+    def _figure(self) -> go.Figure:
+        v = {k: c.value for k, c in self.controls.items()}
+        return P.curves_figure(self.series(), yaxis_title=v["metric"],
+                               title=f"{v['metric']}(STE, {v['reference']}) — {v['layer']}",
+                               yrange=(-1.05, 1.05) if v["metric"] == "cosine" else None)
+
+    def update(self) -> None:
+        _sync(self.figure, self._figure())
+        self.figure.layout.yaxis.range = (-1.05, 1.05) if (
+            self.controls["metric"].value == "cosine") else None
+
+
+def gradient_mismatch_explorer(results) -> GradientMismatchExplorer:
+    """Per-layer agreement between the STE gradient and a reference gradient over training, one
+    line per quantizer (or model variant).
+
+    Args:
+        results: ``{name: GradientMismatch}`` (callbacks that ran during :func:`bnnlab.train.fit`,
+            e.g. one per weight/input quantizer), or a single :class:`GradientMismatch`.
+
+    Controls (``.controls``): ``layer`` (or the mean over layers), ``reference`` (``"tanh β=…"``
+    or ``"mc σ=…"``), ``metric`` (``cosine``, ``rel_error``, ``norm_ratio``). Figure
+    (``.figure``): one trace per name, in the order of ``results``.
+    """
+    return GradientMismatchExplorer(results)
+
+
+# =============================================================================================
+# Live comparison
+# =============================================================================================
+def _time_forward(model: nn.Module, input_shape, repeats: int = 30, warmup: int = 5) -> float:
+    """Median seconds of one batch-1 forward pass (eval mode, no grad)."""
+    x = torch.zeros(1, *input_shape)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for _ in range(warmup):
+                model(x)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - t0)
+    finally:
+        model.train(was)
+    return statistics.median(times)
+
+
+def default_latency_fn(input_shape) -> Callable[[nn.Module], float]:
+    """``model -> seconds`` of one batch-1 inference, as a user would deploy it.
+
+    Uses :func:`bnnlab.bench.model_latency`: the packed kernels (:func:`bnnlab.packed.export`)
+    for a binary model the exporter supports, torch float32 otherwise.
+    """
+    from bnnlab import bench
+
+    shape = tuple(input_shape)
+    return lambda model: float(bench.model_latency(model, shape)["best"])
+
+
+class LiveComparison(_Runner, W.VBox):
+    """See :func:`live_comparison`."""
+
+    def __init__(self, variants: Mapping, data, epochs: int = 3, *, latency_fn=None,
+                 input_shape=None, lr: float = 1e-3, batch_size: int = 64,
+                 metric: str = "val_acc", fit_kw: Mapping | None = None,
+                 background: bool = True) -> None:
+        if not isinstance(variants, Mapping) or not variants:
+            raise TypeError("variants must be a non-empty dict {name: model or model factory}")
+        if metric not in ("val_acc", "val_loss", "train_acc", "train_loss"):
+            raise ValueError(f"metric must be 'val_acc', 'val_loss', 'train_acc' or "
+                             f"'train_loss', got {metric!r}")
+        self.variants, self.data, self.epochs = dict(variants), data, epochs
+        self.input_shape = tuple(input_shape or _parts(data)[0][0].shape[1:])
+        self.latency_fn = latency_fn or default_latency_fn(self.input_shape)
+        self.lr, self.batch_size, self.metric = lr, batch_size, metric
+        self.fit_kw = dict(fit_kw or {})
+        self.models: dict[str, nn.Module] = {}
+        self.histories: dict = {}
+        self.rows: list[dict] = []
+        self.controls = {}
+        self._init_runner("Train all", background)
+        self.curves_figure = go.FigureWidget(self._curves_fig())
+        self.bars_figure = go.FigureWidget(P.comparison_figure(self.rows))
+        self.table_figure = go.FigureWidget(self._table_fig())
+        super().__init__([self._runner_box(), self.curves_figure, self.bars_figure,
+                          self.table_figure])
+
+    def _curves_fig(self) -> go.Figure:
+        series = {n: (self.histories[n].epoch if n in self.histories else [],
+                      getattr(self.histories[n], self.metric) if n in self.histories else [])
+                  for n in self.variants}
+        return P.curves_figure(series, title=f"{self.metric} during training",
+                               yaxis_title=self.metric)
+
+    def _table_fig(self) -> go.Figure:
+        cols = ["name", "accuracy", "latency_ms", "memory_kib", "compression", "epochs",
+                "train_s"]
+        return P.table_figure(self.rows, cols)
+
+    def _refresh_results(self) -> None:
+        _sync(self.bars_figure, P.comparison_figure(self.rows))
+        _sync(self.table_figure, self._table_fig())
+
+    def _measure(self, name: str, model: nn.Module, seconds: float) -> dict:
+        from bnnlab.summary import summary
+        from bnnlab.train import evaluate
+
+        s = summary(model, self.input_shape)
+        return {"name": name, "accuracy": evaluate(model, *_parts(self.data)[1])["accuracy"],
+                "latency_ms": 1e3 * float(self.latency_fn(model)),
+                "memory_kib": s.memory_bytes / 1024, "compression": s.compression_ratio,
+                "epochs": len(self.histories[name]), "train_s": seconds}
+
+    def run(self) -> list[dict]:
+        """Train every variant in turn (curves refresh after each epoch, progress per batch),
+        then measure accuracy (validation part), latency and memory; refresh bars and table.
+        Stopping ends the current variant early, measures it, and skips the rest.
+
+        Returns:
+            The result rows (also in ``.rows``), one dict per trained variant.
+        """
+        from bnnlab.train import fit
+
+        self.models, self.histories, self.rows = {}, {}, []
+        self._refresh_results()
+        self._begin(len(self.variants) * _steps(self.data, self.epochs, self.batch_size))
+        for name, spec in self.variants.items():
+            if self._stop_requested:
+                break
+            model = spec() if not isinstance(spec, nn.Module) and callable(spec) else spec
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"variants[{name!r}] must be an nn.Module or a factory of one")
+            self.status.value = f"training {name}"
+
+            def on_epoch(epoch, history, name=name):
+                self.histories[name] = history
+                _sync(self.curves_figure, self._curves_fig())
+
+            cb = _Progress(self.progress, lambda: self._stop_requested, on_epoch)
+            t0 = time.perf_counter()
+            self.histories[name] = fit(model, self.data, epochs=self.epochs, lr=self.lr,
+                                       batch_size=self.batch_size, callbacks=[cb],
+                                       progress=False, **self.fit_kw)
+            self.models[name] = model
+            self.rows.append(self._measure(name, model, time.perf_counter() - t0))
+            _sync(self.curves_figure, self._curves_fig())
+            self._refresh_results()
+        self._end(f"{len(self.rows)} of {len(self.variants)} variants trained")
+        return self.rows
+
+
+def live_comparison(variants: Mapping, data, epochs: int = 3, *, latency_fn=None,
+                    input_shape=None, lr: float = 1e-3, batch_size: int = 64,
+                    metric: str = "val_acc", fit_kw: Mapping | None = None,
+                    background: bool = True) -> LiveComparison:
+    """Train several variants (float, BinaryNet, XNOR-Net, Bi-Real, ReActNet ...) on the same data
+    and compare them: training curves that grow epoch by epoch, then accuracy, latency and
+    memory as bars and as a table.
+
+    Args:
+        variants: ``{name: model factory (callable) or model}``; factories are called at each run.
+        data: a :class:`bnnlab.data.Split` (fits ``train``, reports ``val``).
+        epochs: epochs per variant. Default: ``3``.
+        latency_fn: ``model -> seconds`` of one inference; default :func:`default_latency_fn`
+            (``bnnlab.bench`` if present, else timed torch forward passes).
+        input_shape: one sample's shape (summary, latency); default: from ``data``.
+        lr, batch_size: for :func:`bnnlab.train.fit`; fit_kw: more of its arguments.
+        metric: the curve shown: ``"val_acc"``, ``"val_loss"``, ``"train_acc"``,
+            ``"train_loss"``. Default: ``"val_acc"``.
+        background: run the button's work in a thread (keeps Stop responsive). Default: ``True``.
+
+    Returns:
+        A :class:`LiveComparison` widget; ``.run()`` does the work without the button.
+        Figures: ``.curves_figure`` (one trace per variant), ``.bars_figure`` (accuracy,
+        latency (ms), memory (KiB)), ``.table_figure``; results in ``.rows``, ``.models``,
+        ``.histories``.
+
+    Examples::
+
+        >>> ds = data.load_digits(flatten=True)
+        >>> w = live_comparison({"float": lambda: models.binary_mlp(64, (64, 64), binary=False),
+        ...                      "BinaryNet": lambda: models.binary_mlp(64, (64, 64))}, ds, 3)
+        >>> w          # click "Train all", or call w.run()
+    """
+    return LiveComparison(variants, data, epochs, latency_fn=latency_fn, input_shape=input_shape,
+                          lr=lr, batch_size=batch_size, metric=metric, fit_kw=fit_kw,
+                          background=background)

@@ -1,0 +1,252 @@
+"""Tests for bnnlab.widgets without a browser: move a control in Python, check the figure data.
+
+Expected values come from NumPy formulas or from hand-built inputs, not from the code under test.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bnnlab import analysis as A
+from bnnlab import widgets as Wd
+from bnnlab.data import load_digits
+from bnnlab.layers import BinaryLinear
+from bnnlab.summary import summary
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(flatten=True, n_train=128, val_size=64)
+
+
+def float_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Linear(16, 16),
+                         nn.BatchNorm1d(16), nn.Linear(16, 16), nn.BatchNorm1d(16),
+                         nn.Linear(16, 10))
+
+
+def bnn_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), BinaryLinear(16, 16),
+                         nn.BatchNorm1d(16), nn.Linear(16, 10))
+
+
+# --------------------------------------------------------------------------- quantizer explorer
+def test_quantizer_explorer_tracks_every_control():
+    w = Wd.quantizer_explorer(x_range=(-2, 2), n_points=9)
+    x = np.linspace(-2, 2, 9)
+    fig, c = w.figure, w.controls
+    np.testing.assert_array_equal(fig.data[0].y, np.where(x >= 0, 1.0, -1.0))
+    np.testing.assert_array_equal(fig.data[1].y, (np.abs(x) <= 1.0) * 1.0)
+    assert "= 0.000" in fig.layout.title.text                 # STE clip 1 vs uniform s = 1
+    c["clip_value"].value = 0.5
+    np.testing.assert_array_equal(fig.data[1].y, (np.abs(x) <= 0.5) * 1.0)
+    assert "= 1.00" in fig.layout.title.text                  # |1 - 1/1| ... 2 * |0.5 - 1|
+    c["quantizer"].value = "approx_sign"
+    np.testing.assert_allclose(fig.data[1].y, np.clip(2 - 2 * np.abs(x), 0, None))
+    c["noise"].value, c["scale"].value = "normal", 0.5
+    np.testing.assert_allclose(fig.data[2].y,
+                               2 * np.exp(-x**2 / (2 * 0.25)) / (0.5 * np.sqrt(2 * np.pi)))
+    c["quantizer"].value, c["beta"].value = "swish_sign", 2.0
+    b = 2.0
+    np.testing.assert_allclose(fig.data[1].y,
+                               b * (2 - b * x * np.tanh(b * x / 2)) / (1 + np.cosh(b * x)))
+
+
+# --------------------------------------------------------------------------- binarize explorer
+def test_binarize_explorer_summary_follows_checkboxes_and_family(digits):
+    w = Wd.binarize_explorer(float_mlp, digits, background=False)
+    assert [n for n in w.controls if n != "family"] == ["0", "2", "4", "6"]
+    assert w.selected == ["2", "4"]                            # first and last stay float
+    names = list(w.summary_figure.data[2].x)
+    binary_macs = dict(zip(names, w.summary_figure.data[2].y))
+    assert binary_macs["2"] == 256 and binary_macs["4"] == 256 and binary_macs["0"] == 0
+    w.controls["4"].value = False
+    binary_macs = dict(zip(w.summary_figure.data[2].x, w.summary_figure.data[2].y))
+    assert binary_macs["2"] == 256 and binary_macs["4"] == 0
+    float_macs = dict(zip(w.summary_figure.data[3].x, w.summary_figure.data[3].y))
+    assert float_macs["4"] == 256
+    w.controls["family"].value = "xnor"
+    assert type(w.build()[2]).__name__ == "XnorLinear"
+
+
+def test_binarize_explorer_run_fine_tunes_and_plots_accuracy(digits):
+    w = Wd.binarize_explorer(float_mlp, digits, epochs=1, batch_size=64, background=False)
+    w.controls["4"].value = False
+    w.run_button.click()                                       # background=False: inline
+    assert len(w.results) == 1
+    row = w.results[0]
+    assert row["name"] == "#1 binary: 2"
+    assert list(w.accuracy_figure.data[0].x) == [row["name"]]
+    assert list(w.accuracy_figure.data[0].y) == [row["accuracy"]]
+    assert 0.0 <= row["accuracy"] <= 1.0
+    assert w.progress.value == w.progress.max == 2             # 128 samples / 64 per batch
+    assert not w.run_button.disabled and w.stop_button.disabled
+
+
+# --------------------------------------------------------------------------- sign distribution
+def _hand_made_history():
+    h = A.SignHistory(edges=np.array([-1.0, 0.0, 1.0]), epochs=[0, 1, 2])
+    h.layers["a"] = {"weight_counts": [np.array([1, 3]), np.array([2, 2]), np.array([3, 1])],
+                     "fraction_positive": [0.75, 0.5, 0.25],
+                     "input_counts": [np.array([5, 5]), np.array([4, 6]), np.array([0, 10])],
+                     "input_fraction_positive": [0.5, 0.6, 1.0]}
+    h.layers["b"] = {k: [v * 10 for v in vals] for k, vals in h.layers["a"].items()}
+    return h
+
+
+def test_sign_distribution_explorer_tracks_layer_epoch_and_values():
+    w = Wd.sign_distribution_explorer(_hand_made_history())
+    fig, c = w.figure, w.controls
+    assert c["epoch"].value == 2
+    assert list(fig.data[0].y) == [3, 1] and list(fig.data[2].x) == [2]
+    c["epoch"].value = 1
+    assert list(fig.data[0].y) == [2, 2]
+    assert list(fig.data[2].y) == [0.5]
+    c["layer"].value = "b"
+    assert list(fig.data[0].y) == [20, 20]
+    c["values"].value = "inputs"
+    assert list(fig.data[0].y) == [40, 60]
+    assert list(fig.data[1].y) == [5.0, 6.0, 10.0]
+    assert fig.layout.title.text == "layer b: inputs at epoch 1"
+
+
+def test_sign_distribution_explorer_accepts_the_callback_and_rejects_empty():
+    cb = A.SignStats()
+    with pytest.raises(ValueError, match="empty"):
+        Wd.sign_distribution_explorer(cb)
+    cb.snapshot(bnn_mlp(), 0)
+    w = Wd.sign_distribution_explorer(cb)
+    assert w.controls["values"].options == ("weights",)
+    assert sum(w.figure.data[0].y) == 16 * 16
+    with pytest.raises(TypeError, match="sign_stats_history"):
+        Wd.sign_distribution_explorer({"not": "history"})
+
+
+# --------------------------------------------------------------------------- gradient mismatch
+def _hand_made_mismatch(offset):
+    gm = A.GradientMismatch(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
+    for epoch in (0, 1):
+        res = {}
+        for k, ref in enumerate(("tanh β=1", "tanh β=5")):
+            res[ref] = {layer: {"cosine": offset + 0.1 * epoch + 0.01 * k + 0.001 * i,
+                                "rel_error": 2.0 + epoch, "norm_ratio": 3.0 + i}
+                        for i, layer in enumerate(("x", "y"))}
+        gm.results.append(res)
+        gm.epochs.append(epoch)
+    return gm
+
+
+def test_gradient_mismatch_explorer_one_line_per_quantizer():
+    w = Wd.gradient_mismatch_explorer({"ste": _hand_made_mismatch(0.5),
+                                       "approx": _hand_made_mismatch(0.2)})
+    fig, c = w.figure, w.controls
+    assert [t.name for t in fig.data] == ["ste", "approx"]
+    np.testing.assert_allclose(fig.data[0].y, [0.5005, 0.6005])        # mean of x and y
+    c["layer"].value = "y"
+    np.testing.assert_allclose(fig.data[1].y, [0.201, 0.301])
+    c["reference"].value = "tanh β=5"
+    np.testing.assert_allclose(fig.data[1].y, [0.211, 0.311])
+    assert list(fig.data[0].x) == [0, 1]
+    c["metric"].value = "norm_ratio"
+    np.testing.assert_allclose(fig.data[0].y, [4.0, 4.0])
+    assert fig.layout.yaxis.range is None
+    with pytest.raises(TypeError, match="results"):
+        Wd.gradient_mismatch_explorer({})
+
+
+def test_gradient_mismatch_explorer_skips_variants_without_the_layer():
+    other = _hand_made_mismatch(0.0)
+    for res in other.results:                          # this variant has layers "x" and "z"
+        for per in res.values():
+            per["z"] = per.pop("y")
+    w = Wd.gradient_mismatch_explorer({"a": _hand_made_mismatch(0.5), "b": other})
+    w.controls["layer"].value = "y"
+    assert [t.name for t in w.figure.data] == ["a"]
+    w.controls["layer"].value = "x"
+    assert [t.name for t in w.figure.data] == ["a", "b"]
+    np.testing.assert_allclose(w.figure.data[1].y, [0.0, 0.1])
+
+
+# --------------------------------------------------------------------------- live comparison
+def test_live_comparison_run_fills_curves_bars_and_table(digits):
+    w = Wd.live_comparison({"float": float_mlp, "bnn": bnn_mlp}, digits, epochs=2,
+                           batch_size=64, latency_fn=lambda m: 0.004, background=False)
+    rows = w.run()
+    assert [r["name"] for r in rows] == ["float", "bnn"]
+    curves = {t.name: t for t in w.curves_figure.data}
+    for name in ("float", "bnn"):
+        assert list(curves[name].x) == [1, 2]
+        assert list(curves[name].y) == w.histories[name].val_acc
+    acc, lat, mem = w.bars_figure.data
+    assert list(acc.y) == [r["accuracy"] for r in rows]
+    assert list(lat.y) == [4.0, 4.0]                                     # ms
+    expected_kib = [summary(w.models[n], (64,)).memory_bytes / 1024 for n in ("float", "bnn")]
+    np.testing.assert_allclose(mem.y, expected_kib)
+    assert expected_kib[1] < expected_kib[0]
+    table = [list(col) for col in w.table_figure.data[0].cells.values]
+    assert table[0] == ["float", "bnn"] and table[2] == ["4", "4"]
+    assert w.progress.value == w.progress.max == 2 * 2 * 2
+
+
+class _StopAfter(nn.Module):
+    """Wraps a model; clicks the widget's Stop button during the ``n``-th training forward."""
+
+    def __init__(self, inner, widget_ref, n):
+        super().__init__()
+        self.inner, self.widget_ref, self.n, self.calls = inner, widget_ref, n, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.n:
+                self.widget_ref[0].stop_button.click()
+        return self.inner(x)
+
+
+def test_live_comparison_stop_button_ends_training_and_skips_the_rest(digits):
+    ref = []
+    w = Wd.live_comparison({"first": lambda: _StopAfter(bnn_mlp(), ref, 2), "second": bnn_mlp},
+                           digits, epochs=3, batch_size=64, latency_fn=lambda m: 0.001,
+                           background=False)
+    ref.append(w)
+    rows = w.run()
+    assert [r["name"] for r in rows] == ["first"]
+    assert w.progress.value == 2                          # stopped after the second batch
+    assert w.status.value.startswith("stopped")
+    assert w.histories["first"].stopped_early
+
+
+def test_run_button_uses_a_background_thread(digits):
+    w = Wd.live_comparison({"bnn": bnn_mlp}, digits, epochs=1, batch_size=64,
+                           latency_fn=lambda m: 0.001)
+    w.run_button.click()
+    w._thread.join(timeout=60)
+    assert not w._thread.is_alive()
+    assert [r["name"] for r in w.rows] == ["bnn"]
+
+
+def test_an_error_in_the_background_is_shown_and_the_buttons_come_back(digits):
+    w = Wd.live_comparison({"bad": lambda: "not a model"}, digits, epochs=1,
+                           latency_fn=lambda m: 0.001)
+    w.run_button.click()
+    w._thread.join(timeout=60)
+    assert w.status.value.startswith("error: TypeError") and "variants['bad']" in w.status.value
+    assert not w.run_button.disabled and w.stop_button.disabled
+
+
+def test_default_latency_fn_times_a_forward_pass():
+    seconds = Wd.default_latency_fn((64,))(bnn_mlp())
+    assert isinstance(seconds, float) and seconds > 0 and math.isfinite(seconds)
+
+
+def test_live_comparison_rejects_bad_arguments(digits):
+    with pytest.raises(TypeError, match="variants"):
+        Wd.live_comparison({}, digits)
+    with pytest.raises(ValueError, match="metric"):
+        Wd.live_comparison({"a": bnn_mlp}, digits, metric="f1")
