@@ -1,0 +1,203 @@
+"""House rules of notebooks/*.ipynb, checked on the committed files (no kernel, < 1 s).
+
+Executing the notebooks is nbval's job (``pytest --nbval-lax ... notebooks/``); this file checks
+what nbval does not: structure, stripped outputs, guarded cells, links, the index, and that the
+notebooks are in sync with their sources in ``tools/notebooks.py``.
+"""
+from __future__ import annotations
+
+import ast
+import configparser
+import importlib.util
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
+NUMBERED = [p for p in NOTEBOOKS if p.name != "00_index.ipynb"]
+MARKER = "# NBVAL_CHECK_OUTPUT"
+MAX_FUNCTION_LINES = 6  # "def" line + about five lines of body
+WIDGET_MIMES = ("application/vnd.jupyter.widget-state+json",
+                "application/vnd.jupyter.widget-view+json")
+
+
+def _read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def _ids(paths):
+    return [p.stem for p in paths]
+
+
+def _first_line(cell) -> str:
+    lines = cell.source.splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def _tools():
+    spec = importlib.util.spec_from_file_location("bnnlab_tools_notebooks",
+                                                  ROOT / "tools" / "notebooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_expected_notebooks_exist():
+    names = [p.name for p in NOTEBOOKS]
+    assert names[0] == "00_index.ipynb"
+    assert all(re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", n) for n in names), names
+    numbers = [int(n[:2]) for n in names]
+    assert numbers == list(range(len(names))), "notebooks must be numbered 00, 01, 02, ..."
+    assert len(NUMBERED) >= 8
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_valid_with_python3_kernel_and_no_widget_state(path):
+    nb = _read(path)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert "widgets" not in nb.metadata, "widget state in notebook metadata"
+    text = path.read_text(encoding="utf-8")
+    assert not any(m in text for m in WIDGET_MIMES), "widget state or views stored in outputs"
+    assert path.stat().st_size < 100_000, "notebook too large: outputs or state left in it?"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_only_guarded_cells_keep_outputs(path):
+    nb = _read(path)
+    guarded = 0
+    for i, cell in enumerate(nb.cells):
+        assert "execution" not in cell.metadata, f"cell {i}: execution timing metadata left"
+        if cell.cell_type != "code":
+            continue
+        keep = cell.metadata.get("keep_output", False)
+        assert keep == (_first_line(cell) == MARKER), (
+            f"cell {i}: '{MARKER}' as first line and keep_output metadata must go together")
+        if keep:
+            guarded += 1
+            assert cell.outputs and cell.execution_count is not None, (
+                f"cell {i}: guarded cell without a stored output (nbval would compare nothing)")
+            kinds = {o.output_type for o in cell.outputs}
+            assert kinds <= {"execute_result", "stream"}, f"cell {i}: outputs {kinds}"
+            assert all(o.get("name") != "stderr" for o in cell.outputs), f"cell {i}: stderr kept"
+        else:
+            assert cell.outputs == [] and cell.execution_count is None, (
+                f"cell {i}: unguarded output left in git (run tools/notebooks.py)")
+    assert guarded >= 1, "each notebook needs at least one NBVAL_CHECK_OUTPUT cell"
+
+
+@pytest.mark.parametrize("path", NUMBERED, ids=_ids(NUMBERED))
+def test_structure_title_question_navigation_summary_exercises(path):
+    nb = _read(path)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown"
+    assert first.source.startswith(f"# {path.name[:2]} · "), "title '# NN · ...' first"
+    for part in ("**Question.**", "**You will**", "**Needs:**", "**Next:**"):
+        assert part in first.source, f"first cell lacks {part}"
+    assert len(re.findall(r"\*\*Question\.\*\*", first.source)) == 1, "one question per notebook"
+    headings = [line.strip() for c in nb.cells if c.cell_type == "markdown"
+                for line in c.source.splitlines() if line.startswith("## ")]
+    assert "## Summary" in headings and "## Try this" in headings
+    assert headings.index("## Summary") < headings.index("## Try this") == len(headings) - 1
+    last = nb.cells[-1]
+    assert last.cell_type == "markdown" and "## Try this" in last.source
+    assert re.search(r"^1\. ", last.source.split("## Try this")[1], re.M), "numbered exercises"
+
+
+@pytest.mark.parametrize("path", NUMBERED, ids=_ids(NUMBERED))
+def test_first_code_cell_has_full_run_flag_and_seed(path):
+    code = [c for c in _read(path).cells if c.cell_type == "code"]
+    setup = code[0].source
+    assert setup.splitlines()[0].startswith("FULL_RUN = False")
+    assert "torch.manual_seed(0)" in setup
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_cells_are_thin(path):
+    """No function longer than about five lines is defined in a notebook."""
+    for i, cell in enumerate(_read(path).cells):
+        if cell.cell_type != "code":
+            continue
+        tree = ast.parse(cell.source)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                n = node.end_lineno - node.lineno + 1
+                assert n <= MAX_FUNCTION_LINES, (
+                    f"cell {i}: {node.name} is {n} lines; move it into bnnlab")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_links_to_notebooks_resolve(path):
+    for cell in _read(path).cells:
+        if cell.cell_type == "markdown":
+            for target in re.findall(r"\]\(([^)#]+\.ipynb)", cell.source):
+                assert (NB_DIR / target).is_file(), f"broken link to {target}"
+
+
+def test_index_lists_every_notebook_with_its_title():
+    index = _read(NB_DIR / "00_index.ipynb")
+    text = "\n".join(c.source for c in index.cells if c.cell_type == "markdown")
+    for path in NUMBERED:
+        title = _read(path).cells[0].source.splitlines()[0].lstrip("# ").strip()
+        assert f"[{title}]({path.name})" in text, f"index does not list {path.name}"
+    listed = re.findall(r"\]\((\d\d_[a-z0-9_]+\.ipynb)\)", text)
+    assert set(listed) == {p.name for p in NUMBERED}
+
+
+def test_index_guard_lists_the_folder():
+    """The index's guarded cell lists the notebooks; nbval re-runs it, so a notebook added
+    without regenerating the index fails there too."""
+    index = _read(NB_DIR / "00_index.ipynb")
+    (cell,) = [c for c in index.cells if c.metadata.get("keep_output")]
+    stored = ast.literal_eval(cell.outputs[0]["data"]["text/plain"])
+    assert stored == [p.name for p in NOTEBOOKS]
+
+
+def test_notebooks_are_in_sync_with_their_sources():
+    tools = _tools()
+    sources = tools.all_sources()
+    assert sorted(sources) == [p.stem for p in NOTEBOOKS]
+    for name, source in sources.items():
+        want = tools.build(name, source)
+        got = _read(NB_DIR / f"{name}.ipynb")
+        assert [(c.cell_type, c.source) for c in got.cells] == [
+            (c.cell_type, c.source) for c in want.cells], (
+            f"{name}.ipynb differs from tools/notebooks.py: run `python tools/notebooks.py run {name[:2]}`")
+
+
+def test_tools_parser_marks_guarded_cells():
+    tools = _tools()
+    nb = tools.build("99_demo", "# %% [markdown]\n# 99 · T\n\n# %%\nx = 1\n\n# %%\n"
+                     f"{MARKER}\nx + 1\n")
+    assert [c.cell_type for c in nb.cells] == ["markdown", "code", "code"]
+    assert [c.metadata.get("keep_output", False) for c in nb.cells[1:]] == [False, True]
+    assert nb.cells[2].source == f"{MARKER}\nx + 1"
+
+
+def test_tools_strip_keeps_only_guarded_outputs():
+    tools = _tools()
+    nb = tools.build("99_demo", f"# %%\nprint(1)\n\n# %%\n{MARKER}\n2\n")
+    out = nbformat.v4.new_output("stream", name="stdout", text="1\n")
+    nb.cells[0].outputs, nb.cells[0].execution_count = [out], 1
+    nb.cells[1].outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "2"},
+                                                  execution_count=2)]
+    nb.cells[1].execution_count = 2
+    nb.cells[1].metadata["execution"] = {"iopub.execute_input": "2024-01-01T00:00:00Z"}
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {}}
+    tools.strip(nb)
+    assert nb.cells[0].outputs == [] and nb.cells[0].execution_count is None
+    assert nb.cells[1].outputs[0]["data"]["text/plain"] == "2"
+    assert "execution" not in nb.cells[1].metadata and "widgets" not in nb.metadata
+
+
+def test_sanitize_cfg_sections_have_regex_and_replace():
+    cfg = configparser.ConfigParser()
+    cfg.read(NB_DIR / "sanitize.cfg", encoding="utf-8")
+    assert cfg.sections()
+    for section in cfg.sections():
+        re.compile(cfg[section]["regex"])
+        assert "replace" in cfg[section]

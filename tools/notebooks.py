@@ -1,0 +1,1078 @@
+"""Build, execute and strip bnnlab's notebooks. The cell sources live in this file.
+
+The notebooks in ``notebooks/`` are build products of the sources below (one percent-format
+string per notebook, as jupytext would write them): edit the sources here, then run
+
+    python tools/notebooks.py                 # build + execute + strip every notebook, print times
+    python tools/notebooks.py run 01 05       # the same for some notebooks (by number or name)
+    python tools/notebooks.py build           # write the .ipynb files without executing them
+    python tools/notebooks.py strip           # strip outputs of notebooks/*.ipynb in place
+    python tools/notebooks.py check           # exit 1 if a notebook is out of sync with its source
+
+Source format: a line ``# %% [markdown]`` starts a markdown cell, a line ``# %%`` a code cell;
+markdown is written as plain text (not commented). A code cell whose first line is
+``# NBVAL_CHECK_OUTPUT`` gets the cell metadata ``"keep_output": true``: its output is kept in
+git and compared by ``pytest --nbval-lax``; every other output is stripped.
+
+``run`` executes with ``jupyter nbconvert --to notebook --execute --inplace
+--ExecutePreprocessor.store_widget_state=False`` (kernel ``python3``, working directory
+``notebooks/``), then strips outputs (except guarded cells), execution counts, per-cell
+execution metadata and any widget state. ``00_index.ipynb`` is generated from the first-cell
+titles and questions of the other notebooks.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
+BUDGET_S = 30.0
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+# =============================================================================================
+# Sources
+# =============================================================================================
+SOURCES: dict[str, str] = {}
+
+SOURCES["01_sign_and_ste"] = r'''
+# %% [markdown]
+# 01 · Sign, and why it needs a fake gradient
+
+**Question.** How can a network learn through $\operatorname{sign}(x)$, whose derivative is 0 almost everywhere?
+
+**You will**
+- see that bnnlab's sign maps 0 to $+1$ and that autograd's gradient of a sign is zero;
+- compare the straight-through estimator (STE) with the ApproxSign and SwishSign surrogates, and
+  with the derivative of a noise-smoothed sign, in an interactive explorer;
+- train the same binary network with and without a surrogate gradient.
+
+**Needs:** nothing, start here · **Next:** [02 · Binarise a trained float model](02_binarize_a_model.ipynb) · [Index](00_index.ipynb)
+
+# %%
+FULL_RUN = False  # True: more epochs (a minute instead of seconds)
+import torch
+from bnnlab import analysis as A, data, models, plots as P, quantizers as Q, train
+from bnnlab import functional as BF
+from bnnlab.widgets import quantizer_explorer
+torch.manual_seed(0)
+if not FULL_RUN:
+    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+
+# %% [markdown]
+## The forward: a sign with no zero
+
+A binary layer keeps float *latent* values $x$ and uses $x_b = \operatorname{sign}(x) \in \{-1, +1\}$
+in its forward pass, with $\operatorname{sign}(0) = +1$. `torch.sign` maps 0 to 0, which is not binary:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+x = torch.tensor([-1.5, -0.2, 0.0, 0.7])
+BF.sign(x), torch.sign(x)
+
+# %% [markdown]
+## The backward: zero, or a useful lie
+
+The true derivative of the sign is 0 everywhere except at 0, so autograd passes back nothing.
+The straight-through estimator (Bengio et al. 2013; Hubara, Courbariaux et al. 2016) pretends the
+sign was the identity inside $[-c, c]$: $\partial q / \partial x \approx \mathbb{1}\{|x| \le c\}$, with $c = 1$.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+x = torch.tensor([-1.5, -0.2, 0.0, 0.7], requires_grad=True)
+torch.sign(x).sum().backward()
+x.grad  # autograd's true derivative: no signal at all
+
+# %%
+# NBVAL_CHECK_OUTPUT
+x.grad = None
+BF.ste_sign(x, clip_value=1.0).sum().backward()
+x.grad  # the STE: 1 inside |x| <= 1, 0 outside
+
+# %% [markdown]
+Other surrogates keep the same forward and change only the backward:
+ApproxSign (Bi-Real Net, Liu et al. 2018) $(2 - 2|x|)\,\mathbb{1}\{|x| \le 1\}$ and
+SwishSign (BNN+, Darabi et al. 2018) $\beta(2 - \beta x \tanh(\beta x / 2)) / (1 + \cosh \beta x)$ with $\beta = 5$.
+Their gradients at five points:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+grid = torch.tensor([-1.5, -0.5, 0.0, 0.5, 1.5])
+{name: A.surrogate_curves(name, grid)[1].round(3).tolist()
+ for name in ("ste_sign", "approx_sign", "swish_sign")}
+
+# %% [markdown]
+## Explore the surrogates
+
+Pick a quantizer and move `clip_value` (STE) or `beta` (SwishSign). The dashed curve is the
+derivative of the *smoothed* sign $\frac{d}{dx}\mathbb{E}[\operatorname{sign}(x + s\varepsilon)]$ for the chosen
+`noise` and `scale` $s$: the gradient that a stochastic binary network really has on average.
+The title gives the L1 distance between the surrogate and that curve. Look for the setting where
+it is 0: the STE with $c = 1$ and uniform noise of scale 1 (BinaryNet's stochastic binarisation).
+
+# %%
+quantizer_explorer()
+
+# %% [markdown]
+## Does the surrogate matter in training?
+
+A clip value $c = 0$ gives the true gradient of the sign: zero. The same binary MLP on the 8×8
+digits, trained with $c = 0$ and with the STE's $c = 1$ (same seed, same data):
+
+# %%
+ds = data.load_digits(flatten=True)
+EPOCHS = 20 if FULL_RUN else 5
+histories = {}
+for c in (0.0, 1.0):
+    torch.manual_seed(0)
+    net = models.binary_mlp(64, (128, 128), input_quantizer=Q.SteSign(c), weight_quantizer=Q.SteSign(c))
+    histories[f"clip c = {c:g}"] = train.fit(net, ds, epochs=EPOCHS, lr=3e-3, progress=False)
+P.history_figure(histories, "val_acc", title="validation accuracy, binary MLP on digits")
+
+# %% [markdown]
+With $c = 0$ no gradient crosses a sign: the binary layer and the float layer before it never
+change, and only the float classifier on top learns from fixed random binary features. With the
+STE every layer learns.
+
+## Summary
+
+- bnnlab's sign is binary: $\operatorname{sign}(0) = +1$; `torch.sign` is not.
+- The true gradient of a sign is zero; a surrogate (STE, ApproxSign, SwishSign) replaces it in
+  the backward pass only.
+- The STE with $c = 1$ is exactly the average gradient of a sign under uniform noise on $[-1, 1]$;
+  other surrogates match other noises more or less well.
+
+## Try this
+
+1. In the explorer, set `noise` to `normal`: which quantizer, and which `scale`, gives the smallest mismatch?
+2. Choose `ste_heaviside` ({0, 1} output): why is the dashed curve half as high as for the sign?
+3. Train the MLP above with `input_quantizer="approx_sign"` and compare the curves.
+'''
+
+SOURCES["02_binarize_a_model"] = r'''
+# %% [markdown]
+# 02 · Binarise a trained float model
+
+**Question.** What changes (memory, operations, accuracy) when the layers of a trained float network become binary?
+
+**You will**
+- convert a float MLP with `binarize_with_report` and read what was replaced and why;
+- count bits, memory and multiply-accumulates (MACs) with `summary`;
+- pick the layers to binarise in an explorer and fine-tune.
+
+**Needs:** [01 · Sign and the STE](01_sign_and_ste.ipynb) · **Next:** [03 · Sign distributions and flip ratio](03_sign_distributions.ipynb) · [Index](00_index.ipynb)
+
+# %%
+FULL_RUN = False  # True: wider network, more epochs
+import copy
+import torch
+from bnnlab import convert, data, functional as BF, models, train
+from bnnlab.summary import summary
+from bnnlab.widgets import binarize_explorer
+torch.manual_seed(0)
+if not FULL_RUN:
+    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+
+# %% [markdown]
+## A float network to start from
+
+scikit-learn's 1,797 real handwritten 8×8 digits, flattened to 64 inputs (train / validation /
+test parts). The float twin of bnnlab's reference MLP uses `hardtanh` where the binary network will
+take signs. Why not ReLU? Because $\operatorname{sign}(\operatorname{ReLU}(x))$ is always $+1$:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+x = torch.tensor([-2.0, -0.5, 0.0, 0.5])
+BF.sign(torch.relu(x)), BF.sign(torch.nn.functional.hardtanh(x))
+
+# %%
+ds = data.load_digits(flatten=True)
+HIDDEN, EPOCHS = ((512, 512), 20) if FULL_RUN else ((256, 256), 5)
+float_net = models.binary_mlp(64, HIDDEN, binary=False, activation="hardtanh")
+train.fit(float_net, ds, epochs=EPOCHS, lr=3e-3, progress=False)
+
+# %% [markdown]
+## Binarise it
+
+`binarize_with_report` returns a binarised *copy* and a report. By default the first layer (it
+sees the real pixels) and the last one (it produces the logits) stay float, as in most BNN papers.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+bin_net, report = convert.binarize_with_report(float_net)
+print(report)
+
+# %% [markdown]
+## What did we gain?
+
+`summary` counts, per layer, the weights by bit width, the memory with 1 bit per binary weight
+(32 bits per other parameter), and MACs split into 1-bit and 32-bit ones:
+
+# %%
+print(summary(bin_net, ds.input_shape))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+s_float, s_bin = summary(float_net, ds.input_shape), summary(bin_net, ds.input_shape)
+{"float32 KiB": round(s_float.memory_bytes / 1024, 2), "packed KiB": round(s_bin.memory_bytes / 1024, 2),
+ "compression": round(s_bin.compression_ratio, 2), "1-bit MACs": s_bin.binary_macs, "32-bit MACs": s_bin.float_macs}
+
+# %% [markdown]
+## And what did it cost?
+
+The copy computes a different function (signs instead of values in the middle layer). Its
+validation accuracy straight after the conversion, and after a short fine-tune:
+
+# %%
+before = train.evaluate(bin_net, *ds.val)["accuracy"]
+train.fit(bin_net, ds, epochs=EPOCHS, lr=3e-3, progress=False)
+print(f"validation accuracy: float {train.evaluate(float_net, *ds.val)['accuracy']:.3f}, "
+      f"binarised {before:.3f}, binarised and fine-tuned {train.evaluate(bin_net, *ds.val)['accuracy']:.3f}")
+
+# %% [markdown]
+## Choose the layers yourself
+
+Tick the layers to binarise and pick a family (BinaryNet `binary`, XNOR-Net `xnor`, XNOR-Net++
+`xnor++`, ABC-Net `abc`): the memory and MAC bars update at once. **Fine-tune** starts from the
+float weights, trains for a few epochs and adds a bar to the accuracy chart (Stop interrupts it).
+
+# %%
+explorer = binarize_explorer(lambda: copy.deepcopy(float_net), ds, epochs=EPOCHS)
+explorer
+
+# %%
+explorer.run()  # what the Fine-tune button does, for a top-to-bottom run
+
+# %% [markdown]
+## Summary
+
+- `binarize` replaces `nn.Linear`/`nn.Conv*d` layers by binary ones, copying the latent weights;
+  the report says which layers changed and why the others did not.
+- Memory shrinks by up to 32× per binarised layer; the float first and last layers and the
+  BatchNorm parameters soon dominate what is left.
+- A binarised copy computes a different function: measure it before trusting it, and
+  fine-tune it. (A float network trained with `hardtanh` often survives the conversion of its
+  middle layers well; one trained with ReLU does not.)
+
+## Try this
+
+1. In the explorer, binarise the first and the last layer too: what happens to memory and to accuracy?
+2. Rebuild `float_net` with `activation="relu"`, binarise and fine-tune it: explain the accuracy.
+3. Compare the families at equal memory: which one is worth its extra scales?
+'''
+
+SOURCES["03_sign_distributions"] = r'''
+# %% [markdown]
+# 03 · Sign distributions and flip ratio
+
+**Question.** While a binary network trains, do its binary weights still change sign, and where do the latent weights sit?
+
+**You will**
+- record histograms of latent weights and pre-activations per epoch with the `SignStats` callback;
+- measure the flip ratio (share of binary weights that changed sign) at every step with `FlipRatio`;
+- browse layers and epochs in the sign-distribution explorer.
+
+**Needs:** [02 · Binarise a trained float model](02_binarize_a_model.ipynb) · **Next:** [04 · How wrong is the fake gradient?](04_gradient_mismatch.ipynb) · [Index](00_index.ipynb)
+
+# %%
+FULL_RUN = False  # True: more epochs
+import torch
+from bnnlab import analysis as A, data, models, plots as P, train
+from bnnlab.widgets import sign_distribution_explorer
+torch.manual_seed(0)
+if not FULL_RUN:
+    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+
+# %% [markdown]
+## Two numbers
+
+Only the sign of a latent weight $W$ reaches the forward pass, $W_b = \operatorname{sign}(W)$. The
+**share of +1** of a layer tells whether its signs are balanced; the **flip ratio** between two
+moments is the share of binary weights whose sign changed (Helwegen et al. 2019; larq's
+`flip_ratio` metric). Zero counts as $+1$:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+before, after = torch.tensor([1.0, -2.0, 0.0, 3.0]), torch.tensor([0.5, 1.0, -1.0, 3.0])
+A.fraction_positive(before), A.flip_ratio(before, after)
+
+# %% [markdown]
+## Record them during training
+
+A binary MLP with three binary layers on the 8×8 digits. `SignStats` takes a snapshot before
+training and after every epoch (with a probe batch, it records the layers' inputs too);
+`FlipRatio` compares the signs after every optimiser step.
+
+# %%
+ds = data.load_digits(flatten=True)
+EPOCHS = 30 if FULL_RUN else 6
+net = models.binary_mlp(64, (128, 128, 128, 128))
+stats, flips = A.SignStats(probe=ds.val[0]), A.FlipRatio(every="step")
+train.fit(net, ds, epochs=EPOCHS, lr=3e-3, callbacks=[stats, flips], progress=False)
+
+# %% [markdown]
+## Browse the distributions
+
+Choose a layer, weights or inputs, and an epoch. The latent weights sit in a narrow band around
+0 (the scale of their initialisation), so a few optimiser steps are enough to flip a sign, and
+their share of $+1$ (right panel) stays close to one half. The inputs, BatchNorm outputs, spread
+much wider; those beyond the STE's clip at $\pm 1$ pass no gradient (values beyond $\pm 1.5$ are
+counted in the end bins).
+
+# %%
+sign_distribution_explorer(stats)
+
+# %% [markdown]
+## Flip ratio per step
+
+Early in training one or two percent of the binary weights flip at every step; the ratio then
+decays as training settles. A binary network has converged when its signs stop flipping, not
+when its latent weights stop moving.
+
+# %%
+P.curves_figure({name: (flips.steps, r) for name, r in flips.history.items()},
+                xaxis_title="optimiser step", yaxis_title="flip ratio",
+                title="share of binary weights that changed sign at each step")
+
+# %%
+{name: {"share of +1": round(st.fraction_positive, 3), "|W| < 0.01": round(st.near_flip, 3)}
+ for name, st in A.sign_stats(net).items()}
+
+# %% [markdown]
+## Summary
+
+- Only signs matter in the forward pass; the flip ratio measures how much the *binary* network
+  still changes.
+- Flips are frequent at first and become rare; the learning rate sets how many there are.
+- Latent weights live close to 0 (the clip at $\pm 1$ bounds them in long runs): their size says
+  little, the flip ratio says how much the binary network still changes.
+
+## Try this
+
+1. Retrain with `lr=3e-2`: how does the flip ratio curve change, and the accuracy?
+2. Train with `lr=3e-2` and `weight_clip=None` for 30 epochs: where do the latent weights go?
+3. Use `A.FlipRatio(every="epoch")`: why is it not the sum of the per-step ratios?
+'''
+
+SOURCES["04_gradient_mismatch"] = r'''
+# %% [markdown]
+# 04 · How wrong is the fake gradient?
+
+**Question.** How far is the STE's gradient from a gradient that the binary network actually has?
+
+**You will**
+- measure, for one function, the L1 distance between each surrogate and the derivative of a noise-smoothed sign;
+- compare, layer by layer and during training, the STE gradient with two references: the exact
+  gradient of a $\tanh(\beta x)$-relaxed twin and a Monte-Carlo gradient of the smoothed network;
+- browse the agreement in the gradient-mismatch explorer.
+
+**Needs:** [01 · Sign and the STE](01_sign_and_ste.ipynb), [03 · Sign distributions](03_sign_distributions.ipynb) · **Next:** [05 · Bit packing and XNOR-popcount](05_bit_packing.ipynb) · [Index](00_index.ipynb)
+
+# %%
+FULL_RUN = False  # True: more epochs and Monte-Carlo samples
+import torch
+from bnnlab import analysis as A, data, models, train
+from bnnlab.widgets import gradient_mismatch_explorer
+torch.manual_seed(0)
+if not FULL_RUN:
+    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+
+# %% [markdown]
+## One function
+
+If noise $s\varepsilon$ is added before the sign, the expected output
+$\bar q_s(x) = \mathbb{E}[\operatorname{sign}(x + s\varepsilon)]$ is smooth, with derivative $2p_{s\varepsilon}(x)$.
+The mismatch $\int |\tilde q'(x) - \bar q_s'(x)|\,dx$ says how far a surrogate $\tilde q'$ is from it
+(Yin et al. 2019 study this "coarse gradient"). With scale 1:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+{q: {noise: round(A.surrogate_mismatch(q, noise, 1.0), 3) for noise in ("uniform", "normal", "logistic")}
+ for q in ("ste_sign", "approx_sign", "swish_sign")}
+
+# %% [markdown]
+The STE is the *exact* gradient for uniform noise; no surrogate fits every noise.
+
+## A whole network
+
+In a network the question becomes: how well does the STE gradient $\partial L / \partial W$ of each
+binary layer point in the direction of a trustworthy gradient? `GradientMismatch` measures it on a
+fixed probe batch before training and after each epoch, against
+- `tanh β=…`: the exact gradient of the network with every sign replaced by $\tanh(\beta x)$;
+- `mc σ=…`: an unbiased Monte-Carlo estimate of the gradient of $\mathbb{E}[L(W + \sigma\varepsilon)]$ (noisy).
+
+Three binary MLPs that differ only in the surrogate of their activations:
+
+# %%
+ds = data.load_digits(flatten=True)
+EPOCHS, MC = (20, 256) if FULL_RUN else (4, 16)
+probe, results = (ds.val[0][:128], ds.val[1][:128]), {}
+for q in ("ste_sign", "approx_sign", "swish_sign"):
+    torch.manual_seed(0)
+    net = models.binary_mlp(64, (64, 64, 64), input_quantizer=q)
+    results[q] = A.GradientMismatch(*probe, betas=(1, 5), mc_samples=MC, seed=0)
+    train.fit(net, ds, epochs=EPOCHS, lr=3e-3, callbacks=[results[q]], progress=False)
+
+# %% [markdown]
+## Browse the agreement
+
+Cosine 1 means the STE points exactly along the reference; 0 means it is no better than a random
+direction. Choose a layer (or the mean over layers), a reference and a metric.
+
+# %%
+gradient_mismatch_explorer(results)
+
+# %% [markdown]
+The last measurement, layer by layer, for the last network (cosine with each reference):
+
+# %%
+{ref: {layer: round(v["cosine"], 2) for layer, v in per_layer.items()}
+ for ref, per_layer in results["swish_sign"].results[-1].items()}
+
+# %% [markdown]
+## Summary
+
+- A surrogate is the exact gradient of the sign averaged over one particular noise; the
+  mismatch measures how far it is from another.
+- In a network the STE gradient correlates with, but is not, the gradient of a smooth or
+  smoothed twin; the agreement varies by layer and over training.
+- Monte-Carlo references are unbiased but noisy: read them with their sample count in mind.
+
+## Try this
+
+1. In [01](01_sign_and_ste.ipynb)'s explorer, find the noise scale for which `approx_sign` has the smallest mismatch.
+2. Set `MC = 512` and compare the `mc σ=0.1` curves with `MC = 16`: which part of the gap was noise?
+3. Add `betas=(1, 5, 20)`: does a sharper relaxation agree better or worse with the STE?
+'''
+
+SOURCES["05_bit_packing"] = r'''
+# %% [markdown]
+# 05 · Bit packing and XNOR-popcount
+
+**Question.** How do 64 binary values fit in one machine word, and how much faster and smaller does that make a binary layer on an ordinary CPU?
+
+**You will**
+- pack signs into `uint64` words and read the bits;
+- check that XNOR and popcount compute exactly the products of signs;
+- measure packed kernels against torch float32 (speed and memory), then export a trained binary
+  network to packed form and check that it computes the same outputs.
+
+**Needs:** [02 · Binarise a trained float model](02_binarize_a_model.ipynb) · **Next:** [06 · Binary architectures compared](06_binary_architectures.ipynb) · [Index](00_index.ipynb)
+
+# %%
+FULL_RUN = False  # True: every benchmark case at 1 and 2 threads (a few minutes)
+import numpy as np
+import torch
+from bnnlab import bench, data, functional as BF, kernels, models, packed, train
+torch.manual_seed(0)
+if not FULL_RUN:
+    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+
+# %% [markdown]
+## 64 signs in a word
+
+Element $j$ of a row goes to bit $j \bmod 64$ of word $\lfloor j / 64 \rfloor$, least significant
+bit first; a bit is 1 when the value is negative ($-1$) and 0 otherwise, so $\operatorname{sign}(0) = +1$
+(the layout of larq-compute-engine). Five values fill the low bits of one word:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+p = kernels.pack_signs(np.array([[0.5, -2.0, 0.0, -1.0, 3.0]], np.float32))
+p, p.words, bin(int(p.words[0, 0]))
+
+# %% [markdown]
+A row of $K$ values takes $\lceil K/64 \rceil$ words: 300 float32 values (1,200 bytes) become 5 words (40 bytes).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+g = torch.Generator().manual_seed(0)
+a, b = torch.randn(8, 300, generator=g), torch.randn(16, 300, generator=g)
+pa, pb = kernels.pack_signs(a), kernels.pack_signs(b)
+a.numel() * 4, pa.nbytes, b.numel() * 4, pb.nbytes
+
+# %% [markdown]
+## A product of signs is an XNOR, a sum of them a popcount
+
+Two signs agree when their bits are equal, so the dot product of two rows of $\pm 1$ is
+$K - 2\,\operatorname{popcount}(a \oplus b)$: one XOR and one popcount per 64 products.
+`xnor_matmul` computes all the dot products of two packed matrices; it equals the float product
+of the signs exactly:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+d = kernels.xnor_matmul(pa, pb)
+d.dtype, d.shape, np.array_equal(d, (BF.sign(a) @ BF.sign(b).T).numpy())
+
+# %% [markdown]
+## How much faster? Measure it
+
+`bench.run` checks each packed result against torch before timing it, then reports medians of
+interleaved runs (torch float32 vs bnnlab): a GEMM, a matrix-vector product, a 3×3 convolution
+and the whole small CNN (`models.binary_cnn`, packed vs its float twin), here at one thread. The
+`ratio` column is the speed-up; the numbers depend on this machine and its load.
+
+# %%
+rows = bench.run(None if FULL_RUN else "gemm1024,gemv1x4096,conv128x28,e2e_cnn",
+                 quick=not FULL_RUN, threads=(1, 2) if FULL_RUN else (1,))
+print(bench.format_table(rows))
+
+# %% [markdown]
+Read the `ratio` column. On a CPU with a fast popcount (AVX2, AVX-512) the kernels alone are
+typically an order of magnitude faster than float32. The whole CNN gains far less: its float first layer, BatchNorm, pooling and classifier are not binary (Amdahl's law), and
+at batch 1 the fixed costs of each call count.
+
+## A trained network, packed
+
+Train a binary MLP on the 8×8 digits, export it (`packed.export` folds each BatchNorm and sign
+into one integer threshold per channel) and compare it with the torch model it came from:
+
+# %%
+ds = data.load_digits(flatten=True)
+net = models.binary_mlp(64, (256, 256, 256))
+train.fit(net, ds, epochs=20 if FULL_RUN else 3, lr=3e-3, progress=False)
+fast = packed.export(net, ds.val[0])
+fast.notes
+
+# %%
+# NBVAL_CHECK_OUTPUT
+x = ds.test[0]
+torch.equal(fast(x), net.eval()(x)), fast.memory()
+
+# %%
+one = x[:1]
+{"torch, simulated binary (ms)": round(bench.latency(net, one) * 1e3, 3),
+ "packed (ms)": round(bench.latency(fast, one) * 1e3, 3),
+ "packed file / float32 state_dict (bytes)": (fast.sizes()["packed_file_bytes"], fast.sizes()["float_state_dict_bytes"])}
+
+# %% [markdown]
+## Summary
+
+- 64 signs fit one `uint64`; a dot product of signs is $K - 2\,\operatorname{popcount}(a \oplus b)$, exactly.
+- Packed binary kernels beat float32 by a large factor on the binary layers; whole-network gains
+  are bounded by the layers that stay float.
+- The packed export reproduces the trained torch network exactly (BinaryNet layers) and stores its
+  binary weights in 1/32 of the space.
+
+## Try this
+
+1. Pack a vector of 65 values: how many words, and which bits of the second word are used?
+2. Run `bench.run("gemm", quick=True, threads=(1, 2))`: does a second thread help on this machine?
+3. Export `convert.binarize(..., layer="abc")` of a float MLP: read the error message, and explain it.
+'''
+
+SOURCES["06_binary_architectures"] = r'''
+# %% [markdown]
+# 06 · Binary architectures compared: XNOR-Net, XNOR-Net++, ABC-Net, Bi-Real, ReActNet
+
+**Question.** What does each well-known trick (scales, learned scales, several bases, real shortcuts, learned thresholds) buy in accuracy, and what does it cost in memory and operations?
+
+**You will**
+- build the families on the same small data set (8×8 digit images);
+- compare their parameters, packed memory and share of binary MACs (exact counts);
+- train each briefly and put accuracy next to memory and the cost-model speed-up.
+
+**Needs:** [02 · Binarise a trained float model](02_binarize_a_model.ipynb), [05 · Bit packing](05_bit_packing.ipynb) · **Next:** [07 · The live dashboard](07_live_dashboard.ipynb) · [Index](00_index.ipynb)
+
+# %%
+FULL_RUN = False  # True: more epochs
+from functools import partial
+import torch
+from bnnlab import convert, data, models, plots as P, train
+from bnnlab.summary import summary
+torch.manual_seed(0)
+if not FULL_RUN:
+    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+
+# %% [markdown]
+## The tricks
+
+| family | forward of a binary layer | paper |
+|---|---|---|
+| BinaryNet | $y = W_b \star x_b$ | Hubara, Courbariaux et al. 2016 |
+| XNOR-Net | $y = (W_b \star x_b) \odot \alpha \odot \beta$, $\alpha_o = \operatorname{mean}\lvert W_o\rvert$, $\beta$ from $\lvert x\rvert$ | Rastegari et al. 2016 |
+| XNOR-Net++ | $y = (W_b \star x_b) \odot \Gamma$, $\Gamma$ learned | Bulat & Tzimiropoulos 2019 |
+| ABC-Net | $y = \sum_n \beta_n \sum_m \alpha_m (B_m \star A_n)$, $M = N = 3$ bases | Lin et al. 2017 |
+| Bi-Real Net | a real shortcut around every binary 3×3 conv, ApproxSign | Liu et al. 2018 |
+| ReActNet | learned thresholds (RSign) and RPReLU, all convs binary | Liu et al. 2020 |
+
+The first four are the same small CNN, converted from its float twin by `binarize` (binary
+convolutions pad with $+1$); Bi-Real and ReActNet are bnnlab's tiny versions of those networks.
+
+# %%
+ds = data.load_digits()
+float_cnn = partial(models.binary_cnn, 1, 8, binary=False, channels=(32, 64), activation="hardtanh")
+variants = {
+    "float": float_cnn,
+    "BinaryNet": lambda: models.binary_cnn(1, 8, channels=(32, 64)),
+    "XNOR-Net": lambda: convert.binarize(float_cnn(), layer="xnor", pad_value=1.0),
+    "XNOR-Net++": lambda: convert.binarize(float_cnn(), layer="xnor++", pad_value=1.0),
+    "ABC-Net": lambda: convert.binarize(float_cnn(), layer="abc", pad_value=1.0),
+    "Bi-Real": lambda: models.tiny_bireal(1, 10, width=16),
+    "ReActNet": lambda: models.tiny_reactnet(1, 10, width=16),
+}
+
+# %% [markdown]
+## What each one costs (exact counts, no training needed)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+summaries = {name: summary(make(), ds.input_shape) for name, make in variants.items()}
+{name: {"params": s.total_params, "KiB": round(s.memory_bytes / 1024, 1),
+        "binary MACs": round(s.binary_mac_ratio, 3)} for name, s in summaries.items()}
+
+# %% [markdown]
+## What each one buys (a short training run)
+
+Same seed, data, optimiser and epochs for every variant. With so few epochs the ranking is
+noisy: read it as a first look, and use `FULL_RUN = True` for a fairer one.
+
+# %%
+EPOCHS, histories = (30 if FULL_RUN else 3), {}
+for name, make in variants.items():
+    torch.manual_seed(0)
+    histories[name] = train.fit(make(), ds, epochs=EPOCHS, lr=3e-3, progress=False)
+P.history_figure(histories, "val_acc", title="validation accuracy during training")
+
+# %%
+rows = [{"name": n, "accuracy": histories[n].val_acc[-1], "memory_kib": s.memory_bytes / 1024,
+         "speedup": s.speedup} for n, s in summaries.items()]
+P.comparison_figure(rows, {"accuracy": "validation accuracy", "memory_kib": "memory (KiB)",
+                           "speedup": "speed-up (cost model)"})
+
+# %% [markdown]
+## Summary
+
+- Scaling factors (XNOR-Net, XNOR-Net++) cost a few floats per channel; whether they pay off at
+  this scale is what the training run shows.
+- ABC-Net approximates weights and activations with $M$ and $N$ binary bases: $M \cdot N$ binary
+  convolutions per layer, and about twice the memory of BinaryNet here.
+- Real shortcuts (Bi-Real) and learned thresholds (ReActNet) keep information flowing past the
+  signs; the cost-model speed-up counts only MACs, not the shortcuts or the memory traffic.
+
+## Try this
+
+1. Train with `FULL_RUN = True`: does the ranking change?
+2. Give ABC-Net one base (`convert.binarize(..., layer="abc", layer_kwargs={"num_weight_bases": 1, "num_act_bases": 1})`): what is left of its advantage?
+3. Compare `models.tiny_bireal(..., binary=False)` with the binary one: how much does binarisation cost there?
+'''
+
+SOURCES["07_live_dashboard"] = r'''
+# %% [markdown]
+# 07 · The live dashboard: accuracy, speed and memory
+
+**Question.** Trained side by side on the same data, how do float and binary variants trade accuracy for speed and memory?
+
+**You will**
+- start a dashboard that trains several variants on Fashion-MNIST, with curves that grow epoch by epoch;
+- read accuracy, measured latency (packed where possible) and memory as bars and as a table;
+- stop a run, change a variant, and run it again.
+
+**Needs:** [05 · Bit packing](05_bit_packing.ipynb), [06 · Binary architectures](06_binary_architectures.ipynb) · **Next:** [08 · Classroom demonstration](08_classroom_demo.ipynb) · [Index](00_index.ipynb)
+
+# %%
+FULL_RUN = False  # True: the whole training set and more epochs (minutes)
+from functools import partial
+import torch
+from bnnlab import bench, convert, data, models, packed
+from bnnlab.summary import summary
+from bnnlab.widgets import live_comparison
+torch.manual_seed(0)
+if not FULL_RUN:
+    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+
+# %% [markdown]
+## Data and variants
+
+Fashion-MNIST (70,000 real 28×28 images of clothing, 10 classes) from Debian's
+`dataset-fashion-mnist` package, flattened; a subset unless `FULL_RUN`. Four MLPs of the same
+shape 784-128-512-512-512-10: the float twin, BinaryNet, and XNOR-Net and XNOR-Net++ converted
+from the float twin. The first layer (784 × 128) and the classifier stay float in all of them.
+
+# %%
+N_TRAIN, EPOCHS = (None, 10) if FULL_RUN else (3000, 2)
+ds = data.load_fashion_mnist(flatten=True, n_train=N_TRAIN, val_size=1000, n_test=1000)
+HIDDEN = (128, 512, 512, 512)
+float_mlp = partial(models.binary_mlp, 784, HIDDEN, binary=False, activation="hardtanh")
+variants = {
+    "float": float_mlp,
+    "BinaryNet": partial(models.binary_mlp, 784, HIDDEN),
+    "XNOR-Net": lambda: convert.binarize(float_mlp(), layer="xnor"),
+    "XNOR-Net++": lambda: convert.binarize(float_mlp(), layer="xnor++"),
+}
+
+# %%
+# NBVAL_CHECK_OUTPUT
+{name: round(summary(make(), ds.input_shape).memory_bytes / 1024, 1) for name, make in variants.items()}
+
+# %% [markdown]
+## The dashboard
+
+Press **Train all**: each variant trains in turn (progress bar, **Stop** to interrupt), the curves
+grow after every epoch, then validation accuracy, latency of one image (median of repeated
+runs) and memory appear as bars and in the table.
+
+# %% [markdown]
+Latency is measured on the fastest path bnnlab has for each model: the packed export
+([05](05_bit_packing.ipynb)) where the layers can be packed, else the torch model itself (the
+float twin; ABC-Net, which has no packed kernel).
+
+# %%
+def packed_if_possible(model):
+    try:
+        return packed.export(model)
+    except ValueError:  # no binary layer, or a layer without a packed kernel
+        return model
+
+# %%
+dashboard = live_comparison(variants, ds, epochs=EPOCHS,
+                            latency_fn=lambda m: bench.latency(packed_if_possible(m), ds.val[0][:1]))
+dashboard
+
+# %% [markdown]
+Running top to bottom, the next cell does what the button does (the dashboard above fills in):
+
+# %%
+rows = dashboard.run()
+[{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+
+# %% [markdown]
+## Summary
+
+- On the same data and budget the binary variants stay close in accuracy and need several
+  times less memory; the float first layer and classifier bound the saving.
+- Latency is measured, not estimated. For layers of a few hundred units, one image takes a
+  fraction of a millisecond on either path, and fixed per-call costs hide the packed kernels'
+  advantage, which shows on large layers ([05](05_bit_packing.ipynb)).
+- The dashboard trains and measures every variant the same way, so differences come from the
+  models, not from the protocol.
+
+## Try this
+
+1. Add `"ABC-Net": lambda: convert.binarize(float_mlp(), layer="abc")` and rerun: why is its latency so different?
+2. Make the hidden layers wider, `HIDDEN = (128, 2048, 2048)`: which numbers move, and by how much?
+3. Press Stop during the second variant: what does the table show?
+'''
+
+SOURCES["08_classroom_demo"] = r'''
+# %% [markdown]
+# 08 · A 15-minute classroom demonstration: binary networks on Fashion-MNIST
+
+**Question.** Can a network whose weights and activations are only $\pm 1$ recognise clothing, and what do we gain by it?
+
+**You will** (about two minutes per section)
+- look at the data: real 28×28 photos of clothing;
+- see the one idea that makes training possible: the straight-through estimator;
+- train a float CNN and its binary twin, then compare accuracy, memory and speed.
+
+**Needs:** nothing (it recaps [01](01_sign_and_ste.ipynb)–[07](07_live_dashboard.ipynb)) · **Next:** back to the [Index](00_index.ipynb)
+
+# %%
+FULL_RUN = False  # True: 55,000 training images, 5 epochs, a wider CNN (several minutes)
+import plotly.express as px
+import torch
+from bnnlab import bench, data, functional as BF, models, packed, plots as P, train
+from bnnlab.summary import summary
+torch.manual_seed(0)
+if not FULL_RUN:
+    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+
+# %% [markdown]
+## 1. The data (2 min)
+
+Fashion-MNIST: 70,000 grey images of 10 kinds of clothing (Zalando, 2017), read from Debian's
+`dataset-fashion-mnist` package. Harder than handwritten digits, small enough for a laptop.
+
+# %%
+N_TRAIN, EPOCHS, WIDTHS = (None, 5, (32, 64, 64)) if FULL_RUN else (2000, 2, (16, 32, 32))
+ds = data.load_fashion_mnist(n_train=N_TRAIN, val_size=1000, n_test=1000)
+ds.classes
+
+# %%
+px.imshow(ds.train[0][:10, 0], facet_col=0, binary_string=True, height=180,
+          title=" | ".join(ds.classes[int(y)] for y in ds.train[1][:10]))
+
+# %% [markdown]
+## 2. The idea (3 min)
+
+A binary network replaces every weight and every activation of its inner layers by its sign,
+$\pm 1$. A product of two signs is an XNOR, a sum of 64 of them one popcount: cheap. But the sign has
+no useful derivative, so training uses a fake one, the straight-through estimator: gradient 1
+where $|x| \le 1$, else 0.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+x = torch.tensor([-1.5, -0.2, 0.0, 0.7], requires_grad=True)
+BF.ste_sign(x).sum().backward()
+BF.sign(x.detach()), x.grad
+
+# %% [markdown]
+## 3. Two networks, one architecture (4 min)
+
+The same small CNN twice: float, and binary (first convolution and classifier float, the rest
+binary, as in most papers). Same data, same seed, same optimiser; test accuracy afterwards:
+
+# %%
+float_cnn, binary_cnn = models.binary_cnn(channels=WIDTHS, binary=False), models.binary_cnn(channels=WIDTHS)
+for net in (float_cnn, binary_cnn):
+    train.fit(net, ds, epochs=EPOCHS, lr=2e-3, batch_size=64, progress=False)
+{name: round(train.evaluate(net, *ds.test)["accuracy"], 3)
+ for name, net in (("float", float_cnn), ("binary", binary_cnn))}
+
+# %% [markdown]
+## 4. Memory (3 min)
+
+Every binary weight takes 1 bit instead of 32:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+s_float, s_bin = summary(float_cnn, ds.input_shape), summary(binary_cnn, ds.input_shape)
+{"float KiB": round(s_float.memory_bytes / 1024, 1), "binary KiB": round(s_bin.memory_bytes / 1024, 1),
+ "smaller by": round(s_bin.compression_ratio, 1), "binary MACs": round(s_bin.binary_mac_ratio, 3)}
+
+# %%
+P.summary_figure(s_bin)
+
+# %% [markdown]
+## 5. Speed (3 min)
+
+Pack the trained binary network into 64-bit words (64 weights per word; products become XNOR
+and popcount) and check that it still computes exactly the same thing:
+
+# %%
+fast = packed.export(binary_cnn, ds.val[0][:100])
+torch.equal(fast(ds.test[0]), binary_cnn(ds.test[0]))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+fast.memory()
+
+# %%
+one = ds.test[0][:1]
+{name: f"{bench.latency(m, one) * 1e3:.2f} ms per image"
+ for name, m in (("float CNN", float_cnn), ("binary CNN in torch", binary_cnn), ("binary CNN packed", fast))}
+
+# %% [markdown]
+The packed binary layers are much faster than their float versions ([05](05_bit_packing.ipynb)
+measures them); the whole network gains less, because its first layer, BatchNorm, pooling and
+classifier stay float. Training in torch only *simulates* the binary network, which is why it is
+the slowest of the three.
+
+## Summary
+
+- A network with $\pm 1$ weights and activations in its inner layers still learns to recognise clothing,
+  a few points below its float twin.
+- It needs a fake gradient (the STE) to train, and it needs an order of magnitude less memory.
+- Packed into 64-bit words, its binary layers run as XNOR and popcount, much faster than float
+  products; in a network this small, the float layers around them set the pace.
+
+## Try this
+
+1. Set `FULL_RUN = True` and rerun: how much of the accuracy gap closes?
+2. Show the images the binary network gets wrong: `binary_cnn(ds.test[0]).argmax(1) != ds.test[1]`.
+3. Open [07 · The live dashboard](07_live_dashboard.ipynb) and add the float twin of a wider CNN.
+'''
+
+
+# =============================================================================================
+# Building
+# =============================================================================================
+_CELL_RE = re.compile(r"^# %%(?: \[(markdown)\])?\s*$")
+
+
+def parse(source: str) -> list[tuple[str, str]]:
+    """``[(kind, text)]`` of a percent-format source; kind is ``"markdown"`` or ``"code"``."""
+    cells: list[tuple[str, list[str]]] = []
+    for line in source.strip("\n").splitlines():
+        m = _CELL_RE.match(line)
+        if m:
+            cells.append(("markdown" if m.group(1) else "code", []))
+        elif cells:
+            cells[-1][1].append(line)
+        elif line.strip():
+            raise ValueError(f"text before the first '# %%' marker: {line!r}")
+    return [(kind, "\n".join(lines).strip("\n")) for kind, lines in cells]
+
+
+def build(name: str, source: str) -> nbformat.NotebookNode:
+    """A fresh notebook (no outputs) from a source."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": dict(KERNELSPEC),
+                   "language_info": {"name": "python", "pygments_lexer": "ipython3"}}
+    for kind, text in parse(source):
+        if kind == "markdown":
+            nb.cells.append(nbformat.v4.new_markdown_cell(text))
+        else:
+            cell = nbformat.v4.new_code_cell(text)
+            if text.splitlines()[0].strip() == CHECK_MARKER:
+                cell.metadata["keep_output"] = True
+            nb.cells.append(cell)
+    for i, cell in enumerate(nb.cells):  # stable ids: clean diffs
+        cell.id = f"{name[:2]}-{i:02d}"
+    return nb
+
+
+def title_and_question(source: str) -> tuple[str, str]:
+    """The ``# NN · Title`` line and the question of a notebook's first cell."""
+    first = parse(source)[0][1]
+    title = first.splitlines()[0].lstrip("# ").strip()
+    q = re.search(r"\*\*Question\.\*\*\s*(.+)", first)
+    return title, (q.group(1).strip() if q else "")
+
+
+def index_source() -> str:
+    """Source of ``00_index.ipynb``: the list of notebooks, from their first cells."""
+    items = []
+    for name in sorted(SOURCES):
+        title, question = title_and_question(SOURCES[name])
+        items.append(f"- [{title}]({name}.ipynb): {question}")
+    listing = "\n".join(items)
+    return f"""
+# %% [markdown]
+# 00 · bnnlab notebooks
+
+A laboratory for binary neural networks: each notebook asks one question and answers it with a
+few calls to `bnnlab`. They run top to bottom in under 30 seconds on a laptop CPU (small subsets;
+set `FULL_RUN = True` at the top of a notebook for the full run).
+
+{listing}
+
+Start with [01](01_sign_and_ste.ipynb); for a class, [08](08_classroom_demo.ipynb) tells the whole story
+in 15 minutes.
+
+**How to run them.** `make lab` starts JupyterLab on this folder; choose *Run → Run All Cells*.
+Every notebook is seeded (`torch.manual_seed(0)`), so a rerun gives the same curves on the same
+machine. The cells marked `# NBVAL_CHECK_OUTPUT` print small exact values that the test suite
+compares (`pytest --nbval-lax`); timings and accuracies are printed but never compared.
+
+This page is generated by `tools/notebooks.py` from the notebooks' first cells; the cell below
+lists the notebooks in this folder and must match the list above.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from pathlib import Path
+sorted(p.name for p in Path().glob("[0-9][0-9]_*.ipynb"))
+"""
+
+
+def all_sources() -> dict[str, str]:
+    """Every notebook's source, the index included."""
+    return {"00_index": index_source(), **SOURCES}
+
+
+def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Remove outputs (except ``keep_output`` cells), counts, execution metadata, widget state."""
+    nb.metadata.pop("widgets", None)
+    nb.metadata["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}  # no versions
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        if cell.cell_type != "code":
+            continue
+        if not cell.metadata.get("keep_output", False):
+            cell.outputs, cell.execution_count = [], None
+        for out in cell.outputs:
+            out.get("metadata", {}).pop("application/vnd.jupyter.widget-view+json", None)
+    return nb
+
+
+def write(nb: nbformat.NotebookNode, path: Path) -> None:
+    nbformat.validate(nb)
+    path.write_text(nbformat.writes(nb) + "\n", encoding="utf-8")
+
+
+def _cell_seconds(nb: nbformat.NotebookNode) -> float:
+    """Kernel time from the first cell's start to the last reply (nbclient's timing metadata)."""
+    stamps = []
+    for cell in nb.cells:
+        ex = cell.metadata.get("execution", {})
+        for key in ("iopub.execute_input", "shell.execute_reply"):
+            if key in ex:
+                stamps.append(datetime.fromisoformat(ex[key].replace("Z", "+00:00")))
+    return (max(stamps) - min(stamps)).total_seconds() if stamps else float("nan")
+
+
+def execute(path: Path) -> tuple[float, float]:
+    """Execute a notebook in place with nbconvert; ``(wall seconds, kernel seconds)``."""
+    cmd = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+           "--inplace", "--ExecutePreprocessor.store_widget_state=False",
+           "--ExecutePreprocessor.timeout=600", "--ExecutePreprocessor.kernel_name=python3",
+           str(path)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=path.parent)
+    wall = time.perf_counter() - t0
+    return wall, _cell_seconds(nbformat.read(path, as_version=4))
+
+
+def _select(names: list[str]) -> dict[str, str]:
+    sources = all_sources()
+    if not names:
+        return sources
+    chosen = {"00_index": sources["00_index"]}  # titles may have changed: always rebuild it
+    for n in names:
+        hits = [k for k in sources if k == n or k.startswith(n)]
+        if not hits:
+            raise SystemExit(f"no notebook matches {n!r}; have {sorted(sources)}")
+        chosen.update({k: sources[k] for k in hits})
+    return chosen
+
+
+def check() -> int:
+    """0 if every notebook exists, matches its source and is stripped; else 1 (and says why)."""
+    problems = []
+    for name, source in all_sources().items():
+        path = NB_DIR / f"{name}.ipynb"
+        if not path.exists():
+            problems.append(f"{path.name}: missing")
+            continue
+        nb = nbformat.read(path, as_version=4)
+        want = build(name, source)
+        if [(c.cell_type, c.source) for c in nb.cells] != [(c.cell_type, c.source) for c in want.cells]:
+            problems.append(f"{path.name}: cells differ from tools/notebooks.py (run it)")
+        if json.dumps(strip(copy.deepcopy(nb)), sort_keys=True) != json.dumps(nb, sort_keys=True):
+            problems.append(f"{path.name}: not stripped (outputs or widget state)")
+        if any(c.metadata.get("keep_output") and not c.outputs for c in nb.cells):
+            problems.append(f"{path.name}: a {CHECK_MARKER} cell has no stored output (run it)")
+    extra = {p.stem for p in NB_DIR.glob("*.ipynb")} - set(all_sources())
+    problems += [f"{n}.ipynb: no source in tools/notebooks.py" for n in sorted(extra)]
+    print("\n".join(problems) or "notebooks in sync")
+    return 1 if problems else 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", nargs="?", default="run", choices=["run", "build", "strip", "check"])
+    ap.add_argument("names", nargs="*", help="notebooks (number or name prefix); default: all")
+    args = ap.parse_args(argv)
+    if args.command == "check":
+        return check()
+    if args.command == "strip":
+        for path in sorted(NB_DIR.glob("*.ipynb")):
+            write(strip(nbformat.read(path, as_version=4)), path)
+        return 0
+    NB_DIR.mkdir(exist_ok=True)
+    times = {}
+    for name, source in _select(args.names).items():
+        path = NB_DIR / f"{name}.ipynb"
+        write(build(name, source), path)
+        if args.command == "run":
+            times[name] = execute(path)
+            write(strip(nbformat.read(path, as_version=4)), path)
+            print(f"{name}: {times[name][0]:.1f} s wall, {times[name][1]:.1f} s in the kernel",
+                  flush=True)
+    slow = [n for n, (_, k) in times.items() if k > BUDGET_S]
+    if times:
+        print(f"{len(times)} notebooks; over the {BUDGET_S:.0f} s budget: {', '.join(slow) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
