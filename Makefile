@@ -2,16 +2,18 @@
 #   make lab    venv + torch (CPU build) + bnnlab, then JupyterLab on notebooks/ (127.0.0.1 only)
 #   make test   system packages (apt, as root) + venv + the whole test suite
 #   make bench  the benchmark table on this machine (python -m bnnlab bench)
+#   make paper  the full experiments, the benchmark, every figure and table, then paper/report.pdf
 SHELL    := /bin/bash
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
 PORT     ?= 8888
 TORCH    := torch==2.13.0
-APT_PKGS := dataset-fashion-mnist chromium
+APT_PKGS := dataset-fashion-mnist chromium texlive-latex-base texlive-latex-recommended \
+            texlive-latex-extra texlive-pictures lmodern latexmk poppler-utils
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
 
-.PHONY: lab test venv sysdeps bench clean
+.PHONY: lab test venv sysdeps bench paper report-quick clean
 
 sysdeps:
 	@missing=""; for p in $(APT_PKGS); do \
@@ -42,8 +44,28 @@ venv: $(VENV)/.installed
 lab: venv
 	$(VENV)/bin/jupyter lab --no-browser $(ROOTFLAG) --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=notebooks
 
+LATEXMK  := latexmk -cd -pdf -interaction=nonstopmode -halt-on-error -quiet paper/report.tex
+QUICKDIR := paper/generated/quick
+
 test: sysdeps venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory report-quick
+
+# The report built from the quick experiments (CI): must compile with no undefined reference.
+report-quick: venv
+	$(PY) -m bnnlab experiments --quick --out $(QUICKDIR)
+	$(PY) -m bnnlab bench --quick --json $(QUICKDIR)/bench.json
+	$(PY) -m bnnlab figures paper/generated --results $(QUICKDIR)
+	$(LATEXMK)
+	@! grep -E "There were undefined references|LaTeX Warning: (Reference|Citation) .* undefined" paper/report.log \
+	  || (echo "[make] paper/report.tex has undefined references" && exit 1)
+	@echo "[make] paper/report.pdf built from the quick experiments"
+
+paper: sysdeps venv
+	$(PY) -m bnnlab experiments --full --out paper/generated/results
+	$(PY) -m bnnlab bench --json paper/generated/results/bench.json
+	$(PY) -m bnnlab figures paper/generated --results paper/generated/results
+	$(LATEXMK)
 
 bench: venv
 	$(PY) -m bnnlab bench

@@ -1,0 +1,1015 @@
+r"""The report's experiments: train and evaluate the model families, write JSON results.
+
+Run ``python -m bnnlab experiments --quick`` (CI: 1.4 minutes on a shared two-core machine) or
+``python -m bnnlab experiments --full`` (the report's numbers: 15.5 minutes there). Each
+experiment writes one JSON file into the output directory (default
+``paper/generated/results``); :mod:`bnnlab.figures` reads them and writes the report's figures,
+tables and ``macros.tex``. No number of the report is typed by hand: they all come from these
+files.
+
+==================  ===========================================================================
+experiment          what it measures (file ``<name>.json``)
+==================  ===========================================================================
+``architectures``   float MLP, BinaryNet, XNOR-Net, XNOR-Net++, ABC-Net (the float MLP converted
+                    by :func:`bnnlab.convert.binarize`), a float CNN, Bi-Real and ReActNet
+                    (:mod:`bnnlab.models`) on digits and Fashion-MNIST; also ``signs.json``:
+                    sign statistics, flip ratio and gradient mismatch recorded while training
+``ablation``        the activation binariser of the BinaryNet MLP: STE, ApproxSign, SwishSign,
+                    stochastic sign
+``noise``           test accuracy under additive Gaussian input noise of std :math:`\sigma`
+``regression``      float and binary MLPs fitting :math:`f(x) = \sin 3x + 0.3x` on
+                    :math:`[-2, 2]`; sup, :math:`L^1` and :math:`L^2` errors of :math:`\hat f - f`
+``costs``           :func:`bnnlab.summary.summary` (cost model) next to the bytes of the weights
+                    actually packed by :func:`bnnlab.kernels.pack_signs`, and the measured
+                    forward time of the simulated (float) binary layers in torch
+==================  ===========================================================================
+
+Protocol (the same for every variant of one comparison):
+
+* data come in train / validation / test parts (:mod:`bnnlab.data`); a seed moves the
+  initialisation, the shuffling and the train/validation partition, never the test set;
+* every variant of a data set gets the same budget: Adam, the same learning rate with a
+  cosine decay to 0, the same batch size and number of epochs;
+* model selection uses the validation part only: the weights of the epoch with the best
+  validation accuracy (lowest validation MSE for regression; the earliest on ties) are
+  restored (:class:`KeepBest`), and the test part is evaluated **once**, on those weights;
+* results are reported as mean ± sample standard deviation (``ddof=1``) over the seeds
+  (:func:`aggregate`).
+
+Fashion-MNIST images are average-pooled 2×2 to 14×14 (``pool``) so the small CNNs train in
+minutes on a laptop CPU; every variant sees the same inputs. torch runs on one thread by
+default (``--threads``): on a shared two-core machine two OpenMP threads slowed training
+down by up to 30× through contention.
+
+Examples::
+
+    $ python -m bnnlab experiments --quick --out paper/generated/results
+    $ python -m bnnlab experiments --full --bench      # also runs `python -m bnnlab bench --json`
+    $ python -m bnnlab experiments --only regression --epochs 5 --seeds 1
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "SCHEMA",
+    "VARIANTS",
+    "Variant",
+    "DatasetSpec",
+    "RegressionSpec",
+    "Profile",
+    "PROFILES",
+    "EXPERIMENTS",
+    "ABLATION_QUANTIZERS",
+    "build_model",
+    "build_regression_model",
+    "regression_target",
+    "function_errors",
+    "aggregate",
+    "select_best",
+    "KeepBest",
+    "load_dataset",
+    "pool_split",
+    "run",
+    "main",
+]
+
+#: Identifies the layout of the JSON files; bump when it changes.
+SCHEMA = "bnnlab.experiments/1"
+DEFAULT_OUT = Path("paper") / "generated" / "results"
+
+
+# =============================================================================================
+# Variants and models
+# =============================================================================================
+@dataclass(frozen=True)
+class Variant:
+    """One model family of the comparison.
+
+    Attributes:
+        key: short name used in the JSON files.
+        label: name printed in the report.
+        kind: ``"mlp"`` (the reference MLP, binarised by :func:`bnnlab.convert.binarize`) or
+            ``"cnn"`` (a model of :mod:`bnnlab.models`).
+        layer: ``layer=`` family of :func:`bnnlab.convert.binarize` (MLPs), ``None`` for float.
+        binary: whether the model has binary layers.
+        cite: BibTeX key of the paper.
+    """
+
+    key: str
+    label: str
+    kind: str
+    layer: str | None
+    binary: bool
+    cite: str = ""
+
+
+VARIANTS: dict[str, Variant] = {v.key: v for v in (
+    Variant("float", "Float MLP", "mlp", None, False),
+    Variant("binary", "BinaryNet", "mlp", "binary", True, "hubara2016binarized"),
+    Variant("xnor", "XNOR-Net", "mlp", "xnor", True, "rastegari2016xnor"),
+    Variant("xnor++", "XNOR-Net++", "mlp", "xnor++", True, "bulat2019xnorpp"),
+    Variant("abc", "ABC-Net", "mlp", "abc", True, "lin2017abc"),
+    Variant("float-cnn", "Float CNN", "cnn", None, False),
+    Variant("bireal", "Bi-Real", "cnn", None, True, "liu2018bireal"),
+    Variant("reactnet", "ReActNet", "cnn", None, True, "liu2020reactnet"),
+)}
+
+#: Activation binarisers of the ablation: key -> (label, ``input_quantizer`` spec).
+ABLATION_QUANTIZERS: dict[str, tuple[str, str]] = {
+    "ste_sign": ("STE sign", "ste_sign"),
+    "approx_sign": ("ApproxSign", "approx_sign"),
+    "swish_sign": ("SwishSign", "swish_sign"),
+    "stochastic_sign": ("Stochastic sign", "stochastic_sign"),
+}
+
+
+def build_model(variant: str, input_shape: Sequence[int], num_classes: int, *,
+                hidden: Sequence[int] = (256, 256, 256), width: int = 16,
+                input_quantizer: Any = "ste_sign", weight_clip: float | None = 1.0) -> nn.Module:
+    """Build one variant (untrained) for inputs of ``input_shape`` (one sample).
+
+    MLP variants start from the float MLP ``binary_mlp(..., binary=False,
+    activation="hardtanh")`` (hardtanh, so that the sign a binary layer takes of its input is
+    the sign of the float activation) and are binarised by :func:`bnnlab.convert.binarize`
+    (first and last layers stay float, ``weight_clip`` on the latent weights). CNN variants
+    are :func:`bnnlab.models.tiny_bireal` (its float twin for ``"float-cnn"``) and
+    :func:`bnnlab.models.tiny_reactnet`.
+
+    Args:
+        variant: a key of :data:`VARIANTS`.
+        input_shape: shape of one sample, e.g. ``(1, 14, 14)``.
+        num_classes: outputs (1 for regression).
+        hidden: widths of the MLP (``len(hidden) - 1`` binary layers). Default: three of 256.
+        width: base width of the CNNs. Default: ``16``.
+        input_quantizer: activation binariser of the binary MLP layers. Default: ``"ste_sign"``.
+        weight_clip: latent-weight clip of the binary MLP layers. Default: ``1.0``.
+    """
+    from bnnlab import convert, models
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
+    v = VARIANTS[variant]
+    shape = tuple(int(s) for s in input_shape)
+    if v.kind == "mlp":
+        net = models.binary_mlp(int(np.prod(shape)), hidden=tuple(hidden),
+                                num_classes=num_classes, binary=False, activation="hardtanh")
+        if v.layer is None:
+            return net
+        return convert.binarize(net, layer=v.layer, input_quantizer=input_quantizer,
+                                layer_kwargs={"weight_clip": weight_clip})
+    if len(shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W) for {variant!r}, got {shape}")
+    if variant == "reactnet":
+        return models.tiny_reactnet(shape[0], num_classes, width=width)
+    return models.tiny_bireal(shape[0], num_classes, width=width, binary=v.binary)
+
+
+def build_regression_model(variant: str, hidden: Sequence[int] = (256, 256, 256), *,
+                           domain: tuple[float, float] = (-2.0, 2.0)) -> nn.Sequential:
+    r"""The 1-D regression MLP: :func:`bnnlab.models.binary_mlp` with one input and one output.
+
+    ``"float"`` is the float twin (ReLU), ``"binary"`` the BNN (STE sign activations, weight
+    clip 1); both are built from the same seed, so their first layers start equal. The input
+    :math:`x` is normalised by the first BatchNorm, so every unit's threshold (binary: where
+    its sign flips; float: its ReLU kink) sits where that BatchNorm's shift :math:`\beta_i`
+    puts it: :math:`x = \bar x - \beta_i \sigma_x / \gamma_i`. With torch's default
+    :math:`\beta_i = 0` they would all start at the centre of the domain, and a binary network
+    could then only output a step there; so the shifts are drawn uniformly from
+    :math:`[-0.98\sqrt3, 0.98\sqrt3]`, which spreads the thresholds over 98\,% of a domain
+    sampled uniformly (:math:`(b - a) / 2 = \sqrt3\,\sigma_x`).
+
+    Args:
+        variant: ``"float"`` or ``"binary"``.
+        hidden: hidden widths (``len(hidden) - 1`` binary layers).
+        domain: the input interval (only to document the spread; the data define it).
+    """
+    from bnnlab import models
+
+    if variant not in ("float", "binary"):
+        raise ValueError(f"variant must be 'float' or 'binary', got {variant!r}")
+    net = models.binary_mlp(1, hidden=tuple(hidden), num_classes=1, binary=variant == "binary")
+    bn = net[2]
+    if not isinstance(bn, nn.BatchNorm1d):   # pragma: no cover - models.binary_mlp changed
+        raise RuntimeError("binary_mlp no longer starts with Flatten, Linear, BatchNorm1d")
+    spread = 0.98 * math.sqrt(3.0)
+    with torch.no_grad():
+        bn.bias.uniform_(-spread, spread)
+    return net
+
+
+# =============================================================================================
+# Data
+# =============================================================================================
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Data and training budget of one data set (the same for every variant).
+
+    Attributes:
+        name: ``"digits"`` or ``"fashion-mnist"``.
+        epochs, batch_size, lr: the budget (Adam, cosine decay of ``lr`` to 0 over the run).
+        n_train: training images (``None``: all that the loader gives).
+        val_size: validation part (count or fraction, as the loader takes it).
+        n_test: test images (Fashion-MNIST: a fixed subset of the official 10,000).
+        pool: average-pooling factor of the images (1: none).
+        hidden: widths of the MLPs; width: base width of the CNNs.
+    """
+
+    name: str
+    epochs: int
+    batch_size: int
+    lr: float
+    n_train: int | None = None
+    val_size: float | int = 0.2
+    n_test: int | None = None
+    pool: int = 1
+    hidden: tuple[int, ...] = (256, 256, 256)
+    width: int = 16
+
+
+def pool_split(split, factor: int):
+    """Average-pool the images of every part of ``split`` by ``factor`` (a new Split)."""
+    from bnnlab.data import Split
+
+    if factor == 1:
+        return split
+
+    def pool(pair):
+        x, y = pair
+        return F.avg_pool2d(x, factor), y
+
+    info = dict(split.info, pool=factor)
+    return Split(pool(split.train), pool(split.val), pool(split.test), name=split.name,
+                 num_classes=split.num_classes, classes=split.classes, info=info)
+
+
+def load_dataset(spec: DatasetSpec, seed: int):
+    """The :class:`bnnlab.data.Split` of ``spec`` for one seed (images, not flattened)."""
+    from bnnlab import data
+
+    if spec.name == "digits":
+        split = data.load_digits(val_size=spec.val_size, n_train=spec.n_train, seed=seed)
+    elif spec.name == "fashion-mnist":
+        split = data.load_fashion_mnist(val_size=spec.val_size, n_train=spec.n_train,
+                                        n_test=spec.n_test, seed=seed)
+    else:
+        raise ValueError(f"spec.name must be 'digits' or 'fashion-mnist', got {spec.name!r}")
+    return pool_split(split, spec.pool)
+
+
+# =============================================================================================
+# Protocol helpers: model selection, aggregation, function errors
+# =============================================================================================
+def select_best(values: Sequence[float], mode: str = "max") -> int:
+    """Index of the best finite value (the first one on ties).
+
+    Args:
+        values: one metric per epoch (e.g. validation accuracy).
+        mode: ``"max"`` (accuracies) or ``"min"`` (losses).
+
+    Raises:
+        ValueError: ``mode`` unknown, or no finite value.
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    best, best_i = math.nan, -1
+    for i, v in enumerate(values):
+        v = float(v)
+        if math.isnan(v):
+            continue
+        if best_i < 0 or (v > best if mode == "max" else v < best):
+            best, best_i = v, i
+    if best_i < 0:
+        raise ValueError("values has no finite entry")
+    return best_i
+
+
+class KeepBest:
+    """:func:`bnnlab.train.fit` callback: keep a copy of the weights of the best epoch.
+
+    "Best" is judged on ``monitor`` (a validation metric of the
+    :class:`~bnnlab.train.History`), never on test data; ties keep the earliest epoch, as
+    :func:`select_best`. After training, :meth:`restore` loads those weights back.
+
+    Args:
+        monitor: ``"val_acc"`` (maximised) or ``"val_loss"`` (minimised). Default: ``"val_acc"``.
+
+    Attributes:
+        best_epoch: epoch number of the kept weights (``None`` before the first epoch).
+        best_value: its ``monitor`` value.
+    """
+
+    stop_training = False
+
+    def __init__(self, monitor: str = "val_acc") -> None:
+        if monitor not in ("val_acc", "val_loss"):
+            raise ValueError(f"monitor must be 'val_acc' or 'val_loss', got {monitor!r}")
+        self.monitor = monitor
+        self.mode = "max" if monitor == "val_acc" else "min"
+        self.best_epoch: int | None = None
+        self.best_value = math.nan
+        self._state: dict[str, Tensor] | None = None
+
+    def on_epoch_end(self, epoch, history, model) -> None:
+        value = float(getattr(history, self.monitor)[-1])
+        if math.isnan(value):
+            return
+        better = value > self.best_value if self.mode == "max" else value < self.best_value
+        if self.best_epoch is None or better:      # strict: ties keep the earliest epoch
+            self.best_epoch, self.best_value = int(epoch), value
+            self._state = copy.deepcopy(model.state_dict())
+
+    def restore(self, model: nn.Module) -> nn.Module:
+        """Load the kept weights into ``model`` (eval mode) and return it."""
+        if self._state is None:
+            raise RuntimeError("no epoch was recorded: train for at least one epoch with a "
+                               "validation part")
+        model.load_state_dict(self._state)
+        return model.eval()
+
+
+def aggregate(values: Iterable[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (``ddof=1``), count, min and max of finite values.
+
+    With one value the standard deviation is ``nan`` (undefined), not 0.
+    """
+    v = np.asarray([float(x) for x in values if x is not None], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return {"mean": math.nan, "sd": math.nan, "n": 0, "min": math.nan, "max": math.nan}
+    sd = float(v.std(ddof=1)) if n > 1 else math.nan
+    return {"mean": float(v.mean()), "sd": sd, "n": n, "min": float(v.min()),
+            "max": float(v.max())}
+
+
+def regression_target(x):
+    r""":math:`f(x) = \sin(3x) + 0.3x`: the noise-free curve of
+    :func:`bnnlab.data.make_regression`."""
+    return np.sin(3.0 * np.asarray(x, dtype=np.float64)) + 0.3 * np.asarray(x, dtype=np.float64)
+
+
+def function_errors(x, err) -> dict[str, float]:
+    r"""Sup, :math:`L^1` and :math:`L^2` norms of an error function sampled on a grid.
+
+    .. math::
+        \lVert e\rVert_\infty = \max_i |e(x_i)|, \qquad
+        \lVert e\rVert_1 = \int_a^b |e(x)|\,dx, \qquad
+        \lVert e\rVert_2 = \Big(\int_a^b e(x)^2\,dx\Big)^{1/2}
+
+    with both integrals by the trapezoid rule on the (increasing, not necessarily uniform)
+    grid ``x`` covering :math:`[a, b]`. Use a fine grid: a binary network's output is piecewise
+    constant, and the rule's error at each jump is about (grid step) × (jump).
+
+    Args:
+        x: increasing 1-D grid.
+        err: :math:`e(x_i)`, same length.
+
+    Returns:
+        ``{"sup", "l1", "l2"}``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    e = np.asarray(err, dtype=np.float64)
+    if x.ndim != 1 or x.size < 2 or e.shape != x.shape:
+        raise ValueError("x and err must be 1-D arrays of the same length >= 2")
+    if not np.all(np.diff(x) > 0):
+        raise ValueError("x must be strictly increasing")
+    return {"sup": float(np.max(np.abs(e))),
+            "l1": float(np.trapezoid(np.abs(e), x)),
+            "l2": float(math.sqrt(np.trapezoid(e * e, x)))}
+
+
+# =============================================================================================
+# Profiles
+# =============================================================================================
+@dataclass(frozen=True)
+class RegressionSpec:
+    """1-D regression: data size, budget and MLP widths (float and binary share them)."""
+
+    n_samples: int = 512
+    noise: float = 0.1
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 3e-3
+    hidden: tuple[int, ...] = (256, 256, 256)
+    grid_points: int = 20001
+    plot_points: int = 801
+    domain: tuple[float, float] = (-2.0, 2.0)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a run does; :data:`PROFILES` holds ``quick`` and ``full``.
+
+    Attributes:
+        seeds: seeds of every experiment.
+        datasets: ``{name: DatasetSpec}`` of the architecture comparison.
+        variants: keys of :data:`VARIANTS` compared.
+        ablation_dataset, ablation_quantizers: data set and binarisers of the ablation.
+        noise_dataset, noise_sigmas: data set and noise levels of the robustness sweep.
+        noise_n_test: the sweep uses the first ``noise_n_test`` test images (``None``: all).
+        signs_dataset: data set whose first-seed runs record sign statistics, flip ratio and
+            gradient mismatch.
+        probe_size: training images in the probe batch of those recordings.
+        regression: :class:`RegressionSpec`.
+        timing_batch, timing_repeats: the forward-time measurement of ``costs``.
+    """
+
+    name: str
+    seeds: tuple[int, ...]
+    datasets: dict[str, DatasetSpec]
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    ablation_dataset: str = "fashion-mnist"
+    ablation_quantizers: tuple[str, ...] = tuple(ABLATION_QUANTIZERS)
+    noise_dataset: str = "fashion-mnist"
+    noise_sigmas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+    noise_n_test: int | None = 2000
+    signs_dataset: str = "fashion-mnist"
+    probe_size: int = 256
+    regression: RegressionSpec = field(default_factory=RegressionSpec)
+    timing_batch: int = 256
+    timing_repeats: int = 15
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile(
+        name="quick", seeds=(0, 1),
+        datasets={
+            "digits": DatasetSpec("digits", epochs=5, batch_size=64, lr=3e-3),
+            "fashion-mnist": DatasetSpec("fashion-mnist", epochs=3, batch_size=128, lr=2e-3,
+                                         n_train=1500, val_size=500, n_test=1000, pool=2),
+        },
+        noise_sigmas=(0.0, 0.1, 0.2, 0.4), noise_n_test=500,
+        regression=RegressionSpec(n_samples=256, epochs=40),
+        timing_repeats=5,
+    ),
+    "full": Profile(
+        name="full", seeds=(0, 1, 2),
+        datasets={
+            "digits": DatasetSpec("digits", epochs=20, batch_size=64, lr=3e-3),
+            "fashion-mnist": DatasetSpec("fashion-mnist", epochs=8, batch_size=128, lr=2e-3,
+                                         n_train=5000, val_size=2000, pool=2),
+        },
+        noise_sigmas=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5), noise_n_test=2000,
+        regression=RegressionSpec(n_samples=1024, epochs=150),
+    ),
+}
+
+
+# =============================================================================================
+# Training one model
+# =============================================================================================
+def _history_dict(h) -> dict[str, list]:
+    d = h.as_dict()
+    return {k: d[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "time")}
+
+
+def train_one(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int, seed: int,
+              loss: str = "cross_entropy", callbacks: Sequence = (),
+              progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Fit with the common budget, restore the best-validation epoch, evaluate the test part.
+
+    Returns:
+        ``(model, record)``: the model with the selected weights (eval mode) and a dict with
+        ``epochs``, ``best_epoch``, ``val_acc``/``val_loss`` at that epoch, ``test_acc``,
+        ``test_loss``, ``fit_seconds`` and ``history``.
+    """
+    from bnnlab import train
+
+    keep = KeepBest("val_loss" if loss == "mse" else "val_acc")
+    t0 = time.perf_counter()
+    hist = train.fit(model, data, epochs=epochs, lr=lr, batch_size=batch_size,
+                     schedule="cosine", loss=loss, seed=seed, progress=progress,
+                     callbacks=[keep, *callbacks])
+    seconds = time.perf_counter() - t0
+    keep.restore(model)
+    i = hist.epoch.index(keep.best_epoch)
+    test = train.evaluate(model, *data.test, loss=loss)
+    record = {
+        "epochs": len(hist), "best_epoch": keep.best_epoch,
+        "val_acc": hist.val_acc[i], "val_loss": hist.val_loss[i],
+        "test_acc": test["accuracy"], "test_loss": test["loss"],
+        "fit_seconds": seconds, "history": _history_dict(hist),
+    }
+    return model, record
+
+
+# =============================================================================================
+# JSON helpers
+# =============================================================================================
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types; ``nan``/``inf`` become ``None`` (strict JSON has no NaN)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Tensor):
+        return _jsonable(obj.detach().cpu().numpy())
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def _write_json(path: Path, payload: Mapping) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_jsonable(payload), indent=1, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def _header(name: str, profile: Profile) -> dict[str, Any]:
+    return {"schema": SCHEMA, "experiment": name, "profile": profile.name}
+
+
+# =============================================================================================
+# The experiments
+# =============================================================================================
+@dataclass
+class _Context:
+    """State shared by the experiments of one run (trained models are reused, not retrained)."""
+
+    profile: Profile
+    out: Path
+    progress: bool = False
+    log: Callable[[str], None] = print
+    models: dict[tuple[str, str, int], nn.Module] = field(default_factory=dict)
+    data: dict[tuple[str, int], Any] = field(default_factory=dict)
+    records: dict[tuple[str, str, int], dict] = field(default_factory=dict)
+    extra_outputs: dict[str, dict] = field(default_factory=dict)
+
+    def dataset(self, name: str, seed: int):
+        key = (name, seed)
+        if key not in self.data:
+            self.data[key] = load_dataset(self.profile.datasets[name], seed)
+        return self.data[key]
+
+
+def _protocol(spec: DatasetSpec, split) -> dict[str, Any]:
+    return {"optimizer": "adam", "lr": spec.lr, "schedule": "cosine", "epochs": spec.epochs,
+            "batch_size": spec.batch_size, "selection": "best validation accuracy",
+            "sizes": split.sizes, "input_shape": list(split.input_shape), "pool": spec.pool,
+            "hidden": list(spec.hidden), "width": spec.width}
+
+
+def _sign_history_dict(h) -> dict[str, Any]:
+    keep = ("weight_counts", "fraction_positive", "mean_distance", "near_flip", "input_counts",
+            "input_fraction_positive")
+    return {"edges": h.edges, "epochs": h.epochs,
+            "layers": {name: {k: v for k, v in rec.items() if k in keep}
+                       for name, rec in h.layers.items()}}
+
+
+def run_architectures(ctx: _Context) -> dict[str, Any]:
+    """Train every variant on every data set for every seed; record signs on the first seed."""
+    from bnnlab import analysis
+
+    p = ctx.profile
+    runs, datasets, signs = [], {}, {}
+    for dname, spec in p.datasets.items():
+        for seed in p.seeds:
+            split = ctx.dataset(dname, seed)
+            datasets.setdefault(dname, _protocol(spec, split))
+            for variant in p.variants:
+                torch.manual_seed(seed)
+                model = build_model(variant, split.input_shape, split.num_classes,
+                                    hidden=spec.hidden, width=spec.width)
+                record_signs = (dname == p.signs_dataset and seed == p.seeds[0]
+                                and VARIANTS[variant].binary)
+                cbs: dict[str, Any] = {}
+                if record_signs:
+                    probe_x = split.train[0][:p.probe_size]
+                    probe_y = split.train[1][:p.probe_size]
+                    cbs["flip"] = analysis.FlipRatio(every="epoch")
+                    if variant == "binary":
+                        cbs["signs"] = analysis.SignStats(probe_x)
+                        cbs["mismatch"] = analysis.GradientMismatch(probe_x, probe_y,
+                                                                    betas=(1.0, 3.0, 10.0))
+                model, rec = train_one(model, split, epochs=spec.epochs, lr=spec.lr,
+                                       batch_size=spec.batch_size, seed=seed,
+                                       callbacks=list(cbs.values()), progress=ctx.progress)
+                rec = {"dataset": dname, "variant": variant, "seed": seed, **rec}
+                runs.append(rec)
+                ctx.models[(dname, variant, seed)] = model
+                ctx.records[(dname, variant, seed)] = rec
+                if cbs:
+                    fr = cbs["flip"]
+                    entry = signs.setdefault(dname, {"seed": seed, "flip_ratio": {}})
+                    entry["flip_ratio"][variant] = {"epochs": fr.steps, "total": fr.total,
+                                                    "layers": fr.history}
+                    if "signs" in cbs:
+                        entry["sign_stats"] = {"variant": variant,
+                                               **_sign_history_dict(cbs["signs"].history)}
+                        gm = cbs["mismatch"]
+                        entry["gradient_mismatch"] = {"variant": variant, "epochs": gm.epochs,
+                                                      "results": gm.results}
+                ctx.log(f"[architectures] {dname:<13} {variant:<9} seed {seed}: "
+                        f"test acc {rec['test_acc']:.4f} (epoch {rec['best_epoch']}/"
+                        f"{rec['epochs']} by val {rec['val_acc']:.4f}, {rec['fit_seconds']:.1f} s)")
+    ctx.extra_outputs = {"signs": {**_header("signs", p), "datasets": signs}}
+    return {**_header("architectures", p), "variants": {k: dataclasses.asdict(VARIANTS[k])
+                                                        for k in p.variants},
+            "datasets": datasets, "runs": runs}
+
+
+def run_ablation(ctx: _Context) -> dict[str, Any]:
+    """The activation binariser of the BinaryNet MLP, everything else equal."""
+    p = ctx.profile
+    dname = p.ablation_dataset
+    spec = p.datasets[dname]
+    runs = []
+    for seed in p.seeds:
+        split = ctx.dataset(dname, seed)
+        for qkey in p.ablation_quantizers:
+            reused = (qkey == "ste_sign" and (dname, "binary", seed) in ctx.records)
+            if reused:   # the same model, seed and budget as the architecture run
+                rec = {k: v for k, v in ctx.records[(dname, "binary", seed)].items()
+                       if k not in ("dataset", "variant", "seed")}
+            else:
+                torch.manual_seed(seed)
+                model = build_model("binary", split.input_shape, split.num_classes,
+                                    hidden=spec.hidden,
+                                    input_quantizer=ABLATION_QUANTIZERS[qkey][1])
+                _, rec = train_one(model, split, epochs=spec.epochs, lr=spec.lr,
+                                   batch_size=spec.batch_size, seed=seed, progress=ctx.progress)
+            runs.append({"quantizer": qkey, "seed": seed, "reused_from_architectures": reused,
+                         **rec})
+            ctx.log(f"[ablation] {qkey:<15} seed {seed}: test acc {rec['test_acc']:.4f}")
+    return {**_header("ablation", p), "dataset": dname, "model": "binary",
+            "quantizers": {k: ABLATION_QUANTIZERS[k][0] for k in p.ablation_quantizers},
+            "protocol": _protocol(spec, ctx.dataset(dname, p.seeds[0])), "runs": runs}
+
+
+@torch.no_grad()
+def run_noise(ctx: _Context) -> dict[str, Any]:
+    r"""Test accuracy of the selected models under :math:`x + \sigma\varepsilon`,
+    :math:`\varepsilon \sim \mathcal N(0, I)` drawn once per seed (the same for every variant
+    and every :math:`\sigma`: common random numbers)."""
+    from bnnlab import train
+
+    p = ctx.profile
+    dname = p.noise_dataset
+    runs = []
+    for seed in p.seeds:
+        split = ctx.dataset(dname, seed)
+        x, y = split.test
+        if p.noise_n_test is not None:
+            x, y = x[:p.noise_n_test], y[:p.noise_n_test]
+        eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(10_000 + seed))
+        for variant in p.variants:
+            model = ctx.models.get((dname, variant, seed))
+            if model is None:
+                raise RuntimeError("run_noise needs the models of run_architectures")
+            acc = [train.evaluate(model, x + s * eps, y)["accuracy"] for s in p.noise_sigmas]
+            runs.append({"variant": variant, "seed": seed, "accuracy": acc})
+        ctx.log(f"[noise] {dname} seed {seed}: {len(p.variants)} variants x "
+                f"{len(p.noise_sigmas)} sigmas")
+    return {**_header("noise", p), "dataset": dname, "sigmas": list(p.noise_sigmas),
+            "n_test": int(x.shape[0]),
+            "noise": "gaussian, added to the normalised test inputs, not clipped",
+            "runs": runs}
+
+
+def run_regression(ctx: _Context) -> dict[str, Any]:
+    """Float vs binary MLP on the 1-D curve; errors of the selected model against f."""
+    from bnnlab import data as D
+
+    p = ctx.profile
+    r = p.regression
+    grid = np.linspace(*r.domain, r.grid_points)
+    plot_x = np.linspace(*r.domain, r.plot_points)
+    truth = regression_target(grid)
+    runs, curves = [], {}
+    for seed in p.seeds:
+        split = D.make_regression(r.n_samples, noise=r.noise, seed=seed)
+        if seed == p.seeds[0]:
+            curves = {"x": plot_x, "truth": regression_target(plot_x), "fits": {},
+                      "train_x": split.train[0][:, 0], "train_y": split.train[1][:, 0]}
+        for variant in ("float", "binary"):
+            torch.manual_seed(seed)
+            model = build_regression_model(variant, r.hidden, domain=r.domain)
+            model, rec = train_one(model, split, epochs=r.epochs, lr=r.lr,
+                                   batch_size=r.batch_size, seed=seed, loss="mse",
+                                   progress=ctx.progress)
+            with torch.no_grad():
+                pred = model(torch.as_tensor(grid, dtype=torch.float32)[:, None])[:, 0]
+                pred = pred.double().numpy()
+                if seed == p.seeds[0]:
+                    curves["fits"][variant] = model(
+                        torch.as_tensor(plot_x, dtype=torch.float32)[:, None])[:, 0]
+            errs = function_errors(grid, pred - truth)
+            for k in ("test_acc", "val_acc"):
+                rec.pop(k)
+            runs.append({"variant": variant, "seed": seed, **errs, **rec})
+            ctx.log(f"[regression] {variant:<6} seed {seed}: sup {errs['sup']:.3f} "
+                    f"L1 {errs['l1']:.4f} L2 {errs['l2']:.4f}")
+    return {**_header("regression", p),
+            "target": "sin(3x) + 0.3x", "domain": list(r.domain), "noise": r.noise,
+            "n_samples": r.n_samples, "grid_points": r.grid_points,
+            "integration": "trapezoid rule on a uniform grid of the domain; L2 = sqrt(int e^2)",
+            "protocol": {"optimizer": "adam", "lr": r.lr, "schedule": "cosine",
+                         "epochs": r.epochs, "batch_size": r.batch_size, "hidden": list(r.hidden),
+                         "selection": "lowest validation MSE",
+                         "models": "models.binary_mlp(1, hidden, 1): float twin (ReLU) and "
+                                   "binary (STE sign, weight clip 1); first-BN shifts "
+                                   "~ U(-0.98*sqrt(3), 0.98*sqrt(3))"},
+            "runs": runs, "curves": curves}
+
+
+def _packed_weight_bytes(model: nn.Module) -> dict[str, int]:
+    """Bytes of the binary weights as packed by :mod:`bnnlab.kernels` (words with padding),
+    and the theoretical 1 bit per binary weight, summed over the binary layers."""
+    from bnnlab import analysis, kernels
+    from bnnlab.functional import sign
+
+    packed = bits = 0
+    for layer in analysis.binary_layers(model).values():
+        wq = getattr(layer, "weight_quantizer", None)
+        if wq is None or getattr(wq, "precision", 32) != 1:
+            continue
+        with torch.no_grad():
+            planes = layer.weight_bases() if hasattr(layer, "weight_bases") else \
+                layer.weight_quantizer(layer.weight)[None]
+        for plane in sign(planes.detach().float()):
+            if plane.ndim == 2:
+                packed += kernels.pack_signs(plane.contiguous()).nbytes
+            elif plane.ndim == 4:
+                packed += kernels.pack_conv_weights(plane.contiguous()).nbytes
+            else:   # conv1d or other: pack rows over everything but the output channel
+                packed += kernels.pack_signs(plane.reshape(plane.shape[0], -1)).nbytes
+            bits += plane.numel()
+    return {"packed_bytes": packed, "bits_bytes": bits / 8}
+
+
+def _median_forward_ms(model: nn.Module, x: Tensor, repeats: int) -> float:
+    model.eval()
+    with torch.no_grad():
+        for _ in range(2):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def run_costs(ctx: _Context) -> dict[str, Any]:
+    """Cost model (summary) and measured packed bytes per variant; simulated forward time."""
+    from bnnlab import kernels
+    from bnnlab.summary import summary
+
+    p = ctx.profile
+    out: dict[str, Any] = {}
+    for dname, spec in p.datasets.items():
+        split = ctx.dataset(dname, p.seeds[0])
+        shape = split.input_shape
+        x = split.test[0][:p.timing_batch]
+        rows, models = {}, {}
+        for variant in p.variants:
+            torch.manual_seed(0)
+            model = ctx.models.get((dname, variant, p.seeds[0]))
+            if model is None:   # the counts and byte sizes do not depend on the weights
+                model = build_model(variant, shape, split.num_classes, hidden=spec.hidden,
+                                    width=spec.width)
+            s = summary(model, shape)
+            rows[variant] = {"summary": s.to_dict(), **_packed_weight_bytes(model)}
+            models[variant] = model
+        # forward time of the torch models (binarisation simulated in float): rounds of
+        # interleaved medians; the fastest round is kept (load bursts of a shared machine only
+        # ever make a round slower)
+        times: dict[str, list[float]] = {v: [] for v in p.variants}
+        for _ in range(5):
+            for variant, model in models.items():
+                times[variant].append(_median_forward_ms(model, x, p.timing_repeats))
+        for variant in p.variants:
+            rows[variant]["torch_forward_ms"] = float(np.min(times[variant]))
+            rows[variant]["torch_forward_ms_rounds"] = times[variant]
+        out[dname] = {"input_shape": list(shape), "timing_batch": int(x.shape[0]),
+                      "variants": rows}
+        ctx.log(f"[costs] {dname}: summaries, packed bytes and forward times of "
+                f"{len(p.variants)} variants")
+    return {**_header("costs", p), "threads": torch.get_num_threads(),
+            "kernel_info": kernels.kernel_info(), "datasets": out}
+
+
+#: name -> (function, names of the experiments whose trained models it reuses).
+EXPERIMENTS: dict[str, tuple[Callable[[_Context], dict], tuple[str, ...]]] = {
+    "architectures": (run_architectures, ()),
+    "ablation": (run_ablation, ()),
+    "noise": (run_noise, ("architectures",)),
+    "regression": (run_regression, ()),
+    "costs": (run_costs, ()),
+}
+
+
+# =============================================================================================
+# Runner and CLI
+# =============================================================================================
+def _machine() -> dict[str, Any]:
+    import bnnlab
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "bnnlab": bnnlab.__version__, "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def _run_bench(out: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """``python -m bnnlab bench --json <out>/bench.json`` if :mod:`bnnlab.bench` exists."""
+    if importlib.util.find_spec("bnnlab.bench") is None:
+        log("[bench] bnnlab.bench does not exist yet: skipped (the report says 'not measured')")
+        return {"status": "missing"}
+    cmd = [sys.executable, "-m", "bnnlab", "bench", "--json", str(out / "bench.json")]
+    if quick:
+        cmd.append("--quick")
+    log("[bench] " + " ".join(cmd))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, check=False)
+    return {"status": "ok" if proc.returncode == 0 else f"failed (rc={proc.returncode})",
+            "command": cmd[1:], "seconds": time.perf_counter() - t0}
+
+
+def _previous_run(path: Path, profile: Profile) -> dict | None:
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = old.get("schema") == SCHEMA and old.get("config") == profile.to_dict()
+    return old if same else None
+
+
+def run(profile: Profile | str = "quick", out: str | os.PathLike = DEFAULT_OUT, *,
+        only: Iterable[str] | None = None, progress: bool = False, bench: bool = False,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the experiments of ``profile`` and write ``<out>/<name>.json`` plus ``run.json``.
+
+    Args:
+        profile: a :class:`Profile` or a key of :data:`PROFILES`.
+        out: output directory (created).
+        only: names of :data:`EXPERIMENTS` to run (those whose models they reuse are added).
+            Default: all.
+        progress: tqdm bars while training.
+        bench: also run ``python -m bnnlab bench --json <out>/bench.json``.
+        log: where progress lines go.
+
+    ``run.json`` records the machine, the configuration and the seconds of each experiment;
+    ``total_seconds`` is their sum. A rerun with ``only`` and the same configuration keeps the
+    seconds of the experiments it did not rerun.
+
+    Returns:
+        ``{name: payload}`` as written.
+    """
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {list(PROFILES)}, got {profile!r}")
+        profile = PROFILES[profile]
+    if not isinstance(profile, Profile):
+        raise TypeError(f"profile must be a Profile or a name, got {type(profile).__name__}")
+    names = list(EXPERIMENTS) if only is None else list(only)
+    for n in names:
+        if n not in EXPERIMENTS:
+            raise ValueError(f"only: unknown experiment {n!r}; choose from {list(EXPERIMENTS)}")
+    todo = [n for n in EXPERIMENTS if n in names or any(
+        n in EXPERIMENTS[m][1] for m in names)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = _Context(profile=profile, out=out, progress=progress, log=log)
+    t_start = time.perf_counter()
+    results: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for name in todo:
+        t0 = time.perf_counter()
+        ctx.extra_outputs = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            payload = EXPERIMENTS[name][0](ctx)
+        seconds[name] = time.perf_counter() - t0
+        payload["seconds"] = seconds[name]
+        for extra_name, extra in {name: payload, **ctx.extra_outputs}.items():
+            _write_json(out / f"{extra_name}.json", extra)
+            results[extra_name] = extra
+        log(f"[{name}] done in {seconds[name]:.1f} s -> {out / (name + '.json')}")
+    bench_info = _run_bench(out, profile.name != "full", log) if bench else {"status": "skipped"}
+    wall = time.perf_counter() - t_start
+    previous = _previous_run(out / "run.json", profile) if only is not None else None
+    if previous:   # a partial rerun of the same profile: keep the times of the other experiments
+        seconds = {**previous.get("seconds", {}), **seconds}
+        todo = [n for n in EXPERIMENTS if n in seconds]
+    total = float(sum(seconds.values()))
+    meta = {**_header("run", profile), "experiments": todo, "seconds": seconds,
+            "total_seconds": total, "wall_seconds": wall, "bench": bench_info,
+            "machine": _machine(), "config": profile.to_dict(), "argv": sys.argv,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    _write_json(out / "run.json", meta)
+    results["run"] = meta
+    log(f"[experiments] {profile.name}: {', '.join(todo)} in {wall:.1f} s ({wall / 60:.1f} min)")
+    return results
+
+
+def _override(profile: Profile, args: argparse.Namespace) -> Profile:
+    """Apply the CLI overrides (``--seeds``, ``--epochs``, ``--datasets``, ``--variants``)."""
+    changes: dict[str, Any] = {}
+    if args.seeds is not None:
+        changes["seeds"] = tuple(range(args.seeds))
+    datasets = dict(profile.datasets)
+    if args.datasets:
+        unknown = [d for d in args.datasets if d not in datasets]
+        if unknown:
+            raise SystemExit(f"--datasets: unknown {unknown}; choose from {list(datasets)}")
+        datasets = {d: datasets[d] for d in args.datasets}
+    if args.epochs is not None:
+        datasets = {k: dataclasses.replace(v, epochs=args.epochs) for k, v in datasets.items()}
+        changes["regression"] = dataclasses.replace(profile.regression, epochs=args.epochs)
+    changes["datasets"] = datasets
+    for attr in ("ablation_dataset", "noise_dataset", "signs_dataset"):
+        if getattr(profile, attr) not in datasets:
+            changes[attr] = next(iter(datasets))
+    if args.variants:
+        unknown = [v for v in args.variants if v not in VARIANTS]
+        if unknown:
+            raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+        changes["variants"] = tuple(args.variants)
+    name = profile.name if not (args.seeds or args.epochs or args.datasets or args.variants) \
+        else profile.name + "+overrides"
+    return dataclasses.replace(profile, name=name, **changes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bnnlab experiments [--quick | --full] [--out DIR] [options]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bnnlab experiments",
+        description="Train and evaluate the model families; write JSON results for "
+                    "`python -m bnnlab figures`.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", const="quick", dest="profile",
+                      help="CI profile: digits + a 1,500-image Fashion-MNIST subset, 2 seeds, "
+                           "few epochs (under 2 minutes on 2 cores; the default)")
+    mode.add_argument("--full", action="store_const", const="full", dest="profile",
+                      help="the report's numbers: 3 seeds, 5,000 Fashion-MNIST training images "
+                           "(about 16 minutes on 2 cores)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"output directory (default: {DEFAULT_OUT})")
+    parser.add_argument("--only", nargs="+", metavar="NAME", choices=list(EXPERIMENTS),
+                        help=f"run only these experiments: {', '.join(EXPERIMENTS)}")
+    parser.add_argument("--seeds", type=int, help="use seeds 0..N-1 instead of the profile's")
+    parser.add_argument("--epochs", type=int, help="override every number of epochs")
+    parser.add_argument("--datasets", nargs="+", metavar="NAME",
+                        help="restrict to these data sets (digits, fashion-mnist)")
+    parser.add_argument("--variants", nargs="+", metavar="KEY",
+                        help=f"restrict to these variants: {', '.join(VARIANTS)}")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: stable on shared machines)")
+    parser.add_argument("--bench", action="store_true",
+                        help="also run `python -m bnnlab bench --json OUT/bench.json` "
+                             "(--quick unless --full)")
+    parser.add_argument("--progress", action="store_true", help="tqdm bars while training")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error("--epochs must be >= 1")
+    torch.set_num_threads(args.threads)
+    profile = _override(PROFILES[args.profile or "quick"], args)
+    run(profile, args.out, only=args.only, progress=args.progress, bench=args.bench,
+        log=lambda s: print(s, flush=True))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Tests for bnnlab.experiments: a micro-run of the runner writes strict JSON in the schema that
+bnnlab.figures reads (helpers of the protocol are tested in test_figures.py)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bnnlab import experiments as E
+
+
+@pytest.fixture
+def one_thread():
+    """Train on one thread: on a busy two-core machine two OpenMP threads can be 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _strict(path):
+    """Load JSON refusing NaN/Infinity (which strict JSON does not have)."""
+    def bad(token):
+        raise ValueError(f"{path.name} contains {token}")
+    return json.loads(path.read_text(), parse_constant=bad)
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    """One epoch, one seed, digits only, two variants, every experiment."""
+    out = tmp_path_factory.mktemp("results")
+    before = torch.get_num_threads()
+    rc = E.main(["--only", "architectures", "ablation", "noise", "regression", "costs",
+                 "--datasets", "digits", "--variants", "float", "binary", "--epochs", "1",
+                 "--seeds", "1", "--out", str(out)])
+    torch.set_num_threads(before)           # main() sets --threads (default 1)
+    assert rc == 0
+    return out
+
+
+def test_micro_run_writes_every_file_with_the_schema(micro):
+    names = {"run", "architectures", "signs", "ablation", "noise", "regression", "costs"}
+    assert {p.stem for p in micro.glob("*.json")} == names
+    for name in names:
+        payload = _strict(micro / f"{name}.json")
+        assert payload["schema"] == E.SCHEMA
+        assert payload["experiment"] == name
+        assert payload["profile"] == "quick+overrides"
+    run = _strict(micro / "run.json")
+    assert run["experiments"] == ["architectures", "ablation", "noise", "regression", "costs"]
+    assert run["total_seconds"] > 0 and run["machine"]["torch_threads"] == 1
+    assert run["config"]["seeds"] == [0] and run["bench"]["status"] == "skipped"
+
+
+def test_micro_run_architecture_records(micro):
+    arch = _strict(micro / "architectures.json")
+    assert list(arch["datasets"]) == ["digits"]
+    p = arch["datasets"]["digits"]
+    assert p["epochs"] == 1 and p["optimizer"] == "adam" and p["schedule"] == "cosine"
+    assert p["sizes"]["train"] + p["sizes"]["val"] + p["sizes"]["test"] == 1797
+    assert [(r["variant"], r["seed"]) for r in arch["runs"]] == [("float", 0), ("binary", 0)]
+    for r in arch["runs"]:
+        assert r["dataset"] == "digits" and r["epochs"] == 1 and r["best_epoch"] == 1
+        assert 0.0 <= r["test_acc"] <= 1.0 and 0.0 <= r["val_acc"] <= 1.0
+        assert r["val_acc"] == r["history"]["val_acc"][0]
+        assert set(r["history"]) >= {"epoch", "train_loss", "val_acc", "val_loss"}
+        assert r["fit_seconds"] > 0
+
+
+def test_micro_run_signs_ablation_noise(micro):
+    signs = _strict(micro / "signs.json")["datasets"]["digits"]
+    assert list(signs["flip_ratio"]) == ["binary"]                 # binary variants only
+    fr = signs["flip_ratio"]["binary"]
+    assert fr["epochs"] == [1] and 0.0 <= fr["total"][0] <= 1.0
+    st = signs["sign_stats"]
+    assert st["epochs"] == [0, 1] and len(st["edges"]) == 61
+    layer = next(iter(st["layers"].values()))
+    assert sum(layer["weight_counts"][0]) > 0 and len(layer["input_counts"]) == 2
+    gm = signs["gradient_mismatch"]
+    assert gm["epochs"] == [0, 1] and set(gm["results"][0]) == {"tanh β=1", "tanh β=3",
+                                                                 "tanh β=10"}
+    ab = _strict(micro / "ablation.json")
+    assert ab["dataset"] == "digits"                        # follows --datasets
+    assert [r["quantizer"] for r in ab["runs"]] == list(E.ABLATION_QUANTIZERS)
+    assert ab["runs"][0]["reused_from_architectures"] is True
+    assert all(not r["reused_from_architectures"] for r in ab["runs"][1:])
+    nz = _strict(micro / "noise.json")
+    assert nz["sigmas"] == list(E.PROFILES["quick"].noise_sigmas)
+    assert {r["variant"] for r in nz["runs"]} == {"float", "binary"}
+    assert all(len(r["accuracy"]) == len(nz["sigmas"]) for r in nz["runs"])
+    clean = {r["variant"]: r["accuracy"][0] for r in nz["runs"]}
+    arch = {r["variant"]: r["test_acc"] for r in _strict(micro / "architectures.json")["runs"]}
+    if nz["n_test"] == _strict(micro / "architectures.json")["datasets"]["digits"]["sizes"]["test"]:
+        assert clean == arch                          # sigma = 0 is the plain test accuracy
+
+
+def test_micro_run_regression_errors_are_consistent(micro):
+    reg = _strict(micro / "regression.json")
+    a, b = reg["domain"]
+    assert [(r["variant"], r["seed"]) for r in reg["runs"]] == [("float", 0), ("binary", 0)]
+    for r in reg["runs"]:
+        # norms of one error function on [a, b]: L1 <= (b-a) sup, L2 <= sqrt(b-a) sup,
+        # and L1 <= sqrt(b-a) L2 (Cauchy-Schwarz)
+        assert 0 < r["l1"] <= (b - a) * r["sup"] + 1e-9
+        assert 0 < r["l2"] <= math.sqrt(b - a) * r["sup"] + 1e-9
+        assert r["l1"] <= math.sqrt(b - a) * r["l2"] + 1e-9
+        assert r["val_loss"] > 0 and "test_acc" not in r
+    c = reg["curves"]
+    assert len(c["x"]) == len(c["truth"]) == len(c["fits"]["float"]) == len(c["fits"]["binary"])
+    np.testing.assert_allclose(c["truth"], E.regression_target(np.array(c["x"])))
+
+
+def test_micro_run_costs(micro):
+    costs = _strict(micro / "costs.json")["datasets"]["digits"]
+    fl, bn = costs["variants"]["float"], costs["variants"]["binary"]
+    assert fl["packed_bytes"] == 0 and fl["summary"]["totals"]["binary_macs"] == 0
+    # hidden (256, 256, 256): two binary 256x256 weight matrices, 256 bits = 4 words per row
+    assert bn["bits_bytes"] == 2 * 256 * 256 / 8
+    assert bn["packed_bytes"] == 2 * 256 * 4 * 8
+    assert bn["summary"]["totals"]["binary_macs"] == 2 * 256 * 256
+    assert fl["torch_forward_ms"] > 0 and bn["torch_forward_ms"] > 0
+
+
+def test_figures_read_the_micro_run(micro, tmp_path):
+    from bnnlab import figures
+
+    out = figures.write_all(tmp_path, results_dir=micro, pdf=False, log=lambda s: None)
+    assert len(out["tables"]) == len(figures.TABLES)
+    tex = (tmp_path / "tables" / "architectures.tex").read_text()
+    acc = _strict(micro / "architectures.json")["runs"][1]["test_acc"]
+    assert f"${100 * acc:.1f}$" in tex                          # one seed: no sd
+
+
+def test_regression_target_is_the_noise_free_data_curve():
+    from bnnlab import data
+
+    split = data.make_regression(64, noise=0.0, seed=3)
+    for x, y in split:
+        np.testing.assert_allclose(y[:, 0].numpy(), E.regression_target(x[:, 0].numpy()),
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_pool_split_and_build_model_shapes(one_thread):
+    from bnnlab import data
+
+    split = E.pool_split(data.load_digits(n_train=20, seed=0), 2)
+    assert split.input_shape == (1, 4, 4) and split.info["pool"] == 2
+    for v in E.VARIANTS:
+        net = E.build_model(v, split.input_shape, 10, hidden=(8, 8), width=4)
+        assert net.eval()(split.test[0][:3]).shape == (3, 10)
+    reg = E.build_regression_model("binary", (8, 8))
+    assert reg.eval()(torch.zeros(5, 1)).shape == (5, 1)
+    spread = 0.98 * math.sqrt(3)
+    bias = reg[2].bias.detach()
+    assert float(bias.abs().max()) <= spread and float(bias.std()) > 0.1
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="variant"):
+        E.build_model("xnor+", (4,), 2)
+    with pytest.raises(ValueError, match="profile"):
+        E.run("medium", tmp_path)
+    with pytest.raises(ValueError, match="only"):
+        E.run("quick", tmp_path, only=["everything"])
+    with pytest.raises(SystemExit):
+        E.main(["--seeds", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        E.main(["--variants", "nope", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        E.main(["--quick", "--full"])
+
+
+def test_jsonable_writes_strict_json():
+    got = E._jsonable({"a": np.float32(0.5), "b": [math.nan, np.int64(3)], "c": torch.ones(2),
+                       "d": (1, math.inf)})
+    assert got == {"a": 0.5, "b": [None, 3], "c": [1.0, 1.0], "d": [1, None]}
+    with pytest.raises(TypeError, match="JSON"):
+        E._jsonable(object())
