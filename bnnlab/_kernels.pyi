@@ -27,6 +27,21 @@ def pack_rows(x: np.ndarray, out: np.ndarray, nt: int) -> bool: ...
 # x: const real[:, :, ::1] (N, C, H*W); out: uint64[:, :, ::1] (N, H*W, ceil(C/64)).
 def pack_nchw(x: np.ndarray, out: np.ndarray, nt: int) -> bool: ...
 
+# Affine float32 packers: bit = (x * scale + offset < 0), two roundings, no FMA; scale/offset
+# const float32[::1] per column (rows) / channel (NCHW).  Return True if x held NaN or inf.
+def pack_rows_affine(x: np.ndarray, scale: np.ndarray, offset: np.ndarray, out: np.ndarray,
+                     nt: int) -> bool: ...  # x float32[:, ::1] (rows, k); out (rows, ceil(k/64))
+def pack_nchw_affine(x: np.ndarray, scale: np.ndarray, offset: np.ndarray, out: np.ndarray,
+                     nt: int) -> bool: ...  # x float32[:, :, ::1] (N, C, H*W); out (N, H*W, ceil(C/64))
+# x float32[:, :, :, ::1] (N, C, H, W) packed then max-pooled: out uint64 (N, OH, OW, ceil(C/64))
+def pack_nchw_affine_pool(x: np.ndarray, scale: np.ndarray, offset: np.ndarray, kh: int, kw: int,
+                          sh: int, sw: int, ph: int, pw: int, orw: np.ndarray, out: np.ndarray,
+                          nt: int) -> bool: ...
+# Max-pool on packed NHWC bits: AND over the window, OR for channels set in orw (ceil(c/64)
+# words); out-of-image taps skipped; padding <= kernel / 2; out fully written.
+def maxpool_bits(x: np.ndarray, c: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+                 orw: np.ndarray, out: np.ndarray, nt: int) -> None: ...
+
 # a: const uint64[:, ::1] (M, w), b: const uint64[:, ::1] (N, w), w = ceil(k/64)
 def gemm(a: np.ndarray, b: np.ndarray, k: int, out: np.ndarray, nt: int) -> None: ...  # int32[:, ::1] (M, N)
 def gemm_affine(a: np.ndarray, b: np.ndarray, k: int, alpha: np.ndarray, bias: np.ndarray,
@@ -44,3 +59,9 @@ def conv_affine(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int,
 def conv_threshold_pack(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int, px: int,
                         pad_neg: bool, lim: np.ndarray, flipw: np.ndarray, out: np.ndarray,
                         nt: int) -> None: ...  # uint64[:, :, :, ::1] (N, OH, OW, ceil(O/64)) zeroed
+# conv_threshold_pack then maxpool_bits (pool geometry q*); out (N, PH, PW, ceil(O/64)), fully
+# written (no zeroing needed); orw: ceil(O/64) words
+def conv_threshold_pack_pool(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int,
+                             px: int, pad_neg: bool, lim: np.ndarray, flipw: np.ndarray, qh: int,
+                             qw: int, qsh: int, qsw: int, qph: int, qpw: int, orw: np.ndarray,
+                             out: np.ndarray, nt: int) -> None: ...

@@ -67,6 +67,11 @@ __all__ = [
     "unpack_signs",
     "pack_nhwc",
     "unpack_nhwc",
+    "pack_rows_affine",
+    "pack_nhwc_affine",
+    "MaxPoolSpec",
+    "prepare_maxpool2d",
+    "maxpool2d_packed",
     "flatten_nhwc",
     "pack_conv_weights",
     "unpack_conv_weights",
@@ -74,6 +79,8 @@ __all__ = [
     "binary_matmul",
     "Thresholds",
     "prepare_thresholds",
+    "Affine",
+    "prepare_affine",
     "matmul_threshold",
     "matmul_affine",
     "conv2d_packed",
@@ -174,12 +181,21 @@ class PackedBits:
         _check_padding_bits(self.words[:, -1], k, "words")
 
     @classmethod
-    def _trusted(cls, words: np.ndarray, k: int) -> "PackedBits":
-        """PRIVATE: wrap words this module just produced (skips the checks)."""
+    def trusted(cls, words: np.ndarray, k: int) -> "PackedBits":
+        """Wrap ``words`` **without any check**: the caller guarantees the invariants.
+
+        For code that produced or re-laid valid words itself (used by :mod:`bnnlab.packed`
+        for reshaped kernel outputs): ``words`` a C-contiguous native ``uint64`` array
+        ``(rows >= 1, ceil(k / 64))``, ``1 <= k < 2**31`` an int, every bit past ``k`` 0.
+        Anything else gives wrong results or worse in the kernels.  User data goes through
+        ``PackedBits(words, k)``, which checks all of this.
+        """
         obj = object.__new__(cls)
         object.__setattr__(obj, "words", words)
         object.__setattr__(obj, "k", k)
         return obj
+
+    _trusted = trusted      # former private name (kept for older callers)
 
     @property
     def rows(self) -> int:
@@ -229,12 +245,20 @@ class PackedActivations:
         _check_padding_bits(self.words[..., -1], c, "words")
 
     @classmethod
-    def _trusted(cls, words: np.ndarray, channels: int) -> "PackedActivations":
-        """PRIVATE: wrap words this module just produced (skips the checks)."""
+    def trusted(cls, words: np.ndarray, channels: int) -> "PackedActivations":
+        """Wrap ``words`` **without any check**: the caller guarantees the invariants.
+
+        For code that produced valid words itself (used by :mod:`bnnlab.packed`):
+        ``words`` a C-contiguous native ``uint64`` array ``(N, H, W, ceil(channels / 64))``
+        with every dimension >= 1, ``channels >= 1`` an int, every bit past ``channels`` 0.
+        User data goes through ``PackedActivations(words, channels)``, which checks it.
+        """
         obj = object.__new__(cls)
         object.__setattr__(obj, "words", words)
         object.__setattr__(obj, "channels", channels)
         return obj
+
+    _trusted = trusted      # former private name (kept for older callers)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -363,7 +387,7 @@ def _pack_rows(arr: np.ndarray, name: str, nt: int) -> PackedBits:
     out = np.empty((rows, (k + 63) >> 6), np.uint64)
     if _kernels.pack_rows(arr, out, nt):
         raise _nonfinite_error(name)
-    return PackedBits._trusted(out, k)
+    return PackedBits.trusted(out, k)
 
 
 def _check_strict(arr: np.ndarray, name: str) -> None:
@@ -506,9 +530,50 @@ def _as_f32_vector(v, name: str, n: int) -> np.ndarray:
     return arr
 
 
-def _affine(alpha, bias, n: int) -> tuple[np.ndarray, np.ndarray]:
-    al = _as_f32_vector(alpha, "alpha", n)
-    bi = np.zeros(n, np.float32) if bias is None else _as_f32_vector(bias, "bias", n)
+@dataclass(frozen=True, eq=False)
+class Affine:
+    r"""A per-channel float32 affine map ``x * scale + offset``, validated once (reusable).
+
+    Built by :func:`prepare_affine`; pass it in place of the scale (``alpha`` / ``scale``)
+    argument of :func:`matmul_affine`, :func:`conv2d_affine`, :func:`pack_rows_affine` or
+    :func:`pack_nhwc_affine` (with the offset / bias argument ``None``) to skip the per-call
+    conversion and finiteness checks.
+
+    Attributes:
+        scale, offset: finite float32 ``(channels,)``, C-contiguous.  channels: their length.
+    """
+
+    scale: np.ndarray
+    offset: np.ndarray
+    channels: int
+
+
+def prepare_affine(scale, offset=None, *, channels: int) -> Affine:
+    """Validate a per-channel affine map once (see :class:`Affine`).
+
+    Args:
+        scale: scalar or ``(channels,)`` reals, finite in float32.
+        offset: ``None`` (zeros) or scalar / ``(channels,)`` reals, finite in float32.
+        channels: >= 1.
+    """
+    n = _check_count(channels, "channels")
+    sc = _as_f32_vector(scale, "scale", n).copy()
+    of = np.zeros(n, np.float32) if offset is None else _as_f32_vector(offset, "offset", n).copy()
+    sc.flags.writeable = False
+    of.flags.writeable = False
+    return Affine(sc, of, n)
+
+
+def _affine(alpha, bias, n: int, names=("alpha", "bias")) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(alpha, Affine):
+        if bias is not None:
+            raise ValueError(f"{names[1]} must be None when {names[0]} is a prepared Affine")
+        if alpha.channels != n:
+            raise ValueError(f"{names[0]} was prepared for {alpha.channels} channels, "
+                             f"expected {n}")
+        return alpha.scale, alpha.offset
+    al = _as_f32_vector(alpha, names[0], n)
+    bi = np.zeros(n, np.float32) if bias is None else _as_f32_vector(bias, names[1], n)
     return al, bi
 
 
@@ -638,7 +703,7 @@ def pack_nhwc(x, *, strict: bool = False, n_threads: int | None = None) -> Packe
     out = np.empty((n, h, w, n_words(c)), np.uint64)
     if _kernels.pack_nchw(arr.reshape(n, c, h * w), out.reshape(n, h * w, n_words(c)), nt):
         raise _nonfinite_error("x")
-    return PackedActivations._trusted(out, c)
+    return PackedActivations.trusted(out, c)
 
 
 def unpack_nhwc(p: PackedActivations, dtype=np.float32) -> np.ndarray:
@@ -648,6 +713,100 @@ def unpack_nhwc(p: PackedActivations, dtype=np.float32) -> np.ndarray:
     dt = _check_out_dtype(dtype)
     bits = _unpack_bits(p.words, p.channels)               # (N, H, W, C)
     return np.ascontiguousarray((1 - 2 * bits.astype(dt)).astype(dt, copy=False).transpose(0, 3, 1, 2))
+
+
+def _as_f32_input(x, name: str, ndim: int, layout: str) -> np.ndarray:
+    arr = _as_real(x, name, ndim, layout)
+    if arr.dtype != np.float32:
+        shown = "bool" if arr.dtype == np.uint8 else str(arr.dtype)
+        raise TypeError(f"{name} must be float32 for the affine packers, got {shown}")
+    return arr
+
+
+def pack_rows_affine(x, scale, offset=None, *, n_threads: int | None = None) -> PackedBits:
+    r"""Pack the sign of a per-column affine map of ``x``, with no float temporary.
+
+    .. math::
+        \text{bit}[r, j] = 1 \iff z_{rj} < 0, \qquad
+        z_{rj} = \operatorname{fl}(\operatorname{fl}(x_{rj} \cdot s_j) + o_j)
+
+    i.e. :math:`\operatorname{sign}(x \cdot s + o)` with sign(0) = +1, computed in float32
+    with two roundings and no FMA: exactly NumPy's float32 ``x * scale + offset < 0``.
+    With ``scale = ±1`` and ``offset = -u`` the bit is that of the exact comparison
+    ``±x >= u`` (IEEE subtraction has the sign of the exact difference), which is how
+    :class:`bnnlab.packed.PackedSign` reproduces torch's ``sign(BatchNorm(x))`` bit for bit
+    from thresholds computed at export.
+
+    Args:
+        x: float32 ``(rows, k)`` array or CPU tensor (non-contiguous inputs are copied).
+        scale: scalar or ``(k,)`` finite reals (converted to float32), or a prepared
+            :class:`Affine` (then ``offset=None``).
+        offset: ``None`` (zeros) or scalar / ``(k,)`` finite reals (converted to float32).
+        n_threads: threads (``None``: :func:`get_num_threads`).
+
+    Returns:
+        :class:`PackedBits` ``(rows, k)``.
+
+    Raises:
+        TypeError: ``x`` not float32.  ValueError: wrong shapes, NaN/inf in ``x``,
+        non-finite ``scale`` / ``offset``.
+
+    Examples::
+
+        >>> pack_rows_affine(np.array([[0.5, 2.0, -1.0]], np.float32), -1.0, 1.0).words
+        array([[2]], dtype=uint64)
+    """
+    nt = _threads(n_threads)
+    arr = _as_f32_input(x, "x", 2, "(rows, k)")
+    rows, k = arr.shape
+    if k > _MAX_K:
+        raise ValueError(f"x has k={k} columns; at most 2**31 - 1 are supported")
+    sc, of = _affine(scale, offset, k, ("scale", "offset"))
+    out = np.empty((rows, (k + 63) >> 6), np.uint64)
+    if _kernels.pack_rows_affine(arr, sc, of, out, nt):
+        raise _nonfinite_error("x")
+    return PackedBits.trusted(out, k)
+
+
+def pack_nhwc_affine(x, scale, offset=None, *, pool: "MaxPoolSpec | None" = None,
+                     n_threads: int | None = None) -> PackedActivations:
+    r"""Pack the sign of a per-channel affine map of an NCHW batch into NHWC words.
+
+    Bit ``c % 64`` of ``words[n, y, x, c // 64]`` is 1 iff
+    ``fl(fl(x[n, c, y, x] * scale[c]) + offset[c]) < 0`` (float32, two roundings, no FMA;
+    sign(0) = +1), see :func:`pack_rows_affine` for the exactness of ``scale = ±1``.
+    With ``pool`` (a :class:`MaxPoolSpec`), the packed map is max-pooled on the bits
+    (:func:`maxpool2d_packed`) in the same call.
+
+    Args:
+        x: float32 ``(N, C, H, W)`` array or CPU tensor.
+        scale, offset: scalar or ``(C,)`` finite reals (converted to float32; ``offset=None``
+            means zeros), or ``scale`` a prepared :class:`Affine` and ``offset=None``.
+        pool: ``None`` or a :class:`MaxPoolSpec` for ``C`` channels.
+        n_threads: threads (``None``: :func:`get_num_threads`).
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`.
+        - Output words: :math:`(N, H, W, \lceil C / 64 \rceil)`, or the pooled
+          :math:`(N, H_o, W_o, \lceil C / 64 \rceil)`.
+    """
+    nt = _threads(n_threads)
+    arr = _as_f32_input(x, "x", 4, "(N, C, H, W)")
+    n, c, h, w = arr.shape
+    sc, of = _affine(scale, offset, c, ("scale", "offset"))
+    if pool is None:
+        out = np.empty((n, h, w, n_words(c)), np.uint64)
+        bad = _kernels.pack_nchw_affine(arr.reshape(n, c, h * w), sc, of,
+                                        out.reshape(n, h * w, n_words(c)), nt)
+    else:
+        oh, ow = _pool_shape(pool, c, h, w, "x")
+        out = np.empty((n, oh, ow, n_words(c)), np.uint64)
+        (kh, kw), (sh, sw), (ph, pw) = pool.kernel_size, pool.stride, pool.padding
+        bad = _kernels.pack_nchw_affine_pool(arr, sc, of, kh, kw, sh, sw, ph, pw, pool.or_words,
+                                             out, nt)
+    if bad:
+        raise _nonfinite_error("x")
+    return PackedActivations.trusted(out, c)
 
 
 def flatten_nhwc(p: PackedActivations) -> PackedBits:
@@ -673,13 +832,13 @@ def flatten_nhwc(p: PackedActivations) -> PackedBits:
     if k > _MAX_K:
         raise ValueError(f"p flattens to k={k} > 2**31 - 1 elements per row")
     if c % WORD_BITS == 0:
-        return PackedBits._trusted(p.words.reshape(n, -1), k)
+        return PackedBits.trusted(p.words.reshape(n, -1), k)
     bits = _unpack_bits(p.words, c).reshape(n, k)
     nw = n_words(k)
     padded = np.zeros((n, nw * WORD_BITS), np.uint8)
     padded[:, :k] = bits
     words = np.packbits(padded, axis=1, bitorder="little").view("<u8").astype(np.uint64, copy=False)
-    return PackedBits._trusted(np.ascontiguousarray(words.reshape(n, nw)), k)
+    return PackedBits.trusted(np.ascontiguousarray(words.reshape(n, nw)), k)
 
 
 def pack_conv_weights(w, *, strict: bool = False) -> PackedConvWeights:
@@ -815,7 +974,7 @@ def matmul_threshold(a, b: PackedBits, threshold, flip=None,
     lim, fl = _limits(threshold, flip, b.rows, a.k)
     out = np.zeros((a.rows, n_words(b.rows)), np.uint64)
     _kernels.gemm_threshold_pack(a.words, b.words, a.k, lim, fl, out, nt)
-    return PackedBits._trusted(out, b.rows)
+    return PackedBits.trusted(out, b.rows)
 
 
 def matmul_affine(a, b: PackedBits, alpha, bias=None, n_threads: int | None = None) -> np.ndarray:
@@ -828,7 +987,8 @@ def matmul_affine(a, b: PackedBits, alpha, bias=None, n_threads: int | None = No
     Args:
         a: ``(M, K)`` :class:`PackedBits` or real array/tensor.
         b: ``(N, K)`` :class:`PackedBits`.
-        alpha: scalar or ``(N,)`` finite reals.
+        alpha: scalar or ``(N,)`` finite reals, or a prepared :class:`Affine` (then
+            ``bias=None``).
         bias: ``None`` (zeros) or scalar / ``(N,)`` finite reals.
         n_threads: threads (``None``: :func:`get_num_threads`).
 
@@ -846,6 +1006,13 @@ def matmul_affine(a, b: PackedBits, alpha, bias=None, n_threads: int | None = No
 
 # ----------------------------------------------------------------------------- conv
 def _pair(v, name: str, minimum: int) -> tuple[int, int]:
+    tv = type(v)
+    if tv is int:                                       # fast paths: plain ints
+        if v >= minimum:
+            return (v, v)
+    elif tv is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int \
+            and v[0] >= minimum and v[1] >= minimum:
+        return v
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
             raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
@@ -855,6 +1022,11 @@ def _pair(v, name: str, minimum: int) -> tuple[int, int]:
 
 
 def _pad_value(v) -> int:
+    if type(v) is float:                                # fast path
+        if v == 1.0:
+            return 0
+        if v == -1.0:
+            return 1
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"pad_value must be +1.0 or -1.0, got {v!r}")
     if v == 1:
@@ -897,6 +1069,102 @@ def _layout(layout) -> bool:
     return layout == "nhwc"
 
 
+@dataclass(frozen=True, eq=False)
+class MaxPoolSpec:
+    r"""A validated max-pool on packed ±1 maps (build with :func:`prepare_maxpool2d`).
+
+    The max of ±1 values is +1 iff one of them is +1: with bit 1 meaning -1, that is the
+    AND of the window's bits.  Channels flagged in ``or_channels`` take the **min** (OR of
+    the bits) instead, e.g. a max-pool in front of a decreasing function of a fused chain.
+    Taps outside the image never win (as torch's ``-inf`` padding).
+
+    Attributes:
+        channels: ``C``.  kernel_size, stride, padding: ``(h, w)`` int pairs.
+        or_channels: bool ``(C,)``.  or_words: uint64 ``(ceil(C / 64),)``, bit ``c`` =
+        ``or_channels[c]``.
+    """
+
+    channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    or_channels: np.ndarray
+    or_words: np.ndarray
+
+
+def prepare_maxpool2d(channels: int, kernel_size, stride=None, padding=0,
+                      or_channels=None) -> MaxPoolSpec:
+    r"""Validate a bit max-pool once: for :func:`maxpool2d_packed`, ``conv2d_threshold(pool=)``
+    and ``pack_nhwc_affine(pool=)``.
+
+    Spatial semantics of :class:`torch.nn.MaxPool2d` with ``dilation=1``,
+    ``ceil_mode=False``: :math:`H_o = \lfloor (H + 2 p_h - k_h) / s_h \rfloor + 1`.
+
+    Args:
+        channels: ``C``, >= 1.
+        kernel_size: int or ``(k_h, k_w)``, >= 1.
+        stride: ``None`` (= kernel_size), int or pair, >= 1.
+        padding: int or pair, ``0 <= p <= k / 2`` (torch's rule).
+        or_channels: ``None`` or bool ``(C,)``: channels pooled with min (OR) instead of max.
+
+    Examples::
+
+        >>> spec = prepare_maxpool2d(3, 2)
+        >>> spec.kernel_size, spec.stride, spec.padding
+        ((2, 2), (2, 2), (0, 0))
+    """
+    c = _check_count(channels, "channels")
+    k = _pair(kernel_size, "kernel_size", 1)
+    st = k if stride is None else _pair(stride, "stride", 1)
+    pad = _pair(padding, "padding", 0)
+    if 2 * pad[0] > k[0] or 2 * pad[1] > k[1]:
+        raise ValueError(f"padding must be at most half the kernel size, got padding={pad} "
+                         f"for kernel_size={k}")
+    fl = _as_flags(or_channels, "or_channels", c)
+    words = np.zeros(n_words(c) * 8, np.uint8)
+    packed = np.packbits(fl, bitorder="little")
+    words[: packed.size] = packed
+    return MaxPoolSpec(c, k, st, pad, fl.astype(bool), words.view("<u8").astype(np.uint64))
+
+
+def _pool_shape(pool, c: int, h: int, w: int, name: str) -> tuple[int, int]:
+    if not isinstance(pool, MaxPoolSpec):
+        raise TypeError(f"pool must be a MaxPoolSpec (see prepare_maxpool2d) or None, "
+                        f"got {type(pool).__name__}")
+    if pool.channels != c:
+        raise ValueError(f"pool was prepared for {pool.channels} channels, {name} has {c}")
+    (kh, kw), (sh, sw), (ph, pw) = pool.kernel_size, pool.stride, pool.padding
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        raise ValueError(f"{name} is {h}x{w}: too small for the pool's kernel_size "
+                         f"{pool.kernel_size} with padding {pool.padding}")
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def maxpool2d_packed(x: PackedActivations, pool: MaxPoolSpec, *,
+                     n_threads: int | None = None) -> PackedActivations:
+    r"""Max-pool packed ±1 feature maps on the bits (AND over the window; OR for the
+    channels flagged in the spec), exactly ``torch.nn.MaxPool2d`` on the ±1 values
+    (min-pool for flagged channels).
+
+    Args:
+        x: :class:`PackedActivations` ``(N, C, H, W)``.
+        pool: :class:`MaxPoolSpec` from :func:`prepare_maxpool2d` for ``C`` channels.
+        n_threads: threads (``None``: :func:`get_num_threads`).
+
+    Returns:
+        :class:`PackedActivations` ``(N, C, H_o, W_o)``.
+    """
+    nt = _threads(n_threads)
+    if not isinstance(x, PackedActivations):
+        raise TypeError(f"x must be a PackedActivations (see pack_nhwc), got {type(x).__name__}")
+    n, h, w, cw = x.words.shape
+    oh, ow = _pool_shape(pool, x.channels, h, w, "x")
+    out = np.empty((n, oh, ow, cw), np.uint64)
+    (kh, kw), (sh, sw), (ph, pw) = pool.kernel_size, pool.stride, pool.padding
+    _kernels.maxpool_bits(x.words, x.channels, kh, kw, sh, sw, ph, pw, pool.or_words, out, nt)
+    return PackedActivations.trusted(out, x.channels)
+
+
 def conv2d_packed(x: PackedActivations, w: PackedConvWeights, stride=1, padding=0,
                   pad_value: float = 1.0, *, layout: str = "nchw",
                   n_threads: int | None = None) -> np.ndarray:
@@ -933,6 +1201,7 @@ def conv2d_packed(x: PackedActivations, w: PackedConvWeights, stride=1, padding=
 
 def conv2d_threshold(x: PackedActivations, w: PackedConvWeights, threshold, flip=None,
                      stride=1, padding=0, pad_value: float = 1.0, *,
+                     pool: MaxPoolSpec | None = None,
                      n_threads: int | None = None) -> PackedActivations:
     r"""Binary conv fused with a per-output-channel threshold: the next layer's packed input.
 
@@ -942,15 +1211,29 @@ def conv2d_threshold(x: PackedActivations, w: PackedConvWeights, threshold, flip
     ``threshold`` may be a :class:`Thresholds` prepared once with
     ``prepare_thresholds(..., channels=O, k=C_in * k_h * k_w)``.
 
+    With ``pool`` (a :class:`MaxPoolSpec` for ``O`` channels, see
+    :func:`prepare_maxpool2d`) the output bits are max-pooled in the same call
+    (AND over each window, OR for the spec's flagged channels): exactly
+    ``maxpool2d_packed(conv2d_threshold(...), pool)`` without the Python round trip.
+
     Returns:
-        :class:`PackedActivations` ``(N, O, H_o, W_o)``, ready for the next binary conv.
+        :class:`PackedActivations` ``(N, O, H_o, W_o)`` (pooled sizes with ``pool``), ready
+        for the next binary conv.
     """
     nt = _threads(n_threads)
     (sy, sx, py, px, neg), (n, o, oh, ow) = _conv_setup(x, w, stride, padding, pad_value)
     lim, fl = _limits(threshold, flip, o, x.channels * w.kernel_size[0] * w.kernel_size[1])
-    out = np.zeros((n, oh, ow, n_words(o)), np.uint64)
-    _kernels.conv_threshold_pack(x.words, x.channels, w.words, sy, sx, py, px, neg, lim, fl, out, nt)
-    return PackedActivations._trusted(out, o)
+    if pool is None:
+        out = np.zeros((n, oh, ow, n_words(o)), np.uint64)
+        _kernels.conv_threshold_pack(x.words, x.channels, w.words, sy, sx, py, px, neg, lim, fl,
+                                     out, nt)
+        return PackedActivations.trusted(out, o)
+    ph, pw = _pool_shape(pool, o, oh, ow, "the conv output")
+    out = np.empty((n, ph, pw, n_words(o)), np.uint64)
+    (qh, qw), (qsh, qsw), (qph, qpw) = pool.kernel_size, pool.stride, pool.padding
+    _kernels.conv_threshold_pack_pool(x.words, x.channels, w.words, sy, sx, py, px, neg, lim, fl,
+                                      qh, qw, qsh, qsw, qph, qpw, pool.or_words, out, nt)
+    return PackedActivations.trusted(out, o)
 
 
 def conv2d_affine(x: PackedActivations, w: PackedConvWeights, alpha, bias=None, stride=1,
@@ -997,7 +1280,7 @@ def binary_conv2d(x, w, stride=1, padding=0, pad_value: float = 1.0, *, layout: 
         words = np.empty((n, h, wd, n_words(c)), np.uint64)
         if _kernels.pack_nchw(arr.reshape(n, c, h * wd), words.reshape(n, h * wd, n_words(c)), nt):
             raise _nonfinite_error("x")
-        x = PackedActivations._trusted(words, c)
+        x = PackedActivations.trusted(words, c)
     if not isinstance(w, PackedConvWeights):
         w = pack_conv_weights(w)
     return conv2d_packed(x, w, stride, padding, pad_value, layout=layout, n_threads=nt)

@@ -97,6 +97,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import hashlib
 import io
 import json
@@ -169,13 +170,9 @@ def _bits_to_words(flags: np.ndarray) -> np.ndarray:
 
 
 def _bits_out(cls, words: np.ndarray, length: int):
-    """Wrap words that are valid by construction (pooled / reshaped kernel output).
-
-    Uses the kernels' unchecked constructor when it exists (the padding-bit re-check costs
-    ~6 us per call, a third of a small pooling stage), else the checking one.
-    """
-    make = getattr(cls, "_trusted", None)
-    return make(words, length) if make is not None else cls(words, length)
+    """Wrap words that are valid by construction (reshaped kernel output) with the kernels'
+    unchecked public constructor (the padding-bit re-check would cost microseconds per call)."""
+    return cls.trusted(words, length)
 
 
 def _as_f32(t: Tensor | None) -> Tensor | None:
@@ -354,14 +351,14 @@ class _PackedLayer(nn.Module):
                 k=self._reduction_length())
         return self._prepared
 
-    def _affine_args(self) -> tuple[np.ndarray, np.ndarray | None]:
+    def _affine_args(self) -> tuple[kernels.Affine, None]:
         """(alpha, bias) as contiguous float32 arrays (no per-call conversion in the kernel)."""
         if not isinstance(self._prepared, tuple):
             n = self.out_features if isinstance(self, PackedLinear) else self.out_channels
             alpha = np.ones(n, np.float32) if self.alpha_q is None else \
                 np.ascontiguousarray(self.alpha_q.numpy(), np.float32)
             bias = None if self.bias is None else np.ascontiguousarray(self.bias.numpy(), np.float32)
-            self._prepared = (alpha, bias)
+            self._prepared = (kernels.prepare_affine(alpha, bias, channels=n), None)
         return self._prepared
 
     @property
@@ -641,6 +638,11 @@ class PackedConv2d(_PackedLayer):
         return kernels.conv2d_packed(self._pack(x), self.weight, self.stride, self.padding,
                                      self.pad_value)
 
+    def _forward_pooled(self, x, pool: kernels.MaxPoolSpec):
+        """Fused forward followed by a :class:`PackedMaxPool2d` (its ``spec``), one kernel call."""
+        return kernels.conv2d_threshold(self._pack(x), self.weight, self._thresholds(), None,
+                                        self.stride, self.padding, self.pad_value, pool=pool)
+
     def forward(self, x):
         if isinstance(x, Tensor) and x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
@@ -681,10 +683,8 @@ class PackedMaxPool2d(nn.Module):
         if flags.shape != (self.channels,):
             raise ValueError(f"or_channels must have shape ({self.channels},), got {flags.shape}")
         self.or_channels = flags
-        self._use_or = bool(flags.any())
-        self._use_and = not bool(flags.all())
-        self._or_words = _bits_to_words(flags)
-        self._valid = _bits_to_words(np.ones(self.channels, bool))
+        self.spec = kernels.prepare_maxpool2d(self.channels, self.kernel_size, self.stride,
+                                              self.padding, flags)
         self.train(False)
 
     def extra_repr(self) -> str:
@@ -695,47 +695,7 @@ class PackedMaxPool2d(nn.Module):
         if not isinstance(x, kernels.PackedActivations) or x.channels != self.channels:
             raise TypeError(f"PackedMaxPool2d expects PackedActivations with {self.channels} "
                             "channels")
-        w = x.words
-        n, h, wd, nw = w.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-        if ho < 1 or wo < 1:
-            raise ValueError(f"input {h}x{wd} is too small for kernel_size={self.kernel_size}")
-        use_or, use_and = self._use_or, self._use_and
-        if (kh, kw) == (sh, sw) and not (ph or pw):
-            # non-overlapping windows: one reduction over a (N, Ho, kh, Wo, kw, nw) view
-            win = w[:, :ho * kh, :wo * kw].reshape(n, ho, kh, wo, kw, nw)
-
-            def pool(op):
-                return op.reduce(op.reduce(win, axis=4), axis=2)   # single-axis reductions
-            if use_and and use_or:
-                out = (pool(np.bitwise_and) & ~self._or_words) | \
-                      (pool(np.bitwise_or) & self._or_words)
-            else:
-                out = pool(np.bitwise_or if use_or else np.bitwise_and)
-            return _bits_out(kernels.PackedActivations, np.ascontiguousarray(out), self.channels)
-        if ph or pw:
-            neutral = (~self._or_words) & self._valid
-            buf = np.empty((n, h + 2 * ph, wd + 2 * pw, nw), np.uint64)
-            buf[...] = neutral
-            buf[:, ph:ph + h, pw:pw + wd] = w
-            w = buf
-        acc_and = acc_or = None
-        for dy in range(kh):
-            for dx in range(kw):
-                tap = w[:, dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw]
-                if use_and:
-                    acc_and = tap.copy() if acc_and is None else \
-                        np.bitwise_and(acc_and, tap, out=acc_and)
-                if use_or:
-                    acc_or = tap.copy() if acc_or is None else \
-                        np.bitwise_or(acc_or, tap, out=acc_or)
-        if use_and and use_or:
-            out = (acc_and & ~self._or_words) | (acc_or & self._or_words)
-        else:
-            out = acc_and if use_and else acc_or
-        out &= self._valid
-        return _bits_out(kernels.PackedActivations, np.ascontiguousarray(out), self.channels)
+        return kernels.maxpool2d_packed(x, self.spec)
 
 
 class PackedFlatten(nn.Module):
@@ -779,8 +739,11 @@ class PackedSign(nn.Module):
     torch modules themselves, so the bits equal torch's ``sign(BN(x))`` exactly (sign(0) = +1);
     :math:`u_c = \mp\infty` for channels whose sign is constant. Computed as the sign of
     ``x * s_c + b_c``: ``x - u_c`` (``s = 1``), ``-x - u_c`` (``s = -1``; both have the exact
-    sign of the difference in IEEE arithmetic) or the constant ``b_c = ±1`` (``s = 0``), then
-    packed (NHWC for 4-D inputs, rows for 2-D) for :class:`PackedMaxPool2d` or the packed layer.
+    sign of the difference in IEEE arithmetic) or the constant ``b_c = ±1`` (``s = 0``), inside
+    the packers :func:`bnnlab.kernels.pack_nhwc_affine` (NHWC for 4-D inputs) /
+    :func:`~bnnlab.kernels.pack_rows_affine` (rows for 2-D) without a float temporary, for
+    :class:`PackedMaxPool2d` (fused into the same call by :class:`PackedModel`) or the
+    packed layer.
     Non-finite inputs raise ValueError (as every packed input).
     """
 
@@ -797,8 +760,7 @@ class PackedSign(nn.Module):
         finite = np.isfinite(thr)
         scale = np.where(finite, np.where(self.negate, -1.0, 1.0), 0.0).astype(np.float32)
         offset = np.where(finite, -thr, np.where(thr < 0, 1.0, -1.0)).astype(np.float32)
-        self._offset = torch.as_tensor(offset).reshape(view)
-        self._scale = None if (scale == 1.0).all() else torch.as_tensor(scale).reshape(view)
+        self._affine = kernels.prepare_affine(scale, offset, channels=self.channels)
         self.train(False)
 
     def extra_repr(self) -> str:
@@ -808,11 +770,17 @@ class PackedSign(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != self.ndim or x.shape[1] != self.channels:
             raise ValueError(f"PackedSign expects a {self.ndim}-D float tensor with "
                              f"{self.channels} channels in dim 1")
-        if self._scale is None:
-            z = x + self._offset                       # x - u: sign exact, +0 at a tie
-        else:
-            z = torch.addcmul(self._offset, x, self._scale)
-        return kernels.pack_nhwc(z) if self.ndim == 4 else kernels.pack_signs(z)
+        # x * s + o in float32 inside the packer (no temporary): x - u, -x - u or ±1
+        if self.ndim == 4:
+            return kernels.pack_nhwc_affine(x, self._affine)
+        return kernels.pack_rows_affine(x, self._affine)
+
+    def _forward_pooled(self, x: Tensor, pool: kernels.MaxPoolSpec):
+        """forward followed by a :class:`PackedMaxPool2d` (its ``spec``), in one kernel call."""
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"PackedSign expects a 4-D float tensor with {self.channels} "
+                             "channels in dim 1")
+        return kernels.pack_nhwc_affine(x, self._affine, pool=pool)
 
 
 # =============================================================================== folding
@@ -1324,7 +1292,8 @@ class PackedModel(nn.Module):
         return super().train(False)
 
     def forward(self, x: Tensor) -> Tensor:
-        with torch.no_grad():
+        # no_grad only where needed (entering it costs microseconds at batch 1)
+        with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
             if self.kind == "sequential" and isinstance(self.body, nn.Sequential):
                 y = x
                 for f in self._steps():      # stage.forward: skips nn.Module.__call__ overhead
@@ -1337,10 +1306,27 @@ class PackedModel(nn.Module):
         return y
 
     def _steps(self) -> list:
-        mods = list(self.body)
+        """The stages' forwards, with ``PackedSign`` (4-D) / fused ``PackedConv2d`` followed
+        by a ``PackedMaxPool2d`` merged into one kernel call (same bits, one stage fewer)."""
+        mods = tuple(self.body._modules.values())
         cache = self.__dict__.get("_step_cache")
-        if cache is None or cache[0] != [id(m) for m in mods]:
-            cache = ([id(m) for m in mods], [m.forward for m in mods])
+        # modules define no __eq__: the tuple comparison is by identity (a replaced stage,
+        # e.g. body[3] = ..., rebuilds the steps)
+        if cache is None or cache[0] != mods:
+            steps, i = [], 0
+            while i < len(mods):
+                m = mods[i]
+                nxt = mods[i + 1] if i + 1 < len(mods) else None
+                if isinstance(nxt, PackedMaxPool2d) and (
+                        (isinstance(m, PackedSign) and m.ndim == 4 and m.channels == nxt.channels)
+                        or (isinstance(m, PackedConv2d) and m.fused
+                            and m.out_channels == nxt.channels)):
+                    steps.append(functools.partial(m._forward_pooled, pool=nxt.spec))
+                    i += 2
+                    continue
+                steps.append(m.forward)
+                i += 1
+            cache = (mods, steps)
             self.__dict__["_step_cache"] = cache
         return cache[1]
 

@@ -39,6 +39,24 @@ cdef extern from "bnn_kernels.h" nogil:
                       uint64_t *out, int nt)
     int bnn_pack_nchw(int level, int dtype, const void *x, int64_t n, int64_t c, int64_t p,
                       uint64_t *out, int nt)
+    int bnn_pack_rows_affine(int level, const float *x, int64_t rows, int64_t k,
+                             const float *scale, const float *offset, uint64_t *out, int nt)
+    int bnn_pack_nchw_affine(int level, const float *x, int64_t n, int64_t c, int64_t p,
+                             const float *scale, const float *offset, uint64_t *out, int nt)
+    int bnn_pack_nchw_affine_pool(int level, const float *x, int64_t n, int64_t c, int64_t h,
+                                  int64_t w, const float *scale, const float *offset,
+                                  int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                                  int64_t pw, int64_t OH, int64_t OW, const uint64_t *orw,
+                                  uint64_t *out, int nt)
+    void bnn_maxpool_bits(const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
+                          int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                          int64_t OH, int64_t OW, const uint64_t *orw, uint64_t *out, int nt)
+    int bnn_conv_pool(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
+                      const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy,
+                      int64_t sx, int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW,
+                      const int64_t *lim, const uint64_t *flipw, int64_t qh, int64_t qw,
+                      int64_t qsh, int64_t qsw, int64_t qph, int64_t qpw, int64_t PH, int64_t PW,
+                      const uint64_t *orw, uint64_t *out, int nt)
     int bnn_gemm(int level, const uint64_t *a, int64_t M, const uint64_t *b, int64_t N,
                  int64_t nw, int64_t K, int mode, void *out, const float *alpha,
                  const float *bias, const int64_t *lim, const uint64_t *flipw, int nt)
@@ -200,6 +218,86 @@ def pack_nchw(const real_t[:, :, ::1] x, uint64_t[:, :, ::1] out, int nt):
     return bool(bad)
 
 
+def pack_rows_affine(const float[:, ::1] x, const float[::1] scale, const float[::1] offset,
+                     uint64_t[:, ::1] out, int nt):
+    """Bit j of row r = (x[r, j] * scale[j] + offset[j] < 0), float32, two roundings.
+    out: (rows, ceil(k / 64)), fully written.  Returns True if x held NaN or inf."""
+    cdef int64_t rows = x.shape[0], k = x.shape[1]
+    cdef int bad, lvl = bnn_level()
+    if (out.shape[0] != rows or out.shape[1] != (k + 63) // 64 or rows < 1 or k < 1 or nt < 1
+            or scale.shape[0] != k or offset.shape[0] != k):
+        raise ValueError("pack_rows_affine: inconsistent shapes")
+    with nogil:
+        bad = bnn_pack_rows_affine(lvl, &x[0, 0], rows, k, &scale[0], &offset[0], &out[0, 0], nt)
+    return bool(bad)
+
+
+def pack_nchw_affine(const float[:, :, ::1] x, const float[::1] scale, const float[::1] offset,
+                     uint64_t[:, :, ::1] out, int nt):
+    """x: (N, C, H*W) float32 -> out: (N, H*W, ceil(C / 64)) words, bit c of a pixel =
+    (x * scale[c] + offset[c] < 0).  Returns True if x held NaN or inf."""
+    cdef int64_t n = x.shape[0], c = x.shape[1], p = x.shape[2]
+    cdef int bad, lvl = bnn_level()
+    if (out.shape[0] != n or out.shape[1] != p or out.shape[2] != (c + 63) // 64
+            or n < 1 or c < 1 or p < 1 or nt < 1 or scale.shape[0] != c or offset.shape[0] != c):
+        raise ValueError("pack_nchw_affine: inconsistent shapes")
+    with nogil:
+        bad = bnn_pack_nchw_affine(lvl, &x[0, 0, 0], n, c, p, &scale[0], &offset[0],
+                                   &out[0, 0, 0], nt)
+    return bool(bad)
+
+
+cdef int _check_pool(int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                     int64_t ph, int64_t pw, int64_t *oh, int64_t *ow) except -1:
+    if (kh < 1 or kw < 1 or sh < 1 or sw < 1 or ph < 0 or pw < 0 or 2 * ph > kh
+            or 2 * pw > kw or h + 2 * ph < kh or w + 2 * pw < kw):
+        raise ValueError("maxpool: inconsistent pooling geometry")
+    oh[0] = (h + 2 * ph - kh) // sh + 1
+    ow[0] = (w + 2 * pw - kw) // sw + 1
+    return 0
+
+
+def pack_nchw_affine_pool(const float[:, :, :, ::1] x, const float[::1] scale,
+                          const float[::1] offset, int64_t kh, int64_t kw, int64_t sh,
+                          int64_t sw, int64_t ph, int64_t pw, const uint64_t[::1] orw,
+                          uint64_t[:, :, :, ::1] out, int nt):
+    """pack_nchw_affine of x (N, C, H, W) then maxpool_bits: out (N, OH, OW, ceil(C/64)),
+    fully written.  Returns True if x held NaN or inf."""
+    cdef int64_t n = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3], oh, ow
+    cdef int bad, lvl = bnn_level()
+    if n < 1 or c < 1 or h < 1 or w < 1 or nt < 1 or scale.shape[0] != c or \
+            offset.shape[0] != c or orw.shape[0] != (c + 63) // 64:
+        raise ValueError("pack_nchw_affine_pool: inconsistent shapes")
+    _check_pool(h, w, kh, kw, sh, sw, ph, pw, &oh, &ow)
+    if out.shape[0] != n or out.shape[1] != oh or out.shape[2] != ow or \
+            out.shape[3] != (c + 63) // 64:
+        raise ValueError("pack_nchw_affine_pool: out has the wrong shape")
+    with nogil:
+        bad = bnn_pack_nchw_affine_pool(lvl, &x[0, 0, 0, 0], n, c, h, w, &scale[0], &offset[0],
+                                        kh, kw, sh, sw, ph, pw, oh, ow, &orw[0],
+                                        &out[0, 0, 0, 0], nt)
+    if bad < 0:
+        raise MemoryError("pack_nchw_affine_pool: could not allocate scratch memory")
+    return bool(bad)
+
+
+def maxpool_bits(const uint64_t[:, :, :, ::1] x, int64_t c, int64_t kh, int64_t kw, int64_t sh,
+                 int64_t sw, int64_t ph, int64_t pw, const uint64_t[::1] orw,
+                 uint64_t[:, :, :, ::1] out, int nt):
+    """Max-pool of packed NHWC bits: AND over the window (OR where orw has the channel's
+    bit); out-of-image taps skipped; bits past c cleared.  out (N, OH, OW, ceil(c/64))."""
+    cdef int64_t oh, ow, cw = (c + 63) // 64
+    if (x.shape[0] < 1 or x.shape[1] < 1 or x.shape[2] < 1 or c < 1 or x.shape[3] != cw
+            or orw.shape[0] != cw or nt < 1):
+        raise ValueError("maxpool_bits: inconsistent shapes")
+    _check_pool(x.shape[1], x.shape[2], kh, kw, sh, sw, ph, pw, &oh, &ow)
+    if out.shape[0] != x.shape[0] or out.shape[1] != oh or out.shape[2] != ow or out.shape[3] != cw:
+        raise ValueError("maxpool_bits: out has the wrong shape")
+    with nogil:
+        bnn_maxpool_bits(&x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c, kh, kw, sh, sw,
+                         ph, pw, oh, ow, &orw[0], &out[0, 0, 0, 0], nt)
+
+
 # ---------------------------------------------------------------- GEMM
 cdef int _check_gemm(const uint64_t[:, ::1] a, const uint64_t[:, ::1] b, int64_t k, int nt) except -1:
     if (a.shape[0] < 1 or b.shape[0] < 1 or k < 1 or a.shape[1] != (k + 63) // 64
@@ -328,3 +426,28 @@ def conv_threshold_pack(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_
                       NULL, NULL, &lim[0], &flipw[0], nt)
     if rc:
         raise MemoryError("conv_threshold_pack: could not allocate scratch memory")
+
+
+def conv_threshold_pack_pool(const uint64_t[:, :, :, ::1] x, int64_t c,
+                             const uint64_t[:, :, :, ::1] w, int64_t sy, int64_t sx, int64_t py,
+                             int64_t px, bint pad_neg, const int64_t[::1] lim,
+                             const uint64_t[::1] flipw, int64_t qh, int64_t qw, int64_t qsh,
+                             int64_t qsw, int64_t qph, int64_t qpw, const uint64_t[::1] orw,
+                             uint64_t[:, :, :, ::1] out, int nt):
+    """conv_threshold_pack followed by maxpool_bits on its output (no Python in between).
+    out (N, PH, PW, ceil(O / 64)), fully written; orw: ceil(O / 64) words."""
+    cdef int64_t oh, ow, ph, pw, o = w.shape[0], ocw = (w.shape[0] + 63) // 64
+    _check_conv(x, c, w, sy, sx, py, px, nt, &oh, &ow)
+    if lim.shape[0] != o or flipw.shape[0] != ocw or orw.shape[0] != ocw:
+        raise ValueError("conv_threshold_pack_pool: inconsistent shapes")
+    _check_pool(oh, ow, qh, qw, qsh, qsw, qph, qpw, &ph, &pw)
+    if out.shape[0] != x.shape[0] or out.shape[1] != ph or out.shape[2] != pw or out.shape[3] != ocw:
+        raise ValueError("conv_threshold_pack_pool: out has the wrong shape")
+    cdef int rc, lvl = bnn_level()
+    with nogil:
+        rc = bnn_conv_pool(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
+                           &w[0, 0, 0, 0], o, w.shape[1], w.shape[2], sy, sx, py, px, pad_neg,
+                           oh, ow, &lim[0], &flipw[0], qh, qw, qsh, qsw, qph, qpw, ph, pw,
+                           &orw[0], &out[0, 0, 0, 0], nt)
+    if rc:
+        raise MemoryError("conv_threshold_pack_pool: could not allocate scratch memory")

@@ -81,6 +81,7 @@ typedef struct {
     int64_t rows, k, nw;            /* rows layout                                  */
     int64_t n, c, p, cw;            /* NCHW layout: n images, c channels, p pixels  */
     int dtype;                      /* BNN_DT_*                                     */
+    const float *scale, *offset;    /* affine packers: per column (rows) / channel   */
     int bad[256];                   /* per chunk: saw NaN/inf                       */
 } bnn_pack_job;
 
@@ -96,6 +97,7 @@ typedef void (*bnn_pack_fn)(bnn_pack_job *, int, int);
 typedef struct {
     bnn_job_fn dot, panel;
     bnn_pack_fn pack_rows[4], pack_nchw[4];   /* indexed by BNN_DT_* */
+    bnn_pack_fn pack_rows_aff, pack_nchw_aff; /* float32, bit = x * s + o < 0        */
     int d_mr, d_nr, p_mr, p_nr;
 } bnn_impl;
 

@@ -554,11 +554,72 @@ BNN_DEFINE_PACK_NCHW(pack_nchw_f64, double, BNN_NEG_F64, BNN_BAD_F64)
 BNN_DEFINE_PACK_NCHW(pack_nchw_i8, int8_t, BNN_NEG_I8, BNN_BAD_I8)
 BNN_DEFINE_PACK_NCHW(pack_nchw_bool, uint8_t, BNN_NEG_BOOL, BNN_BAD_BOOL)
 
+/* Affine float32 packers: bit = (x * scale + offset < 0), the product and the sum each
+ * rounded to float32 (no FMA: the build uses -ffp-contract=off), i.e. exactly NumPy's
+ * float32 `x * scale + offset < 0`.  scale/offset are per column (rows) or per channel
+ * (NCHW).  NaN/inf in x is reported (the result itself is never NaN for finite x, s, o). */
+static BNN_ATTR void FN(pack_rows_aff)(bnn_pack_job *job, int t, int T_) {
+    const int64_t rows = job->rows, k = job->k, nw = job->nw;
+    const int64_t r0 = rows * t / T_, r1 = rows * (t + 1) / T_;
+    const float *sc = job->scale, *of = job->offset;
+    int bad = 0;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *xr = (const float *)job->x + r * k;
+        uint64_t *o = job->out + r * nw;
+        for (int64_t wi = 0; wi < nw; wi++) {
+            const int64_t j0 = wi * 64, jn = bnn_min64(64, k - j0);
+            uint64_t word = 0;
+            for (int64_t j = 0; j < jn; j++) {
+                const float v = xr[j0 + j];
+                float z = v * sc[j0 + j];
+                z = z + of[j0 + j];
+                word |= (uint64_t)(z < 0.0f) << j;
+                bad |= BNN_BAD_F32(v);
+            }
+            o[wi] = word;
+        }
+    }
+    job->bad[t] = bad;
+}
+
+static BNN_ATTR void FN(pack_nchw_aff)(bnn_pack_job *job, int t, int T_) {
+    const int64_t N = job->n, C = job->c, P = job->p, CW = job->cw;
+    const int64_t nblk = (P + BNN_NCHW_PB - 1) / BNN_NCHW_PB, items = N * CW * nblk;
+    const int64_t i0 = items * t / T_, i1 = items * (t + 1) / T_;
+    uint64_t tmp[BNN_NCHW_PB];
+    int bad = 0;
+    for (int64_t it = i0; it < i1; it++) {
+        const int64_t n = it / (CW * nblk), rem = it - n * CW * nblk;
+        const int64_t wi = rem / nblk, p0 = (rem - wi * nblk) * BNN_NCHW_PB;
+        const int64_t pb = bnn_min64(BNN_NCHW_PB, P - p0);
+        const int64_t c0 = wi * 64, c1 = bnn_min64(C, c0 + 64);
+        for (int64_t q = 0; q < pb; q++) tmp[q] = 0;
+        for (int64_t c = c0; c < c1; c++) {
+            const float *xr = (const float *)job->x + (n * C + c) * P + p0;
+            const float s = job->scale[c], off = job->offset[c];
+            const uint64_t bit = (uint64_t)1 << (c - c0);
+            int b = 0;
+            for (int64_t q = 0; q < pb; q++) {
+                const float v = xr[q];
+                float z = v * s;
+                z = z + off;
+                tmp[q] |= (z < 0.0f) ? bit : 0;
+                b |= BNN_BAD_F32(v);
+            }
+            bad |= b;
+        }
+        uint64_t *o = job->out + (n * P + p0) * CW + wi;
+        for (int64_t q = 0; q < pb; q++) o[q * CW] = tmp[q];
+    }
+    job->bad[t] = bad;
+}
+
 /* ------------------------------------------------------------------ table */
 static const bnn_impl FN(impl) = {
     FN(dot_worker), FN(panel_worker),
     {FN(pack_rows_f32), FN(pack_rows_f64), FN(pack_rows_i8), FN(pack_rows_bool)},
     {FN(pack_nchw_f32), FN(pack_nchw_f64), FN(pack_nchw_i8), FN(pack_nchw_bool)},
+    FN(pack_rows_aff), FN(pack_nchw_aff),
     D_MR, D_NR, P_MR, P_NR,
 };
 

@@ -167,6 +167,7 @@ static int bnn_pack_rows(int level, int dtype, const void *x, int64_t rows, int6
     bnn_pack_job job;
     job.x = x; job.out = out; job.rows = rows; job.k = k; job.nw = (k + 63) / 64;
     job.n = job.c = job.p = job.cw = 0; job.dtype = dtype;
+    job.scale = job.offset = NULL;
     nt = bnn_threads_for(nt, (double)rows * (double)k, 262144.0);
     return bnn_run_pack(bnn_impls[level]->pack_rows[dtype], &job, nt, rows);
 }
@@ -177,8 +178,98 @@ static int bnn_pack_nchw(int level, int dtype, const void *x, int64_t n, int64_t
     bnn_pack_job job;
     job.x = x; job.out = out; job.rows = job.k = job.nw = 0;
     job.n = n; job.c = c; job.p = p; job.cw = (c + 63) / 64; job.dtype = dtype;
+    job.scale = job.offset = NULL;
     nt = bnn_threads_for(nt, (double)n * (double)c * (double)p, 262144.0);
     return bnn_run_pack(bnn_impls[level]->pack_nchw[dtype], &job, nt, n * job.cw * ((p + 255) / 256));
+}
+
+/* Affine float32 packing: bit = (x * scale + offset < 0), two float32 roundings (no FMA).
+ * Rows: scale/offset per column (k entries); NCHW: per channel (c entries).  Same
+ * layouts and return value as bnn_pack_rows / bnn_pack_nchw. */
+static int bnn_pack_rows_affine(int level, const float *x, int64_t rows, int64_t k,
+                                const float *scale, const float *offset, uint64_t *out, int nt) {
+    bnn_pack_job job;
+    job.x = x; job.out = out; job.rows = rows; job.k = k; job.nw = (k + 63) / 64;
+    job.n = job.c = job.p = job.cw = 0; job.dtype = BNN_DT_F32;
+    job.scale = scale; job.offset = offset;
+    nt = bnn_threads_for(nt, (double)rows * (double)k, 262144.0);
+    return bnn_run_pack(bnn_impls[level]->pack_rows_aff, &job, nt, rows);
+}
+
+static int bnn_pack_nchw_affine(int level, const float *x, int64_t n, int64_t c, int64_t p,
+                                const float *scale, const float *offset, uint64_t *out, int nt) {
+    bnn_pack_job job;
+    job.x = x; job.out = out; job.rows = job.k = job.nw = 0;
+    job.n = n; job.c = c; job.p = p; job.cw = (c + 63) / 64; job.dtype = BNN_DT_F32;
+    job.scale = scale; job.offset = offset;
+    nt = bnn_threads_for(nt, (double)n * (double)c * (double)p, 262144.0);
+    return bnn_run_pack(bnn_impls[level]->pack_nchw_aff, &job, nt, n * job.cw * ((p + 255) / 256));
+}
+
+/* ------------------------------------------------------------------ max-pool on bits */
+/* Max-pool of packed NHWC +-1 maps (C channels in CW words per pixel): with bit 1 = -1,
+ * the max of a window is the AND of its bits; channels flagged in orw take the min (OR).
+ * Taps outside the image are skipped (never win, as torch's -inf padding); a window
+ * with no tap inside the image (impossible when padding <= kernel / 2) gives AND = -1,
+ * OR = +1.  Bits past C are cleared.  out: N x OH x OW x CW words, fully written. */
+typedef struct {
+    const uint64_t *x; uint64_t *out; const uint64_t *orw;
+    int64_t N, H, W, C, CW, kh, kw, sh, sw, ph, pw, OH, OW;
+} bnn_mp_job;
+
+static void bnn_maxpool_chunk(void *ctx, int t, int T_) {
+    const bnn_mp_job *j = (const bnn_mp_job *)ctx;
+    const int64_t CW = j->CW, rows = j->N * j->OH;
+    const int64_t r0 = rows * t / T_, r1 = rows * (t + 1) / T_;
+    const uint64_t last = (j->C % 64) ? (((uint64_t)1 << (j->C % 64)) - 1) : ~(uint64_t)0;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t img = r / j->OH, oy = r - img * j->OH;
+        const int64_t y0 = oy * j->sh - j->ph;
+        const int64_t ylo = bnn_max64(y0, 0), yhi = bnn_min64(y0 + j->kh, j->H);
+        for (int64_t ox = 0; ox < j->OW; ox++) {
+            const int64_t x0 = ox * j->sw - j->pw;
+            const int64_t xlo = bnn_max64(x0, 0), xhi = bnn_min64(x0 + j->kw, j->W);
+            uint64_t *o = j->out + ((img * j->OH + oy) * j->OW + ox) * CW;
+            for (int64_t w = 0; w < CW; w++) {
+                uint64_t a = ~(uint64_t)0, b = 0;
+                for (int64_t y = ylo; y < yhi; y++) {
+                    const uint64_t *row = j->x + ((img * j->H + y) * j->W) * CW + w;
+                    for (int64_t q = xlo; q < xhi; q++) {
+                        const uint64_t v = row[q * CW];
+                        a &= v; b |= v;
+                    }
+                }
+                const uint64_t f = j->orw[w];
+                uint64_t v = (a & ~f) | (b & f);
+                if (w == CW - 1) v &= last;
+                o[w] = v;
+            }
+        }
+    }
+}
+
+static void bnn_maxpool_bits(const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
+                             int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                             int64_t OH, int64_t OW, const uint64_t *orw, uint64_t *out, int nt) {
+    bnn_mp_job j = {x, out, orw, N, H, W, C, (C + 63) / 64, kh, kw, sh, sw, ph, pw, OH, OW};
+    nt = bnn_threads_for(nt, (double)N * OH * OW * j.CW * kh * kw, 262144.0);
+    bnn_run_chunks(bnn_maxpool_chunk, &j, bnn_nchunks(nt, N * OH), nt);
+}
+
+/* Affine NCHW packing followed by the max-pool, through an internal scratch (the packed
+ * map before pooling).  Returns 1 on NaN/inf in x, -1 on allocation failure, else 0. */
+static int bnn_pack_nchw_affine_pool(int level, const float *x, int64_t n, int64_t c,
+                                     int64_t h, int64_t w, const float *scale,
+                                     const float *offset, int64_t kh, int64_t kw, int64_t sh,
+                                     int64_t sw, int64_t ph, int64_t pw, int64_t OH, int64_t OW,
+                                     const uint64_t *orw, uint64_t *out, int nt) {
+    const int64_t cw = (c + 63) / 64;
+    uint64_t *tmp = (uint64_t *)bnn_alloc((size_t)n * (size_t)h * (size_t)w * (size_t)cw * 8u);
+    if (!tmp) return -1;
+    int bad = bnn_pack_nchw_affine(level, x, n, c, h * w, scale, offset, tmp, nt);
+    if (!bad) bnn_maxpool_bits(tmp, n, h, w, c, kh, kw, sh, sw, ph, pw, OH, OW, orw, out, nt);
+    free(tmp);
+    return bad ? 1 : 0;
 }
 
 /* B (N rows x wlen words) -> panel: ceil(N/nr) groups of [wlen][nr] words; missing
@@ -340,6 +431,26 @@ static int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t 
     free(panel);
     free(xpad);
     return 0;
+}
+
+/* BITS conv followed by a max-pool on its packed output (through an internal zeroed
+ * scratch): out = maxpool(conv_threshold(x)), N x PH x PW x ceil(O/64) words.
+ * Returns 0, or -1 on allocation failure. */
+static int bnn_conv_pool(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
+                         const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy,
+                         int64_t sx, int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW,
+                         const int64_t *lim, const uint64_t *flipw, int64_t qh, int64_t qw,
+                         int64_t qsh, int64_t qsw, int64_t qph, int64_t qpw, int64_t PH, int64_t PW,
+                         const uint64_t *orw, uint64_t *out, int nt) {
+    const size_t words = (size_t)N * (size_t)OH * (size_t)OW * (size_t)((O + 63) / 64);
+    uint64_t *tmp = (uint64_t *)bnn_alloc(words * 8u);
+    if (!tmp) return -1;
+    memset(tmp, 0, words * 8u);
+    int rc = bnn_conv(level, x, N, H, W, C, w, O, kh, kw, sy, sx, py, px, pad_neg, OH, OW,
+                      BNN_EPI_BITS, 0, tmp, NULL, NULL, lim, flipw, nt);
+    if (!rc) bnn_maxpool_bits(tmp, N, OH, OW, O, qh, qw, qsh, qsw, qph, qpw, PH, PW, orw, out, nt);
+    free(tmp);
+    return rc;
 }
 
 #endif /* BNN_KERNELS_H */

@@ -92,3 +92,36 @@ def affine(d, alpha, bias) -> np.ndarray:
     """float32(d) * alpha, rounded, + bias, rounded (NumPy float32 arithmetic, no FMA)."""
     d32 = np.asarray(d).astype(np.float32)
     return (d32 * np.asarray(alpha, np.float32)) + np.asarray(bias, np.float32)
+
+
+def affine_signs(x, scale, offset, axis) -> np.ndarray:
+    """±1 of fl(fl(x * scale) + offset) in float32 (sign(0) = +1); scale/offset broadcast
+    along ``axis`` (NumPy float32 arithmetic: two roundings, no FMA)."""
+    x = np.asarray(x, np.float32)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    s = np.asarray(scale, np.float32).reshape(shape)
+    o = np.asarray(offset, np.float32).reshape(shape)
+    z = (x * s) + o
+    return np.where(z < 0, -1.0, 1.0).astype(np.float32)
+
+
+def maxpool_pm1(v, kernel_size, stride, padding, or_channels=None) -> np.ndarray:
+    """Max-pool of ±1 maps (N, C, H, W) by loops; channels flagged in ``or_channels`` take
+    the min; taps outside the image are ignored (torch's -inf padding)."""
+    v = np.asarray(v)
+    n, c, h, w = v.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    flags = np.zeros(c, bool) if or_channels is None else np.asarray(or_channels, bool)
+    out = np.empty((n, c, oh, ow), v.dtype)
+    for b in range(n):
+        for ch in range(c):
+            for y in range(oh):
+                for x in range(ow):
+                    taps = [v[b, ch, yy, xx]
+                            for yy in range(y * sh - ph, y * sh - ph + kh)
+                            for xx in range(x * sw - pw, x * sw - pw + kw)
+                            if 0 <= yy < h and 0 <= xx < w]
+                    out[b, ch, y, x] = min(taps) if flags[ch] else max(taps)
+    return out

@@ -520,3 +520,111 @@ def test_env_isa_switch_and_fork_safety():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.strip().splitlines()[-1]
     assert '"isa": "portable"' in out and '"child": 0' in out
+
+
+# ------------------------------------------------------------------ affine packers, bit pooling
+C_GRID = [1, 63, 64, 65, 129]
+
+
+def _scales(rng, c):
+    """Per-channel scales with ±1 (the PackedSign case), 0 (constant channels) and others."""
+    s = rng.choice(np.array([1.0, -1.0, 0.0, 0.5, -3.0, 1e-3], np.float32), c)
+    return s, rng.standard_normal(c).astype(np.float32)
+
+
+@pytest.mark.parametrize("k", C_GRID + [200])
+def test_pack_rows_affine_equals_numpy_float32(isa, k):
+    rng = np.random.default_rng(100 + k)
+    x = _real(rng, (5, k))
+    s, o = _scales(rng, k)
+    got = bk.pack_rows_affine(x, s, o)
+    assert got.k == k and got.words.shape == (5, bk.n_words(k))
+    np.testing.assert_array_equal(got.words, ref.pack_rows_fast(ref.affine_signs(x, s, o, axis=1)))
+
+
+@pytest.mark.parametrize("c", C_GRID)
+def test_pack_nhwc_affine_equals_numpy_float32(isa, c):
+    rng = np.random.default_rng(200 + c)
+    x = _real(rng, (2, c, 5, 3))
+    s, o = _scales(rng, c)
+    got = bk.pack_nhwc_affine(torch.from_numpy(x), s, o)
+    assert got.shape == (2, c, 5, 3)
+    np.testing.assert_array_equal(got.words, ref.pack_nhwc(ref.affine_signs(x, s, o, axis=1)))
+
+
+def test_affine_packers_break_exact_ties_as_sign0_plus1(isa):
+    # z = x*s + o is exactly 0 (+0 or -0) on a tie: +1; one float32 ulp on the other side: -1
+    u = np.array([0.3, -7.25, 1e-30, 0.0, 3.4e38, -1.5e-45], np.float32)   # incl. denormal
+    c = u.shape[0]
+    below, above = np.nextafter(u, np.float32(-np.inf)), np.nextafter(u, np.float32(np.inf))
+    x = np.stack([u, below, above, -u, -below, -above]).astype(np.float32)   # (6, c)
+    o = (-u).astype(np.float32)                       # z = s*x - u: sign of s*x - u exactly
+    for s in (1.0, -1.0):
+        want = np.where(s * x.astype(np.float64) >= u, 1.0, -1.0)             # exact comparison
+        np.testing.assert_array_equal(bk.pack_rows_affine(x, np.full(c, s), o).words,
+                                      ref.pack_rows_fast(want))
+        nchw = np.ascontiguousarray(x.T[None, :, :, None])                   # (1, c, 6, 1)
+        np.testing.assert_array_equal(bk.pack_nhwc_affine(nchw, np.full(c, s), o).words,
+                                      ref.pack_nhwc(want.T[None, :, :, None]))
+
+
+def test_affine_packers_accept_prepared_affine_and_threads(eager_threads):
+    rng = np.random.default_rng(3)
+    x = _real(rng, (3, 70, 9, 9))
+    s, o = _scales(rng, 70)
+    aff = bk.prepare_affine(s, o, channels=70)
+    want = bk.pack_nhwc_affine(x, s, o, n_threads=1).words
+    np.testing.assert_array_equal(bk.pack_nhwc_affine(x, aff, n_threads=2).words, want)
+    rows = x.reshape(-1, 70)
+    np.testing.assert_array_equal(bk.pack_rows_affine(rows, aff, n_threads=2).words,
+                                  bk.pack_rows_affine(rows, s, o, n_threads=1).words)
+    # offset=None means zeros: the plain sign packer
+    np.testing.assert_array_equal(bk.pack_rows_affine(rows, 1.0).words, bk.pack_signs(rows).words)
+
+
+_POOLS = [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((2, 3), (1, 2), (1, 1)),
+          ((1, 1), (1, 1), (0, 0))]
+
+
+@pytest.mark.parametrize("c", C_GRID)
+@pytest.mark.parametrize("geom", _POOLS, ids=["2x2s2", "3x3s2p1", "2x3s12p1", "1x1"])
+def test_maxpool2d_packed_equals_max_and_min_pool(c, geom):
+    rng = np.random.default_rng(300 + c)
+    x = rng.standard_normal((2, c, 7, 6)).astype(np.float32)
+    flags = rng.random(c) < 0.4
+    spec = bk.prepare_maxpool2d(c, *geom, or_channels=flags)
+    got = bk.maxpool2d_packed(bk.pack_nhwc(x), spec)
+    want = ref.maxpool_pm1(ref.sign(x), *geom, or_channels=flags)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got.words, ref.pack_nhwc(want))
+    # the fused affine pack + pool gives the same bits as pack then pool
+    s, o = _scales(rng, c)
+    fused = bk.pack_nhwc_affine(x, s, o, pool=spec)
+    want2 = ref.maxpool_pm1(ref.affine_signs(x, s, o, axis=1), *geom, or_channels=flags)
+    np.testing.assert_array_equal(fused.words, ref.pack_nhwc(want2))
+
+
+@pytest.mark.parametrize("o_ch", [1, 63, 64, 65, 129])
+def test_conv2d_threshold_with_pool_equals_conv_then_pool(isa, o_ch):
+    rng = np.random.default_rng(400 + o_ch)
+    x, w = rng.standard_normal((2, 5, 8, 7)), rng.standard_normal((o_ch, 5, 3, 3))
+    thr = rng.integers(-8, 9, o_ch).astype(np.float64)
+    flip = rng.random(o_ch) < 0.3
+    flags = rng.random(o_ch) < 0.4
+    spec = bk.prepare_maxpool2d(o_ch, 2, 2, 1, or_channels=flags)
+    got = bk.conv2d_threshold(bk.pack_nhwc(x), bk.pack_conv_weights(w), thr, flip, 1, 1, -1.0,
+                              pool=spec)
+    d = ref.conv_signs(x, w, 1, 1, -1.0)                                  # (N, O, H, W)
+    signs = np.moveaxis(ref.threshold_signs(np.moveaxis(d, 1, 3), thr, flip), 3, 1)
+    want = ref.maxpool_pm1(signs, (2, 2), (2, 2), (1, 1), or_channels=flags)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got.words, ref.pack_nhwc(want))
+
+
+def test_trusted_constructors_skip_checks_and_keep_the_old_name():
+    w = np.zeros((2, 1), np.uint64)
+    p = bk.PackedBits.trusted(w, 3)
+    assert p.words is w and p.shape == (2, 3)
+    a = bk.PackedActivations.trusted(np.zeros((1, 2, 2, 1), np.uint64), 5)
+    assert a.shape == (1, 5, 2, 2)
+    assert bk.PackedBits._trusted(w, 3).k == 3            # former private name still works

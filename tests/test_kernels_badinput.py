@@ -161,6 +161,64 @@ CASES = [
     ("raw-pack-out", "_kernels.pack_rows(np.ones((2, 65), np.float32), np.empty((2, 1), np.uint64), 1)",
      "ValueError", "pack_rows"),
     ("raw-threads", "_kernels.gemm(P3.words, P3.words, 3, np.empty((2, 2), np.int32), 0)", "ValueError", "gemm"),
+    # affine packers
+    ("aff-rows-f64", "bk.pack_rows_affine(np.ones((2, 3)), 1.0, 0.0)", "TypeError", "x"),
+    ("aff-rows-int8", "bk.pack_rows_affine(np.ones((2, 3), np.int8), 1.0, 0.0)", "TypeError", "x"),
+    ("aff-rows-bool", "bk.pack_rows_affine(np.ones((2, 3), bool), 1.0, 0.0)", "TypeError", "x"),
+    ("aff-rows-1d", "bk.pack_rows_affine(np.ones(3, np.float32), 1.0, 0.0)", "ValueError", "x"),
+    ("aff-rows-empty", "bk.pack_rows_affine(np.ones((0, 3), np.float32), 1.0, 0.0)", "ValueError", "x"),
+    ("aff-rows-nan", "bk.pack_rows_affine(np.array([[1.0, np.nan]], np.float32), 1.0, 0.0)", "ValueError", "NaN"),
+    ("aff-rows-inf", "bk.pack_rows_affine(np.full((1, 70), np.inf, np.float32), 0.0, 1.0)", "ValueError", "inf"),
+    ("aff-rows-scale-shape", "bk.pack_rows_affine(np.ones((2, 3), np.float32), np.ones(4), 0.0)", "ValueError", "scale"),
+    ("aff-rows-offset-shape", "bk.pack_rows_affine(np.ones((2, 3), np.float32), 1.0, np.ones(2))", "ValueError", "offset"),
+    ("aff-rows-scale-nan", "bk.pack_rows_affine(np.ones((2, 3), np.float32), np.nan, 0.0)", "ValueError", "scale"),
+    ("aff-rows-offset-inf", "bk.pack_rows_affine(np.ones((2, 3), np.float32), 1.0, np.inf)", "ValueError", "offset"),
+    ("aff-rows-scale-f32-overflow", "bk.pack_rows_affine(np.ones((2, 3), np.float32), 1e300, 0.0)", "ValueError", "scale"),
+    ("aff-rows-scale-str", "bk.pack_rows_affine(np.ones((2, 3), np.float32), 'a', 0.0)", "TypeError", "scale"),
+    ("aff-rows-scale-bool", "bk.pack_rows_affine(np.ones((2, 3), np.float32), True, 0.0)", "TypeError", "scale"),
+    ("aff-rows-prepared-and-offset", "bk.pack_rows_affine(np.ones((2, 3), np.float32), "
+     "bk.prepare_affine(1.0, channels=3), 0.0)", "ValueError", "offset"),
+    ("aff-rows-prepared-channels", "bk.pack_rows_affine(np.ones((2, 3), np.float32), "
+     "bk.prepare_affine(1.0, channels=4))", "ValueError", "scale"),
+    ("aff-nhwc-3d", "bk.pack_nhwc_affine(np.ones((2, 3, 4), np.float32), 1.0, 0.0)", "ValueError", "x"),
+    ("aff-nhwc-f64", "bk.pack_nhwc_affine(torch.ones(1, 2, 3, 3, dtype=torch.float64), 1.0, 0.0)", "TypeError", "x"),
+    ("aff-nhwc-list", "bk.pack_nhwc_affine([[[[1.0]]]], 1.0, 0.0)", "TypeError", "x"),
+    ("aff-nhwc-nan", "bk.pack_nhwc_affine(torch.full((1, 65, 2, 2), float('nan')), 1.0, 0.0)", "ValueError", "NaN"),
+    ("aff-nhwc-nan-pool", "bk.pack_nhwc_affine(torch.full((1, 2, 2, 2), float('nan')), 1.0, 0.0, "
+     "pool=bk.prepare_maxpool2d(2, 2))", "ValueError", "NaN"),
+    ("aff-nhwc-scale-shape", "bk.pack_nhwc_affine(np.ones((1, 3, 2, 2), np.float32), np.ones(2), 0.0)",
+     "ValueError", "scale"),
+    ("aff-nhwc-pool-type", "bk.pack_nhwc_affine(np.ones((1, 3, 2, 2), np.float32), 1.0, 0.0, pool=2)",
+     "TypeError", "pool"),
+    ("aff-nhwc-pool-channels", "bk.pack_nhwc_affine(np.ones((1, 3, 2, 2), np.float32), 1.0, 0.0, "
+     "pool=bk.prepare_maxpool2d(4, 2))", "ValueError", "pool"),
+    ("aff-nhwc-pool-too-big", "bk.pack_nhwc_affine(np.ones((1, 3, 2, 2), np.float32), 1.0, 0.0, "
+     "pool=bk.prepare_maxpool2d(3, 3))", "ValueError", "x"),
+    ("affine-channels-0", "bk.prepare_affine(1.0, channels=0)", "ValueError", "channels"),
+    # max-pool on bits
+    ("pool-channels-0", "bk.prepare_maxpool2d(0, 2)", "ValueError", "channels"),
+    ("pool-kernel-0", "bk.prepare_maxpool2d(3, 0)", "ValueError", "kernel_size"),
+    ("pool-kernel-float", "bk.prepare_maxpool2d(3, 2.0)", "TypeError", "kernel_size"),
+    ("pool-kernel-triple", "bk.prepare_maxpool2d(3, (2, 2, 2))", "ValueError", "kernel_size"),
+    ("pool-stride-0", "bk.prepare_maxpool2d(3, 2, 0)", "ValueError", "stride"),
+    ("pool-padding-neg", "bk.prepare_maxpool2d(3, 2, 2, -1)", "ValueError", "padding"),
+    ("pool-padding-half", "bk.prepare_maxpool2d(3, 2, 2, 2)", "ValueError", "padding"),
+    ("pool-or-shape", "bk.prepare_maxpool2d(3, 2, or_channels=[True, False])", "ValueError", "or_channels"),
+    ("pool-or-float", "bk.prepare_maxpool2d(3, 2, or_channels=np.ones(3))", "TypeError", "or_channels"),
+    ("pool-x-type", "bk.maxpool2d_packed(np.zeros((1, 2, 2, 1), np.uint64), bk.prepare_maxpool2d(3, 2))",
+     "TypeError", "x"),
+    ("pool-spec-type", "bk.maxpool2d_packed(X3, (2, 2))", "TypeError", "pool"),
+    ("pool-spec-channels", "bk.maxpool2d_packed(X3, bk.prepare_maxpool2d(4, 2))", "ValueError", "pool"),
+    ("pool-too-small", "bk.maxpool2d_packed(X3, bk.prepare_maxpool2d(3, 9))", "ValueError", "x"),
+    ("conv-pool-type", "bk.conv2d_threshold(X3, W3, 0.0, pool='max')", "TypeError", "pool"),
+    ("conv-pool-channels", "bk.conv2d_threshold(X3, W3, 0.0, pool=bk.prepare_maxpool2d(3, 2))",
+     "ValueError", "pool"),
+    ("conv-pool-too-small", "bk.conv2d_threshold(X3, W3, 0.0, pool=bk.prepare_maxpool2d(2, 9))",
+     "ValueError", "conv output"),
+    ("raw-maxpool-padding", "_kernels.maxpool_bits(X3.words, 3, 2, 2, 1, 1, 2, 0, np.zeros(1, np.uint64), "
+     "np.empty((1, 8, 6, 1), np.uint64), 1)", "ValueError", "maxpool"),
+    ("raw-aff-scale", "_kernels.pack_rows_affine(np.ones((2, 3), np.float32), np.ones(2, np.float32), "
+     "np.ones(3, np.float32), np.empty((2, 1), np.uint64), 1)", "ValueError", "pack_rows_affine"),
 ]
 
 CHILD = r"""

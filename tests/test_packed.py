@@ -406,6 +406,34 @@ def test_entry_fold_float_thresholds_break_ties_and_handle_constant_channels():
     np.testing.assert_array_equal(_eval(model, x).numpy(), want)
 
 
+@pytest.mark.parametrize("c", [1, 63, 64, 65, 129])
+def test_entry_fold_with_pool_breaks_ties_on_4d_inputs_and_fused_steps_match_stages(c):
+    # float MaxPool -> BN (ties, negative and zero scales) -> sign -> binary conv: the entry
+    # fold becomes PackedSign + PackedMaxPool2d, which PackedModel runs as ONE kernel call
+    rng = np.random.default_rng(c)
+    model = nn.Sequential(nn.MaxPool2d(2), nn.BatchNorm2d(c),
+                          L.BinaryConv2d(c, 5, 3, padding=1, bias=False, pad_value=1.0)).eval()
+    means = (rng.integers(-8, 9, c) / 4).astype(np.float32)
+    scales = rng.choice(np.array([1.0, -1.0, 0.5, -0.5, 0.0], np.float32), c)
+    _tie_bn(model[1], means, scales)
+    x = np.repeat(means[None, :, None, None], 6 * 6, axis=2).reshape(1, c, 6, 6).copy()
+    x[0, :, ::2, ::2] += rng.choice(np.array([-1e-3, 0.0, 1e-3], np.float32), (c, 3, 3))
+    x = np.concatenate([x, rng.standard_normal((1, c, 6, 6)).astype(np.float32)])
+    xt = torch.from_numpy(x)
+    p = packed.export(model)
+    kinds = [type(m).__name__ for m in p.body]
+    assert kinds == ["PackedSign", "PackedMaxPool2d", "PackedConv2d"], kinds
+    assert len(p._steps()) == 2                               # sign + pool fused
+    want = _eval(model, xt)
+    pooled = nn.functional.max_pool2d(xt, 2)
+    z = (pooled.numpy().astype(np.float64) - means[None, :, None, None]) \
+        * scales[None, :, None, None]
+    assert (z == 0).any()                                     # real ties reach the sign
+    assert torch.equal(p(xt), want)
+    with torch.no_grad():
+        assert torch.equal(p.body(xt), want)                  # stage by stage (unfused)
+
+
 def test_packed_maxpool_on_bits_equals_max_and_min_pool():
     rng = np.random.default_rng(0)
     c = 70
@@ -549,11 +577,13 @@ def test_reference_cnn_file_is_20x_smaller_than_float_twin(cnn_export, tmp_path)
     s = p.sizes()
     assert s["packed_file_bytes"] == n and s["float_state_dict_bytes"] == len(own.getvalue())
     assert s["ratio"] >= 20
-    # binary weights as the kernels hold them: C_in=32 pads each tap's word (see PackedConv2d)
-    want = 64 * 9 * ref.words_per_row(32) * 8 + 64 * 9 * ref.words_per_row(64) * 8 \
+    # binary weights as the kernels hold them: C_in=c0 < 64 pads each tap's word (see
+    # PackedConv2d); c0 = width of the float first conv (models.binary_cnn's default)
+    c0 = model[0].out_channels
+    want = 64 * 9 * ref.words_per_row(c0) * 8 + 64 * 9 * ref.words_per_row(64) * 8 \
         + 128 * ref.words_per_row(576) * 8
     assert s["packed_weight_bytes"] == want
-    assert s["float_weight_bytes"] == 4 * (64 * 32 * 9 + 64 * 64 * 9 + 128 * 576)
+    assert s["float_weight_bytes"] == 4 * (64 * c0 * 9 + 64 * 64 * 9 + 128 * 576)
 
 
 # ------------------------------------------------------------------------------ CLI
