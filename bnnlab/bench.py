@@ -102,6 +102,19 @@ def _interleaved(fns: Sequence[Callable[[], object]], repeats: int, warmup: int,
     return [statistics.median(s) for s in samples]
 
 
+def _call_times(model: Callable, x, repeats: int, warmup: int) -> list[float]:
+    """Wall times (seconds) of ``repeats`` calls ``model(x)`` after ``warmup`` untimed ones; the
+    caller chooses the grad mode and the statistic."""
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def latency(model: Callable, x, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time (seconds) of ``model(x)`` under ``torch.inference_mode``.
 
@@ -114,14 +127,8 @@ def latency(model: Callable, x, repeats: int = 20, warmup: int = 3) -> float:
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    times = []
     with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
+        times = _call_times(model, x, repeats, warmup)
     return statistics.median(times)
 
 

@@ -15,18 +15,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from bnnlab.layers import BinaryConv2d
+from bnnlab.layers import BinaryConv2d, _check_positive_int
 from bnnlab.quantizers import RSign, get_quantizer
 
 __all__ = ["LearnableBias", "RPReLU", "BiRealBlock", "ReActBlock"]
-
-
-def _check_channels(value: Any, argname: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{argname} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{argname} must be >= 1, got {value}")
-    return value
 
 
 def _check_stride(stride: Any) -> int:
@@ -75,7 +67,7 @@ class LearnableBias(nn.Module):
 
     def __init__(self, num_channels: int) -> None:
         super().__init__()
-        self.num_channels = _check_channels(num_channels, "num_channels")
+        self.num_channels = _check_positive_int(num_channels, "num_channels")
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -114,7 +106,7 @@ class RPReLU(nn.Module):
 
     def __init__(self, num_channels: int, init_slope: float = 0.25) -> None:
         super().__init__()
-        self.num_channels = _check_channels(num_channels, "num_channels")
+        self.num_channels = _check_positive_int(num_channels, "num_channels")
         if isinstance(init_slope, bool) or not isinstance(init_slope, (int, float)):
             raise TypeError(f"init_slope must be a float, got {type(init_slope).__name__}")
         self.gamma = nn.Parameter(torch.zeros(num_channels))
@@ -181,8 +173,8 @@ class BiRealBlock(nn.Module):
                  weight_quantizer: Any = "magnitude_aware_sign", weight_clip: float | None = None,
                  pad_value: float = 1.0, activation: str = "hardtanh") -> None:
         super().__init__()
-        _check_channels(in_channels, "in_channels")
-        _check_channels(out_channels, "out_channels")
+        _check_positive_int(in_channels, "in_channels")
+        _check_positive_int(out_channels, "out_channels")
         stride = _check_stride(stride)
         self.in_channels, self.out_channels, self.stride, self.binary = (
             in_channels, out_channels, stride, bool(binary))
@@ -244,8 +236,8 @@ class ReActBlock(nn.Module):
                  binary: bool = True, weight_quantizer: Any = "magnitude_aware_sign",
                  weight_clip: float | None = None, pad_value: float = 1.0) -> None:
         super().__init__()
-        _check_channels(in_channels, "in_channels")
-        _check_channels(out_channels, "out_channels")
+        _check_positive_int(in_channels, "in_channels")
+        _check_positive_int(out_channels, "out_channels")
         stride = _check_stride(stride)
         if out_channels not in (in_channels, 2 * in_channels):
             raise ValueError(f"out_channels must be in_channels ({in_channels}) or twice it, "

@@ -775,15 +775,11 @@ def _packed_weight_bytes(model: nn.Module) -> dict[str, int]:
 
 
 def _median_forward_ms(model: nn.Module, x: Tensor, repeats: int) -> float:
+    from bnnlab.bench import _call_times
+
     model.eval()
     with torch.no_grad():
-        for _ in range(2):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
+        times = _call_times(model, x, repeats, warmup=2)
     return float(np.median(times) * 1e3)
 
 

@@ -98,6 +98,16 @@ def _check_count(value: Any, argname: str) -> int:
     return value
 
 
+def _check_positive_int(value: Any, argname: str) -> int:
+    """The argument checker of :mod:`bnnlab.blocks` and :mod:`bnnlab.models` (channels, widths,
+    counts): an int >= 1. Its messages name the type, where :func:`_check_count` shows the value."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{argname} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{argname} must be >= 1, got {value}")
+    return value
+
+
 def _check_bool(value: Any, argname: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{argname} must be a bool, got {value!r}")
@@ -210,6 +220,18 @@ class _BinaryConvMixin(_BinaryMixin):
 
     pad_value: float
     _conv_fn: Any
+
+    # The constructor of BinaryConv1d / BinaryConv2d: torch's Conv{1,2}d arguments (names, order,
+    # defaults) plus the keyword-only binary extras.
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 device=None, dtype=None, *, input_quantizer: Any = "ste_sign",
+                 weight_quantizer: Any = "ste_sign", weight_clip: float | None = None,
+                 pad_value: float = 0.0) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device, dtype)
+        self._init_binary(input_quantizer, weight_quantizer, weight_clip)
+        self._init_pad_value(pad_value)
 
     def _init_pad_value(self, pad_value: Any) -> None:
         self.pad_value = _check_pad_value(pad_value, self.padding_mode)
@@ -327,16 +349,6 @@ class BinaryConv1d(_BinaryConvMixin, nn.Conv1d):
     _float_type = nn.Conv1d
     _conv_fn = staticmethod(F.conv1d)
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None, *, input_quantizer: Any = "ste_sign",
-                 weight_quantizer: Any = "ste_sign", weight_clip: float | None = None,
-                 pad_value: float = 0.0) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device, dtype)
-        self._init_binary(input_quantizer, weight_quantizer, weight_clip)
-        self._init_pad_value(pad_value)
-
 
 class BinaryConv2d(_BinaryConvMixin, nn.Conv2d):
     r"""2-D convolution of binarised inputs with binarised weights (BinaryNet).
@@ -383,16 +395,6 @@ class BinaryConv2d(_BinaryConvMixin, nn.Conv2d):
 
     _float_type = nn.Conv2d
     _conv_fn = staticmethod(F.conv2d)
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None, *, input_quantizer: Any = "ste_sign",
-                 weight_quantizer: Any = "ste_sign", weight_clip: float | None = None,
-                 pad_value: float = 0.0) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device, dtype)
-        self._init_binary(input_quantizer, weight_quantizer, weight_clip)
-        self._init_pad_value(pad_value)
 
 
 # --------------------------------------------------------------------------- XNOR-Net

@@ -26,19 +26,11 @@ from typing import Any
 from torch import nn
 
 from bnnlab.blocks import BiRealBlock, ReActBlock
-from bnnlab.layers import BinaryConv2d, BinaryLinear
+from bnnlab.layers import BinaryConv2d, BinaryLinear, _check_positive_int
 
 __all__ = ["binary_mlp", "binary_cnn", "tiny_bireal", "tiny_reactnet", "count_parameters"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh, "identity": nn.Identity}
-
-
-def _check_positive_int(value: Any, argname: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{argname} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{argname} must be >= 1, got {value}")
-    return value
 
 
 def _check_widths(values: Any, argname: str, min_len: int = 1) -> tuple[int, ...]:

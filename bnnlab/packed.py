@@ -373,6 +373,19 @@ class _PackedLayer(nn.Module):
             return x - self.tau.reshape(channel_shape)
         return x
 
+    def _flags_repr(self, beta_label: str) -> str:
+        """The ``extra_repr`` tail naming the float epilogue's parts (``beta_label`` for β)."""
+        s = ""
+        if self.alpha_q is not None or self.alpha_x is not None:
+            s += ", alpha"
+        if self.beta:
+            s += f", {beta_label}"
+        if self.bias is not None:
+            s += ", bias"
+        if self.fused:
+            s += ", fused_threshold"
+        return s
+
     def _who(self) -> str:
         return f"{type(self).__name__}({self.name!r})" if self.name else type(self).__name__
 
@@ -467,15 +480,7 @@ class PackedLinear(_PackedLayer):
     def extra_repr(self) -> str:
         s = (f"in_features={self.in_features}, out_features={self.out_features}, "
              f"input={self.input_mode}")
-        if self.alpha_q is not None or self.alpha_x is not None:
-            s += ", alpha"
-        if self.beta:
-            s += ", beta"
-        if self.bias is not None:
-            s += ", bias"
-        if self.fused:
-            s += ", fused_threshold"
-        return s
+        return s + self._flags_repr("beta")
 
     def _input_scale(self, x: Tensor) -> Tensor:
         return x.abs().mean(dim=-1, keepdim=True)
@@ -596,15 +601,7 @@ class PackedConv2d(_PackedLayer):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}, padding={self.padding}, pad_value={self.pad_value}, "
              f"input={self.input_mode}")
-        if self.alpha_q is not None or self.alpha_x is not None:
-            s += ", alpha"
-        if self.beta:
-            s += ", kmap"
-        if self.bias is not None:
-            s += ", bias"
-        if self.fused:
-            s += ", fused_threshold"
-        return s
+        return s + self._flags_repr("kmap")
 
     def _input_scale(self, x: Tensor) -> Tensor:
         # mirror of XnorConv2d.input_scale with groups=1, dilation=1, zero padding

@@ -49,7 +49,22 @@ class Quantizer(nn.Module):
     precision: ClassVar[int | None] = None
 
 
-class SteSign(Quantizer):
+class _ClipValueQuantizer(Quantizer):
+    """A 1-bit quantizer whose only hyperparameter is the STE's ``clip_value`` (checked, stored,
+    shown in the repr); subclasses define ``forward``."""
+
+    precision = 1
+
+    def __init__(self, clip_value: float | None = 1.0) -> None:
+        super().__init__()
+        _check_clip_value(clip_value)
+        self.clip_value = clip_value
+
+    def extra_repr(self) -> str:
+        return f"clip_value={self.clip_value}"
+
+
+class SteSign(_ClipValueQuantizer):
     r"""Binarise to :math:`\{-1, +1\}` with a clipped straight-through gradient.
 
     .. math::
@@ -75,18 +90,8 @@ class SteSign(Quantizer):
         Courbariaux et al., *Binarized Neural Networks*, 2016, arXiv:1602.02830.
     """
 
-    precision = 1
-
-    def __init__(self, clip_value: float | None = 1.0) -> None:
-        super().__init__()
-        _check_clip_value(clip_value)
-        self.clip_value = clip_value
-
     def forward(self, x: Tensor) -> Tensor:
         return BF.ste_sign(x, self.clip_value)
-
-    def extra_repr(self) -> str:
-        return f"clip_value={self.clip_value}"
 
 
 class ApproxSign(Quantizer):
@@ -154,7 +159,7 @@ class SwishSign(Quantizer):
         return f"beta={self.beta}"
 
 
-class SteHeaviside(Quantizer):
+class SteHeaviside(_ClipValueQuantizer):
     r"""Binarise to :math:`\{0, 1\}` with a clipped straight-through gradient.
 
     .. math::
@@ -174,21 +179,11 @@ class SteHeaviside(Quantizer):
         larq ``SteHeaviside``; STE as in Courbariaux et al., 2016, arXiv:1602.02830.
     """
 
-    precision = 1
-
-    def __init__(self, clip_value: float | None = 1.0) -> None:
-        super().__init__()
-        _check_clip_value(clip_value)
-        self.clip_value = clip_value
-
     def forward(self, x: Tensor) -> Tensor:
         return BF.ste_heaviside(x, self.clip_value)
 
-    def extra_repr(self) -> str:
-        return f"clip_value={self.clip_value}"
 
-
-class MagnitudeAwareSign(Quantizer):
+class MagnitudeAwareSign(_ClipValueQuantizer):
     r"""Bi-Real Net's magnitude-aware sign for weights: :math:`\alpha_o \operatorname{sign}(W_o)`.
 
     .. math::
@@ -210,18 +205,8 @@ class MagnitudeAwareSign(Quantizer):
         Liu et al., *Bi-Real Net*, ECCV 2018, arXiv:1808.00278.
     """
 
-    precision = 1
-
-    def __init__(self, clip_value: float | None = 1.0) -> None:
-        super().__init__()
-        _check_clip_value(clip_value)
-        self.clip_value = clip_value
-
     def forward(self, x: Tensor) -> Tensor:
         return BF.magnitude_aware_sign(x, self.clip_value)
-
-    def extra_repr(self) -> str:
-        return f"clip_value={self.clip_value}"
 
 
 class StochasticSign(Quantizer):

@@ -24,7 +24,6 @@ builder                                    shows
 from __future__ import annotations
 
 import math
-import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +31,6 @@ from collections.abc import Callable, Mapping
 import ipywidgets as W
 import numpy as np
 import plotly.graph_objects as go
-import torch
 from torch import nn
 
 from bnnlab import analysis as A
@@ -434,25 +432,6 @@ def gradient_mismatch_explorer(results) -> GradientMismatchExplorer:
 # =============================================================================================
 # Live comparison
 # =============================================================================================
-def _time_forward(model: nn.Module, input_shape, repeats: int = 30, warmup: int = 5) -> float:
-    """Median seconds of one batch-1 forward pass (eval mode, no grad)."""
-    x = torch.zeros(1, *input_shape)
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for _ in range(warmup):
-                model(x)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - t0)
-    finally:
-        model.train(was)
-    return statistics.median(times)
-
-
 def default_latency_fn(input_shape) -> Callable[[nn.Module], float]:
     """``model -> seconds`` of one batch-1 inference, as a user would deploy it.
 
@@ -570,7 +549,8 @@ def live_comparison(variants: Mapping, data, epochs: int = 3, *, latency_fn=None
         data: a :class:`bnnlab.data.Split` (fits ``train``, reports ``val``).
         epochs: epochs per variant. Default: ``3``.
         latency_fn: ``model -> seconds`` of one inference; default :func:`default_latency_fn`
-            (``bnnlab.bench`` if present, else timed torch forward passes).
+            (:func:`bnnlab.bench.model_latency`: the packed kernels for a binary model the
+            exporter supports, torch float32 otherwise).
         input_shape: one sample's shape (summary, latency); default: from ``data``.
         lr, batch_size: for :func:`bnnlab.train.fit`; fit_kw: more of its arguments.
         metric: the curve shown: ``"val_acc"``, ``"val_loss"``, ``"train_acc"``,

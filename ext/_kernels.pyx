@@ -181,21 +181,26 @@ def openmp_enabled():
 
 
 # ---------------------------------------------------------------- packing
+cdef inline int _dtype_code(const real_t *x) noexcept nogil:
+    """The packers' element-type code of x: float 0, double 1, int8 2, uint8 (bool) 3."""
+    if real_t is float:
+        return 0
+    elif real_t is double:
+        return 1
+    elif real_t is "signed char":
+        return 2
+    return 3
+
+
 def pack_rows(const real_t[:, ::1] x, uint64_t[:, ::1] out, int nt):
     """out[r] = packed sign bits of x[r]; returns True if a float x held NaN or inf.
     out: (rows, ceil(k / 64)), every word written."""
     cdef int64_t rows = x.shape[0], k = x.shape[1]
-    cdef int bad, lvl = bnn_level(), dt = 3
-    if real_t is float:
-        dt = 0
-    elif real_t is double:
-        dt = 1
-    elif real_t is "signed char":
-        dt = 2
+    cdef int bad, lvl = bnn_level()
     if out.shape[0] != rows or out.shape[1] != (k + 63) // 64 or rows < 1 or k < 1 or nt < 1:
         raise ValueError("pack_rows: inconsistent shapes")
     with nogil:
-        bad = bnn_pack_rows(lvl, dt, &x[0, 0], rows, k, &out[0, 0], nt)
+        bad = bnn_pack_rows(lvl, _dtype_code(&x[0, 0]), &x[0, 0], rows, k, &out[0, 0], nt)
     return bool(bad)
 
 
@@ -203,18 +208,13 @@ def pack_nchw(const real_t[:, :, ::1] x, uint64_t[:, :, ::1] out, int nt):
     """x: (N, C, H*W) values -> out: (N, H*W, ceil(C / 64)) words (packed NHWC).
     Returns True if a float x held NaN or inf."""
     cdef int64_t n = x.shape[0], c = x.shape[1], p = x.shape[2]
-    cdef int bad, lvl = bnn_level(), dt = 3
-    if real_t is float:
-        dt = 0
-    elif real_t is double:
-        dt = 1
-    elif real_t is "signed char":
-        dt = 2
+    cdef int bad, lvl = bnn_level()
     if (out.shape[0] != n or out.shape[1] != p or out.shape[2] != (c + 63) // 64
             or n < 1 or c < 1 or p < 1 or nt < 1):
         raise ValueError("pack_nchw: inconsistent shapes")
     with nogil:
-        bad = bnn_pack_nchw(lvl, dt, &x[0, 0, 0], n, c, p, &out[0, 0, 0], nt)
+        bad = bnn_pack_nchw(lvl, _dtype_code(&x[0, 0, 0]), &x[0, 0, 0], n, c, p,
+                            &out[0, 0, 0], nt)
     return bool(bad)
 
 

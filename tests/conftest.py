@@ -12,3 +12,12 @@ def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """Train on one thread: on a busy two-core machine two OpenMP threads can be 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,15 +12,6 @@ import torch
 from bnnlab import experiments as E
 
 
-@pytest.fixture
-def one_thread():
-    """Train on one thread: on a busy two-core machine two OpenMP threads can be 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _strict(path):
     """Load JSON refusing NaN/Infinity (which strict JSON does not have)."""
     def bad(token):

@@ -351,15 +351,6 @@ def test_model_selection_uses_validation_not_test():
         E.KeepBest().restore(model)
 
 
-@pytest.fixture
-def one_thread():
-    """Train on one thread: on a busy two-core machine two OpenMP threads can be 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_train_one_reports_test_at_the_validation_epoch(one_thread):
     """A real (tiny) fit: the record's epoch is the first argmax of the validation curve and the
     test accuracy is that of the restored weights."""
