@@ -23,7 +23,9 @@ Two ways in:
   of the first layer becomes one exact per-channel float comparison (:class:`PackedSign`,
   thresholds found by bisection over float32 with the torch modules) plus a max-pool on bits.
   The last binary layer has a float epilogue; float first/last layers and the modules after
-  the last binary layer stay torch. ``PackedModel.notes`` says what was fused and why not.
+  the last binary layer stay torch, except that an eval BatchNorm directly after that layer
+  is folded into its epilogue (``export(..., fold_float_bn=True)``, the default; see
+  *Exactness*). ``PackedModel.notes`` says what was fused or folded and why not.
 
 Exactness
 ---------
@@ -38,6 +40,14 @@ float32 rounding difference). With a per-channel weight scale α (``MagnitudeAwa
 ``ScaledSign``) the torch layer sums :math:`\pm\alpha` terms in float32 with its own rounding
 while the packed layer computes ``float32(d) * α`` once: outputs agree to float rounding
 (``allclose``), not bit for bit.
+
+The default ``fold_float_bn=True`` of :func:`export` (with ``fuse=True``) also folds the eval
+BatchNorm that follows the last binary layer of a chain into its float epilogue (one
+per-channel ``scale * d + offset``, computed in float64 and rounded once to float32; layer
+attribute ``folded_bn``, noted in ``PackedModel.notes``). The integer parts stay bit-exact; the
+float outputs then agree with torch to float rounding (``allclose``, predictions identical on
+the reference models) rather than bit for bit. ``export(..., fold_float_bn=False)`` keeps the
+BatchNorm as a torch stage and the bit-exact behaviour described above.
 
 Export rules (``export`` raises :class:`ValueError` naming the layer, never changes the math):
 
@@ -76,7 +86,9 @@ A little-endian binary file::
     end - 32        32 bytes  SHA-256 of every preceding byte
 
 Stage kinds: ``packed_linear``, ``packed_conv2d`` (words ``uint64``, α/bias/τ ``float32``,
-fused ``threshold`` ``float32`` (integers or ±inf) and ``flip`` bits), ``packed_maxpool2d``
+fused ``threshold`` ``float32`` (integers or ±inf) and ``flip`` bits; optional cfg
+``folded_bn: true`` when a BatchNorm was folded into α/bias, only on unfused layers; files
+without it load as before), ``packed_maxpool2d``
 (``or_channels`` bits), ``packed_flatten``, ``packed_sign`` (``threshold`` ``float32``,
 ``negate`` bits), and the float modules ``linear``, ``conv2d``, ``batchnorm1d/2d``,
 ``maxpool2d``, ``avgpool2d``, ``adaptiveavgpool2d``, ``flatten``, ``relu``, ``hardtanh``,
@@ -297,6 +309,7 @@ class _PackedLayer(nn.Module):
         self.d_offset = 0                      # padding bits counted as +1 by the kernel
         self.threshold: np.ndarray | None = None   # fused: +1 iff d >= thr (d <= thr if flip)
         self.flip: np.ndarray | None = None
+        self.folded_bn = False                 # alpha_q / bias include a following eval BN
         self._prepared = None                  # kernels.Thresholds (cached) / (alpha, bias)
         self.train(False)
 
@@ -382,6 +395,8 @@ class _PackedLayer(nn.Module):
             s += f", {beta_label}"
         if self.bias is not None:
             s += ", bias"
+        if self.folded_bn:
+            s += ", folded_bn"
         if self.fused:
             s += ", fused_threshold"
         return s
@@ -519,7 +534,18 @@ class PackedLinear(_PackedLayer):
         return d - np.int32(self.d_offset) if self.d_offset else d
 
     def forward(self, x):
+        if type(x) is kernels.PackedBits and not self.fused and self._affine_only \
+                and x.k == self.weight.k:
+            # packed input (a PackedFlatten's output): straight to the kernel
+            aff = self._affine_args()[0]
+            out = np.empty((x.words.shape[0], self.out_features), np.float32)
+            kernels._kernels.gemm_affine(x.words, self.weight.words, x.k, aff.scale, aff.offset,
+                                         out, kernels.get_num_threads())
+            return torch.from_numpy(out)
         lead = tuple(x.shape[:-1]) if isinstance(x, Tensor) else None
+        if self.folded_bn and lead is not None and len(lead) != 1:
+            raise ValueError(f"{self._who()}: a BatchNorm1d folded into this layer normalises "
+                             f"dim 1, so the input must be 2-D, got {tuple(x.shape)}")
         a = self._pack(x)
         if self.fused:
             return kernels.matmul_threshold(a, self.weight, self._thresholds())
@@ -634,6 +660,28 @@ class PackedConv2d(_PackedLayer):
             return self.int_forward(x.unsqueeze(0))[0]
         return kernels.conv2d_packed(self._pack(x), self.weight, self.stride, self.padding,
                                      self.pad_value)
+
+    def _fast_pooled(self, x, pool: kernels.MaxPoolSpec):
+        """:meth:`_forward_pooled` with the argument checks and output sizes cached per input
+        shape and layer geometry (batch-1 latency); anything unusual takes the checked path."""
+        if type(x) is kernels.PackedActivations and x.channels == self.in_channels:
+            words = x.words
+            key = (words.shape, pool, self.weight, self.stride, self.padding, self.pad_value)
+            plan = self.__dict__.get("_plan")
+            if plan is None or plan[0] != key:
+                (sy, sx, py, px, neg), (n, o, oh, ow) = kernels._conv_setup(
+                    x, self.weight, self.stride, self.padding, self.pad_value)
+                qh, qw = kernels._pool_shape(pool, o, oh, ow, "the conv output")
+                plan = (key, (n, qh, qw, kernels.n_words(o)), (sy, sx, py, px, neg),
+                        (*pool.kernel_size, *pool.stride, *pool.padding))
+                self.__dict__["_plan"] = plan
+            th = self._thresholds()
+            out = np.empty(plan[1], np.uint64)
+            kernels._kernels.conv_threshold_pack_pool(
+                words, self.in_channels, self.weight.words, *plan[2], th.lim, th.flipw, *plan[3],
+                pool.or_words, out, kernels.get_num_threads())
+            return kernels.PackedActivations.trusted(out, self.out_channels)
+        return self._forward_pooled(x, pool)
 
     def _forward_pooled(self, x, pool: kernels.MaxPoolSpec):
         """Fused forward followed by a :class:`PackedMaxPool2d` (its ``spec``), one kernel call."""
@@ -771,6 +819,32 @@ class PackedSign(nn.Module):
         if self.ndim == 4:
             return kernels.pack_nhwc_affine(x, self._affine)
         return kernels.pack_rows_affine(x, self._affine)
+
+    def _fast_pooled(self, x, pool: kernels.MaxPoolSpec):
+        """:meth:`_forward_pooled` with the argument checks and output sizes cached per input
+        shape (batch-1 latency); anything unusual takes the checked path."""
+        if type(x) is Tensor and x.dtype is torch.float32 and x.dim() == 4 \
+                and x.shape[1] == self.channels and x.is_contiguous():
+            try:
+                arr = x.numpy()          # raises for non-CPU / grad / conj / neg tensors
+            except (RuntimeError, TypeError):
+                arr = None
+            if arr is not None:
+                key = (arr.shape, pool)
+                plan = self.__dict__.get("_plan")
+                if plan is None or plan[0] != key:
+                    oh, ow = kernels._pool_shape(pool, self.channels, arr.shape[2],
+                                                 arr.shape[3], "x")
+                    plan = (key, (arr.shape[0], oh, ow, kernels.n_words(self.channels)),
+                            (*pool.kernel_size, *pool.stride, *pool.padding))
+                    self.__dict__["_plan"] = plan
+                out = np.empty(plan[1], np.uint64)
+                if kernels._kernels.pack_nchw_affine_pool(
+                        arr, self._affine.scale, self._affine.offset, *plan[2], pool.or_words,
+                        out, kernels.get_num_threads()):
+                    raise kernels._nonfinite_error("x")
+                return kernels.PackedActivations.trusted(out, self.channels)
+        return self._forward_pooled(x, pool)
 
     def _forward_pooled(self, x: Tensor, pool: kernels.MaxPoolSpec):
         """forward followed by a :class:`PackedMaxPool2d` (its ``spec``), in one kernel call."""
@@ -1186,6 +1260,47 @@ def _fold_entries(stages: list[nn.Module], notes: list[str]) -> list[nn.Module]:
     return out
 
 
+def _fold_float_bn(stages: list[nn.Module], notes: list[str]) -> list[nn.Module]:
+    """Fold an eval BatchNorm that directly follows a packed layer with a float epilogue into
+    that epilogue: ``BN(α d + b) = (α γ/σ) d + ((b - μ) γ/σ + β)``, σ = sqrt(var + eps),
+    computed in float64 and rounded once to float32 (the result then matches torch to float
+    rounding, not bit for bit)."""
+    out: list[nn.Module] = []
+    i = 0
+    while i < len(stages):
+        st = stages[i]
+        out.append(st)
+        nxt = stages[i + 1] if i + 1 < len(stages) else None
+        i += 1
+        if not (isinstance(st, _PackedLayer) and not st.fused and not st.folded_bn):
+            continue
+        conv = isinstance(st, PackedConv2d)
+        want = nn.BatchNorm2d if conv else nn.BatchNorm1d
+        c = st.out_channels if conv else st.out_features
+        if type(nxt) is not want or not nxt.track_running_stats or nxt.running_mean is None \
+                or nxt.num_features != c:
+            continue
+        mean = nxt.running_mean.detach().double()
+        inv = 1.0 / torch.sqrt(nxt.running_var.detach().double() + float(nxt.eps))
+        g = nxt.weight.detach().double() if nxt.affine else torch.ones(c, dtype=torch.float64)
+        beta = nxt.bias.detach().double() if nxt.affine else torch.zeros(c, dtype=torch.float64)
+        s = g * inv
+        alpha = torch.ones(c, dtype=torch.float64) if st.alpha_q is None else st.alpha_q.double()
+        bias = torch.zeros(c, dtype=torch.float64) if st.bias is None else st.bias.double()
+        scale = (alpha * s).to(torch.float32)
+        offset = ((bias - mean) * s + beta).to(torch.float32)
+        if not (torch.isfinite(scale).all() and torch.isfinite(offset).all()):
+            notes.append(f"{st.name}: following {want.__name__} not folded (non-finite scale)")
+            continue
+        st.alpha_q, st.bias = scale.contiguous(), offset.contiguous()
+        st.folded_bn = True
+        st._prepared = None
+        notes.append(f"{st.name}: following {want.__name__} folded into the float epilogue "
+                     "(logits allclose to torch, not bit-exact; fold_float_bn=False keeps it)")
+        i += 1                                         # the BN stage is dropped
+    return out
+
+
 def _state_dict_bytes(model: nn.Module) -> int:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
@@ -1193,7 +1308,8 @@ def _state_dict_bytes(model: nn.Module) -> int:
 
 
 def export(model: nn.Module, example_input: Tensor | None = None, *, fuse: bool = True,
-           rtol: float = 1e-4, atol: float = 1e-4) -> "PackedModel":
+           fold_float_bn: bool = True, rtol: float = 1e-4,
+           atol: float = 1e-4) -> "PackedModel":
     r"""Export a trained model for packed inference (eval-mode semantics).
 
     Every binary layer becomes a :class:`PackedLinear` / :class:`PackedConv2d`; float layers
@@ -1207,6 +1323,14 @@ def export(model: nn.Module, example_input: Tensor | None = None, *, fuse: bool 
             with ``model.eval()``: outputs must be ``allclose(rtol, atol)`` and the arg-max
             predictions identical, else :class:`ValueError`.
         fuse: fold thresholds between binary layers of flat sequentials. Default: ``True``.
+        fold_float_bn: with ``fuse=True``, fold an eval-mode BatchNorm that directly follows a
+            binary layer with a float epilogue (the last one of a chain, e.g. the
+            ``BatchNorm1d`` after the ``BinaryLinear`` of ``models.binary_cnn``) into that
+            epilogue: one per-channel ``scale * d + offset`` (computed in float64, rounded once
+            to float32) instead of a separate BatchNorm call. The integer parts stay exact, but
+            the float outputs then match torch to float rounding (``allclose``; predictions
+            identical in practice) instead of bit for bit. ``False`` keeps the BatchNorm as a
+            torch stage (bit-exact logits for sign-weight models). Default: ``True``.
         rtol, atol: tolerances of that check (scaled by the largest output magnitude).
 
     Returns:
@@ -1231,6 +1355,8 @@ def export(model: nn.Module, example_input: Tensor | None = None, *, fuse: bool 
         raise TypeError("model is already a PackedModel")
     if not isinstance(fuse, bool):
         raise TypeError(f"fuse must be a bool, got {type(fuse).__name__}")
+    if not isinstance(fold_float_bn, bool):
+        raise TypeError(f"fold_float_bn must be a bool, got {type(fold_float_bn).__name__}")
     for n, p in model.named_parameters():
         if p.dtype != torch.float32 or p.device.type != "cpu":
             raise _refuse(f"parameter {n!r}", f"export needs float32 CPU parameters, got "
@@ -1246,6 +1372,8 @@ def export(model: nn.Module, example_input: Tensor | None = None, *, fuse: bool 
         work = nn.Sequential(work)
     if isinstance(work, nn.Sequential):
         stages, notes = _plan_sequential(work, fuse)
+        if fuse and fold_float_bn:
+            stages = _fold_float_bn(stages, notes)
         packed = PackedModel(nn.Sequential(*stages), kind="sequential",
                              source_state_dict_bytes=src_bytes, notes=notes)
     else:
@@ -1258,6 +1386,29 @@ def export(model: nn.Module, example_input: Tensor | None = None, *, fuse: bool 
 
 
 # =============================================================================== the model
+def _fast_step(m: nn.Module, fresh: bool):
+    """``m.forward`` or an equivalent direct call of the torch op (batch-1 latency: skips the
+    module's Python layers). ``fresh``: the input is a new tensor made by the previous stage
+    (a packed layer's float epilogue), so an element-wise activation may run in place.
+    Attributes are read at call time, so later edits of the module still apply."""
+    t = type(m)
+    if t is nn.Conv2d and m.padding_mode == "zeros":
+        p = m._parameters
+
+        def conv(x):
+            return torch.conv2d(x, p["weight"], p["bias"], m.stride, m.padding, m.dilation,
+                                m.groups)
+        return conv
+    if t is nn.Linear:
+        p = m._parameters
+        return lambda x: F.linear(x, p["weight"], p["bias"])
+    if fresh and t is nn.Hardtanh:
+        return lambda x: x.clamp_(m.min_val, m.max_val)
+    if fresh and t is nn.ReLU:
+        return torch.relu_
+    return m.forward
+
+
 class PackedModel(nn.Module):
     r"""A network exported by :func:`export`: packed binary layers plus float torch modules.
 
@@ -1268,7 +1419,8 @@ class PackedModel(nn.Module):
         body: the module that runs (an ``nn.Sequential`` of stages for flat exports).
         kind: ``"sequential"`` (flat export, may be fused; can be saved) or ``"modules"``
             (module replacement inside any architecture; cannot be saved).
-        notes: one line per binary layer: fused or not, and why.
+        notes: one line per binary layer: fused or not, and why; and one per BatchNorm folded
+            into a float epilogue (``export(..., fold_float_bn=True)``).
         source_state_dict_bytes: size of ``torch.save(source.state_dict())`` (float32).
     """
 
@@ -1318,10 +1470,12 @@ class PackedModel(nn.Module):
                         (isinstance(m, PackedSign) and m.ndim == 4 and m.channels == nxt.channels)
                         or (isinstance(m, PackedConv2d) and m.fused
                             and m.out_channels == nxt.channels)):
-                    steps.append(functools.partial(m._forward_pooled, pool=nxt.spec))
+                    steps.append(functools.partial(m._fast_pooled, pool=nxt.spec))
                     i += 2
                     continue
-                steps.append(m.forward)
+                prev = mods[i - 1] if i else None
+                steps.append(_fast_step(m, fresh=isinstance(prev, _PackedLayer)
+                                        and not prev.fused))
                 i += 1
             cache = (mods, steps)
             self.__dict__["_step_cache"] = cache
@@ -1467,6 +1621,8 @@ def _encode_stage(m: nn.Module, where: str) -> tuple[str, dict, dict]:
     if isinstance(m, (PackedLinear, PackedConv2d)):
         cfg = {"input": m.input_mode, "beta": m.beta, "d_offset": int(m.d_offset),
                "fused": m.fused}
+        if m.folded_bn:                       # absent in files without a folded BatchNorm
+            cfg["folded_bn"] = True
         arrays = {"weight": m.weight.words}
         for key in ("tau", "alpha_q", "alpha_x", "gamma", "bias"):
             t = getattr(m, key)
@@ -1653,7 +1809,7 @@ class _Reader:
             raise self.err(f"unexpected cfg keys {sorted(extra_cfg)}")
 
 
-_LAYER_CFG = {"input", "beta", "d_offset", "fused"}
+_LAYER_CFG = {"input", "beta", "d_offset", "fused", "folded_bn"}
 
 
 def _decode_layer(r: _Reader, kind: str) -> nn.Module:
@@ -1701,6 +1857,7 @@ def _decode_layer(r: _Reader, kind: str) -> nn.Module:
         view_c = m.in_channels
     m.name = str(r.rec.get("name", ""))
     m.input_mode = mode
+    m.folded_bn = r.bool("folded_bn") if "folded_bn" in r.cfg else False
     m.beta = r.choice("beta", beta_options)
     m.d_offset = r.int("d_offset", 0)
     nhwc = getattr(m, "nhwc", None)
@@ -1725,6 +1882,9 @@ def _decode_layer(r: _Reader, kind: str) -> nn.Module:
             raise r.err(f"array 'gamma' has shape {shp}, expected one of {allowed}")
         m.gamma = r.tensor("gamma", shp)
     if r.bool("fused"):
+        if m.folded_bn:
+            raise r.err("cfg 'folded_bn' is only valid for a layer with a float epilogue "
+                        "(fused is true)")
         thr = r.array("threshold", "<f4", (o,)).astype(np.float64)
         if np.isnan(thr).any():
             raise r.err("threshold contains NaN")
@@ -1966,6 +2126,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-fuse", action="store_true", help="do not fuse binary chains")
+    p.add_argument("--no-fold-bn", action="store_true",
+                   help="keep the BatchNorm after the last binary layer as a float stage "
+                        "(bit-exact logits) instead of folding it into the layer's epilogue")
     args = p.parse_args(argv)
     if (args.weights is None) == (not args.random):
         p.error("give exactly one of --weights FILE or --random")
@@ -1984,7 +2147,7 @@ def main(argv: list[str] | None = None) -> int:
             _calibrate(model, shape, 4, args.seed)
         model.eval()
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(args.seed + 1))
-        packed = export(model, x, fuse=not args.no_fuse)
+        packed = export(model, x, fuse=not args.no_fuse, fold_float_bn=not args.no_fold_bn)
         n = packed.save(args.out)
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         print(f"bnnlab export: error: {exc}", file=sys.stderr)

@@ -282,7 +282,7 @@ REFERENCE_MODELS = [
 def test_reference_models_export_bit_exact(make, shape):
     model = _calibrated(make(), shape)
     x = _randn(*shape, seed=5)
-    p = packed.export(model, x)
+    p = packed.export(model, x, fold_float_bn=False)
     want = _eval(model, x)
     got = p(x)
     assert torch.equal(got, want)                      # logits bit-exact (sign weights, no α)
@@ -290,12 +290,99 @@ def test_reference_models_export_bit_exact(make, shape):
     layers = p.packed_layers()
     assert not any(isinstance(m, L._BinaryMixin) for m in p.modules())
     assert all(m.fused for m in layers[:-1]) and not layers[-1].fused   # binary chains fused
+    assert not any(m.folded_bn for m in layers)
     assert torch.equal(packed.export(model, fuse=False)(x), want)
+    # fuse=False never folds the float BatchNorm, whatever fold_float_bn says
+    assert torch.equal(packed.export(model, fuse=False, fold_float_bn=True)(x), want)
+
+
+@pytest.mark.parametrize("make, shape", REFERENCE_MODELS)
+def test_reference_models_fold_float_bn_allclose_same_predictions(make, shape):
+    model = _calibrated(make(), shape)
+    x = _randn(64, *shape[1:], seed=6)
+    p = packed.export(model, x)                        # default: fold_float_bn=True
+    exact = packed.export(model, fold_float_bn=False)
+    want = _eval(model, x)
+    got = p(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got.argmax(1), want.argmax(1))
+    last = p.packed_layers()[-1]
+    assert last.folded_bn and not last.fused
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in p.body)       # BN1d is gone
+    assert len(p.body) == len(exact.body) - 1
+    assert any("BatchNorm1d folded" in n for n in p.notes)
+    # integer parts unchanged (bit-exact)
+    feed = p.body[:-3]                                 # up to the last binary layer's input
+    with torch.no_grad():
+        a, b = feed(x), exact.body[:-4](x)
+    np.testing.assert_array_equal(last.int_forward(a), exact.packed_layers()[-1].int_forward(b))
+
+
+def test_fold_float_bn_handles_bias_alpha_and_refuses_nd_inputs():
+    model = nn.Sequential(L.BinaryLinear(40, 12, bias=True, weight_quantizer="magnitude_aware_sign"),
+                          nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 3))
+    model = _calibrated(model, (16, 40))
+    x = _randn(32, 40, seed=2)
+    p = packed.export(model, x)
+    assert p.packed_layers()[0].folded_bn and "folded_bn" in repr(p)
+    torch.testing.assert_close(p(x), _eval(model, x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="2-D"):
+        p(x.reshape(4, 8, 40))
+    with pytest.raises(TypeError, match="fold_float_bn"):
+        packed.export(model, fold_float_bn=1)
+
+
+def test_fold_float_bn_on_a_conv_epilogue():
+    model = nn.Sequential(L.BinaryConv2d(3, 8, 3, padding=1, bias=False, pad_value=1.0),
+                          nn.BatchNorm2d(8), nn.Hardtanh(), nn.Flatten(), nn.Linear(8 * 25, 4))
+    model = _calibrated(model, (8, 3, 5, 5))
+    x = _randn(16, 3, 5, 5, seed=3)
+    p = packed.export(model, x)
+    assert p.packed_layers()[0].folded_bn
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in p.body)
+    torch.testing.assert_close(p(x), _eval(model, x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(packed.export(model, fold_float_bn=False)(x), _eval(model, x))
+
+
+def test_fast_kernel_paths_fall_back_and_check_like_the_stages():
+    # entry fold (PackedSign + pool) first: the model sees the caller's tensor directly
+    model = nn.Sequential(nn.MaxPool2d(2), nn.BatchNorm2d(3),
+                          L.BinaryConv2d(3, 8, 3, padding=1, bias=False, pad_value=1.0),
+                          nn.MaxPool2d(2), nn.BatchNorm2d(8),
+                          L.BinaryConv2d(8, 4, 3, padding=1, bias=False, pad_value=1.0),
+                          nn.Flatten(), nn.Linear(4 * 9, 2))
+    model = _calibrated(model, (8, 3, 12, 12))
+    p = packed.export(model, fold_float_bn=False)
+    x = _randn(2, 3, 12, 12, seed=11)
+    want = _eval(model, x)
+    assert torch.equal(p(x), want)
+    assert torch.equal(p(x.clone().requires_grad_()), want)            # grad input: checked path
+    xt = x.transpose(2, 3).contiguous().transpose(2, 3)                # non-contiguous
+    assert torch.equal(p(xt), want)
+    assert torch.equal(p(x[:1]), _eval(model, x[:1]))                  # new shape: new plan
+    assert torch.equal(p(x), want)
+    bad = x.clone()
+    bad[0, 1, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        p(bad)
+
+
+def test_fast_steps_do_not_modify_the_callers_tensor():
+    # Hardtanh runs in place only on a packed layer's fresh output, never on the caller's input
+    model = nn.Sequential(nn.Hardtanh(), nn.Linear(6, 6), nn.Hardtanh(),
+                          L.BinaryLinear(6, 5, bias=False), nn.Hardtanh(), nn.Linear(5, 2))
+    model = _calibrated(model, (8, 6))
+    x = _randn(4, 6, seed=1) * 3
+    x0 = x.clone()
+    p = packed.export(model)
+    got = p(x)
+    assert torch.equal(x, x0)
+    assert torch.equal(got, _eval(model, x))
 
 
 def test_fused_cnn_exercises_flips_and_or_pooling():
     model = _calibrated(models.binary_cnn(), (8, 1, 28, 28))
-    p = packed.export(model)
+    p = packed.export(model, fold_float_bn=False)
     assert any(m.flip.any() for m in p.packed_layers() if m.fused)
     assert any(m.or_channels.any() for m in p.modules() if isinstance(m, packed.PackedMaxPool2d))
     x = _randn(4, 1, 28, 28, seed=9)
@@ -306,7 +393,7 @@ def test_unfusable_segment_falls_back_to_float_and_stays_exact():
     model = nn.Sequential(nn.Linear(20, 40), nn.BatchNorm1d(40), L.BinaryLinear(40, 40, bias=False),
                           nn.LayerNorm(40), L.BinaryLinear(40, 10, bias=False), nn.BatchNorm1d(10))
     model = _calibrated(model, (16, 20))
-    p = packed.export(model)
+    p = packed.export(model, fold_float_bn=False)
     assert not p.packed_layers()[0].fused and any("not fused" in n for n in p.notes)
     x = _randn(6, 20)
     assert torch.equal(p(x), _eval(model, x))
@@ -470,7 +557,13 @@ def test_save_load_round_trip(make, shape, tmp_path):
     x = _randn(*shape, seed=4)
     assert torch.equal(q(x), p(x))
     assert [type(m) for m in q.body] == [type(m) for m in p.body]
+    assert [m.folded_bn for m in q.packed_layers()] == [m.folded_bn for m in p.packed_layers()]
+    assert q.packed_layers()[-1].folded_bn                    # the folded BN round-trips
     assert q.sizes()["packed_file_bytes"] == n
+    # files without a folded BN (fold_float_bn=False) have no 'folded_bn' key and load too
+    e = packed.export(model, fold_float_bn=False)
+    assert "folded_bn" not in json.dumps(_file_parts(e.to_bytes())[0])
+    assert torch.equal(packed.PackedModel.from_bytes(e.to_bytes())(x), e(x))
 
 
 def test_load_never_unpickles(cnn_export, tmp_path, monkeypatch):
@@ -540,6 +633,10 @@ TAMPER = [
     pytest.param(lambda h, p: (h.__setitem__("format", "something.else"), p),
                  "not a bnnlab", id="format_tag"),
     pytest.param(lambda h, p: (None, _set_padding_bits(h, p)), "padding bits", id="padding_bits"),
+    pytest.param(lambda h, p: (_first(h, "packed_linear")["cfg"].__setitem__("folded_bn", 1), p),
+                 "folded_bn", id="folded_bn_type"),
+    pytest.param(lambda h, p: (_first(h, "packed_conv2d")["cfg"].__setitem__("folded_bn", True), p),
+                 "folded_bn", id="folded_bn_on_fused"),
 ]
 
 
@@ -592,6 +689,8 @@ def test_cli_export(tmp_path, capsys):
     assert packed.main(["binary_cnn", str(out), "--random"]) == 0
     assert "smaller" in capsys.readouterr().out
     assert packed.load(out)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    assert packed.main(["binary_cnn", str(out), "--random", "--no-fold-bn"]) == 0
+    assert not packed.load(out).packed_layers()[-1].folded_bn
     torch.save(models.binary_mlp(64).state_dict(), tmp_path / "sd.pt")
     args = ["binary_mlp", str(tmp_path / "m.bnnpk"), "--weights", str(tmp_path / "sd.pt")]
     assert packed.main(args + ["--in-features", "64"]) == 0
