@@ -26,6 +26,13 @@ shared (the new layer reuses the very same ``nn.Parameter``).
 Precedence of the rules for one candidate layer: unsupported by the family
 > ``exclude`` > ``keep_first``/``keep_last`` > ``include``.
 
+A pitfall it warns about: sign(ReLU(x)) is always +1. When a binarised layer directly follows a
+never-negative activation (``ReLU``, ``ReLU6``, ``Sigmoid``, ``Softplus``, ``Hardsigmoid``,
+``Softmax``; possibly through pooling, dropout or flatten) in an ``nn.Sequential`` and the input
+quantizer is a sign at 0, the row's reason says so and a ``UserWarning`` is issued (unless
+``verbose``): such a layer sees the same input for every sample. Train the float model with
+``hardtanh`` instead. Only ``nn.Sequential`` order is inspected, not custom ``forward`` code.
+
 Examples::
 
     >>> float_mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.BatchNorm1d(256),
@@ -43,7 +50,7 @@ import inspect
 import math
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -77,6 +84,18 @@ _OTHER_WEIGHT_LAYERS = (
 )
 
 BINARIZED, KEPT, UNSUPPORTED, ALREADY_BINARY = "binarized", "kept", "unsupported", "already binary"
+
+# Input quantizers whose forward is sign(x) (times a positive scale) with the threshold at 0: on an
+# input that is never negative they always give +1. (Heaviside, RSign's learnable threshold and
+# the stochastic sign's noise in training still see something.)
+_SIGN_AT_ZERO = ("ste_sign", "approx_sign", "swish_sign", "magnitude_aware_sign", "scaled_sign")
+# Activations whose output is never negative, and modules that keep a non-negative input so.
+_NON_NEGATIVE = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid, nn.Softmax)
+_KEEPS_SIGN = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+               nn.AlphaDropout, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+               nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d,
+               nn.AdaptiveMaxPool2d)
+CONSTANT_INPUT = "its input follows a {act}: never negative, so sign(input) is always +1"
 
 
 @dataclass(frozen=True)
@@ -418,6 +437,34 @@ binarize_with_report.__doc__ = binarize_with_report.__doc__.replace("{args}", _D
 binarize.__doc__ = binarize.__doc__.replace("{args}", _DOC_ARGS)
 
 
+def _is_sign_at_zero(spec: Any) -> bool:
+    """Whether an ``input_quantizer`` spec is one of :data:`_SIGN_AT_ZERO`."""
+    if isinstance(spec, str):
+        return spec in _SIGN_AT_ZERO
+    cls = spec if isinstance(spec, type) else type(spec)
+    return any(cls is _quantizers.BY_NAME[n] for n in _SIGN_AT_ZERO if n in _quantizers.BY_NAME)
+
+
+def _after_non_negative(model: nn.Module, layers: set[int]) -> dict[int, str]:
+    """``{id(layer): activation name}`` for the layers of ``layers`` that, inside an
+    ``nn.Sequential``, directly follow a never-negative activation (through modules that keep
+    the sign, e.g. pooling, dropout, flatten). Only ``nn.Sequential`` order is known; what a
+    custom ``forward`` does is not inspected."""
+    found: dict[int, str] = {}
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        act = None
+        for child in seq:
+            if id(child) in layers and act is not None:
+                found[id(child)] = act
+            if isinstance(child, _NON_NEGATIVE):
+                act = type(child).__name__
+            elif not isinstance(child, _KEEPS_SIGN):
+                act = None
+    return found
+
+
 def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quantizer, include,
               exclude, pad_value, layer_kwargs, verbose):
     if not isinstance(model, nn.Module):
@@ -555,6 +602,16 @@ def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quant
             parent = new_model.get_submodule(parent_name) if parent_name else new_model
             setattr(parent, child, new)
 
+    constant: dict[str, str] = {}  # layer name -> activation before it
+    if _is_sign_at_zero(input_quantizer):
+        new_of = {names: new for names, new in replacements}
+        found = _after_non_negative(new_model, {id(new) for new in new_of.values()})
+        for i, r in enumerate(rows):
+            new = new_of.get((r.name, *r.aliases)) if r.status == BINARIZED else None
+            if new is not None and id(new) in found:
+                rows[i] = replace(r, reason=CONSTANT_INPUT.format(act=found[id(new)]))
+                constant[r.name] = found[id(new)]
+
     settings = {
         "keep_first": repr(keep_first), "keep_last": repr(keep_last),
         "input_quantizer": _short_repr(input_quantizer),
@@ -575,6 +632,13 @@ def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quant
                            if r.status == UNSUPPORTED)
         warnings.warn(f"binarize: {len(report.unsupported)} weight layer(s) left float because "
                       f"they cannot be binarised: {listed}", UserWarning, stacklevel=3)
+    if constant and not verbose:
+        listed = ", ".join(f"{name} (after a {act})" for name, act in constant.items())
+        warnings.warn(f"binarize: the input of binarized layer(s) {listed} is never negative, "
+                      f"so input_quantizer={_short_repr(input_quantizer)} always "
+                      f"gives +1 there and those layers see the same input for every sample: "
+                      f"train the float model with hardtanh (or another activation with "
+                      f"negative outputs) before binarising it", UserWarning, stacklevel=3)
     return new_model, report
 
 

@@ -30,13 +30,13 @@ def mlp(sizes=(6, 8, 8, 8, 3)):
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         mods.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
-            mods.append(nn.ReLU())
+            mods.append(nn.Hardtanh())  # not ReLU: sign(ReLU(x)) = +1 (binarize warns)
     return nn.Sequential(*mods)
 
 
 def cnn():
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(1, 4, 3, padding=1), nn.Hardtanh(),
         nn.Conv2d(4, 6, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(6),
         nn.Conv2d(6, 6, 3, groups=2, dilation=1), nn.Flatten(),
         nn.Linear(6, 5), nn.Linear(5, 2),
@@ -183,7 +183,7 @@ class Net(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Linear(4, 8)
-        self.features = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+        self.features = nn.Sequential(nn.Linear(8, 8), nn.Hardtanh(), nn.Linear(8, 8))
         self.mid = nn.Linear(8, 8)
         self.head = nn.Linear(8, 2)
 
@@ -302,7 +302,7 @@ def test_already_binary_layers_are_left_as_they_are():
 # ------------------------------------------------------------------------------ sharing
 def test_shared_module_is_converted_once_and_stays_shared():
     shared = nn.Linear(4, 4)
-    model = nn.Sequential(nn.Linear(4, 4), shared, nn.ReLU(), shared, nn.Linear(4, 2))
+    model = nn.Sequential(nn.Linear(4, 4), shared, nn.Hardtanh(), shared, nn.Linear(4, 2))
     new, report = quiet(binarize_with_report, model)
     assert type(new[1]) is layers.BinaryLinear and new[1] is new[3]
     assert report["1"].aliases == ("3",) and report["3"] is report["1"]
@@ -444,3 +444,74 @@ def test_families_table_matches_layers():
         table = convert.FAMILIES[family]
         for torch_type, cls in zip((nn.Linear, nn.Conv1d, nn.Conv2d), classes):
             assert getattr(layers, table[torch_type], None) is cls
+
+
+# --- the sign(ReLU(x)) = +1 pitfall ------------------------------------------------------------
+def _relu_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Dropout(0.1), nn.Linear(16, 16), nn.BatchNorm1d(16), nn.Hardtanh(),
+                         nn.Linear(16, 16), nn.ReLU6(), nn.Linear(16, 16), nn.Linear(16, 3))
+
+
+def test_binarized_layer_after_relu_is_reported_and_warned():
+    with pytest.warns(UserWarning, match="never negative") as record:
+        new, report = binarize_with_report(_relu_mlp())
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "5 (after a ReLU)" in message and "10 (after a ReLU6)" in message
+    assert report.converted == ["5", "8", "10"]
+    assert "follows a ReLU" in report["5"].reason and "follows a ReLU6" in report["10"].reason
+    assert report["8"].reason == ""                    # after a Hardtanh: fine
+    assert report["1"].reason.startswith("first") and report["11"].reason.startswith("last")
+    assert "8 (after" not in message
+    # the claim itself: layer 5 gets the same binarised input for every sample
+    new.eval()
+    x = torch.randn(32, 8)
+    seen = []
+    hook = new[5].register_forward_hook(lambda m, inp, out: seen.append(out))
+    with torch.no_grad():
+        new(x)
+    hook.remove()
+    assert torch.equal(seen[0], seen[0][:1].expand_as(seen[0]))
+
+
+def test_after_relu_through_pooling_in_a_cnn_but_not_after_a_batchnorm():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(4),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 16, 2))
+    with pytest.warns(UserWarning, match="never negative") as record:
+        _, report = binarize_with_report(model, pad_value=1.0)
+    assert "3 (after a ReLU)" in str(record[0].message)
+    assert report.converted == ["3", "6"]
+    assert report["3"].reason and report["6"].reason == ""
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"input_quantizer": "rsign"}, {"input_quantizer": "stochastic_sign"},
+    {"input_quantizer": "ste_heaviside"}, {"input_quantizer": None},
+    {"exclude": ["5", "10"]}, {"verbose": True},
+])
+def test_no_relu_warning_when_the_input_can_still_vary_or_nothing_follows_a_relu(kwargs, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, report = binarize_with_report(_relu_mlp(), **kwargs)
+    if kwargs.get("verbose"):  # the report, printed, still says it
+        assert "follows a ReLU" in capsys.readouterr().out
+    elif "exclude" not in kwargs:
+        assert all(r.reason == "" for r in report if r.status == "binarized")
+
+
+@pytest.mark.parametrize("spec", [quantizers.SteSign, quantizers.SteSign(), "approx_sign",
+                                  "swish_sign", "scaled_sign"])
+def test_relu_warning_for_every_sign_at_zero_spec(spec):
+    with pytest.warns(UserWarning, match="never negative"):
+        binarize(_relu_mlp(), input_quantizer=spec)
+
+
+def test_hardtanh_float_model_converts_silently():
+    model = nn.Sequential(nn.Linear(8, 16), nn.Hardtanh(), nn.Linear(16, 16), nn.Sigmoid(),
+                          nn.BatchNorm1d(16), nn.Linear(16, 16), nn.Linear(16, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        binarize(model)

@@ -267,7 +267,8 @@ explorer.run()  # what the Fine-tune button does, for a top-to-bottom run
 ## Try this
 
 1. In the explorer, binarise the first and the last layer too: what happens to memory and to accuracy?
-2. Rebuild `float_net` with `activation="relu"`, binarise and fine-tune it: explain the accuracy.
+2. Rebuild `float_net` with `activation="relu"` and binarise it: read the warning and the report's
+   *Reason* column, then fine-tune it and explain the accuracy.
 3. Compare the families at equal memory: which one is worth its extra scales?
 '''
 
