@@ -50,7 +50,7 @@ import inspect
 import math
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
@@ -88,7 +88,8 @@ BINARIZED, KEPT, UNSUPPORTED, ALREADY_BINARY = "binarized", "kept", "unsupported
 # Input quantizers whose forward is sign(x) (times a positive scale) with the threshold at 0: on an
 # input that is never negative they always give +1. (Heaviside, RSign's learnable threshold and
 # the stochastic sign's noise in training still see something.)
-_SIGN_AT_ZERO = ("ste_sign", "approx_sign", "swish_sign", "magnitude_aware_sign", "scaled_sign")
+_SIGN_AT_ZERO = (_quantizers.SteSign, _quantizers.ApproxSign, _quantizers.SwishSign,
+                 _quantizers.MagnitudeAwareSign, _quantizers.ScaledSign)
 # Activations whose output is never negative, and modules that keep a non-negative input so.
 _NON_NEGATIVE = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid, nn.Softmax)
 _KEEPS_SIGN = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
@@ -438,11 +439,13 @@ binarize.__doc__ = binarize.__doc__.replace("{args}", _DOC_ARGS)
 
 
 def _is_sign_at_zero(spec: Any) -> bool:
-    """Whether an ``input_quantizer`` spec is one of :data:`_SIGN_AT_ZERO`."""
+    """Whether an ``input_quantizer`` spec (name, class or instance) is one of
+    :data:`_SIGN_AT_ZERO`."""
     if isinstance(spec, str):
-        return spec in _SIGN_AT_ZERO
-    cls = spec if isinstance(spec, type) else type(spec)
-    return any(cls is _quantizers.BY_NAME[n] for n in _SIGN_AT_ZERO if n in _quantizers.BY_NAME)
+        cls = _quantizers.BY_NAME.get(spec)
+    else:
+        cls = spec if isinstance(spec, type) else type(spec)
+    return cls in _SIGN_AT_ZERO
 
 
 def _after_non_negative(model: nn.Module, layers: set[int]) -> dict[int, str]:
@@ -541,6 +544,10 @@ def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quant
 
     first = weight_layers[0][1] if weight_layers else None
     last = weight_layers[-1][1] if weight_layers else None
+    # {id(layer): the never-negative activation before it}, for the sign(ReLU(x)) pitfall
+    after_act = (_after_non_negative(new_model, {id(m) for _, m in weight_layers})
+                 if _is_sign_at_zero(input_quantizer) else {})
+    constant: dict[str, str] = {}  # binarised layer name -> activation before it
     rows: list[LayerChange] = []
     replacements: list[tuple[tuple[str, ...], nn.Module]] = []
     for name, mod in weight_layers:
@@ -590,7 +597,10 @@ def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quant
         except (ValueError, NotImplementedError) as exc:
             row(UNSUPPORTED, f"{cls.__name__} refused it: {exc}")
             continue
-        row(BINARIZED, "", type(new).__name__)
+        act = after_act.get(id(mod))
+        if act is not None:
+            constant[name] = act
+        row(BINARIZED, "" if act is None else CONSTANT_INPUT.format(act=act), type(new).__name__)
         replacements.append((all_names, new))
 
     for all_names, new in replacements:
@@ -601,16 +611,6 @@ def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quant
             parent_name, _, child = full.rpartition(".")
             parent = new_model.get_submodule(parent_name) if parent_name else new_model
             setattr(parent, child, new)
-
-    constant: dict[str, str] = {}  # layer name -> activation before it
-    if _is_sign_at_zero(input_quantizer):
-        new_of = {names: new for names, new in replacements}
-        found = _after_non_negative(new_model, {id(new) for new in new_of.values()})
-        for i, r in enumerate(rows):
-            new = new_of.get((r.name, *r.aliases)) if r.status == BINARIZED else None
-            if new is not None and id(new) in found:
-                rows[i] = replace(r, reason=CONSTANT_INPUT.format(act=found[id(new)]))
-                constant[r.name] = found[id(new)]
 
     settings = {
         "keep_first": repr(keep_first), "keep_last": repr(keep_last),
