@@ -29,7 +29,8 @@ Precedence of the rules for one candidate layer: unsupported by the family
 A pitfall it warns about: sign(ReLU(x)) is always +1. When a binarised layer directly follows a
 never-negative activation (``ReLU``, ``ReLU6``, ``Sigmoid``, ``Softplus``, ``Hardsigmoid``,
 ``Softmax``; possibly through pooling, dropout or flatten) in an ``nn.Sequential`` and the input
-quantizer is a sign at 0, the row's reason says so and a ``UserWarning`` is issued (unless
+quantizer is a sign at 0 (not ABC-Net, whose activation bases have learned shifts), the row's
+reason says so and a ``UserWarning`` is issued (unless
 ``verbose``): such a layer sees the same input for every sample. Train the float model with
 ``hardtanh`` instead. Only ``nn.Sequential`` order is inspected, not custom ``forward`` code.
 
@@ -545,8 +546,9 @@ def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quant
     first = weight_layers[0][1] if weight_layers else None
     last = weight_layers[-1][1] if weight_layers else None
     # {id(layer): the never-negative activation before it}, for the sign(ReLU(x)) pitfall
+    # (not ABC-Net: its activation bases sign(x + v_n) have learned shifts spread over [-1, 1])
     after_act = (_after_non_negative(new_model, {id(m) for _, m in weight_layers})
-                 if _is_sign_at_zero(input_quantizer) else {})
+                 if layer != "abc" and _is_sign_at_zero(input_quantizer) else {})
     constant: dict[str, str] = {}  # binarised layer name -> activation before it
     rows: list[LayerChange] = []
     replacements: list[tuple[tuple[str, ...], nn.Module]] = []

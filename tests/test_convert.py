@@ -490,7 +490,7 @@ def test_after_relu_through_pooling_in_a_cnn_but_not_after_a_batchnorm():
 @pytest.mark.parametrize("kwargs", [
     {"input_quantizer": "rsign"}, {"input_quantizer": "stochastic_sign"},
     {"input_quantizer": "ste_heaviside"}, {"input_quantizer": None},
-    {"exclude": ["5", "10"]}, {"verbose": True},
+    {"exclude": ["5", "10"]}, {"verbose": True}, {"layer": "abc"},
 ])
 def test_no_relu_warning_when_the_input_can_still_vary_or_nothing_follows_a_relu(kwargs, capsys):
     with warnings.catch_warnings():
@@ -515,3 +515,16 @@ def test_hardtanh_float_model_converts_silently():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         binarize(model)
+
+
+def test_abc_after_relu_is_not_flagged_because_its_shifted_bases_still_vary():
+    model = binarize(_relu_mlp(), layer="abc")
+    layer = model[5]
+    assert layer.act_shifts.min() < 0                   # a basis sign(x + v) with v < 0 ...
+    seen = []
+    layer.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(32, 8))
+    shifted = layer.input_quantizer(seen[0] + layer.act_shifts.min())
+    assert not torch.equal(shifted, shifted[:1].expand_as(shifted))   # ... varies per sample
