@@ -1,6 +1,8 @@
 # bnnlab — the two commands of the README are `make lab` and `make test`.
 #   make lab    venv + torch (CPU build) + bnnlab, then JupyterLab on notebooks/ (127.0.0.1 only)
-#   make test   system packages (apt, as root) + venv + the whole test suite
+#   make test   system packages (apt, as root) + venv + lint + the whole test suite
+#   make check  contributors' fast loop (no root): lint, types and the unit tests without the
+#               slow, browser, TeX and apt-dependent parts
 #   make bench  the benchmark table on this machine (python -m bnnlab bench)
 #   make paper  the full experiments, the benchmark, every figure and table, then paper/report.pdf
 SHELL    := /bin/bash
@@ -13,7 +15,7 @@ APT_PKGS := dataset-fashion-mnist chromium texlive-latex-base texlive-latex-reco
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
 
-.PHONY: lab test venv sysdeps bench paper report-quick clean
+.PHONY: lab test venv sysdeps bench paper report-quick clean lint check
 
 sysdeps:
 	@missing=""; for p in $(APT_PKGS); do \
@@ -47,7 +49,15 @@ lab: venv
 LATEXMK  := latexmk -cd -pdf -interaction=nonstopmode -halt-on-error -quiet paper/report.tex
 QUICKDIR := paper/generated/quick
 
-test: sysdeps venv
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+CHECK_MARKERS := not slow and not e2e and not apt and not lessons
+check: lint
+	$(PY) -m pytest -q -p no:cacheprovider -m "$(CHECK_MARKERS)" tests
+
+test: sysdeps venv lint
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory report-quick
 

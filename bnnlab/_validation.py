@@ -90,4 +90,4 @@ def check_choice(value: Any, name: str, choices: Iterable[T]) -> T:
         ok = False
     if not ok:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
-    return value  # type: ignore[no-any-return]
+    return value

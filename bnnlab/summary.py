@@ -63,7 +63,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -271,12 +271,12 @@ class Summary:
 
         def fmt(row):
             return " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                              for i, (c, w) in enumerate(zip(row, cols)))
+                              for i, (c, w) in enumerate(zip(row, cols, strict=True)))
 
         rule = "-+-".join("-" * w for w in cols)
         lines = [fmt(header), rule, *[fmt(r) for r in body[:-1]], rule, fmt(body[-1]), ""]
-        r = self.binary_ops_per_float_op
-        r_text = f"{r:g}"
+        ratio = self.binary_ops_per_float_op
+        r_text = f"{ratio:g}"
         stats = [
             ("Total params", _int(self.total_params)),
             ("Trainable params", _int(self.trainable_params)),
@@ -348,13 +348,13 @@ def _weight_precision(module: nn.Module) -> int:
 def _weight_bases(module: nn.Module) -> int:
     """M: binary weight planes stored per weight (ABC-Net with binary weights), else 1."""
     if _is_abc(module) and _weight_precision(module) == 1:
-        return int(module.num_weight_bases)
+        return int(cast(int, module.num_weight_bases))
     return 1
 
 
 def _act_bases(module: nn.Module) -> int:
     """N: binary activation bases (ABC-Net), else 1."""
-    return int(module.num_act_bases) if _is_abc(module) else 1
+    return int(cast(int, module.num_act_bases)) if _is_abc(module) else 1
 
 
 def _derived_scales(module: nn.Module) -> int:
@@ -365,7 +365,7 @@ def _derived_scales(module: nn.Module) -> int:
         return 0
     per_channel = _family(module, "XnorLinear", "XnorConv1d", "XnorConv2d") or isinstance(
         getattr(module, "weight_quantizer", None), _quantizers.MagnitudeAwareSign)
-    return int(module.weight.shape[0]) if per_channel else 0
+    return int(cast(torch.Tensor, module.weight).shape[0]) if per_channel else 0
 
 
 def _check_input_shape(input_shape: Any) -> tuple[int, ...]:
