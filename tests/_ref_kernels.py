@@ -8,16 +8,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _ref_sign import sign as _ref_sign
 
 WORD = 64
 
 
 def sign(x) -> np.ndarray:
-    """sign with sign(0) = +1 (also for -0.0); bool: True -> +1, False -> -1."""
-    x = np.asarray(x)
-    if x.dtype == np.bool_:
-        return np.where(x, 1.0, -1.0)
-    return np.where(x >= 0, 1.0, -1.0)
+    """sign with sign(0) = +1 (also for -0.0); bool: True -> +1, False -> -1; float64."""
+    return _ref_sign(x, dtype=np.float64)
 
 
 def pack_rows(x) -> np.ndarray:
