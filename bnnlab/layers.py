@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter, is_lazy
 
 from bnnlab import functional as BF
-from bnnlab.quantizers import get_quantizer
+from bnnlab.quantizers import MagnitudeAwareSign, get_quantizer
 
 __all__ = [
     "BinaryLinear",
@@ -112,6 +112,22 @@ def _check_bool(value: Any, argname: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{argname} must be a bool, got {value!r}")
     return value
+
+
+def _refuse_double_scale(layer: nn.Module, input_scaling: bool) -> None:
+    """XNOR-Net layers apply α = mean|W| (and β / the K-map) themselves: a magnitude-aware sign
+    (α·sign) in the same place would apply that scale a second time (issue 8, defect 6)."""
+    name = type(layer).__name__
+    if isinstance(layer.weight_quantizer, MagnitudeAwareSign):
+        raise ValueError(f"{name} already scales its binary weight by alpha = mean|W| per output "
+                         f"channel; weight_quantizer=MagnitudeAwareSign would apply alpha twice. "
+                         f"Use weight_quantizer='ste_sign' (or BinaryLinear/BinaryConv2d with "
+                         f"'magnitude_aware_sign' for Bi-Real's single alpha)")
+    if input_scaling and isinstance(layer.input_quantizer, MagnitudeAwareSign):
+        raise ValueError(f"{name} already scales its binary input by beta = mean|x| "
+                         f"(input_scaling=True); input_quantizer=MagnitudeAwareSign would apply "
+                         f"an input scale twice. Use input_quantizer='ste_sign', or "
+                         f"input_scaling=False")
 
 
 def _spread(n: int) -> Tensor:
@@ -441,6 +457,7 @@ class XnorLinear(BinaryLinear):
                          input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
                          weight_clip=weight_clip)
         self.input_scaling = _check_bool(input_scaling, "input_scaling")
+        _refuse_double_scale(self, self.input_scaling)
 
     def weight_scale(self) -> Tensor:
         r"""α: :math:`\operatorname{mean}|W|` per output channel, shape ``(out_features,)``."""
@@ -513,6 +530,7 @@ class XnorConv2d(BinaryConv2d):
                          weight_quantizer=weight_quantizer, weight_clip=weight_clip,
                          pad_value=pad_value)
         self.input_scaling = _check_bool(input_scaling, "input_scaling")
+        _refuse_double_scale(self, self.input_scaling)
 
     def weight_scale(self) -> Tensor:
         r"""α: :math:`\operatorname{mean}|W|` per output channel, shape ``(C_out, 1, 1)``."""

@@ -548,3 +548,32 @@ def test_batch_of_one_in_eval_mode(cls):
     assert torch.allclose(y, layer(x)[:1], rtol=1e-12, atol=1e-12)  # rows are independent
     if TORCH_BASE[cls] is not nn.Linear:  # unbatched input, as torch convolutions accept
         torch.testing.assert_close(layer(x[0]), y[0], rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- issue 8, defect 6
+@pytest.mark.parametrize("cls", [L.XnorLinear, L.XnorConv2d])
+def test_xnor_refuses_magnitude_aware_weight_quantizer(cls):
+    # alpha = mean|W| would be applied by the quantizer and again by the layer
+    with pytest.raises(ValueError, match="alpha twice"):
+        make(cls, weight_quantizer="magnitude_aware_sign")
+
+
+@pytest.mark.parametrize("cls", [L.XnorLinear, L.XnorConv2d])
+def test_xnor_refuses_magnitude_aware_input_quantizer_with_input_scaling(cls):
+    with pytest.raises(ValueError, match="input_quantizer=MagnitudeAwareSign"):
+        make(cls, input_quantizer="magnitude_aware_sign")
+    layer, x = make(cls, input_quantizer="magnitude_aware_sign", input_scaling=False)
+    assert layer(x).shape[0] == x.shape[0]
+
+
+def test_xnor_linear_applies_alpha_once():
+    layer, x = make(L.XnorLinear)
+    w = layer.weight.detach()
+    alpha = w.abs().mean(1)
+    beta = x.abs().mean(1, keepdim=True)
+    expected = (ref_sign(x) @ ref_sign(w).T) * alpha * beta + layer.bias.detach()
+    torch.testing.assert_close(layer(x).detach(), expected)
+
+
+def ref_sign(t):
+    return torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
