@@ -33,6 +33,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from bnnlab._validation import check_bool, check_choice, check_real
+
 __all__ = [
     "sign",
     "ste_sign",
@@ -45,10 +47,14 @@ __all__ = [
     "scaled_sign",
     "xnor_weight_scale",
     "NOISES",
+    "RSIGN_GRADIENTS",
 ]
 
 #: Noise distributions understood by :func:`stochastic_sign`.
 NOISES = ("uniform", "normal", "laplace")
+
+#: Surrogate gradients of :func:`rsign`.
+RSIGN_GRADIENTS = ("ste", "approx_sign")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -268,7 +274,8 @@ def xnor_weight_scale(w: Tensor, detach: bool = False) -> Tensor:
     return a.detach() if detach else a
 
 
-def magnitude_aware_sign(w: Tensor, clip_value: float | None = 1.0) -> Tensor:
+def magnitude_aware_sign(w: Tensor, clip_value: float | None = 1.0, *,
+                         scale_gradient: bool = True) -> Tensor:
     r"""Bi-Real Net's magnitude-aware weight binariser: :math:`\alpha_o \cdot \operatorname{sign}(W)`.
 
     .. math::
@@ -280,14 +287,26 @@ def magnitude_aware_sign(w: Tensor, clip_value: float | None = 1.0) -> Tensor:
     :math:`\alpha_o` is taken per output channel, over every dim but dim 0 (torch layout; larq's
     channels-last version reduces over every axis but the last). Tie rule: sign(0) = +1.
 
+    With ``scale_gradient=False`` the surrogate is :math:`\mathbb{1}\{\lvert W_o \rvert \le c\}`
+    without the factor :math:`\alpha_o`: the official Bi-Real Net and ReActNet code
+    (``HardBinaryConv``: ``alpha*sign(W)`` detached, minus ``clamp(W, -1, 1)`` detached, plus
+    ``clamp(W, -1, 1)``). The forward is the same.
+
     Args:
         w: latent weight, shape :math:`(C_{out}, *)`.
         clip_value: :math:`c \ge 0` of the STE. ``None``: no clipping. Default: ``1.0``.
+        scale_gradient: multiply the surrogate by :math:`\alpha_o` (larq). Default: ``True``.
 
     References:
         Liu et al., *Bi-Real Net*, ECCV 2018, arXiv:1808.00278. (larq ``magnitude_aware_sign``.)
+        Liu et al., *ReActNet*, ECCV 2020, arXiv:2003.03488 (official code, ``scale_gradient=False``).
     """
-    return xnor_weight_scale(w, detach=True) * ste_sign(w, clip_value)
+    scale_gradient = check_bool(scale_gradient, "scale_gradient")
+    if scale_gradient:
+        return xnor_weight_scale(w, detach=True) * ste_sign(w, clip_value)
+    clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
+    return _Surrogate.apply(w, lambda t: xnor_weight_scale(t, detach=True) * sign(t),
+                            _ste_mask(clip_value))
 
 
 def _draw_noise(x: Tensor, noise: str, generator: torch.Generator | None) -> Tensor:
@@ -362,13 +381,17 @@ def _per_channel(t: Tensor, x: Tensor, channel_dim: int, argname: str) -> Tensor
 
 
 def rsign(x: Tensor, threshold: Tensor | float, clip_value: float | None = 1.0,
-          channel_dim: int = 1) -> Tensor:
+          channel_dim: int = 1, *, gradient: str = "ste") -> Tensor:
     r"""ReActNet's RSign: a sign with a learnable per-channel threshold :math:`\tau_c`.
 
     .. math::
         q(x)_c = \operatorname{sign}(x_c - \tau_c), \qquad
         \frac{\partial q_c}{\partial x_c} := \mathbb{1}\{\lvert x_c - \tau_c \rvert \le c\},
         \qquad \frac{\partial q_c}{\partial \tau_c} := -\frac{\partial q_c}{\partial x_c}
+
+    with ``gradient="ste"``; ``gradient="approx_sign"`` uses Bi-Real's ApproxSign surrogate on
+    :math:`t = x_c - \tau_c` instead, :math:`(2 - 2|t|)\,\mathbb{1}\{|t| \le 1\}` (what the
+    official ReActNet code trains with; ``clip_value`` is then unused).
 
     so :math:`\partial L/\partial \tau_c = -\sum (\partial L / \partial x_c)` over every element
     of channel :math:`c`. (ReActNet's paper calls :math:`\tau` "α"; renamed so it does not clash
@@ -382,13 +405,18 @@ def rsign(x: Tensor, threshold: Tensor | float, clip_value: float | None = 1.0,
             Default: ``1.0``.
         channel_dim: the channel dim of ``x`` for a 1-D ``threshold``. Default: ``1``
             (``(N, C)`` and ``(N, C, H, W)``).
+        gradient: ``"ste"`` or ``"approx_sign"``, the surrogate (above). Default: ``"ste"``.
 
     References:
         Liu et al., *ReActNet: Towards Precise Binary Neural Network with Generalized Activation
         Functions*, ECCV 2020, arXiv:2003.03488.
     """
+    gradient = check_choice(gradient, "gradient", RSIGN_GRADIENTS)
     threshold = torch.as_tensor(threshold, device=x.device)
-    return ste_sign(x - _per_channel(threshold, x, channel_dim, "threshold"), clip_value)
+    shifted = x - _per_channel(threshold, x, channel_dim, "threshold")
+    if gradient == "approx_sign":
+        return approx_sign(shifted)
+    return ste_sign(shifted, clip_value)
 
 
 def scaled_sign(x: Tensor, scale: Tensor | float, clip_value: float | None = 1.0) -> Tensor:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from bnnlab import functional as BF
+from bnnlab._validation import check_bool, check_choice
 from bnnlab.functional import _check_clip_value, _check_noise, _check_positive
 
 __all__ = [
@@ -195,8 +196,13 @@ class MagnitudeAwareSign(_ClipValueQuantizer):
     carries no gradient. Tie rule: :math:`\operatorname{sign}(0) = +1`. Outputs are
     :math:`\{-\alpha_o, +\alpha_o\}`.
 
+    With ``scale_gradient=False`` the surrogate drops the factor :math:`\alpha_o`,
+    :math:`\mathbb{1}\{\lvert W_o \rvert \le c\}`, as the official Bi-Real Net / ReActNet
+    code computes it (same forward).
+
     Args:
         clip_value: :math:`c \ge 0` of the STE; ``None`` disables clipping. Default: ``1.0``.
+        scale_gradient: multiply the surrogate by :math:`\alpha_o` (larq). Default: ``True``.
 
     Shape:
         - Input: :math:`(C_{out}, *)`. Output: same shape.
@@ -205,8 +211,15 @@ class MagnitudeAwareSign(_ClipValueQuantizer):
         Liu et al., *Bi-Real Net*, ECCV 2018, arXiv:1808.00278.
     """
 
+    def __init__(self, clip_value: float | None = 1.0, *, scale_gradient: bool = True) -> None:
+        super().__init__(clip_value)
+        self.scale_gradient = check_bool(scale_gradient, "scale_gradient")
+
     def forward(self, x: Tensor) -> Tensor:
-        return BF.magnitude_aware_sign(x, self.clip_value)
+        return BF.magnitude_aware_sign(x, self.clip_value, scale_gradient=self.scale_gradient)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.scale_gradient else ", scale_gradient=False")
 
 
 class StochasticSign(Quantizer):
@@ -284,6 +297,9 @@ class RSign(Quantizer):
         clip_value: :math:`c \ge 0` of the STE on :math:`x - \tau`; ``None``: identity.
             Default: ``1.0``.
         channel_dim: the channel dim of the input. Default: ``1`` (``(N, C)``, ``(N, C, H, W)``).
+        gradient: the surrogate on :math:`x - \tau`: ``"ste"`` (above) or ``"approx_sign"``
+            (:math:`(2 - 2|t|)\,\mathbb{1}\{|t| \le 1\}`, the official ReActNet code's; then
+            ``clip_value`` is unused). Default: ``"ste"``.
 
     Shape:
         - Input: :math:`(*, C, *)` with C at ``channel_dim``. Output: same shape, :math:`\{-1, +1\}`.
@@ -301,7 +317,7 @@ class RSign(Quantizer):
     precision = 1
 
     def __init__(self, num_channels: int, clip_value: float | None = 1.0, channel_dim: int = 1, *,
-                 device=None, dtype=None) -> None:
+                 gradient: str = "ste", device=None, dtype=None) -> None:
         super().__init__()
         if isinstance(num_channels, bool) or not isinstance(num_channels, int):
             raise TypeError(f"num_channels must be an int, got {type(num_channels).__name__}")
@@ -313,14 +329,17 @@ class RSign(Quantizer):
         self.num_channels = num_channels
         self.clip_value = clip_value
         self.channel_dim = channel_dim
+        self.gradient = check_choice(gradient, "gradient", BF.RSIGN_GRADIENTS)
         self.threshold = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        return BF.rsign(x, self.threshold, self.clip_value, channel_dim=self.channel_dim)
+        return BF.rsign(x, self.threshold, self.clip_value, channel_dim=self.channel_dim,
+                        gradient=self.gradient)
 
     def extra_repr(self) -> str:
-        return (f"num_channels={self.num_channels}, clip_value={self.clip_value}, "
-                f"channel_dim={self.channel_dim}")
+        s = (f"num_channels={self.num_channels}, clip_value={self.clip_value}, "
+             f"channel_dim={self.channel_dim}")
+        return s if self.gradient == "ste" else s + f", gradient={self.gradient!r}"
 
 
 class ScaledSign(Quantizer):
