@@ -46,6 +46,8 @@ __all__ = [
     "rsign",
     "scaled_sign",
     "xnor_weight_scale",
+    "abc_activation",
+    "abc_activation_sign",
     "NOISES",
     "RSIGN_GRADIENTS",
 ]
@@ -439,3 +441,50 @@ def scaled_sign(x: Tensor, scale: Tensor | float, clip_value: float | None = 1.0
         larq's ``_scaled_sign`` (:math:`1.3 \cdot` ste_sign, used in its docs plots).
     """
     return scale * ste_sign(x, clip_value)
+
+
+def abc_activation(x: Tensor, shift: Tensor | float) -> Tensor:
+    r"""ABC-Net's shifted, clipped activation, centred: :math:`h_v(x) - \tfrac12`.
+
+    .. math::
+        h_v(x) = \operatorname{clip}(x + v, 0, 1), \qquad
+        \frac{\partial h_v}{\partial x} = \frac{\partial h_v}{\partial v} =
+        \mathbb{1}\{0 \le x + v \le 1\}
+
+    (torch's ``clamp`` passes the gradient on the closed interval). Binarising it with a sign
+    gives the paper's activation base :math:`H_v(x) = 2\,\mathbb{1}\{h_v(x) \ge 0.5\} - 1`
+    (:func:`abc_activation_sign`).
+
+    Args:
+        x: input of any shape.
+        shift: :math:`v`, a float or a tensor broadcasting against ``x``.
+
+    References:
+        Lin, Zhao, Pan, *Towards Accurate Binary Convolutional Neural Network*, NeurIPS 2017,
+        arXiv:1711.11294, Sec. 3.2.
+    """
+    return torch.clamp(x + shift, 0.0, 1.0) - 0.5
+
+
+def abc_activation_sign(x: Tensor, shift: Tensor | float) -> Tensor:
+    r"""ABC-Net's binary activation base :math:`H_v(x) = \operatorname{sign}(\operatorname{clip}(x + v, 0, 1) - 0.5)`.
+
+    .. math::
+        H_v(x) = \begin{cases} +1 & x + v \ge 0.5 \\ -1 & x + v < 0.5 \end{cases}, \qquad
+        \frac{\partial H_v}{\partial x} = \frac{\partial H_v}{\partial v} :=
+        \mathbb{1}\{0 \le x + v \le 1\}
+
+    The straight-through estimator through the clip, as the paper trains it. Tie rule:
+    :math:`x + v = 0.5` gives :math:`+1` (the paper's :math:`\mathbb{1}\{h \ge 0.5\}`).
+    It is :func:`ste_sign` (clip 1, which never binds on :math:`[-0.5, 0.5]`) of
+    :func:`abc_activation`.
+
+    Args:
+        x: input of any shape.
+        shift: :math:`v`, a float or a tensor broadcasting against ``x`` (learnable in ABC-Net).
+
+    References:
+        Lin, Zhao, Pan, *Towards Accurate Binary Convolutional Neural Network*, NeurIPS 2017,
+        arXiv:1711.11294, Sec. 3.2.
+    """
+    return ste_sign(abc_activation(x, shift), 1.0)

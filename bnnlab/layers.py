@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter, is_lazy
 
 from bnnlab import functional as BF
+from bnnlab._validation import check_bool, check_choice, check_int, check_real
 from bnnlab.quantizers import MagnitudeAwareSign, get_quantizer
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "AbcLinear",
     "AbcConv2d",
     "GAMMA_MODES",
+    "ABC_FORMULATIONS",
     "clip_weights_",
 ]
 
@@ -753,6 +755,10 @@ class XnorPlusConv2d(BinaryConv2d):
 # --------------------------------------------------------------------------- ABC-Net
 _SCALE_INITS = ("lstsq", "mean")
 
+#: Formulations of ABC-Net (:class:`AbcLinear`, :class:`AbcConv2d`): the paper's, and bnnlab's
+#: earlier per-channel variant.
+ABC_FORMULATIONS = ("paper", "per_channel")
+
 
 class _AbcMixin:
     r"""Shared-latent weight bases and shifted activation bases (ABC-Net)."""
@@ -762,23 +768,29 @@ class _AbcMixin:
     input_quantizer: nn.Module | None
 
     def _init_abc(self, num_weight_bases: Any, num_act_bases: Any, scale_init: Any,
-                  device: Any, dtype: Any) -> None:
-        m = _check_count(num_weight_bases, "num_weight_bases")
-        n = _check_count(num_act_bases, "num_act_bases")
-        if scale_init not in _SCALE_INITS:
-            raise ValueError(f"scale_init must be one of {_SCALE_INITS}, got {scale_init!r}")
-        self.num_weight_bases, self.num_act_bases, self.scale_init = m, n, scale_init
+                  formulation: Any, device: Any, dtype: Any) -> None:
+        m = check_int(num_weight_bases, "num_weight_bases", min_value=1)
+        n = check_int(num_act_bases, "num_act_bases", min_value=1)
+        self.scale_init = check_choice(scale_init, "scale_init", _SCALE_INITS)
+        self.formulation = check_choice(formulation, "formulation", ABC_FORMULATIONS)
+        self.num_weight_bases, self.num_act_bases = m, n
         fk = {"device": self.weight.device if device is None else device,
               "dtype": self.weight.dtype if dtype is None else dtype}
         self.register_buffer("weight_shifts", _spread(m).to(**fk))
-        self.weight_scales = nn.Parameter(torch.empty(m, self.weight.shape[0], **fk))
+        alpha_shape = (m,) if self.formulation == "paper" else (m, self.weight.shape[0])
+        self.weight_scales = nn.Parameter(torch.empty(alpha_shape, **fk))
         self.act_shifts = nn.Parameter(torch.empty(n, **fk))
         self.act_scales = nn.Parameter(torch.empty(n, **fk))
         self._reset_abc()
 
+    def _initial_act_shifts(self) -> Tensor:
+        u = _spread(self.num_act_bases)
+        # paper: H_v switches at x = 0.5 - v; put these thresholds at u (0 for N = 1)
+        return 0.5 - u.flip(0) if self.formulation == "paper" else u
+
     def _reset_abc(self) -> None:
         with torch.no_grad():
-            self.act_shifts.copy_(_spread(self.num_act_bases))
+            self.act_shifts.copy_(self._initial_act_shifts())
             self.act_scales.fill_(1.0 / self.num_act_bases)
         self.reset_scales()
 
@@ -794,30 +806,33 @@ class _AbcMixin:
     def reset_scales(self) -> None:
         r"""Re-initialise α from the current latent weight (called by :meth:`from_float`).
 
-        ``scale_init="lstsq"``: per output channel :math:`o`, the least-squares
-        :math:`\min_\alpha \|W_o - \sum_m \alpha_{m,o} B_{m,o}\|^2` (the paper's linear
-        regression); ``"mean"``: :math:`\alpha_{m,o} = \operatorname{mean}|W_o| / M`.
+        ``scale_init="lstsq"``: the least-squares :math:`\min_\alpha \|W - \sum_m \alpha_m B_m\|^2`
+        (the paper's linear regression), over the whole tensor (``"paper"``) or per output
+        channel (``"per_channel"``); ``"mean"``: :math:`\alpha_m = \operatorname{mean}|W| / M`
+        (over the tensor, or per output channel).
         """
         w = self.weight.detach()
-        c_out = w.shape[0]
+        rows = 1 if self.formulation == "paper" else w.shape[0]
         if self.scale_init == "mean":
-            self.weight_scales.copy_((w.abs().reshape(c_out, -1).mean(1) / self.num_weight_bases)
+            mean = w.abs().reshape(rows, -1).mean(1) / self.num_weight_bases  # (rows,)
+            self.weight_scales.copy_(mean.reshape(self.weight_scales.shape[1:])
                                      .expand_as(self.weight_scales))
             return
-        b = self.weight_bases().detach().reshape(self.num_weight_bases, c_out, -1)  # (M, C, K)
-        a = b.permute(1, 2, 0).double()  # (C, K, M)
-        y = w.reshape(c_out, -1, 1).double()  # (C, K, 1)
-        sol = torch.linalg.pinv(a) @ y  # (C, M, 1), minimum-norm least squares
-        self.weight_scales.copy_(sol[..., 0].T)
+        b = self.weight_bases().detach().reshape(self.num_weight_bases, rows, -1)  # (M, R, K)
+        a = b.permute(1, 2, 0).double()  # (R, K, M)
+        y = w.reshape(rows, -1, 1).double()  # (R, K, 1)
+        sol = torch.linalg.pinv(a) @ y  # (R, M, 1), minimum-norm least squares
+        self.weight_scales.copy_(sol[..., 0].T.reshape(self.weight_scales.shape))
 
     def shifted_weights(self) -> Tensor:
-        r""":math:`W - \operatorname{mean}(W) + u_m \operatorname{std}(W)` per output channel, ``(M, *weight.shape)``.
+        r""":math:`W - \operatorname{mean}(W) + u_m \operatorname{std}(W)`, shape ``(M, *weight.shape)``.
 
-        Mean and (population, ``correction=0``) standard deviation are taken over each output
-        channel's weights and treated as constants in the backward pass.
+        Mean and (population, ``correction=0``) standard deviation are taken over the whole
+        tensor (``"paper"``) or over each output channel's weights (``"per_channel"``), and
+        treated as constants in the backward pass.
         """
         w = self.weight
-        dims = tuple(range(1, w.dim()))
+        dims = tuple(range(w.dim())) if self.formulation == "paper" else tuple(range(1, w.dim()))
         mean = w.mean(dim=dims, keepdim=True).detach()
         std = w.std(dim=dims, keepdim=True, correction=0).detach()
         u = self.weight_shifts.reshape(-1, *([1] * w.dim()))
@@ -834,15 +849,27 @@ class _AbcMixin:
         """Same as :meth:`weight_bases`: the M binary bases, shape ``(M, *weight.shape)``."""
         return self.weight_bases()
 
+    def weight_scale(self) -> Tensor:
+        r"""α broadcastable to :meth:`weight_bases`: ``(M, 1, ...)`` or ``(M, C_out, 1, ...)``."""
+        a = self.weight_scales
+        return a.reshape(*a.shape, *([1] * (self.weight.dim() + 1 - a.dim())))
+
     def effective_weight(self) -> Tensor:
         r""":math:`\sum_m \alpha_m \odot B_m`, shape ``weight.shape``: the weight the layer applies."""
-        b = self.weight_bases()
-        a = self.weight_scales.reshape(*self.weight_scales.shape, *([1] * (b.dim() - 2)))
-        return (a * b).sum(0)
+        return (self.weight_scale() * self.weight_bases()).sum(0)
 
     def input_bases(self, input: Tensor) -> Tensor:
-        r"""The binary activation bases :math:`A_n = q_x(x + v_n)`, shape ``(N, *input.shape)``."""
-        bases = [input + v for v in self.act_shifts.unbind(0)]
+        r"""The activation bases, shape ``(N, *input.shape)``.
+
+        ``"paper"``: :math:`A_n = q_x(\operatorname{clip}(x + v_n, 0, 1) - 0.5)`, with the
+        default ``"ste_sign"`` the paper's :math:`H_{v_n}(x)`
+        (:func:`bnnlab.functional.abc_activation_sign`); ``"per_channel"``:
+        :math:`A_n = q_x(x + v_n)`. With ``input_quantizer=None`` the bases stay real.
+        """
+        if self.formulation == "paper":
+            bases = [BF.abc_activation(input, v) for v in self.act_shifts.unbind(0)]
+        else:
+            bases = [input + v for v in self.act_shifts.unbind(0)]
         if self.input_quantizer is not None:
             bases = [self.input_quantizer(a) for a in bases]
         return torch.stack(bases)
@@ -853,27 +880,41 @@ class _AbcMixin:
 
     def _abc_repr(self) -> str:
         s = f", num_weight_bases={self.num_weight_bases}, num_act_bases={self.num_act_bases}"
+        s += f", formulation={self.formulation!r}" if self.formulation != "paper" else ""
         return s + (f", scale_init={self.scale_init!r}" if self.scale_init != "lstsq" else "")
 
 
 _ABC_DOC = r"""
 
     .. math::
-        y = \sum_{n=1}^{N} \beta_n \sum_{m=1}^{M} \alpha_m \odot (B_m \star A_n) + b
+        y = \sum_{n=1}^{N} \beta_n \sum_{m=1}^{M} \alpha_m (B_m \star A_n) + b
 
     **Weight bases** come from the one latent weight :math:`W` (no extra latent copies):
-    :math:`B_m = q_w(W - \bar W + u_m \sigma_W)` with :math:`\bar W, \sigma_W` the mean and
-    population standard deviation of each output channel's weights (constants for the backward
-    pass) and fixed shifts :math:`u_m = -1 + 2(m-1)/(M-1)` evenly spread over :math:`[-1, 1]`
-    (:math:`u = 0` for :math:`M = 1`; buffer ``weight_shifts``). :math:`\alpha_m` (parameter
-    ``weight_scales``, shape ``(M, C_out)``, one per base and output channel) is learned,
-    initialised by per-channel least squares :math:`W \approx \sum_m \alpha_m B_m`
-    (``scale_init="lstsq"``) or :math:`\operatorname{mean}|W|/M` (``"mean"``).
-    Call :meth:`reset_scales` after changing the weight by hand (:meth:`from_float` does).
+    :math:`B_m = q_w(W - \bar W + u_m \sigma_W)` with fixed shifts
+    :math:`u_m = -1 + 2(m-1)/(M-1)` evenly spread over :math:`[-1, 1]` (:math:`u = 0` for
+    :math:`M = 1`; buffer ``weight_shifts``). :math:`\alpha_m` (parameter ``weight_scales``) is
+    learned, initialised by least squares :math:`W \approx \sum_m \alpha_m B_m`
+    (``scale_init="lstsq"``, the paper's linear regression) or :math:`\operatorname{mean}|W|/M`
+    (``"mean"``). Call :meth:`reset_scales` after changing the weight by hand (:meth:`from_float`
+    does).
 
-    **Activation bases** :math:`A_n = q_x(x + v_n)` with learned shifts :math:`v_n` (parameter
-    ``act_shifts``, initialised evenly over :math:`[-1, 1]`, 0 for :math:`N = 1`) and learned
+    **Activation bases** with learned shifts :math:`v_n` (parameter ``act_shifts``) and learned
     scales :math:`\beta_n` (``act_scales``, initialised to :math:`1/N`).
+
+    ``formulation="paper"`` (default) is Lin et al. (2017): :math:`\bar W, \sigma_W` are the
+    mean and population standard deviation of the *whole* weight tensor, one scalar
+    :math:`\alpha_m` per base (``weight_scales`` of shape ``(M,)``), and
+    :math:`A_n = H_{v_n}(x) = \operatorname{sign}(\operatorname{clip}(x + v_n, 0, 1) - 0.5)`
+    (+1 iff :math:`x + v_n \ge 0.5`) whose gradient passes for :math:`0 \le x + v_n \le 1`
+    (:func:`bnnlab.functional.abc_activation_sign`; ``input_quantizer`` binarises
+    :math:`\operatorname{clip}(x + v_n, 0, 1) - 0.5`). The shifts start at
+    :math:`v_n = 0.5 - u_n`, so the thresholds :math:`0.5 - v_n` are spread over :math:`[-1, 1]`
+    (:math:`v = 0.5`, the threshold at 0, for :math:`N = 1`).
+
+    ``formulation="per_channel"`` is bnnlab's earlier variant: mean and standard deviation per
+    output channel, :math:`\alpha_{m,o}` per base and output channel (``(M, C_out)``), and
+    :math:`A_n = q_x(x + v_n)` with :math:`v_n` starting evenly over :math:`[-1, 1]`. It fits
+    each channel's weights more closely, at M·C_out scales instead of M.
 
     Gradients: the signs use their quantizer's surrogate (STE by default), so
     :math:`\partial L/\partial W = \sum_m \alpha_m\, \partial L/\partial B_m \odot
@@ -892,6 +933,7 @@ class AbcLinear(_AbcMixin, BinaryLinear):
         num_weight_bases: :math:`M \ge 1`. Default: ``3``.
         num_act_bases: :math:`N \ge 1`. Default: ``3``.
         scale_init: ``"lstsq"`` or ``"mean"``. Default: ``"lstsq"``.
+        formulation: ``"paper"`` or ``"per_channel"`` (above). Default: ``"paper"``.
 
     Examples::
 
@@ -907,11 +949,13 @@ class AbcLinear(_AbcMixin, BinaryLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
                  dtype=None, *, input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
                  weight_clip: float | None = None, num_weight_bases: int = 3,
-                 num_act_bases: int = 3, scale_init: str = "lstsq") -> None:
+                 num_act_bases: int = 3, scale_init: str = "lstsq",
+                 formulation: str = "paper") -> None:
         super().__init__(in_features, out_features, bias, device, dtype,
                          input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
                          weight_clip=weight_clip)
-        self._init_abc(num_weight_bases, num_act_bases, scale_init, device, dtype)
+        self._init_abc(num_weight_bases, num_act_bases, scale_init, formulation, device,
+                       dtype)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.linear(self._combine_inputs(self.input_bases(input)), self.effective_weight(),
@@ -931,6 +975,7 @@ class AbcConv2d(_AbcMixin, BinaryConv2d):
         num_weight_bases: :math:`M \ge 1`. Default: ``3``.
         num_act_bases: :math:`N \ge 1`. Default: ``3``.
         scale_init: ``"lstsq"`` or ``"mean"``. Default: ``"lstsq"``.
+        formulation: ``"paper"`` or ``"per_channel"`` (above). Default: ``"paper"``.
 
     Examples::
 
@@ -948,12 +993,13 @@ class AbcConv2d(_AbcMixin, BinaryConv2d):
                  device=None, dtype=None, *, input_quantizer: Any = "ste_sign",
                  weight_quantizer: Any = "ste_sign", weight_clip: float | None = None,
                  pad_value: float = 0.0, num_weight_bases: int = 3, num_act_bases: int = 3,
-                 scale_init: str = "lstsq") -> None:
+                 scale_init: str = "lstsq", formulation: str = "paper") -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, padding_mode, device, dtype, input_quantizer=input_quantizer,
                          weight_quantizer=weight_quantizer, weight_clip=weight_clip,
                          pad_value=pad_value)
-        self._init_abc(num_weight_bases, num_act_bases, scale_init, device, dtype)
+        self._init_abc(num_weight_bases, num_act_bases, scale_init, formulation, device,
+                       dtype)
 
     def forward(self, input: Tensor) -> Tensor:
         bases = self.input_bases(input)  # (N, *input.shape)
