@@ -20,7 +20,7 @@ logits), BatchNorm, pooling, and the shortcuts of the residual blocks.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -28,7 +28,8 @@ from torch import nn
 from bnnlab.blocks import BiRealBlock, ReActBlock
 from bnnlab.layers import BinaryConv2d, BinaryLinear, _check_positive_int
 
-__all__ = ["binary_mlp", "binary_cnn", "tiny_bireal", "tiny_reactnet", "count_parameters"]
+__all__ = ["binary_mlp", "binary_cnn", "tiny_bireal", "tiny_reactnet", "count_parameters",
+           "weight_clip_sentence"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh, "identity": nn.Identity}
 
@@ -47,6 +48,58 @@ def _activation(name: Any, argname: str = "activation") -> nn.Module:
     if name not in _ACTIVATIONS:
         raise ValueError(f"{argname} must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
     return _ACTIVATIONS[name]()
+
+
+def _join(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def weight_clip_sentence(models: Mapping[str, nn.Module]) -> str:
+    r"""The report's sentence on latent-weight clipping, read from the models themselves.
+
+    For each named model, the ``weight_clip`` of its binary layers (those with a
+    ``weight_quantizer``; :func:`bnnlab.train.fit` applies it after every optimiser step through
+    :func:`bnnlab.layers.clip_weights_`) decides where the model goes: clipped to
+    :math:`[-c, c]`, not clipped, or clipped in some layers only. Models without binary layers
+    are skipped. The text is LaTeX, e.g. ``"latent weights are clipped to $[-1, 1]$ after each
+    step in BinaryNet and XNOR-Net, as in Larq; Bi-Real and ReActNet are trained without
+    clipping"``.
+
+    Args:
+        models: ``{label: model}`` in the order the sentence should name them.
+
+    Returns:
+        The sentence (no capital, no final full stop), or ``""`` if no model has binary layers.
+    """
+    if not isinstance(models, Mapping):
+        raise TypeError(f"models must be a mapping of label -> nn.Module, got {type(models).__name__}")
+    clipped: dict[float, list[str]] = {}
+    unclipped: list[str] = []
+    mixed: list[str] = []
+    for label, model in models.items():
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"models[{label!r}] must be an nn.Module, got {type(model).__name__}")
+        clips = {getattr(m, "weight_clip", None) for m in model.modules()
+                 if getattr(m, "weight_quantizer", None) is not None}
+        if not clips:
+            continue
+        if clips == {None}:
+            unclipped.append(str(label))
+        elif len(clips) == 1:
+            clipped.setdefault(float(next(iter(clips))), []).append(str(label))
+        else:
+            mixed.append(str(label))
+    parts = [f"latent weights are clipped to $[-{c:g}, {c:g}]$ after each step in {_join(names)}"
+             for c, names in clipped.items()]
+    if parts:
+        parts[-1] += ", as in Larq"
+    if unclipped:
+        verb = "is" if len(unclipped) == 1 else "are"
+        parts.append(f"{_join(unclipped)} {verb} trained without clipping")
+    if mixed:
+        parts.append(f"{_join(mixed)} clip{'s' if len(mixed) == 1 else ''} only some of "
+                     f"{'its' if len(mixed) == 1 else 'their'} binary layers")
+    return "; ".join(parts)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
