@@ -15,20 +15,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from bnnlab.layers import BinaryConv2d, _check_positive_int
-from bnnlab._validation import check_choice
+from bnnlab._validation import check_choice, check_int, check_real
+from bnnlab.layers import BinaryConv2d
 from bnnlab.quantizers import MagnitudeAwareSign, RSign, get_quantizer
 
 __all__ = ["LearnableBias", "RPReLU", "BiRealBlock", "ReActBlock", "REACT_GRADIENTS"]
 
 #: Surrogate-gradient variants of :class:`ReActBlock`: the official code's, and larq's.
 REACT_GRADIENTS = ("official", "larq")
-
-
-def _check_stride(stride: Any) -> int:
-    if isinstance(stride, bool) or stride not in (1, 2):
-        raise ValueError(f"stride must be 1 or 2, got {stride!r}")
-    return int(stride)
 
 
 def _per_channel(p: Tensor, x: Tensor) -> Tensor:
@@ -71,7 +65,7 @@ class LearnableBias(nn.Module):
 
     def __init__(self, num_channels: int) -> None:
         super().__init__()
-        self.num_channels = _check_positive_int(num_channels, "num_channels")
+        self.num_channels = check_int(num_channels, "num_channels", min_value=1)
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -110,9 +104,8 @@ class RPReLU(nn.Module):
 
     def __init__(self, num_channels: int, init_slope: float = 0.25) -> None:
         super().__init__()
-        self.num_channels = _check_positive_int(num_channels, "num_channels")
-        if isinstance(init_slope, bool) or not isinstance(init_slope, (int, float)):
-            raise TypeError(f"init_slope must be a float, got {type(init_slope).__name__}")
+        self.num_channels = check_int(num_channels, "num_channels", min_value=1)
+        init_slope = check_real(init_slope, "init_slope")
         self.gamma = nn.Parameter(torch.zeros(num_channels))
         self.zeta = nn.Parameter(torch.zeros(num_channels))
         self.slope = nn.Parameter(torch.full((num_channels,), float(init_slope)))
@@ -177,9 +170,9 @@ class BiRealBlock(nn.Module):
                  weight_quantizer: Any = "magnitude_aware_sign", weight_clip: float | None = None,
                  pad_value: float = 1.0, activation: str = "hardtanh") -> None:
         super().__init__()
-        _check_positive_int(in_channels, "in_channels")
-        _check_positive_int(out_channels, "out_channels")
-        stride = _check_stride(stride)
+        check_int(in_channels, "in_channels", min_value=1)
+        check_int(out_channels, "out_channels", min_value=1)
+        stride = check_choice(check_int(stride, "stride"), "stride", (1, 2))
         self.in_channels, self.out_channels, self.stride, self.binary = (
             in_channels, out_channels, stride, bool(binary))
         if binary:
@@ -208,7 +201,8 @@ class ReActBlock(nn.Module):
     Two halves, each a binary convolution with a real shortcut and an RPReLU:
 
     .. math::
-        h &= \operatorname{RPReLU}_1\bigl(\mathrm{BN}_1(W^{3\times3}_b \star \operatorname{RSign}_1(x)) + \mathrm{AvgPool}_s(x)\bigr) \\
+        h &= \operatorname{RPReLU}_1\bigl(\mathrm{BN}_1(W^{3\times3}_b \star
+             \operatorname{RSign}_1(x)) + \mathrm{AvgPool}_s(x)\bigr) \\
         y &= \operatorname{RPReLU}_2\bigl(\mathrm{BN}_2(W^{1\times1}_b \star \operatorname{RSign}_2(h)) + h\bigr)
 
     When ``out_channels == 2 * in_channels`` the 1×1 part is two binary 1×1 convolutions whose
@@ -251,9 +245,9 @@ class ReActBlock(nn.Module):
                  weight_clip: float | None = None, pad_value: float = 1.0,
                  gradients: str = "official") -> None:
         super().__init__()
-        _check_positive_int(in_channels, "in_channels")
-        _check_positive_int(out_channels, "out_channels")
-        stride = _check_stride(stride)
+        check_int(in_channels, "in_channels", min_value=1)
+        check_int(out_channels, "out_channels", min_value=1)
+        stride = check_choice(check_int(stride, "stride"), "stride", (1, 2))
         if out_channels not in (in_channels, 2 * in_channels):
             raise ValueError(f"out_channels must be in_channels ({in_channels}) or twice it, "
                              f"got {out_channels}")
@@ -303,7 +297,7 @@ class ReActBlock(nn.Module):
         h = self.bn1(self.conv3x3(self.sign1(x))) + self.pool(x)
         h = self.act1(h)
         hb = self.sign2(h)
-        outs = [bn(pw(hb)) + h for pw, bn in zip(self.pointwise, self.bn2)]
+        outs = [bn(pw(hb)) + h for pw, bn in zip(self.pointwise, self.bn2, strict=True)]
         y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         return self.act2(y)
 

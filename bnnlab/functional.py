@@ -26,14 +26,12 @@ The only custom autograd code is :class:`_Surrogate`: "forward this, backward th
 """
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from bnnlab._validation import check_bool, check_choice, check_real
+from bnnlab._validation import check_bool, check_choice, check_int, check_real
 
 __all__ = [
     "sign",
@@ -81,28 +79,6 @@ class _Surrogate(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         return grad_output * ctx.surrogate(x).to(grad_output.dtype), None, None
-
-
-def _check_clip_value(clip_value: float | None, argname: str = "clip_value") -> None:
-    if clip_value is None:
-        return
-    if isinstance(clip_value, bool) or not isinstance(clip_value, numbers.Real):
-        raise TypeError(f"{argname} must be a non-negative float or None, "
-                        f"got {type(clip_value).__name__}")
-    if not clip_value >= 0 or math.isinf(clip_value):  # also rejects NaN
-        raise ValueError(f"{argname} must be a finite float >= 0 or None, got {clip_value!r}")
-
-
-def _check_positive(value: float, argname: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{argname} must be a positive float, got {type(value).__name__}")
-    if not value > 0 or math.isinf(value):
-        raise ValueError(f"{argname} must be a finite float > 0, got {value!r}")
-
-
-def _check_noise(noise: str) -> None:
-    if noise not in NOISES:
-        raise ValueError(f"noise must be one of {', '.join(map(repr, NOISES))}, got {noise!r}")
 
 
 def _ste_mask(clip_value: float | None) -> Callable[[Tensor], Tensor]:
@@ -165,7 +141,7 @@ def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
         Courbariaux et al., *Binarized Neural Networks: Training Deep Neural Networks with Weights
         and Activations Constrained to +1 or -1*, 2016, arXiv:1602.02830. (larq ``ste_sign``.)
     """
-    _check_clip_value(clip_value)
+    clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
     return _Surrogate.apply(x, sign, _ste_mask(clip_value))
 
 
@@ -219,7 +195,7 @@ def swish_sign(x: Tensor, beta: float = 5.0) -> Tensor:
         Darabi et al., *BNN+: Improved Binary Network Training*, 2018, arXiv:1812.11800.
         (larq ``swish_sign``.)
     """
-    _check_positive(beta, "beta")
+    beta = check_real(beta, "beta", min_value=0.0, include_min=False)
 
     def grad(t: Tensor) -> Tensor:
         bx = beta * t
@@ -245,7 +221,7 @@ def ste_heaviside(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
         larq ``ste_heaviside`` (``larq/quantizers.py``); the STE as in Courbariaux et al., 2016,
         arXiv:1602.02830.
     """
-    _check_clip_value(clip_value)
+    clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
     return _Surrogate.apply(x, _heaviside, _ste_mask(clip_value))
 
 
@@ -352,12 +328,9 @@ def stochastic_sign(x: Tensor, noise: str = "uniform", scale: float = 1.0, train
         Courbariaux et al., *BinaryConnect*, NeurIPS 2015, arXiv:1511.00363, and *Binarized Neural
         Networks*, 2016, arXiv:1602.02830 (stochastic binarisation with the hard sigmoid).
     """
-    _check_noise(noise)
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a float >= 0, got {type(scale).__name__}")
-    if not scale >= 0 or math.isinf(scale):
-        raise ValueError(f"scale must be a finite float >= 0, got {scale!r}")
-    _check_clip_value(clip_value)
+    noise = check_choice(noise, "noise", NOISES)
+    scale = check_real(scale, "scale", min_value=0.0)
+    clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
     if not training or scale == 0:
         return ste_sign(x, clip_value)
     eps = _draw_noise(x, noise, generator)
@@ -368,8 +341,7 @@ def _per_channel(t: Tensor, x: Tensor, channel_dim: int, argname: str) -> Tensor
     """Reshape a 1-D per-channel tensor of length C to broadcast along ``x``'s ``channel_dim``."""
     if t.ndim != 1:
         return t  # a scalar or an already-broadcastable tensor: torch's broadcasting decides
-    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
-        raise TypeError(f"channel_dim must be an int, got {type(channel_dim).__name__}")
+    channel_dim = check_int(channel_dim, "channel_dim")
     if not -x.ndim <= channel_dim < x.ndim:
         raise ValueError(f"channel_dim={channel_dim} is out of range for an input with "
                          f"{x.ndim} dims")

@@ -21,14 +21,14 @@ Every layer here *is* a :class:`torch.nn.Linear` / :class:`torch.nn.Conv1d` /
 
 Families (notation of the README: :math:`x_b = q_x(x)`, :math:`W_b = q_w(W)`, sign(0) = +1):
 
-============================================  ==============================================================================
-class                                         forward
-============================================  ==============================================================================
-:class:`BinaryLinear`, ``BinaryConv1d/2d``    :math:`y = W_b \star x_b + b`
-:class:`XnorLinear`, :class:`XnorConv2d`      :math:`y = (W_b \star x_b) \odot \alpha \odot \beta + b` (β: a K-map for conv)
-:class:`XnorPlusLinear`, ``...Conv2d``        :math:`y = (W_b \star x_b) \odot \Gamma + b`, Γ learned
-:class:`AbcLinear`, :class:`AbcConv2d`        :math:`y = \sum_n \beta_n \sum_m \alpha_m \odot (B_m \star A_n) + b`
-============================================  ==============================================================================
+==========================================  =========================================================================
+class                                       forward
+==========================================  =========================================================================
+:class:`BinaryLinear`, ``BinaryConv1d/2d``  :math:`y = W_b \star x_b + b`
+:class:`XnorLinear`, :class:`XnorConv2d`    :math:`y = (W_b \star x_b) \odot \alpha \odot \beta + b` (β: a K-map)
+:class:`XnorPlusLinear`, ``...Conv2d``      :math:`y = (W_b \star x_b) \odot \Gamma + b`, Γ learned
+:class:`AbcLinear`, :class:`AbcConv2d`      :math:`y = \sum_n \beta_n \sum_m \alpha_m (B_m \star A_n) + b`
+==========================================  =========================================================================
 
 Gradients: the signs use their quantizer's surrogate (straight-through estimator for
 ``"ste_sign"``: :math:`\mathbb{1}\{|x| \le 1\}`); everything else (scales, shifts) is plain
@@ -67,53 +67,6 @@ GAMMA_MODES = ("scalar", "channel", "factorised")
 
 #: Values allowed for ``pad_value`` of the binary convolutions.
 PAD_VALUES = (0.0, 1.0, -1.0)
-
-
-# --------------------------------------------------------------------------- validation helpers
-def _check_weight_clip(weight_clip: Any) -> float | None:
-    if weight_clip is None:
-        return None
-    if isinstance(weight_clip, bool) or not isinstance(weight_clip, (int, float)):
-        raise TypeError(f"weight_clip must be a positive number or None, got {weight_clip!r}")
-    if not weight_clip > 0:  # also rejects NaN
-        raise ValueError(f"weight_clip must be > 0 (or None for no clipping), got {weight_clip!r}")
-    return float(weight_clip)
-
-
-def _check_pad_value(pad_value: Any, padding_mode: str) -> float:
-    if isinstance(pad_value, bool) or not isinstance(pad_value, (int, float)):
-        raise TypeError(f"pad_value must be one of {PAD_VALUES}, got {pad_value!r}")
-    if float(pad_value) not in PAD_VALUES:
-        raise ValueError(f"pad_value must be one of {PAD_VALUES} (0.0 = torch zero padding, "
-                         f"+-1.0 = pad the binarised input with that value), got {pad_value!r}")
-    if pad_value != 0.0 and padding_mode != "zeros":
-        raise ValueError(f"pad_value={pad_value!r} needs padding_mode='zeros', got "
-                         f"padding_mode={padding_mode!r}")
-    return float(pad_value) + 0.0  # normalise -0.0 to 0.0
-
-
-def _check_count(value: Any, argname: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{argname} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{argname} must be >= 1, got {value!r}")
-    return value
-
-
-def _check_positive_int(value: Any, argname: str) -> int:
-    """The argument checker of :mod:`bnnlab.blocks` and :mod:`bnnlab.models` (channels, widths,
-    counts): an int >= 1. Its messages name the type, where :func:`_check_count` shows the value."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{argname} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{argname} must be >= 1, got {value}")
-    return value
-
-
-def _check_bool(value: Any, argname: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{argname} must be a bool, got {value!r}")
-    return value
 
 
 def _refuse_double_scale(layer: nn.Module, input_scaling: bool) -> None:
@@ -156,7 +109,8 @@ class _BinaryMixin:
         # register_module (not plain assignment) so that a None quantizer still shows in repr
         self.register_module("input_quantizer", get_quantizer(input_quantizer, argname="input_quantizer"))
         self.register_module("weight_quantizer", get_quantizer(weight_quantizer, argname="weight_quantizer"))
-        self.weight_clip = _check_weight_clip(weight_clip)
+        self.weight_clip = check_real(weight_clip, "weight_clip", min_value=0.0, include_min=False,
+                                      allow_none=True)
 
     def _quantize_input(self, input: Tensor) -> Tensor:
         return input if self.input_quantizer is None else self.input_quantizer(input)
@@ -252,7 +206,12 @@ class _BinaryConvMixin(_BinaryMixin):
         self._init_pad_value(pad_value)
 
     def _init_pad_value(self, pad_value: Any) -> None:
-        self.pad_value = _check_pad_value(pad_value, self.padding_mode)
+        # 0.0 = torch zero padding; +-1.0 = pad the binarised input with that value
+        value = check_choice(check_real(pad_value, "pad_value") + 0.0, "pad_value", PAD_VALUES)
+        if value != 0.0 and self.padding_mode != "zeros":
+            raise ValueError(f"pad_value={pad_value!r} needs padding_mode='zeros', got "
+                             f"padding_mode={self.padding_mode!r}")
+        self.pad_value = value
 
     def _pad_binarised(self, x: Tensor) -> Tensor:
         """Pad ``x`` (last dims) with ``pad_value`` by the layer's padding; only when pad_value != 0."""
@@ -458,7 +417,7 @@ class XnorLinear(BinaryLinear):
         super().__init__(in_features, out_features, bias, device, dtype,
                          input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
                          weight_clip=weight_clip)
-        self.input_scaling = _check_bool(input_scaling, "input_scaling")
+        self.input_scaling = check_bool(input_scaling, "input_scaling")
         _refuse_double_scale(self, self.input_scaling)
 
     def weight_scale(self) -> Tensor:
@@ -531,7 +490,7 @@ class XnorConv2d(BinaryConv2d):
                          groups, bias, padding_mode, device, dtype, input_quantizer=input_quantizer,
                          weight_quantizer=weight_quantizer, weight_clip=weight_clip,
                          pad_value=pad_value)
-        self.input_scaling = _check_bool(input_scaling, "input_scaling")
+        self.input_scaling = check_bool(input_scaling, "input_scaling")
         _refuse_double_scale(self, self.input_scaling)
 
     def weight_scale(self) -> Tensor:
@@ -567,12 +526,6 @@ class XnorConv2d(BinaryConv2d):
 
 
 # --------------------------------------------------------------------------- XNOR-Net++
-def _check_gamma_mode(gamma_mode: Any) -> str:
-    if gamma_mode not in GAMMA_MODES:
-        raise ValueError(f"gamma_mode must be one of {GAMMA_MODES}, got {gamma_mode!r}")
-    return gamma_mode
-
-
 class XnorPlusLinear(BinaryLinear):
     r"""XNOR-Net++ fully connected layer: binary product times a learned scale Γ.
 
@@ -607,7 +560,7 @@ class XnorPlusLinear(BinaryLinear):
         super().__init__(in_features, out_features, bias, device, dtype,
                          input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
                          weight_clip=weight_clip)
-        self.gamma_mode = _check_gamma_mode(gamma_mode)
+        self.gamma_mode = check_choice(gamma_mode, "gamma_mode", GAMMA_MODES)
         n = 1 if gamma_mode == "scalar" else out_features
         self.gamma = nn.Parameter(torch.ones(n, device=device, dtype=dtype))
 
@@ -672,7 +625,7 @@ class XnorPlusConv2d(BinaryConv2d):
                          groups, bias, padding_mode, device, dtype, input_quantizer=input_quantizer,
                          weight_quantizer=weight_quantizer, weight_clip=weight_clip,
                          pad_value=pad_value)
-        self.gamma_mode = _check_gamma_mode(gamma_mode)
+        self.gamma_mode = check_choice(gamma_mode, "gamma_mode", GAMMA_MODES)
         fk = {"device": device, "dtype": dtype}
         if gamma_mode != "factorised":
             if out_size is not None:
@@ -689,17 +642,15 @@ class XnorPlusConv2d(BinaryConv2d):
             self.gamma_w = UninitializedParameter(**fk)
             self.register_load_state_dict_pre_hook(XnorPlusConv2d._materialize_from_state_dict)
         else:
-            self.out_size = self._check_out_size(out_size)
+            size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
+            if len(size) != 2:
+                raise ValueError(f"out_size must be a positive int or (H_out, W_out), got "
+                                 f"{out_size!r}")
+            self.out_size = (check_int(size[0], "out_size", min_value=1),
+                             check_int(size[1], "out_size", min_value=1))
             self.gamma_h = nn.Parameter(torch.ones(1, self.out_size[0], 1, **fk))
             self.gamma_w = nn.Parameter(torch.ones(1, 1, self.out_size[1], **fk))
 
-    @staticmethod
-    def _check_out_size(out_size: Any) -> tuple[int, int]:
-        size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
-        if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
-                                     for s in size):
-            raise ValueError(f"out_size must be a positive int or (H_out, W_out), got {out_size!r}")
-        return size
 
     def _materialize(self, h: int, w: int) -> None:
         with torch.no_grad():
