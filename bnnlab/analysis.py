@@ -464,15 +464,23 @@ def weight_signs(model: nn.Module, layers=None) -> dict[str, Tensor]:
 
     The sign of the latent weight is the sign of the binary weight for every sign-type weight
     quantizer (``ste_sign``, ``magnitude_aware_sign`` and XNOR-Net's :math:`\\alpha\\,
-    \\operatorname{sign}(W)` with :math:`\\alpha > 0`). ABC-Net's shifted bases flip at
-    other points; for them this tracks the sign of the shared latent weight.
+    \\operatorname{sign}(W)` with :math:`\\alpha > 0`). ABC-Net's binary weights are its
+    :math:`M` shifted bases :math:`\\operatorname{sign}(W - \\bar W + u_m \\sigma_W)`, which flip
+    at other points than :math:`W`: for an ABC-Net layer these are the signs returned, shape
+    ``(M, *weight.shape)``, so a flip ratio counts flips of the binary weights the layer uses.
 
     Returns:
         ``{name: int8 tensor}`` (a copy).
     """
     _check_module(model)
-    return {n: sign(m.weight.detach()).to(torch.int8)
+    return {n: sign(_binary_weight_values(m)).to(torch.int8)
             for n, m in _select(model, layers, need_weight=True).items()}
+
+
+def _binary_weight_values(module: nn.Module) -> Tensor:
+    """Real values whose signs are the layer's binary weights: ABC-Net's shifted bases, else W."""
+    shifted = getattr(module, "shifted_weights", None)
+    return shifted().detach() if callable(shifted) else module.weight.detach()
 
 
 def flip_ratio(prev, cur) -> float:

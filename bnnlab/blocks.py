@@ -15,16 +15,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from bnnlab.layers import BinaryConv2d, _check_positive_int
-from bnnlab.quantizers import RSign, get_quantizer
+from bnnlab._validation import check_choice, check_int, check_real
+from bnnlab.layers import BinaryConv2d
+from bnnlab.quantizers import MagnitudeAwareSign, RSign, get_quantizer
 
-__all__ = ["LearnableBias", "RPReLU", "BiRealBlock", "ReActBlock"]
+__all__ = ["LearnableBias", "RPReLU", "BiRealBlock", "ReActBlock", "REACT_GRADIENTS"]
 
-
-def _check_stride(stride: Any) -> int:
-    if isinstance(stride, bool) or stride not in (1, 2):
-        raise ValueError(f"stride must be 1 or 2, got {stride!r}")
-    return int(stride)
+#: Surrogate-gradient variants of :class:`ReActBlock`: the official code's, and larq's.
+REACT_GRADIENTS = ("official", "larq")
 
 
 def _per_channel(p: Tensor, x: Tensor) -> Tensor:
@@ -67,7 +65,7 @@ class LearnableBias(nn.Module):
 
     def __init__(self, num_channels: int) -> None:
         super().__init__()
-        self.num_channels = _check_positive_int(num_channels, "num_channels")
+        self.num_channels = check_int(num_channels, "num_channels", min_value=1)
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -106,9 +104,8 @@ class RPReLU(nn.Module):
 
     def __init__(self, num_channels: int, init_slope: float = 0.25) -> None:
         super().__init__()
-        self.num_channels = _check_positive_int(num_channels, "num_channels")
-        if isinstance(init_slope, bool) or not isinstance(init_slope, (int, float)):
-            raise TypeError(f"init_slope must be a float, got {type(init_slope).__name__}")
+        self.num_channels = check_int(num_channels, "num_channels", min_value=1)
+        init_slope = check_real(init_slope, "init_slope")
         self.gamma = nn.Parameter(torch.zeros(num_channels))
         self.zeta = nn.Parameter(torch.zeros(num_channels))
         self.slope = nn.Parameter(torch.full((num_channels,), float(init_slope)))
@@ -173,9 +170,9 @@ class BiRealBlock(nn.Module):
                  weight_quantizer: Any = "magnitude_aware_sign", weight_clip: float | None = None,
                  pad_value: float = 1.0, activation: str = "hardtanh") -> None:
         super().__init__()
-        _check_positive_int(in_channels, "in_channels")
-        _check_positive_int(out_channels, "out_channels")
-        stride = _check_stride(stride)
+        check_int(in_channels, "in_channels", min_value=1)
+        check_int(out_channels, "out_channels", min_value=1)
+        stride = check_choice(check_int(stride, "stride"), "stride", (1, 2))
         self.in_channels, self.out_channels, self.stride, self.binary = (
             in_channels, out_channels, stride, bool(binary))
         if binary:
@@ -204,7 +201,8 @@ class ReActBlock(nn.Module):
     Two halves, each a binary convolution with a real shortcut and an RPReLU:
 
     .. math::
-        h &= \operatorname{RPReLU}_1\bigl(\mathrm{BN}_1(W^{3\times3}_b \star \operatorname{RSign}_1(x)) + \mathrm{AvgPool}_s(x)\bigr) \\
+        h &= \operatorname{RPReLU}_1\bigl(\mathrm{BN}_1(W^{3\times3}_b \star
+             \operatorname{RSign}_1(x)) + \mathrm{AvgPool}_s(x)\bigr) \\
         y &= \operatorname{RPReLU}_2\bigl(\mathrm{BN}_2(W^{1\times1}_b \star \operatorname{RSign}_2(h)) + h\bigr)
 
     When ``out_channels == 2 * in_channels`` the 1×1 part is two binary 1×1 convolutions whose
@@ -224,6 +222,16 @@ class ReActBlock(nn.Module):
         weight_quantizer: binariser of the weights. Default: ``"magnitude_aware_sign"``.
         weight_clip: latent weight clip of the binary convs. Default: ``None``.
         pad_value: padding value of the binarised input of the 3×3 conv. Default: ``1.0``.
+        gradients: the surrogate gradients. ``"official"`` (default), as the official ReActNet
+            code trains: RSign with the ApproxSign surrogate
+            :math:`(2 - 2|t|)\,\mathbb{1}\{|t| \le 1\}` on :math:`t = x - \tau`, and the
+            magnitude-aware weight sign with the unscaled surrogate
+            :math:`\mathbb{1}\{|W| \le 1\}` (``MagnitudeAwareSign(scale_gradient=False)``). It is
+            the default because the block claims to be ReActNet's, and the paper's numbers come
+            from that code. ``"larq"``: the straight-through estimator
+            :math:`\mathbb{1}\{|t| \le 1\}` for RSign and larq's ``magnitude_aware_sign``,
+            whose surrogate is scaled by :math:`\alpha_o`. Either way the forward is the same;
+            a ``weight_quantizer`` given as a module or class is used as it is.
 
     Shape:
         - Input: :math:`(N, C_{in}, H, W)`. Output: :math:`(N, C_{out}, \lceil H/s \rceil, \lceil W/s \rceil)`.
@@ -234,26 +242,35 @@ class ReActBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
                  binary: bool = True, weight_quantizer: Any = "magnitude_aware_sign",
-                 weight_clip: float | None = None, pad_value: float = 1.0) -> None:
+                 weight_clip: float | None = None, pad_value: float = 1.0,
+                 gradients: str = "official") -> None:
         super().__init__()
-        _check_positive_int(in_channels, "in_channels")
-        _check_positive_int(out_channels, "out_channels")
-        stride = _check_stride(stride)
+        check_int(in_channels, "in_channels", min_value=1)
+        check_int(out_channels, "out_channels", min_value=1)
+        stride = check_choice(check_int(stride, "stride"), "stride", (1, 2))
         if out_channels not in (in_channels, 2 * in_channels):
             raise ValueError(f"out_channels must be in_channels ({in_channels}) or twice it, "
                              f"got {out_channels}")
         self.in_channels, self.out_channels, self.stride, self.binary = (
             in_channels, out_channels, stride, bool(binary))
+        self.gradients = check_choice(gradients, "gradients", REACT_GRADIENTS)
+        official = self.gradients == "official"
         # validate the spec once, with the right argname; each conv gets its own instance
         get_quantizer(weight_quantizer, argname="weight_quantizer")
+        # the official code's unscaled weight surrogate, for the name only (modules/classes as is)
+        unscaled = official and isinstance(weight_quantizer, str) and \
+            weight_quantizer == "magnitude_aware_sign"
         c = in_channels
+
+        def weight_q() -> Any:  # a fresh instance for each conv
+            return MagnitudeAwareSign(scale_gradient=False) if unscaled else weight_quantizer
 
         def conv(k: int, s: int, sign: nn.Module | None) -> nn.Module:
             if binary:
                 # The RSign is the conv's own input quantizer, so summary(), the analysis
                 # tools and the exporter see a binary-input layer (1-bit MACs).
                 return BinaryConv2d(c, c, k, stride=s, padding=k // 2, bias=False,
-                                    input_quantizer=sign, weight_quantizer=weight_quantizer,
+                                    input_quantizer=sign, weight_quantizer=weight_q(),
                                     weight_clip=weight_clip,
                                     pad_value=pad_value if k > 1 else 0.0)
             return nn.Conv2d(c, c, k, stride=s, padding=k // 2, bias=False)
@@ -261,8 +278,9 @@ class ReActBlock(nn.Module):
         # Binary: RSign_1 / RSign_2 live inside the convs (sign1/sign2 are identities; the
         # pointwise convs of a widening block share one RSign module, as in ReActNet).
         # Float twin: a LearnableBias shift stands where each RSign is.
-        sign_a = RSign(c) if binary else None
-        sign_b = RSign(c) if binary else None
+        rsign_gradient = "approx_sign" if official else "ste"
+        sign_a = RSign(c, gradient=rsign_gradient) if binary else None
+        sign_b = RSign(c, gradient=rsign_gradient) if binary else None
         self.sign1 = nn.Identity() if binary else LearnableBias(c)
         self.conv3x3 = conv(3, stride, sign_a)
         self.bn1 = nn.BatchNorm2d(c)
@@ -279,9 +297,10 @@ class ReActBlock(nn.Module):
         h = self.bn1(self.conv3x3(self.sign1(x))) + self.pool(x)
         h = self.act1(h)
         hb = self.sign2(h)
-        outs = [bn(pw(hb)) + h for pw, bn in zip(self.pointwise, self.bn2)]
+        outs = [bn(pw(hb)) + h for pw, bn in zip(self.pointwise, self.bn2, strict=True)]
         y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         return self.act2(y)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}, binary={self.binary}"
+        return (f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
+                f"binary={self.binary}, gradients={self.gradients!r}")

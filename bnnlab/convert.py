@@ -32,7 +32,11 @@ never-negative activation (``ReLU``, ``ReLU6``, ``Sigmoid``, ``Softplus``, ``Har
 quantizer is a sign at 0 (not ABC-Net, whose activation bases have learned shifts), the row's
 reason says so and a ``UserWarning`` is issued (unless
 ``verbose``): such a layer sees the same input for every sample. Train the float model with
-``hardtanh`` instead. Only ``nn.Sequential`` order is inspected, not custom ``forward`` code.
+``hardtanh`` instead. This static check sees only ``nn.Sequential`` order, not custom ``forward``
+code; pass ``example_input=`` (a small batch) to probe the binarised model instead: forward
+hooks then find every binary layer whose binarised input is constant over the batch, whatever
+the code structure (a ReLU inside a block's ``forward``, or data in [0, 1] reaching a binarised
+first layer), and one ``UserWarning`` names them all.
 
 Examples::
 
@@ -51,10 +55,11 @@ import inspect
 import math
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from bnnlab import layers as _layers
 from bnnlab import quantizers as _quantizers
@@ -349,6 +354,14 @@ _DOC_ARGS = r"""
         layer_kwargs: extra keyword arguments for every new layer (e.g.
             ``{"num_weight_bases": 3}`` for ``"abc"``); a key no layer of the family accepts
             raises ``ValueError``. Default: ``None``.
+        example_input: ``None``, or an example batch (a tensor, or a tuple of tensors passed as
+            ``model(*example_input)``) that is run once through the *binarised* model, in eval
+            mode and without gradients, with a hook on every binary layer: a layer whose
+            binarised input takes one value over the whole batch (an input that is never
+            negative, under a sign at 0: sign(ReLU(x)) anywhere in a custom ``forward``, or
+            data in [0, 1] reaching a binarised first layer) gets a reason in its row and is
+            named in one ``UserWarning``. Without it only ``nn.Sequential`` order is inspected.
+            Default: ``None``.
         verbose: print the report. Default: ``False``.
 """
 
@@ -365,6 +378,7 @@ def binarize_with_report(
     exclude: Any = None,
     pad_value: float = 0.0,
     layer_kwargs: dict[str, Any] | None = None,
+    example_input: Any = None,
     verbose: bool = False,
 ) -> tuple[nn.Module, ConversionReport]:
     r"""Return a binarised deep copy of ``model`` and a :class:`ConversionReport`.
@@ -399,7 +413,7 @@ def binarize_with_report(
         ('BinaryConv2d', 'Conv2d')
     """
     return _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quantizer,
-                     include, exclude, pad_value, layer_kwargs, verbose)
+                     include, exclude, pad_value, layer_kwargs, example_input, verbose)
 
 
 def binarize(
@@ -414,6 +428,7 @@ def binarize(
     exclude: Any = None,
     pad_value: float = 0.0,
     layer_kwargs: dict[str, Any] | None = None,
+    example_input: Any = None,
     verbose: bool = False,
 ) -> nn.Module:
     r"""Return a binarised deep copy of ``model`` (``model`` is not modified).
@@ -432,7 +447,7 @@ def binarize(
         ['Linear', 'BinaryLinear', 'Linear']
     """
     return _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quantizer,
-                     include, exclude, pad_value, layer_kwargs, verbose)[0]
+                     include, exclude, pad_value, layer_kwargs, example_input, verbose)[0]
 
 
 binarize_with_report.__doc__ = binarize_with_report.__doc__.replace("{args}", _DOC_ARGS)
@@ -469,8 +484,82 @@ def _after_non_negative(model: nn.Module, layers: set[int]) -> dict[int, str]:
     return found
 
 
+CONSTANT_PROBE = ("on example_input its binarised input is {value:+g} everywhere{why}: the layer "
+                  "sees the same input for every sample")
+
+
+def _check_example_input(example_input: Any) -> tuple[Tensor, ...] | None:
+    if example_input is None:
+        return None
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    if not args or not all(isinstance(a, Tensor) for a in args):
+        raise TypeError("example_input must be None, a tensor or a tuple of tensors; got "
+                        f"{type(example_input).__name__}")
+    if args[0].dim() == 0 or args[0].shape[0] == 0:
+        raise ValueError("example_input must be a non-empty batch, got shape "
+                         f"{tuple(args[0].shape)}")
+    return args
+
+
+def _binarised_inputs(module: nn.Module, x: Tensor) -> Tensor | None:
+    """What a binary layer multiplies its weights with: the quantised input, or ABC-Net's stacked
+    activation bases; ``None`` for a float input."""
+    input_bases = getattr(module, "input_bases", None)
+    if callable(input_bases):
+        return input_bases(x)
+    quantizer = getattr(module, "input_quantizer", None)
+    return None if quantizer is None else quantizer(x)
+
+
+def _probe_constant_inputs(model: nn.Module, args: tuple[Tensor, ...],
+                           names: dict[int, str]) -> dict[str, str]:
+    """Run ``model(*args)`` once (eval mode, no gradient) and return ``{name: reason}`` for each
+    binary layer of ``names`` (``{id(module): name}``) whose binarised input (every ABC-Net
+    activation base) took a single value over the whole batch."""
+    # per layer: [min of the raw input, per-base minima, per-base maxima]
+    seen: dict[int, list[Any]] = {}
+
+    def hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        x = inputs[0] if inputs else None
+        if not isinstance(x, Tensor) or x.numel() == 0:
+            return
+        q = _binarised_inputs(module, x)
+        if q is None:
+            return
+        flat = q.reshape(q.shape[0], -1) if hasattr(module, "input_bases") else q.reshape(1, -1)
+        lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+        old = seen.get(id(module))
+        if old is None:
+            seen[id(module)] = [x.min(), lo, hi]
+        else:
+            seen[id(module)] = [torch.minimum(old[0], x.min()), torch.minimum(old[1], lo),
+                                torch.maximum(old[2], hi)]
+
+    modes = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if id(m) in names]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*args)
+    except Exception as exc:  # noqa: BLE001 - re-raised naming the argument
+        raise ValueError(f"example_input: the binarised model's forward failed on it "
+                         f"({type(exc).__name__}: {exc})") from exc
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    found: dict[str, str] = {}
+    for key, (xmin, lo, hi) in seen.items():
+        if bool((lo == hi).all()):
+            why = (f" (its input is never negative, min {float(xmin):.3g})"
+                   if float(xmin) >= 0 else "")
+            found[names[key]] = CONSTANT_PROBE.format(value=float(hi.max()), why=why)
+    return found
+
+
 def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quantizer, include,
-              exclude, pad_value, layer_kwargs, verbose):
+              exclude, pad_value, layer_kwargs, example_input, verbose):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
     if not isinstance(layer, str):
@@ -494,6 +583,7 @@ def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quant
         layer_kwargs = {}
     if not isinstance(layer_kwargs, dict) or not all(isinstance(k, str) for k in layer_kwargs):
         raise TypeError("layer_kwargs must be a dict of keyword arguments (str keys) or None")
+    example_args = _check_example_input(example_input)
     reserved = {"input_quantizer", "weight_quantizer", "pad_value"} & set(layer_kwargs)
     if reserved:
         raise ValueError(f"layer_kwargs must not contain {sorted(reserved)}; use the "
@@ -548,7 +638,8 @@ def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quant
     # {id(layer): the never-negative activation before it}, for the sign(ReLU(x)) pitfall
     # (not ABC-Net: its activation bases sign(x + v_n) have learned shifts spread over [-1, 1])
     after_act = (_after_non_negative(new_model, {id(m) for _, m in weight_layers})
-                 if layer != "abc" and _is_sign_at_zero(input_quantizer) else {})
+                 if layer != "abc" and example_args is None and _is_sign_at_zero(input_quantizer)
+                 else {})  # with example_input, the probe below finds these (and more)
     constant: dict[str, str] = {}  # binarised layer name -> activation before it
     rows: list[LayerChange] = []
     replacements: list[tuple[tuple[str, ...], nn.Module]] = []
@@ -614,6 +705,15 @@ def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quant
             parent = new_model.get_submodule(parent_name) if parent_name else new_model
             setattr(parent, child, new)
 
+    probed: dict[str, str] = {}
+    if example_args is not None:
+        # every binary layer of the result (converted here or already binary), by its row name
+        binary_rows = {row.name for row in rows if row.status in (BINARIZED, ALREADY_BINARY)}
+        ids = {id(new_model.get_submodule(n) if n else new_model): n for n in binary_rows}
+        probed = _probe_constant_inputs(new_model, example_args, ids)
+        rows = [replace(row, reason="; ".join(r for r in (row.reason, probed[row.name]) if r))
+                if row.name in probed else row for row in rows]
+
     settings = {
         "keep_first": repr(keep_first), "keep_last": repr(keep_last),
         "input_quantizer": _short_repr(input_quantizer),
@@ -626,6 +726,8 @@ def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quant
         settings["exclude"] = _short_repr(exclude)
     if layer_kwargs:
         settings["layer_kwargs"] = repr(layer_kwargs)
+    if example_args is not None:
+        settings["example_input"] = " ".join(f"Tensor{tuple(a.shape)}" for a in example_args)
     report = ConversionReport(layer, tuple(rows), settings)
     if verbose:
         print(report)
@@ -634,7 +736,15 @@ def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quant
                            if r.status == UNSUPPORTED)
         warnings.warn(f"binarize: {len(report.unsupported)} weight layer(s) left float because "
                       f"they cannot be binarised: {listed}", UserWarning, stacklevel=3)
-    if constant and not verbose:
+    if probed and not verbose:
+        listed = ", ".join(probed)
+        warnings.warn(f"binarize: on example_input the binarised input of layer(s) {listed} is "
+                      f"constant (never negative under a sign at 0: a ReLU, or data in [0, 1], "
+                      f"before a binarised layer), so those layers see the same input for every "
+                      f"sample and cannot carry information; keep them float, or use an "
+                      f"activation with negative outputs (hardtanh) or a centred input",
+                      UserWarning, stacklevel=3)
+    elif constant and not verbose:
         listed = ", ".join(f"{name} (after a {act})" for name, act in constant.items())
         warnings.warn(f"binarize: the input of binarized layer(s) {listed} is never negative, "
                       f"so input_quantizer={_short_repr(input_quantizer)} always "

@@ -26,12 +26,12 @@ The only custom autograd code is :class:`_Surrogate`: "forward this, backward th
 """
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from bnnlab._validation import check_bool, check_choice, check_int, check_real
 
 __all__ = [
     "sign",
@@ -44,11 +44,17 @@ __all__ = [
     "rsign",
     "scaled_sign",
     "xnor_weight_scale",
+    "abc_activation",
+    "abc_activation_sign",
     "NOISES",
+    "RSIGN_GRADIENTS",
 ]
 
 #: Noise distributions understood by :func:`stochastic_sign`.
 NOISES = ("uniform", "normal", "laplace")
+
+#: Surrogate gradients of :func:`rsign`.
+RSIGN_GRADIENTS = ("ste", "approx_sign")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -73,28 +79,6 @@ class _Surrogate(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         return grad_output * ctx.surrogate(x).to(grad_output.dtype), None, None
-
-
-def _check_clip_value(clip_value: float | None, argname: str = "clip_value") -> None:
-    if clip_value is None:
-        return
-    if isinstance(clip_value, bool) or not isinstance(clip_value, numbers.Real):
-        raise TypeError(f"{argname} must be a non-negative float or None, "
-                        f"got {type(clip_value).__name__}")
-    if not clip_value >= 0 or math.isinf(clip_value):  # also rejects NaN
-        raise ValueError(f"{argname} must be a finite float >= 0 or None, got {clip_value!r}")
-
-
-def _check_positive(value: float, argname: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{argname} must be a positive float, got {type(value).__name__}")
-    if not value > 0 or math.isinf(value):
-        raise ValueError(f"{argname} must be a finite float > 0, got {value!r}")
-
-
-def _check_noise(noise: str) -> None:
-    if noise not in NOISES:
-        raise ValueError(f"noise must be one of {', '.join(map(repr, NOISES))}, got {noise!r}")
 
 
 def _ste_mask(clip_value: float | None) -> Callable[[Tensor], Tensor]:
@@ -157,7 +141,7 @@ def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
         Courbariaux et al., *Binarized Neural Networks: Training Deep Neural Networks with Weights
         and Activations Constrained to +1 or -1*, 2016, arXiv:1602.02830. (larq ``ste_sign``.)
     """
-    _check_clip_value(clip_value)
+    clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
     return _Surrogate.apply(x, sign, _ste_mask(clip_value))
 
 
@@ -211,7 +195,7 @@ def swish_sign(x: Tensor, beta: float = 5.0) -> Tensor:
         Darabi et al., *BNN+: Improved Binary Network Training*, 2018, arXiv:1812.11800.
         (larq ``swish_sign``.)
     """
-    _check_positive(beta, "beta")
+    beta = check_real(beta, "beta", min_value=0.0, include_min=False)
 
     def grad(t: Tensor) -> Tensor:
         bx = beta * t
@@ -237,7 +221,7 @@ def ste_heaviside(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
         larq ``ste_heaviside`` (``larq/quantizers.py``); the STE as in Courbariaux et al., 2016,
         arXiv:1602.02830.
     """
-    _check_clip_value(clip_value)
+    clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
     return _Surrogate.apply(x, _heaviside, _ste_mask(clip_value))
 
 
@@ -268,7 +252,8 @@ def xnor_weight_scale(w: Tensor, detach: bool = False) -> Tensor:
     return a.detach() if detach else a
 
 
-def magnitude_aware_sign(w: Tensor, clip_value: float | None = 1.0) -> Tensor:
+def magnitude_aware_sign(w: Tensor, clip_value: float | None = 1.0, *,
+                         scale_gradient: bool = True) -> Tensor:
     r"""Bi-Real Net's magnitude-aware weight binariser: :math:`\alpha_o \cdot \operatorname{sign}(W)`.
 
     .. math::
@@ -280,14 +265,26 @@ def magnitude_aware_sign(w: Tensor, clip_value: float | None = 1.0) -> Tensor:
     :math:`\alpha_o` is taken per output channel, over every dim but dim 0 (torch layout; larq's
     channels-last version reduces over every axis but the last). Tie rule: sign(0) = +1.
 
+    With ``scale_gradient=False`` the surrogate is :math:`\mathbb{1}\{\lvert W_o \rvert \le c\}`
+    without the factor :math:`\alpha_o`: the official Bi-Real Net and ReActNet code
+    (``HardBinaryConv``: ``alpha*sign(W)`` detached, minus ``clamp(W, -1, 1)`` detached, plus
+    ``clamp(W, -1, 1)``). The forward is the same.
+
     Args:
         w: latent weight, shape :math:`(C_{out}, *)`.
         clip_value: :math:`c \ge 0` of the STE. ``None``: no clipping. Default: ``1.0``.
+        scale_gradient: multiply the surrogate by :math:`\alpha_o` (larq). Default: ``True``.
 
     References:
         Liu et al., *Bi-Real Net*, ECCV 2018, arXiv:1808.00278. (larq ``magnitude_aware_sign``.)
+        Liu et al., *ReActNet*, ECCV 2020, arXiv:2003.03488 (official code, ``scale_gradient=False``).
     """
-    return xnor_weight_scale(w, detach=True) * ste_sign(w, clip_value)
+    scale_gradient = check_bool(scale_gradient, "scale_gradient")
+    if scale_gradient:
+        return xnor_weight_scale(w, detach=True) * ste_sign(w, clip_value)
+    clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
+    return _Surrogate.apply(w, lambda t: xnor_weight_scale(t, detach=True) * sign(t),
+                            _ste_mask(clip_value))
 
 
 def _draw_noise(x: Tensor, noise: str, generator: torch.Generator | None) -> Tensor:
@@ -331,12 +328,9 @@ def stochastic_sign(x: Tensor, noise: str = "uniform", scale: float = 1.0, train
         Courbariaux et al., *BinaryConnect*, NeurIPS 2015, arXiv:1511.00363, and *Binarized Neural
         Networks*, 2016, arXiv:1602.02830 (stochastic binarisation with the hard sigmoid).
     """
-    _check_noise(noise)
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a float >= 0, got {type(scale).__name__}")
-    if not scale >= 0 or math.isinf(scale):
-        raise ValueError(f"scale must be a finite float >= 0, got {scale!r}")
-    _check_clip_value(clip_value)
+    noise = check_choice(noise, "noise", NOISES)
+    scale = check_real(scale, "scale", min_value=0.0)
+    clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
     if not training or scale == 0:
         return ste_sign(x, clip_value)
     eps = _draw_noise(x, noise, generator)
@@ -347,8 +341,7 @@ def _per_channel(t: Tensor, x: Tensor, channel_dim: int, argname: str) -> Tensor
     """Reshape a 1-D per-channel tensor of length C to broadcast along ``x``'s ``channel_dim``."""
     if t.ndim != 1:
         return t  # a scalar or an already-broadcastable tensor: torch's broadcasting decides
-    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
-        raise TypeError(f"channel_dim must be an int, got {type(channel_dim).__name__}")
+    channel_dim = check_int(channel_dim, "channel_dim")
     if not -x.ndim <= channel_dim < x.ndim:
         raise ValueError(f"channel_dim={channel_dim} is out of range for an input with "
                          f"{x.ndim} dims")
@@ -362,13 +355,17 @@ def _per_channel(t: Tensor, x: Tensor, channel_dim: int, argname: str) -> Tensor
 
 
 def rsign(x: Tensor, threshold: Tensor | float, clip_value: float | None = 1.0,
-          channel_dim: int = 1) -> Tensor:
+          channel_dim: int = 1, *, gradient: str = "ste") -> Tensor:
     r"""ReActNet's RSign: a sign with a learnable per-channel threshold :math:`\tau_c`.
 
     .. math::
         q(x)_c = \operatorname{sign}(x_c - \tau_c), \qquad
         \frac{\partial q_c}{\partial x_c} := \mathbb{1}\{\lvert x_c - \tau_c \rvert \le c\},
         \qquad \frac{\partial q_c}{\partial \tau_c} := -\frac{\partial q_c}{\partial x_c}
+
+    with ``gradient="ste"``; ``gradient="approx_sign"`` uses Bi-Real's ApproxSign surrogate on
+    :math:`t = x_c - \tau_c` instead, :math:`(2 - 2|t|)\,\mathbb{1}\{|t| \le 1\}` (what the
+    official ReActNet code trains with; ``clip_value`` is then unused).
 
     so :math:`\partial L/\partial \tau_c = -\sum (\partial L / \partial x_c)` over every element
     of channel :math:`c`. (ReActNet's paper calls :math:`\tau` "α"; renamed so it does not clash
@@ -382,13 +379,18 @@ def rsign(x: Tensor, threshold: Tensor | float, clip_value: float | None = 1.0,
             Default: ``1.0``.
         channel_dim: the channel dim of ``x`` for a 1-D ``threshold``. Default: ``1``
             (``(N, C)`` and ``(N, C, H, W)``).
+        gradient: ``"ste"`` or ``"approx_sign"``, the surrogate (above). Default: ``"ste"``.
 
     References:
         Liu et al., *ReActNet: Towards Precise Binary Neural Network with Generalized Activation
         Functions*, ECCV 2020, arXiv:2003.03488.
     """
+    gradient = check_choice(gradient, "gradient", RSIGN_GRADIENTS)
     threshold = torch.as_tensor(threshold, device=x.device)
-    return ste_sign(x - _per_channel(threshold, x, channel_dim, "threshold"), clip_value)
+    shifted = x - _per_channel(threshold, x, channel_dim, "threshold")
+    if gradient == "approx_sign":
+        return approx_sign(shifted)
+    return ste_sign(shifted, clip_value)
 
 
 def scaled_sign(x: Tensor, scale: Tensor | float, clip_value: float | None = 1.0) -> Tensor:
@@ -411,3 +413,50 @@ def scaled_sign(x: Tensor, scale: Tensor | float, clip_value: float | None = 1.0
         larq's ``_scaled_sign`` (:math:`1.3 \cdot` ste_sign, used in its docs plots).
     """
     return scale * ste_sign(x, clip_value)
+
+
+def abc_activation(x: Tensor, shift: Tensor | float) -> Tensor:
+    r"""ABC-Net's shifted, clipped activation, centred: :math:`h_v(x) - \tfrac12`.
+
+    .. math::
+        h_v(x) = \operatorname{clip}(x + v, 0, 1), \qquad
+        \frac{\partial h_v}{\partial x} = \frac{\partial h_v}{\partial v} =
+        \mathbb{1}\{0 \le x + v \le 1\}
+
+    (torch's ``clamp`` passes the gradient on the closed interval). Binarising it with a sign
+    gives the paper's activation base :math:`H_v(x) = 2\,\mathbb{1}\{h_v(x) \ge 0.5\} - 1`
+    (:func:`abc_activation_sign`).
+
+    Args:
+        x: input of any shape.
+        shift: :math:`v`, a float or a tensor broadcasting against ``x``.
+
+    References:
+        Lin, Zhao, Pan, *Towards Accurate Binary Convolutional Neural Network*, NeurIPS 2017,
+        arXiv:1711.11294, Sec. 3.2.
+    """
+    return torch.clamp(x + shift, 0.0, 1.0) - 0.5
+
+
+def abc_activation_sign(x: Tensor, shift: Tensor | float) -> Tensor:
+    r"""ABC-Net's binary activation base :math:`H_v(x) = \operatorname{sign}(\operatorname{clip}(x + v, 0, 1) - 0.5)`.
+
+    .. math::
+        H_v(x) = \begin{cases} +1 & x + v \ge 0.5 \\ -1 & x + v < 0.5 \end{cases}, \qquad
+        \frac{\partial H_v}{\partial x} = \frac{\partial H_v}{\partial v} :=
+        \mathbb{1}\{0 \le x + v \le 1\}
+
+    The straight-through estimator through the clip, as the paper trains it. Tie rule:
+    :math:`x + v = 0.5` gives :math:`+1` (the paper's :math:`\mathbb{1}\{h \ge 0.5\}`).
+    It is :func:`ste_sign` (clip 1, which never binds on :math:`[-0.5, 0.5]`) of
+    :func:`abc_activation`.
+
+    Args:
+        x: input of any shape.
+        shift: :math:`v`, a float or a tensor broadcasting against ``x`` (learnable in ABC-Net).
+
+    References:
+        Lin, Zhao, Pan, *Towards Accurate Binary Convolutional Neural Network*, NeurIPS 2017,
+        arXiv:1711.11294, Sec. 3.2.
+    """
+    return ste_sign(abc_activation(x, shift), 1.0)

@@ -21,14 +21,14 @@ Every layer here *is* a :class:`torch.nn.Linear` / :class:`torch.nn.Conv1d` /
 
 Families (notation of the README: :math:`x_b = q_x(x)`, :math:`W_b = q_w(W)`, sign(0) = +1):
 
-============================================  ==============================================================================
-class                                         forward
-============================================  ==============================================================================
-:class:`BinaryLinear`, ``BinaryConv1d/2d``    :math:`y = W_b \star x_b + b`
-:class:`XnorLinear`, :class:`XnorConv2d`      :math:`y = (W_b \star x_b) \odot \alpha \odot \beta + b` (β: a K-map for conv)
-:class:`XnorPlusLinear`, ``...Conv2d``        :math:`y = (W_b \star x_b) \odot \Gamma + b`, Γ learned
-:class:`AbcLinear`, :class:`AbcConv2d`        :math:`y = \sum_n \beta_n \sum_m \alpha_m \odot (B_m \star A_n) + b`
-============================================  ==============================================================================
+==========================================  =========================================================================
+class                                       forward
+==========================================  =========================================================================
+:class:`BinaryLinear`, ``BinaryConv1d/2d``  :math:`y = W_b \star x_b + b`
+:class:`XnorLinear`, :class:`XnorConv2d`    :math:`y = (W_b \star x_b) \odot \alpha \odot \beta + b` (β: a K-map)
+:class:`XnorPlusLinear`, ``...Conv2d``      :math:`y = (W_b \star x_b) \odot \Gamma + b`, Γ learned
+:class:`AbcLinear`, :class:`AbcConv2d`      :math:`y = \sum_n \beta_n \sum_m \alpha_m (B_m \star A_n) + b`
+==========================================  =========================================================================
 
 Gradients: the signs use their quantizer's surrogate (straight-through estimator for
 ``"ste_sign"``: :math:`\mathbb{1}\{|x| \le 1\}`); everything else (scales, shifts) is plain
@@ -44,7 +44,8 @@ from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter, is_lazy
 
 from bnnlab import functional as BF
-from bnnlab.quantizers import get_quantizer
+from bnnlab._validation import check_bool, check_choice, check_int, check_real
+from bnnlab.quantizers import MagnitudeAwareSign, get_quantizer
 
 __all__ = [
     "BinaryLinear",
@@ -57,6 +58,7 @@ __all__ = [
     "AbcLinear",
     "AbcConv2d",
     "GAMMA_MODES",
+    "ABC_FORMULATIONS",
     "clip_weights_",
 ]
 
@@ -67,51 +69,20 @@ GAMMA_MODES = ("scalar", "channel", "factorised")
 PAD_VALUES = (0.0, 1.0, -1.0)
 
 
-# --------------------------------------------------------------------------- validation helpers
-def _check_weight_clip(weight_clip: Any) -> float | None:
-    if weight_clip is None:
-        return None
-    if isinstance(weight_clip, bool) or not isinstance(weight_clip, (int, float)):
-        raise TypeError(f"weight_clip must be a positive number or None, got {weight_clip!r}")
-    if not weight_clip > 0:  # also rejects NaN
-        raise ValueError(f"weight_clip must be > 0 (or None for no clipping), got {weight_clip!r}")
-    return float(weight_clip)
-
-
-def _check_pad_value(pad_value: Any, padding_mode: str) -> float:
-    if isinstance(pad_value, bool) or not isinstance(pad_value, (int, float)):
-        raise TypeError(f"pad_value must be one of {PAD_VALUES}, got {pad_value!r}")
-    if float(pad_value) not in PAD_VALUES:
-        raise ValueError(f"pad_value must be one of {PAD_VALUES} (0.0 = torch zero padding, "
-                         f"+-1.0 = pad the binarised input with that value), got {pad_value!r}")
-    if pad_value != 0.0 and padding_mode != "zeros":
-        raise ValueError(f"pad_value={pad_value!r} needs padding_mode='zeros', got "
-                         f"padding_mode={padding_mode!r}")
-    return float(pad_value) + 0.0  # normalise -0.0 to 0.0
-
-
-def _check_count(value: Any, argname: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{argname} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{argname} must be >= 1, got {value!r}")
-    return value
-
-
-def _check_positive_int(value: Any, argname: str) -> int:
-    """The argument checker of :mod:`bnnlab.blocks` and :mod:`bnnlab.models` (channels, widths,
-    counts): an int >= 1. Its messages name the type, where :func:`_check_count` shows the value."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{argname} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{argname} must be >= 1, got {value}")
-    return value
-
-
-def _check_bool(value: Any, argname: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{argname} must be a bool, got {value!r}")
-    return value
+def _refuse_double_scale(layer: nn.Module, input_scaling: bool) -> None:
+    """XNOR-Net layers apply α = mean|W| (and β / the K-map) themselves: a magnitude-aware sign
+    (α·sign) in the same place would apply that scale a second time (issue 8, defect 6)."""
+    name = type(layer).__name__
+    if isinstance(layer.weight_quantizer, MagnitudeAwareSign):
+        raise ValueError(f"{name} already scales its binary weight by alpha = mean|W| per output "
+                         f"channel; weight_quantizer=MagnitudeAwareSign would apply alpha twice. "
+                         f"Use weight_quantizer='ste_sign' (or BinaryLinear/BinaryConv2d with "
+                         f"'magnitude_aware_sign' for Bi-Real's single alpha)")
+    if input_scaling and isinstance(layer.input_quantizer, MagnitudeAwareSign):
+        raise ValueError(f"{name} already scales its binary input by beta = mean|x| "
+                         f"(input_scaling=True); input_quantizer=MagnitudeAwareSign would apply "
+                         f"an input scale twice. Use input_quantizer='ste_sign', or "
+                         f"input_scaling=False")
 
 
 def _spread(n: int) -> Tensor:
@@ -138,7 +109,8 @@ class _BinaryMixin:
         # register_module (not plain assignment) so that a None quantizer still shows in repr
         self.register_module("input_quantizer", get_quantizer(input_quantizer, argname="input_quantizer"))
         self.register_module("weight_quantizer", get_quantizer(weight_quantizer, argname="weight_quantizer"))
-        self.weight_clip = _check_weight_clip(weight_clip)
+        self.weight_clip = check_real(weight_clip, "weight_clip", min_value=0.0, include_min=False,
+                                      allow_none=True)
 
     def _quantize_input(self, input: Tensor) -> Tensor:
         return input if self.input_quantizer is None else self.input_quantizer(input)
@@ -234,7 +206,12 @@ class _BinaryConvMixin(_BinaryMixin):
         self._init_pad_value(pad_value)
 
     def _init_pad_value(self, pad_value: Any) -> None:
-        self.pad_value = _check_pad_value(pad_value, self.padding_mode)
+        # 0.0 = torch zero padding; +-1.0 = pad the binarised input with that value
+        value = check_choice(check_real(pad_value, "pad_value") + 0.0, "pad_value", PAD_VALUES)
+        if value != 0.0 and self.padding_mode != "zeros":
+            raise ValueError(f"pad_value={pad_value!r} needs padding_mode='zeros', got "
+                             f"padding_mode={self.padding_mode!r}")
+        self.pad_value = value
 
     def _pad_binarised(self, x: Tensor) -> Tensor:
         """Pad ``x`` (last dims) with ``pad_value`` by the layer's padding; only when pad_value != 0."""
@@ -440,7 +417,8 @@ class XnorLinear(BinaryLinear):
         super().__init__(in_features, out_features, bias, device, dtype,
                          input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
                          weight_clip=weight_clip)
-        self.input_scaling = _check_bool(input_scaling, "input_scaling")
+        self.input_scaling = check_bool(input_scaling, "input_scaling")
+        _refuse_double_scale(self, self.input_scaling)
 
     def weight_scale(self) -> Tensor:
         r"""α: :math:`\operatorname{mean}|W|` per output channel, shape ``(out_features,)``."""
@@ -512,7 +490,8 @@ class XnorConv2d(BinaryConv2d):
                          groups, bias, padding_mode, device, dtype, input_quantizer=input_quantizer,
                          weight_quantizer=weight_quantizer, weight_clip=weight_clip,
                          pad_value=pad_value)
-        self.input_scaling = _check_bool(input_scaling, "input_scaling")
+        self.input_scaling = check_bool(input_scaling, "input_scaling")
+        _refuse_double_scale(self, self.input_scaling)
 
     def weight_scale(self) -> Tensor:
         r"""α: :math:`\operatorname{mean}|W|` per output channel, shape ``(C_out, 1, 1)``."""
@@ -547,12 +526,6 @@ class XnorConv2d(BinaryConv2d):
 
 
 # --------------------------------------------------------------------------- XNOR-Net++
-def _check_gamma_mode(gamma_mode: Any) -> str:
-    if gamma_mode not in GAMMA_MODES:
-        raise ValueError(f"gamma_mode must be one of {GAMMA_MODES}, got {gamma_mode!r}")
-    return gamma_mode
-
-
 class XnorPlusLinear(BinaryLinear):
     r"""XNOR-Net++ fully connected layer: binary product times a learned scale Γ.
 
@@ -587,7 +560,7 @@ class XnorPlusLinear(BinaryLinear):
         super().__init__(in_features, out_features, bias, device, dtype,
                          input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
                          weight_clip=weight_clip)
-        self.gamma_mode = _check_gamma_mode(gamma_mode)
+        self.gamma_mode = check_choice(gamma_mode, "gamma_mode", GAMMA_MODES)
         n = 1 if gamma_mode == "scalar" else out_features
         self.gamma = nn.Parameter(torch.ones(n, device=device, dtype=dtype))
 
@@ -652,7 +625,7 @@ class XnorPlusConv2d(BinaryConv2d):
                          groups, bias, padding_mode, device, dtype, input_quantizer=input_quantizer,
                          weight_quantizer=weight_quantizer, weight_clip=weight_clip,
                          pad_value=pad_value)
-        self.gamma_mode = _check_gamma_mode(gamma_mode)
+        self.gamma_mode = check_choice(gamma_mode, "gamma_mode", GAMMA_MODES)
         fk = {"device": device, "dtype": dtype}
         if gamma_mode != "factorised":
             if out_size is not None:
@@ -669,17 +642,15 @@ class XnorPlusConv2d(BinaryConv2d):
             self.gamma_w = UninitializedParameter(**fk)
             self.register_load_state_dict_pre_hook(XnorPlusConv2d._materialize_from_state_dict)
         else:
-            self.out_size = self._check_out_size(out_size)
+            size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
+            if len(size) != 2:
+                raise ValueError(f"out_size must be a positive int or (H_out, W_out), got "
+                                 f"{out_size!r}")
+            self.out_size = (check_int(size[0], "out_size", min_value=1),
+                             check_int(size[1], "out_size", min_value=1))
             self.gamma_h = nn.Parameter(torch.ones(1, self.out_size[0], 1, **fk))
             self.gamma_w = nn.Parameter(torch.ones(1, 1, self.out_size[1], **fk))
 
-    @staticmethod
-    def _check_out_size(out_size: Any) -> tuple[int, int]:
-        size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
-        if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
-                                     for s in size):
-            raise ValueError(f"out_size must be a positive int or (H_out, W_out), got {out_size!r}")
-        return size
 
     def _materialize(self, h: int, w: int) -> None:
         with torch.no_grad():
@@ -735,6 +706,10 @@ class XnorPlusConv2d(BinaryConv2d):
 # --------------------------------------------------------------------------- ABC-Net
 _SCALE_INITS = ("lstsq", "mean")
 
+#: Formulations of ABC-Net (:class:`AbcLinear`, :class:`AbcConv2d`): the paper's, and bnnlab's
+#: earlier per-channel variant.
+ABC_FORMULATIONS = ("paper", "per_channel")
+
 
 class _AbcMixin:
     r"""Shared-latent weight bases and shifted activation bases (ABC-Net)."""
@@ -744,23 +719,29 @@ class _AbcMixin:
     input_quantizer: nn.Module | None
 
     def _init_abc(self, num_weight_bases: Any, num_act_bases: Any, scale_init: Any,
-                  device: Any, dtype: Any) -> None:
-        m = _check_count(num_weight_bases, "num_weight_bases")
-        n = _check_count(num_act_bases, "num_act_bases")
-        if scale_init not in _SCALE_INITS:
-            raise ValueError(f"scale_init must be one of {_SCALE_INITS}, got {scale_init!r}")
-        self.num_weight_bases, self.num_act_bases, self.scale_init = m, n, scale_init
+                  formulation: Any, device: Any, dtype: Any) -> None:
+        m = check_int(num_weight_bases, "num_weight_bases", min_value=1)
+        n = check_int(num_act_bases, "num_act_bases", min_value=1)
+        self.scale_init = check_choice(scale_init, "scale_init", _SCALE_INITS)
+        self.formulation = check_choice(formulation, "formulation", ABC_FORMULATIONS)
+        self.num_weight_bases, self.num_act_bases = m, n
         fk = {"device": self.weight.device if device is None else device,
               "dtype": self.weight.dtype if dtype is None else dtype}
         self.register_buffer("weight_shifts", _spread(m).to(**fk))
-        self.weight_scales = nn.Parameter(torch.empty(m, self.weight.shape[0], **fk))
+        alpha_shape = (m,) if self.formulation == "paper" else (m, self.weight.shape[0])
+        self.weight_scales = nn.Parameter(torch.empty(alpha_shape, **fk))
         self.act_shifts = nn.Parameter(torch.empty(n, **fk))
         self.act_scales = nn.Parameter(torch.empty(n, **fk))
         self._reset_abc()
 
+    def _initial_act_shifts(self) -> Tensor:
+        u = _spread(self.num_act_bases)
+        # paper: H_v switches at x = 0.5 - v; put these thresholds at u (0 for N = 1)
+        return 0.5 - u.flip(0) if self.formulation == "paper" else u
+
     def _reset_abc(self) -> None:
         with torch.no_grad():
-            self.act_shifts.copy_(_spread(self.num_act_bases))
+            self.act_shifts.copy_(self._initial_act_shifts())
             self.act_scales.fill_(1.0 / self.num_act_bases)
         self.reset_scales()
 
@@ -776,30 +757,33 @@ class _AbcMixin:
     def reset_scales(self) -> None:
         r"""Re-initialise α from the current latent weight (called by :meth:`from_float`).
 
-        ``scale_init="lstsq"``: per output channel :math:`o`, the least-squares
-        :math:`\min_\alpha \|W_o - \sum_m \alpha_{m,o} B_{m,o}\|^2` (the paper's linear
-        regression); ``"mean"``: :math:`\alpha_{m,o} = \operatorname{mean}|W_o| / M`.
+        ``scale_init="lstsq"``: the least-squares :math:`\min_\alpha \|W - \sum_m \alpha_m B_m\|^2`
+        (the paper's linear regression), over the whole tensor (``"paper"``) or per output
+        channel (``"per_channel"``); ``"mean"``: :math:`\alpha_m = \operatorname{mean}|W| / M`
+        (over the tensor, or per output channel).
         """
         w = self.weight.detach()
-        c_out = w.shape[0]
+        rows = 1 if self.formulation == "paper" else w.shape[0]
         if self.scale_init == "mean":
-            self.weight_scales.copy_((w.abs().reshape(c_out, -1).mean(1) / self.num_weight_bases)
+            mean = w.abs().reshape(rows, -1).mean(1) / self.num_weight_bases  # (rows,)
+            self.weight_scales.copy_(mean.reshape(self.weight_scales.shape[1:])
                                      .expand_as(self.weight_scales))
             return
-        b = self.weight_bases().detach().reshape(self.num_weight_bases, c_out, -1)  # (M, C, K)
-        a = b.permute(1, 2, 0).double()  # (C, K, M)
-        y = w.reshape(c_out, -1, 1).double()  # (C, K, 1)
-        sol = torch.linalg.pinv(a) @ y  # (C, M, 1), minimum-norm least squares
-        self.weight_scales.copy_(sol[..., 0].T)
+        b = self.weight_bases().detach().reshape(self.num_weight_bases, rows, -1)  # (M, R, K)
+        a = b.permute(1, 2, 0).double()  # (R, K, M)
+        y = w.reshape(rows, -1, 1).double()  # (R, K, 1)
+        sol = torch.linalg.pinv(a) @ y  # (R, M, 1), minimum-norm least squares
+        self.weight_scales.copy_(sol[..., 0].T.reshape(self.weight_scales.shape))
 
     def shifted_weights(self) -> Tensor:
-        r""":math:`W - \operatorname{mean}(W) + u_m \operatorname{std}(W)` per output channel, ``(M, *weight.shape)``.
+        r""":math:`W - \operatorname{mean}(W) + u_m \operatorname{std}(W)`, shape ``(M, *weight.shape)``.
 
-        Mean and (population, ``correction=0``) standard deviation are taken over each output
-        channel's weights and treated as constants in the backward pass.
+        Mean and (population, ``correction=0``) standard deviation are taken over the whole
+        tensor (``"paper"``) or over each output channel's weights (``"per_channel"``), and
+        treated as constants in the backward pass.
         """
         w = self.weight
-        dims = tuple(range(1, w.dim()))
+        dims = tuple(range(w.dim())) if self.formulation == "paper" else tuple(range(1, w.dim()))
         mean = w.mean(dim=dims, keepdim=True).detach()
         std = w.std(dim=dims, keepdim=True, correction=0).detach()
         u = self.weight_shifts.reshape(-1, *([1] * w.dim()))
@@ -816,15 +800,27 @@ class _AbcMixin:
         """Same as :meth:`weight_bases`: the M binary bases, shape ``(M, *weight.shape)``."""
         return self.weight_bases()
 
+    def weight_scale(self) -> Tensor:
+        r"""α broadcastable to :meth:`weight_bases`: ``(M, 1, ...)`` or ``(M, C_out, 1, ...)``."""
+        a = self.weight_scales
+        return a.reshape(*a.shape, *([1] * (self.weight.dim() + 1 - a.dim())))
+
     def effective_weight(self) -> Tensor:
         r""":math:`\sum_m \alpha_m \odot B_m`, shape ``weight.shape``: the weight the layer applies."""
-        b = self.weight_bases()
-        a = self.weight_scales.reshape(*self.weight_scales.shape, *([1] * (b.dim() - 2)))
-        return (a * b).sum(0)
+        return (self.weight_scale() * self.weight_bases()).sum(0)
 
     def input_bases(self, input: Tensor) -> Tensor:
-        r"""The binary activation bases :math:`A_n = q_x(x + v_n)`, shape ``(N, *input.shape)``."""
-        bases = [input + v for v in self.act_shifts.unbind(0)]
+        r"""The activation bases, shape ``(N, *input.shape)``.
+
+        ``"paper"``: :math:`A_n = q_x(\operatorname{clip}(x + v_n, 0, 1) - 0.5)`, with the
+        default ``"ste_sign"`` the paper's :math:`H_{v_n}(x)`
+        (:func:`bnnlab.functional.abc_activation_sign`); ``"per_channel"``:
+        :math:`A_n = q_x(x + v_n)`. With ``input_quantizer=None`` the bases stay real.
+        """
+        if self.formulation == "paper":
+            bases = [BF.abc_activation(input, v) for v in self.act_shifts.unbind(0)]
+        else:
+            bases = [input + v for v in self.act_shifts.unbind(0)]
         if self.input_quantizer is not None:
             bases = [self.input_quantizer(a) for a in bases]
         return torch.stack(bases)
@@ -835,27 +831,41 @@ class _AbcMixin:
 
     def _abc_repr(self) -> str:
         s = f", num_weight_bases={self.num_weight_bases}, num_act_bases={self.num_act_bases}"
+        s += f", formulation={self.formulation!r}" if self.formulation != "paper" else ""
         return s + (f", scale_init={self.scale_init!r}" if self.scale_init != "lstsq" else "")
 
 
 _ABC_DOC = r"""
 
     .. math::
-        y = \sum_{n=1}^{N} \beta_n \sum_{m=1}^{M} \alpha_m \odot (B_m \star A_n) + b
+        y = \sum_{n=1}^{N} \beta_n \sum_{m=1}^{M} \alpha_m (B_m \star A_n) + b
 
     **Weight bases** come from the one latent weight :math:`W` (no extra latent copies):
-    :math:`B_m = q_w(W - \bar W + u_m \sigma_W)` with :math:`\bar W, \sigma_W` the mean and
-    population standard deviation of each output channel's weights (constants for the backward
-    pass) and fixed shifts :math:`u_m = -1 + 2(m-1)/(M-1)` evenly spread over :math:`[-1, 1]`
-    (:math:`u = 0` for :math:`M = 1`; buffer ``weight_shifts``). :math:`\alpha_m` (parameter
-    ``weight_scales``, shape ``(M, C_out)``, one per base and output channel) is learned,
-    initialised by per-channel least squares :math:`W \approx \sum_m \alpha_m B_m`
-    (``scale_init="lstsq"``) or :math:`\operatorname{mean}|W|/M` (``"mean"``).
-    Call :meth:`reset_scales` after changing the weight by hand (:meth:`from_float` does).
+    :math:`B_m = q_w(W - \bar W + u_m \sigma_W)` with fixed shifts
+    :math:`u_m = -1 + 2(m-1)/(M-1)` evenly spread over :math:`[-1, 1]` (:math:`u = 0` for
+    :math:`M = 1`; buffer ``weight_shifts``). :math:`\alpha_m` (parameter ``weight_scales``) is
+    learned, initialised by least squares :math:`W \approx \sum_m \alpha_m B_m`
+    (``scale_init="lstsq"``, the paper's linear regression) or :math:`\operatorname{mean}|W|/M`
+    (``"mean"``). Call :meth:`reset_scales` after changing the weight by hand (:meth:`from_float`
+    does).
 
-    **Activation bases** :math:`A_n = q_x(x + v_n)` with learned shifts :math:`v_n` (parameter
-    ``act_shifts``, initialised evenly over :math:`[-1, 1]`, 0 for :math:`N = 1`) and learned
+    **Activation bases** with learned shifts :math:`v_n` (parameter ``act_shifts``) and learned
     scales :math:`\beta_n` (``act_scales``, initialised to :math:`1/N`).
+
+    ``formulation="paper"`` (default) is Lin et al. (2017): :math:`\bar W, \sigma_W` are the
+    mean and population standard deviation of the *whole* weight tensor, one scalar
+    :math:`\alpha_m` per base (``weight_scales`` of shape ``(M,)``), and
+    :math:`A_n = H_{v_n}(x) = \operatorname{sign}(\operatorname{clip}(x + v_n, 0, 1) - 0.5)`
+    (+1 iff :math:`x + v_n \ge 0.5`) whose gradient passes for :math:`0 \le x + v_n \le 1`
+    (:func:`bnnlab.functional.abc_activation_sign`; ``input_quantizer`` binarises
+    :math:`\operatorname{clip}(x + v_n, 0, 1) - 0.5`). The shifts start at
+    :math:`v_n = 0.5 - u_n`, so the thresholds :math:`0.5 - v_n` are spread over :math:`[-1, 1]`
+    (:math:`v = 0.5`, the threshold at 0, for :math:`N = 1`).
+
+    ``formulation="per_channel"`` is bnnlab's earlier variant: mean and standard deviation per
+    output channel, :math:`\alpha_{m,o}` per base and output channel (``(M, C_out)``), and
+    :math:`A_n = q_x(x + v_n)` with :math:`v_n` starting evenly over :math:`[-1, 1]`. It fits
+    each channel's weights more closely, at M·C_out scales instead of M.
 
     Gradients: the signs use their quantizer's surrogate (STE by default), so
     :math:`\partial L/\partial W = \sum_m \alpha_m\, \partial L/\partial B_m \odot
@@ -874,6 +884,7 @@ class AbcLinear(_AbcMixin, BinaryLinear):
         num_weight_bases: :math:`M \ge 1`. Default: ``3``.
         num_act_bases: :math:`N \ge 1`. Default: ``3``.
         scale_init: ``"lstsq"`` or ``"mean"``. Default: ``"lstsq"``.
+        formulation: ``"paper"`` or ``"per_channel"`` (above). Default: ``"paper"``.
 
     Examples::
 
@@ -889,11 +900,13 @@ class AbcLinear(_AbcMixin, BinaryLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
                  dtype=None, *, input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
                  weight_clip: float | None = None, num_weight_bases: int = 3,
-                 num_act_bases: int = 3, scale_init: str = "lstsq") -> None:
+                 num_act_bases: int = 3, scale_init: str = "lstsq",
+                 formulation: str = "paper") -> None:
         super().__init__(in_features, out_features, bias, device, dtype,
                          input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
                          weight_clip=weight_clip)
-        self._init_abc(num_weight_bases, num_act_bases, scale_init, device, dtype)
+        self._init_abc(num_weight_bases, num_act_bases, scale_init, formulation, device,
+                       dtype)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.linear(self._combine_inputs(self.input_bases(input)), self.effective_weight(),
@@ -913,6 +926,7 @@ class AbcConv2d(_AbcMixin, BinaryConv2d):
         num_weight_bases: :math:`M \ge 1`. Default: ``3``.
         num_act_bases: :math:`N \ge 1`. Default: ``3``.
         scale_init: ``"lstsq"`` or ``"mean"``. Default: ``"lstsq"``.
+        formulation: ``"paper"`` or ``"per_channel"`` (above). Default: ``"paper"``.
 
     Examples::
 
@@ -930,12 +944,13 @@ class AbcConv2d(_AbcMixin, BinaryConv2d):
                  device=None, dtype=None, *, input_quantizer: Any = "ste_sign",
                  weight_quantizer: Any = "ste_sign", weight_clip: float | None = None,
                  pad_value: float = 0.0, num_weight_bases: int = 3, num_act_bases: int = 3,
-                 scale_init: str = "lstsq") -> None:
+                 scale_init: str = "lstsq", formulation: str = "paper") -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, padding_mode, device, dtype, input_quantizer=input_quantizer,
                          weight_quantizer=weight_quantizer, weight_clip=weight_clip,
                          pad_value=pad_value)
-        self._init_abc(num_weight_bases, num_act_bases, scale_init, device, dtype)
+        self._init_abc(num_weight_bases, num_act_bases, scale_init, formulation, device,
+                       dtype)
 
     def forward(self, input: Tensor) -> Tensor:
         bases = self.input_bases(input)  # (N, *input.shape)

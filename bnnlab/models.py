@@ -20,33 +20,85 @@ logits), BatchNorm, pooling, and the shortcuts of the residual blocks.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
+from bnnlab._validation import check_choice, check_int
 from bnnlab.blocks import BiRealBlock, ReActBlock
-from bnnlab.layers import BinaryConv2d, BinaryLinear, _check_positive_int
+from bnnlab.layers import BinaryConv2d, BinaryLinear
 
-__all__ = ["binary_mlp", "binary_cnn", "tiny_bireal", "tiny_reactnet", "count_parameters"]
+__all__ = ["binary_mlp", "binary_cnn", "tiny_bireal", "tiny_reactnet", "count_parameters",
+           "weight_clip_sentence"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh, "identity": nn.Identity}
 
 
-def _check_widths(values: Any, argname: str, min_len: int = 1) -> tuple[int, ...]:
+def _widths(values: Any, argname: str) -> tuple[int, ...]:
+    """``hidden``/``channels``: one int or a non-empty sequence of ints, each >= 1."""
     if isinstance(values, int) and not isinstance(values, bool):
         values = (values,)
     if not isinstance(values, Sequence) or isinstance(values, str):
         raise TypeError(f"{argname} must be a sequence of ints, got {type(values).__name__}")
-    if len(values) < min_len:
-        raise ValueError(f"{argname} needs at least {min_len} entries, got {len(values)}")
-    return tuple(_check_positive_int(v, argname) for v in values)
+    check_int(len(values), f"len({argname})", min_value=1)
+    return tuple(check_int(v, argname, min_value=1) for v in values)
 
 
 def _activation(name: Any, argname: str = "activation") -> nn.Module:
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"{argname} must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
-    return _ACTIVATIONS[name]()
+    return _ACTIVATIONS[check_choice(name, argname, sorted(_ACTIVATIONS))]()
+
+
+def _join(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def weight_clip_sentence(models: Mapping[str, nn.Module]) -> str:
+    r"""The report's sentence on latent-weight clipping, read from the models themselves.
+
+    For each named model, the ``weight_clip`` of its binary layers (those with a
+    ``weight_quantizer``; :func:`bnnlab.train.fit` applies it after every optimiser step through
+    :func:`bnnlab.layers.clip_weights_`) decides where the model goes: clipped to
+    :math:`[-c, c]`, not clipped, or clipped in some layers only. Models without binary layers
+    are skipped. The text is LaTeX, e.g. ``"latent weights are clipped to $[-1, 1]$ after each
+    step in BinaryNet and XNOR-Net, as in Larq; Bi-Real and ReActNet are trained without
+    clipping"``.
+
+    Args:
+        models: ``{label: model}`` in the order the sentence should name them.
+
+    Returns:
+        The sentence (no capital, no final full stop), or ``""`` if no model has binary layers.
+    """
+    if not isinstance(models, Mapping):
+        raise TypeError(f"models must be a mapping of label -> nn.Module, got {type(models).__name__}")
+    clipped: dict[float, list[str]] = {}
+    unclipped: list[str] = []
+    mixed: list[str] = []
+    for label, model in models.items():
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"models[{label!r}] must be an nn.Module, got {type(model).__name__}")
+        clips = {getattr(m, "weight_clip", None) for m in model.modules()
+                 if getattr(m, "weight_quantizer", None) is not None}
+        if not clips:
+            continue
+        if clips == {None}:
+            unclipped.append(str(label))
+        elif len(clips) == 1:
+            clipped.setdefault(float(next(iter(clips))), []).append(str(label))
+        else:
+            mixed.append(str(label))
+    parts = [f"latent weights are clipped to $[-{c:g}, {c:g}]$ after each step in {_join(names)}"
+             for c, names in clipped.items()]
+    if parts:
+        parts[-1] += ", as in Larq"
+    if unclipped:
+        verb = "is" if len(unclipped) == 1 else "are"
+        parts.append(f"{_join(unclipped)} {verb} trained without clipping")
+    if mixed:
+        parts.append(f"{_join(mixed)} clip{'s' if len(mixed) == 1 else ''} only some of "
+                     f"{'its' if len(mixed) == 1 else 'their'} binary layers")
+    return "; ".join(parts)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
@@ -95,12 +147,12 @@ def binary_mlp(in_features: int = 784, hidden: Sequence[int] = (512, 512),
         >>> net(torch.rand(5, 1, 8, 8)).shape
         torch.Size([5, 10])
     """
-    in_features = _check_positive_int(in_features, "in_features")
-    hidden = _check_widths(hidden, "hidden")
-    num_classes = _check_positive_int(num_classes, "num_classes")
+    in_features = check_int(in_features, "in_features", min_value=1)
+    hidden = _widths(hidden, "hidden")
+    num_classes = check_int(num_classes, "num_classes", min_value=1)
     layers: list[nn.Module] = [nn.Flatten(), nn.Linear(in_features, hidden[0], bias=False),
                                nn.BatchNorm1d(hidden[0])]
-    for h_in, h_out in zip(hidden[:-1], hidden[1:]):
+    for h_in, h_out in zip(hidden[:-1], hidden[1:], strict=True):
         if binary:
             layers.append(BinaryLinear(h_in, h_out, bias=False, input_quantizer=input_quantizer,
                                        weight_quantizer=weight_quantizer,
@@ -148,11 +200,11 @@ def binary_cnn(in_channels: int = 1, image_size: int = 28, num_classes: int = 10
     Returns:
         A flat :class:`torch.nn.Sequential`.
     """
-    in_channels = _check_positive_int(in_channels, "in_channels")
-    image_size = _check_positive_int(image_size, "image_size")
-    num_classes = _check_positive_int(num_classes, "num_classes")
-    channels = _check_widths(channels, "channels")
-    hidden = _check_positive_int(hidden, "hidden")
+    in_channels = check_int(in_channels, "in_channels", min_value=1)
+    image_size = check_int(image_size, "image_size", min_value=1)
+    num_classes = check_int(num_classes, "num_classes", min_value=1)
+    channels = _widths(channels, "channels")
+    hidden = check_int(hidden, "hidden", min_value=1)
     side = image_size >> len(channels)
     if side < 1:
         raise ValueError(f"image_size={image_size} is too small for {len(channels)} pooling "
@@ -167,7 +219,7 @@ def binary_cnn(in_channels: int = 1, image_size: int = 28, num_classes: int = 10
 
     layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False),
                                nn.MaxPool2d(2), nn.BatchNorm2d(channels[0])]
-    for c_in, c_out in zip(channels[:-1], channels[1:]):
+    for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
         layers += binary_or_float(BinaryConv2d, nn.Conv2d, c_in, c_out, 3, padding=1, bias=False)
         layers += [nn.MaxPool2d(2), nn.BatchNorm2d(c_out)]
     layers.append(nn.Flatten())
@@ -216,10 +268,10 @@ def tiny_bireal(in_channels: int = 1, num_classes: int = 10, *, width: int = 16,
     Returns:
         :class:`torch.nn.Sequential` (input any :math:`(N, C_{in}, H, W)` with H, W ≥ 4).
     """
-    in_channels = _check_positive_int(in_channels, "in_channels")
-    num_classes = _check_positive_int(num_classes, "num_classes")
-    width = _check_positive_int(width, "width")
-    n = _check_positive_int(blocks_per_stage, "blocks_per_stage")
+    in_channels = check_int(in_channels, "in_channels", min_value=1)
+    num_classes = check_int(num_classes, "num_classes", min_value=1)
+    width = check_int(width, "width", min_value=1)
+    n = check_int(blocks_per_stage, "blocks_per_stage", min_value=1)
     kw = dict(binary=binary, input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
               weight_clip=weight_clip, activation=activation)
     layers = _stem(in_channels, width)
@@ -258,9 +310,9 @@ def tiny_reactnet(in_channels: int = 1, num_classes: int = 10, *, width: int = 1
     Returns:
         :class:`torch.nn.Sequential` (input any :math:`(N, C_{in}, H, W)` with H, W ≥ 4).
     """
-    in_channels = _check_positive_int(in_channels, "in_channels")
-    num_classes = _check_positive_int(num_classes, "num_classes")
-    width = _check_positive_int(width, "width")
+    in_channels = check_int(in_channels, "in_channels", min_value=1)
+    num_classes = check_int(num_classes, "num_classes", min_value=1)
+    width = check_int(width, "width", min_value=1)
     kw = dict(binary=binary, weight_quantizer=weight_quantizer, weight_clip=weight_clip)
     w = width
     blocks = [ReActBlock(w, w, **kw), ReActBlock(w, 2 * w, 2, **kw),

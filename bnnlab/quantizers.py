@@ -15,14 +15,13 @@ and the paper. The formulas are those of :mod:`bnnlab.functional` (larq's, exact
 from __future__ import annotations
 
 import inspect
-import numbers
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from bnnlab import functional as BF
-from bnnlab.functional import _check_clip_value, _check_noise, _check_positive
+from bnnlab._validation import check_bool, check_choice, check_int, check_real
 
 __all__ = [
     "Quantizer",
@@ -57,8 +56,7 @@ class _ClipValueQuantizer(Quantizer):
 
     def __init__(self, clip_value: float | None = 1.0) -> None:
         super().__init__()
-        _check_clip_value(clip_value)
-        self.clip_value = clip_value
+        self.clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
 
     def extra_repr(self) -> str:
         return f"clip_value={self.clip_value}"
@@ -149,8 +147,7 @@ class SwishSign(Quantizer):
 
     def __init__(self, beta: float = 5.0) -> None:
         super().__init__()
-        _check_positive(beta, "beta")
-        self.beta = beta
+        self.beta = check_real(beta, "beta", min_value=0.0, include_min=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return BF.swish_sign(x, self.beta)
@@ -195,8 +192,13 @@ class MagnitudeAwareSign(_ClipValueQuantizer):
     carries no gradient. Tie rule: :math:`\operatorname{sign}(0) = +1`. Outputs are
     :math:`\{-\alpha_o, +\alpha_o\}`.
 
+    With ``scale_gradient=False`` the surrogate drops the factor :math:`\alpha_o`,
+    :math:`\mathbb{1}\{\lvert W_o \rvert \le c\}`, as the official Bi-Real Net / ReActNet
+    code computes it (same forward).
+
     Args:
         clip_value: :math:`c \ge 0` of the STE; ``None`` disables clipping. Default: ``1.0``.
+        scale_gradient: multiply the surrogate by :math:`\alpha_o` (larq). Default: ``True``.
 
     Shape:
         - Input: :math:`(C_{out}, *)`. Output: same shape.
@@ -205,8 +207,15 @@ class MagnitudeAwareSign(_ClipValueQuantizer):
         Liu et al., *Bi-Real Net*, ECCV 2018, arXiv:1808.00278.
     """
 
+    def __init__(self, clip_value: float | None = 1.0, *, scale_gradient: bool = True) -> None:
+        super().__init__(clip_value)
+        self.scale_gradient = check_bool(scale_gradient, "scale_gradient")
+
     def forward(self, x: Tensor) -> Tensor:
-        return BF.magnitude_aware_sign(x, self.clip_value)
+        return BF.magnitude_aware_sign(x, self.clip_value, scale_gradient=self.scale_gradient)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.scale_gradient else ", scale_gradient=False")
 
 
 class StochasticSign(Quantizer):
@@ -245,18 +254,10 @@ class StochasticSign(Quantizer):
                  stochastic_eval: bool = False, *,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        _check_noise(noise)
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-            raise TypeError(f"scale must be a float >= 0, got {type(scale).__name__}")
-        if not 0 <= scale < float("inf"):
-            raise ValueError(f"scale must be a finite float >= 0, got {scale!r}")
-        _check_clip_value(clip_value)
-        if not isinstance(stochastic_eval, bool):
-            raise TypeError(f"stochastic_eval must be a bool, got {type(stochastic_eval).__name__}")
-        self.noise = noise
-        self.scale = float(scale)
-        self.clip_value = clip_value
-        self.stochastic_eval = stochastic_eval
+        self.noise = check_choice(noise, "noise", BF.NOISES)
+        self.scale = check_real(scale, "scale", min_value=0.0)
+        self.clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
+        self.stochastic_eval = check_bool(stochastic_eval, "stochastic_eval")
         self.generator = generator
 
     def forward(self, x: Tensor) -> Tensor:
@@ -284,6 +285,9 @@ class RSign(Quantizer):
         clip_value: :math:`c \ge 0` of the STE on :math:`x - \tau`; ``None``: identity.
             Default: ``1.0``.
         channel_dim: the channel dim of the input. Default: ``1`` (``(N, C)``, ``(N, C, H, W)``).
+        gradient: the surrogate on :math:`x - \tau`: ``"ste"`` (above) or ``"approx_sign"``
+            (:math:`(2 - 2|t|)\,\mathbb{1}\{|t| \le 1\}`, the official ReActNet code's; then
+            ``clip_value`` is unused). Default: ``"ste"``.
 
     Shape:
         - Input: :math:`(*, C, *)` with C at ``channel_dim``. Output: same shape, :math:`\{-1, +1\}`.
@@ -301,26 +305,22 @@ class RSign(Quantizer):
     precision = 1
 
     def __init__(self, num_channels: int, clip_value: float | None = 1.0, channel_dim: int = 1, *,
-                 device=None, dtype=None) -> None:
+                 gradient: str = "ste", device=None, dtype=None) -> None:
         super().__init__()
-        if isinstance(num_channels, bool) or not isinstance(num_channels, int):
-            raise TypeError(f"num_channels must be an int, got {type(num_channels).__name__}")
-        if num_channels < 1:
-            raise ValueError(f"num_channels must be >= 1, got {num_channels}")
-        if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
-            raise TypeError(f"channel_dim must be an int, got {type(channel_dim).__name__}")
-        _check_clip_value(clip_value)
-        self.num_channels = num_channels
-        self.clip_value = clip_value
-        self.channel_dim = channel_dim
+        self.num_channels = check_int(num_channels, "num_channels", min_value=1)
+        self.clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
+        self.channel_dim = check_int(channel_dim, "channel_dim")
+        self.gradient = check_choice(gradient, "gradient", BF.RSIGN_GRADIENTS)
         self.threshold = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        return BF.rsign(x, self.threshold, self.clip_value, channel_dim=self.channel_dim)
+        return BF.rsign(x, self.threshold, self.clip_value, channel_dim=self.channel_dim,
+                        gradient=self.gradient)
 
     def extra_repr(self) -> str:
-        return (f"num_channels={self.num_channels}, clip_value={self.clip_value}, "
-                f"channel_dim={self.channel_dim}")
+        s = (f"num_channels={self.num_channels}, clip_value={self.clip_value}, "
+             f"channel_dim={self.channel_dim}")
+        return s if self.gradient == "ste" else s + f", gradient={self.gradient!r}"
 
 
 class ScaledSign(Quantizer):
@@ -354,13 +354,9 @@ class ScaledSign(Quantizer):
     def __init__(self, scale: float = 1.0, *, clip_value: float | None = 1.0,
                  learnable: bool = True, device=None, dtype=None) -> None:
         super().__init__()
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-            raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-        if not -float("inf") < scale < float("inf"):
-            raise ValueError(f"scale must be finite, got {scale!r}")
-        _check_clip_value(clip_value)
-        self.clip_value = clip_value
-        self.learnable = bool(learnable)
+        scale = check_real(scale, "scale")
+        self.clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
+        self.learnable = check_bool(learnable, "learnable")
         value = torch.tensor(float(scale), device=device, dtype=dtype)
         if self.learnable:
             self.scale = nn.Parameter(value)

@@ -131,3 +131,27 @@ def abc_lstsq_scales(w, bases):
         design = bases[:, oc].reshape(m, -1).T  # (K, M)
         alpha[:, oc] = np.linalg.lstsq(design, w[oc].reshape(-1), rcond=None)[0]
     return alpha
+
+
+# ABC-Net as the paper writes it (Lin et al. 2017): whole-tensor statistics, one alpha per base,
+# H_v(x) = sign(clip(x + v, 0, 1) - 0.5) with the gradient passed for 0 <= x + v <= 1.
+def abc_shifted_weights_paper(w, m):
+    """(M, *w.shape): W - mean(W) + u_m std(W), statistics of the whole tensor (population std)."""
+    return np.stack([w - w.mean() + u * w.std() for u in abc_shifts(m)])
+
+
+def abc_lstsq_scales_paper(w, bases):
+    """Least squares of W ~ sum_m alpha_m B_m over the whole tensor; returns (M,)."""
+    design = bases.reshape(bases.shape[0], -1).T  # (K, M)
+    return np.linalg.lstsq(design, w.reshape(-1), rcond=None)[0]
+
+
+def abc_act_paper(x, v):
+    """H_v(x) = 2 * 1{clip(x + v, 0, 1) >= 0.5} - 1."""
+    return np.where(np.clip(x + v, 0.0, 1.0) >= 0.5, 1.0, -1.0)
+
+
+def abc_act_paper_grad(x, v):
+    """dH_v/dx := 1{0 <= x + v <= 1}."""
+    t = x + v
+    return ((t >= 0) & (t <= 1)).astype(float)

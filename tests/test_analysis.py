@@ -427,3 +427,20 @@ def test_gradient_mismatch_callback_tracks_training():
     np.testing.assert_allclose(mean, expected)
     with pytest.raises(ValueError, match="metric"):
         gm.series("angle")
+
+
+def test_abc_flip_ratio_counts_flips_of_its_shifted_bases_not_of_w():
+    # issue 8: the figure's caption says "binary weights"; for ABC-Net those are the M bases
+    from bnnlab.layers import AbcLinear
+    layer = AbcLinear(4, 1, bias=False, num_weight_bases=1, num_act_bases=1)
+    model = torch.nn.Sequential(layer)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))  # bases sign(W - 2.5): - - + +
+    before = A.weight_signs(model)
+    assert before["0"].shape == (1, 1, 4) and before["0"].flatten().tolist() == [-1, -1, 1, 1]
+    with torch.no_grad():
+        layer.weight[0, 3] = 10.0  # sign(W) unchanged; the mean moves to 4: - - - +
+    after = A.weight_signs(model)
+    assert after["0"].flatten().tolist() == [-1, -1, -1, 1]
+    assert A.flip_ratio(before, after) == 0.25
+    assert A.flip_ratio(torch.tensor([1.0, 2, 3, 4]), torch.tensor([1.0, 2, 3, 10])) == 0.0

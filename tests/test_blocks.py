@@ -311,3 +311,80 @@ def test_reactblock_binary_convs_have_binary_inputs():
     assert block.pointwise[0].input_quantizer is block.pointwise[1].input_quantizer
     s = summary(block, (8, 6, 6))
     assert s.binary_macs > 0 and s.binary_macs == s.total_macs - s.float_macs
+
+
+# ------------------------------------------------------------------ issue 8: ReActNet's official gradients
+def test_reactblock_default_is_the_official_code():
+    block = ReActBlock(4, 8)
+    assert block.gradients == "official"
+    for conv in [block.conv3x3, *block.pointwise]:
+        assert conv.input_quantizer.gradient == "approx_sign"
+        assert isinstance(conv.weight_quantizer, MagnitudeAwareSign)
+        assert conv.weight_quantizer.scale_gradient is False
+    larq = ReActBlock(4, 8, gradients="larq")
+    for conv in [larq.conv3x3, *larq.pointwise]:
+        assert conv.input_quantizer.gradient == "ste"
+        assert conv.weight_quantizer.scale_gradient is True
+    assert ReActBlock(4, 4, weight_quantizer=MagnitudeAwareSign()).conv3x3.weight_quantizer \
+        .scale_gradient is True  # a module is used as it is
+
+
+@pytest.mark.parametrize("gradients", ["official", "larq"])
+def test_reactblock_weight_gradient_formula(gradients):
+    # dL/dW = (dL/dW_b) * 1{|W| <= 1}, times alpha_o only for larq
+    torch.manual_seed(0)
+    block = ReActBlock(4, 4, gradients=gradients).double()
+    conv = block.conv3x3
+    with torch.no_grad():
+        conv.weight.mul_(8.0)  # some latent weights beyond the clip
+    wb = {}
+
+    def keep(m, inp, out):
+        out.retain_grad()
+        wb["w"] = out
+
+    conv.weight_quantizer.register_forward_hook(keep)
+    x = torch.randn(3, 4, 6, 6, dtype=torch.float64)
+    block(x).square().sum().backward()
+    w = conv.weight.detach()
+    alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    expected = wb["w"].grad * (w.abs() <= 1) * (alpha if gradients == "larq" else 1.0)
+    assert (w.abs() > 1).any() and (w.abs() <= 1).any()
+    torch.testing.assert_close(conv.weight.grad, expected)
+
+
+@pytest.mark.parametrize("gradients", ["official", "larq"])
+def test_reactblock_activation_gradient_formula(gradients):
+    torch.manual_seed(0)
+    block = ReActBlock(4, 4, gradients=gradients).double()
+    q = block.conv3x3.input_quantizer
+    with torch.no_grad():
+        q.threshold.copy_(torch.tensor([0.2, -0.1, 0.0, 0.4]))
+    x = (torch.randn(3, 4, 6, 6, dtype=torch.float64) * 1.5).requires_grad_()
+    out = {}
+
+    def keep(m, inp, o):
+        o.retain_grad()
+        out["q"] = o
+
+    q.register_forward_hook(keep)
+    block.conv3x3(x).sum().backward()
+    t = (x - q.threshold.view(1, -1, 1, 1)).detach()
+    d = torch.where(t.abs() <= 1, 2 - 2 * t.abs(), torch.zeros_like(t)) if gradients == "official" \
+        else (t.abs() <= 1).double()
+    torch.testing.assert_close(x.grad, out["q"].grad * d)
+    torch.testing.assert_close(q.threshold.grad, -(out["q"].grad * d).sum(dim=(0, 2, 3)))
+
+
+def test_reactblock_forward_does_not_depend_on_the_gradient_variant():
+    torch.manual_seed(0)
+    a = ReActBlock(4, 8, 2).eval()
+    b = ReActBlock(4, 8, 2, gradients="larq").eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 4, 6, 6)
+    assert torch.equal(a(x), b(x))
+
+
+def test_reactblock_gradients_is_validated():
+    with pytest.raises(ValueError, match="gradients"):
+        ReActBlock(4, 4, gradients="paper")

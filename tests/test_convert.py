@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bnnlab import convert, layers, quantizers
@@ -528,3 +529,139 @@ def test_abc_after_relu_is_not_flagged_because_its_shifted_bases_still_vary():
         model(torch.randn(32, 8))
     shifted = layer.input_quantizer(seen[0] + layer.act_shifts.min())
     assert not torch.equal(shifted, shifted[:1].expand_as(shifted))   # ... varies per sample
+
+
+# --- issue 8 defect 8 / issue 11 item 6: never-negative inputs found by probing ----------------
+class _Block(nn.Module):
+    """A torchvision-style basic block: the ReLUs sit in forward, not in an nn.Sequential."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class _ResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = _Block(8, 8)
+        self.layer2 = _Block(8, 16, 2)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+RESNET_BINARY = ["layer1.conv1", "layer1.conv2", "layer2.conv1", "layer2.conv2",
+                 "layer2.downsample.0"]
+
+
+def test_relu_inside_forward_goes_unnoticed_without_example_input():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, report = binarize_with_report(_ResNet())
+    assert report.converted == RESNET_BINARY
+
+
+def test_probe_finds_every_layer_after_a_relu_in_a_custom_forward():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    with pytest.warns(UserWarning, match="constant") as record:
+        new, report = binarize_with_report(_ResNet(), example_input=x)
+    assert len(record) == 1
+    message = str(record[0].message)
+    for name in RESNET_BINARY:
+        assert name in message
+        assert "never negative" in report[name].reason and "+1 everywhere" in report[name].reason
+    assert report["conv1"].reason.startswith("first")
+    assert "example_input" in report.settings
+    assert new.training  # the probe restored the mode
+    # the claim itself: every binarised input is +1 everywhere on this batch
+    seen = []
+    for name in RESNET_BINARY:
+        layer = new.get_submodule(name)
+        layer.register_forward_pre_hook(lambda m, inp: seen.append(m.input_quantizer(inp[0])))
+    new.eval()
+    with torch.no_grad():
+        new(x)
+    assert len(seen) == len(RESNET_BINARY) and all(bool((q == 1).all()) for q in seen)
+
+
+def test_probe_warns_about_data_in_0_1_reaching_a_binarised_first_layer():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.Hardtanh(),
+                          nn.Linear(32, 10))
+    pixels = torch.rand(16, 1, 8, 8)  # like load_digits scaled to [0, 1]
+    with pytest.warns(UserWarning, match="constant") as record:
+        _, report = binarize_with_report(model, keep_first=False, example_input=pixels)
+    assert "1" in str(record[0].message) and "never negative" in report["1"].reason
+    assert report["4"].status == "kept"
+    # centred data: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        binarize(model, keep_first=False, example_input=pixels - 0.5)
+
+
+def test_probe_is_silent_for_hardtanh():
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Hardtanh(), nn.Linear(16, 16),
+                          nn.BatchNorm1d(16), nn.Hardtanh(), nn.Linear(16, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        binarize(model, example_input=torch.randn(8, 8))
+
+
+def test_probe_on_abc_flags_exactly_the_layers_whose_every_base_is_constant():
+    torch.manual_seed(1)
+    x = torch.randn(8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        new, report = binarize_with_report(_relu_mlp(), layer="abc", example_input=x)
+    inputs = {}
+    for name in report.converted:
+        new.get_submodule(name).register_forward_pre_hook(
+            lambda m, inp, name=name: inputs.__setitem__(name, inp[0]))
+    new.eval()
+    with torch.no_grad():
+        new(x)
+    for name in report.converted:
+        bases = new.get_submodule(name).input_bases(inputs[name]).reshape(
+            new.get_submodule(name).num_act_bases, -1)
+        constant = bool((bases == bases[:, :1]).all())
+        assert constant == ("everywhere" in report[name].reason), name
+    assert "everywhere" not in report["5"].reason  # after a ReLU, but a shifted base still varies
+
+
+def test_probe_flags_rsign_at_its_initial_threshold_after_a_relu():
+    with pytest.warns(UserWarning, match="constant") as record:
+        binarize(_relu_mlp(), input_quantizer="rsign", example_input=torch.randn(8, 8))
+    assert "5" in str(record[0].message) and "10" in str(record[0].message)
+
+
+@pytest.mark.parametrize("bad, exc", [([1, 2], TypeError), ("x", TypeError),
+                                      (torch.zeros(0, 8), ValueError),
+                                      (torch.zeros(4, 5), ValueError)])
+def test_example_input_is_validated(bad, exc):
+    with pytest.raises(exc, match="example_input"):
+        binarize(_relu_mlp(), example_input=bad)
+
+
+def test_xnor_family_refuses_magnitude_aware_weights_naming_the_layer_class():
+    with pytest.raises(ValueError, match="XnorLinear.*alpha twice"):
+        binarize(_relu_mlp(), layer="xnor", weight_quantizer="magnitude_aware_sign")

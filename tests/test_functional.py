@@ -351,3 +351,71 @@ def test_no_in_place_modification_of_the_input(fn):
     fn(x).sum().backward()
     assert x._version == version
     torch.testing.assert_close(x.detach(), x0, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- official ReActNet gradients
+def _official_hard_binary_weight(w):
+    """The official ReActNet / Bi-Real ``HardBinaryConv`` weight, copied as it is written."""
+    scaling_factor = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True).detach()
+    binary_weights_no_grad = scaling_factor * torch.sign(w)
+    cliped_weights = torch.clamp(w, -1.0, 1.0)
+    return binary_weights_no_grad.detach() - cliped_weights.detach() + cliped_weights
+
+
+def _official_binary_activation(x):
+    """The official ReActNet ``BinaryActivation``, copied as it is written."""
+    out_forward = torch.sign(x)
+    mask1, mask2, mask3 = x < -1, x < 0, x < 1
+    out1 = (-1) * mask1.type(x.dtype) + (x * x + 2 * x) * (1 - mask1.type(x.dtype))
+    out2 = out1 * mask2.type(x.dtype) + (-x * x + 2 * x) * (1 - mask2.type(x.dtype))
+    out3 = out2 * mask3.type(x.dtype) + 1 * (1 - mask3.type(x.dtype))
+    return out_forward.detach() - out3.detach() + out3
+
+
+@pytest.mark.parametrize("scale_gradient", [True, False])
+def test_magnitude_aware_sign_gradient_formula(scale_gradient):
+    w = (torch.randn(4, 3, 3, 3, dtype=torch.float64) * 1.5).requires_grad_()
+    g = torch.randn_like(w)
+    q = BF.magnitude_aware_sign(w, scale_gradient=scale_gradient)
+    q.backward(g)
+    alpha = w.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(q.detach(), alpha * torch.where(w >= 0, 1.0, -1.0).double())
+    mask = (w.detach().abs() <= 1).double()
+    expected = g * mask * (alpha if scale_gradient else 1.0)
+    torch.testing.assert_close(w.grad, expected)
+
+
+def test_magnitude_aware_sign_unscaled_is_the_official_code():
+    w = (torch.randn(6, 4, 3, 3, dtype=torch.float64) * 1.5)
+    w.view(-1)[::5] = 1.0  # the clip boundary: clamp passes the gradient there, and so do we
+    w.requires_grad_()
+    w2 = w.detach().clone().requires_grad_()
+    g = torch.randn_like(w)
+    BF.magnitude_aware_sign(w, scale_gradient=False).backward(g)
+    nonzero = w2.detach() != 0  # torch.sign(0) = 0 in the official code; ours is +1
+    out = _official_hard_binary_weight(w2)
+    out.backward(g)
+    # (the detach trick a - c + c rounds, so equal up to float64 rounding)
+    torch.testing.assert_close(BF.magnitude_aware_sign(w.detach(), scale_gradient=False)[nonzero],
+                               out.detach()[nonzero])
+    torch.testing.assert_close(w.grad, w2.grad)
+
+
+def test_rsign_approx_sign_gradient_formula_and_official_code():
+    x = (torch.randn(5, 3, 4, 4, dtype=torch.float64) * 1.2).requires_grad_()
+    tau = torch.tensor([0.3, -0.2, 0.0], dtype=torch.float64, requires_grad=True)
+    g = torch.randn_like(x)
+    BF.rsign(x, tau, gradient="approx_sign").backward(g)
+    t = x.detach() - tau.detach().view(1, -1, 1, 1)
+    d = torch.where(t.abs() <= 1, 2 - 2 * t.abs(), torch.zeros_like(t))
+    torch.testing.assert_close(x.grad, g * d)
+    torch.testing.assert_close(tau.grad, -(g * d).sum(dim=(0, 2, 3)))
+    # the official code: LearnableBias (x + b, b = -tau) then BinaryActivation
+    x2 = x.detach().clone().requires_grad_()
+    _official_binary_activation(x2 - tau.detach().view(1, -1, 1, 1)).backward(g)
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+def test_rsign_gradient_is_validated():
+    with pytest.raises(ValueError, match="gradient"):
+        BF.rsign(torch.zeros(2, 3), torch.zeros(3), gradient="approx")

@@ -346,9 +346,9 @@ def test_xnor_plus_factorised_lazy_size_and_state_dict():
     assert torch.equal(fresh(x), layer(x))
 
 
-# --------------------------------------------------------------------------- ABC-Net
+# --------------------------------------------------------------------------- ABC-Net (per_channel)
 def test_abc_shifts_and_defaults():
-    layer = L.AbcConv2d(2, 3, 3, num_weight_bases=5, num_act_bases=4)
+    layer = L.AbcConv2d(2, 3, 3, num_weight_bases=5, num_act_bases=4, formulation="per_channel")
     np.testing.assert_allclose(npy(layer.weight_shifts), ref.abc_shifts(5))
     np.testing.assert_allclose(npy(layer.weight_shifts), [-1, -0.5, 0, 0.5, 1])
     np.testing.assert_allclose(npy(layer.act_shifts), ref.abc_shifts(4), atol=1e-7)
@@ -356,7 +356,7 @@ def test_abc_shifts_and_defaults():
     assert layer.weight_scales.shape == (5, 3)
     assert layer.binary_weight().shape == (5, 3, 2, 3, 3)
     assert set(torch.unique(layer.binary_weight()).tolist()) == {-1.0, 1.0}
-    one = L.AbcLinear(4, 2, num_weight_bases=1, num_act_bases=1)
+    one = L.AbcLinear(4, 2, num_weight_bases=1, num_act_bases=1, formulation="per_channel")
     assert one.weight_shifts.tolist() == [0.0] and one.act_shifts.tolist() == [0.0]
 
 
@@ -364,7 +364,7 @@ def test_abc_shifts_and_defaults():
 @pytest.mark.parametrize("pad_value", [0.0, 1.0])
 def test_abc_one_base_is_sign_conv(scale_init, pad_value):
     layer = L.AbcConv2d(3, 4, 3, padding=1, dtype=DT, num_weight_bases=1, num_act_bases=1,
-                        scale_init=scale_init, pad_value=pad_value)
+                        scale_init=scale_init, pad_value=pad_value, formulation="per_channel")
     x = with_zeros(torch.randn(2, 3, 5, 5, dtype=DT))
     w = npy(layer.weight)
     flat = w.reshape(4, -1)
@@ -397,7 +397,7 @@ def _abc_numpy(layer, x, conv):
 @pytest.mark.parametrize("pad_value", [0.0, 1.0, -1.0])
 def test_abc_conv2d_is_double_sum(pad_value):
     layer = L.AbcConv2d(4, 6, 3, stride=2, padding=1, groups=2, dtype=DT, num_weight_bases=3,
-                        num_act_bases=2, pad_value=pad_value)
+                        num_act_bases=2, pad_value=pad_value, formulation="per_channel")
     with torch.no_grad():
         layer.weight_scales.uniform_(0.1, 1.0)
         layer.act_shifts.uniform_(-0.5, 0.5)
@@ -410,7 +410,8 @@ def test_abc_conv2d_is_double_sum(pad_value):
 
 
 def test_abc_linear_is_double_sum_and_lstsq_init_and_ste_gradient():
-    layer = L.AbcLinear(8, 5, dtype=DT, num_weight_bases=3, num_act_bases=2)
+    layer = L.AbcLinear(8, 5, dtype=DT, num_weight_bases=3, num_act_bases=2,
+                         formulation="per_channel")
     bases = ref.sign(ref.abc_shifted_weights(npy(layer.weight), 3))
     np.testing.assert_allclose(npy(layer.weight_scales), ref.abc_lstsq_scales(npy(layer.weight), bases),
                                rtol=1e-8, atol=1e-12)
@@ -433,7 +434,8 @@ def test_abc_linear_is_double_sum_and_lstsq_init_and_ste_gradient():
 
 def test_abc_reset_parameters_and_from_float_refit_scales():
     f = nn.Conv2d(3, 4, 3)
-    layer = L.AbcConv2d.from_float(f, num_weight_bases=2, num_act_bases=1)
+    layer = L.AbcConv2d.from_float(f, num_weight_bases=2, num_act_bases=1,
+                                   formulation="per_channel")
     bases = ref.sign(ref.abc_shifted_weights(npy(f.weight).astype(float), 2))
     np.testing.assert_allclose(npy(layer.weight_scales), ref.abc_lstsq_scales(npy(f.weight), bases),
                                rtol=1e-4, atol=1e-6)
@@ -444,6 +446,94 @@ def test_abc_reset_parameters_and_from_float_refit_scales():
     bases = ref.sign(ref.abc_shifted_weights(npy(layer.weight).astype(float), 2))
     np.testing.assert_allclose(npy(layer.weight_scales), ref.abc_lstsq_scales(npy(layer.weight), bases),
                                rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- ABC-Net (paper)
+def test_abc_paper_is_the_default_with_scalar_alphas_and_centred_thresholds():
+    layer = L.AbcConv2d(2, 3, 3, num_weight_bases=5, num_act_bases=3)
+    assert layer.formulation == "paper" and layer.weight_scales.shape == (5,)
+    # thresholds 0.5 - v_n at -1, 0, 1
+    np.testing.assert_allclose(0.5 - npy(layer.act_shifts), [1.0, 0.0, -1.0])
+    assert L.AbcLinear(4, 2, num_act_bases=1).act_shifts.tolist() == [0.5]
+    assert "formulation" not in repr(layer)
+    assert "formulation='per_channel'" in repr(L.AbcLinear(4, 2, formulation="per_channel"))
+    with pytest.raises(ValueError, match="formulation"):
+        L.AbcLinear(4, 2, formulation="channel")
+
+
+def _abc_paper_numpy(layer, x, conv):
+    m, n = layer.num_weight_bases, layer.num_act_bases
+    bases = ref.sign(ref.abc_shifted_weights_paper(npy(layer.weight), m))
+    alpha, v, beta = npy(layer.weight_scales), npy(layer.act_shifts), npy(layer.act_scales)
+    total = 0.0
+    for i in range(n):
+        a = ref.abc_act_paper(npy(x), v[i])
+        for j in range(m):
+            total = total + beta[i] * alpha[j] * (conv(a, bases[j]) if conv else ref.linear(a, bases[j]))
+    return total, bases
+
+
+@pytest.mark.parametrize("pad_value", [0.0, 1.0, -1.0])
+def test_abc_paper_conv2d_is_the_papers_double_sum(pad_value):
+    layer = L.AbcConv2d(4, 6, 3, stride=2, padding=1, groups=2, dtype=DT, num_weight_bases=3,
+                        num_act_bases=2, pad_value=pad_value)
+    with torch.no_grad():
+        layer.weight_scales.uniform_(0.1, 1.0)
+        layer.act_shifts.uniform_(-0.5, 1.5)
+        layer.act_scales.uniform_(0.1, 1.0)
+    x = torch.randn(2, 4, 5, 5, dtype=DT)
+    x.view(-1)[::9] = 0.5 - layer.act_shifts[0].detach()  # ties: x + v = 0.5 gives +1
+    total, bases = _abc_paper_numpy(layer, x, lambda a, b: ref.conv2d(a, b, None, 2, 1, 1, 2, pad_value))
+    np.testing.assert_allclose(npy(layer(x)), total + npy(layer.bias).reshape(1, -1, 1, 1),
+                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(npy(layer.binary_weight()), bases)
+
+
+def test_abc_paper_linear_lstsq_init_and_gradients():
+    layer = L.AbcLinear(8, 5, dtype=DT, num_weight_bases=3, num_act_bases=2)
+    bases = ref.sign(ref.abc_shifted_weights_paper(npy(layer.weight), 3))
+    np.testing.assert_allclose(npy(layer.weight_scales), ref.abc_lstsq_scales_paper(npy(layer.weight), bases),
+                               rtol=1e-8, atol=1e-12)
+    x = (torch.randn(4, 8, dtype=DT) * 1.5).requires_grad_()
+    total, _ = _abc_paper_numpy(layer, x.detach(), None)
+    y = layer(x)
+    np.testing.assert_allclose(npy(y), total + npy(layer.bias), rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(y)
+    y.backward(g)
+    beta, v = npy(layer.act_scales), npy(layer.act_shifts)
+    alpha = npy(layer.weight_scales)
+    xn, gn = npy(x), npy(g)
+    # dW: STE through the weight signs, whole-tensor mean/std constant
+    xc = sum(beta[i] * ref.abc_act_paper(xn, v[i]) for i in range(2))
+    shifted = ref.abc_shifted_weights_paper(npy(layer.weight), 3)
+    want_w = sum(alpha[j] * (gn.T @ xc) * ref.ste_grad(shifted[j]) for j in range(3))
+    np.testing.assert_allclose(npy(layer.weight.grad), want_w, rtol=1e-10, atol=1e-10)
+    # dx and dv: the gradient passes for 0 <= x + v_n <= 1 (the paper's STE through the clip)
+    w_eff = sum(alpha[j] * bases[j] for j in range(3))
+    gx = gn @ w_eff  # dL/d(sum_n beta_n A_n)
+    want_x = sum(beta[i] * gx * ref.abc_act_paper_grad(xn, v[i]) for i in range(2))
+    np.testing.assert_allclose(npy(x.grad), want_x, rtol=1e-10, atol=1e-10)
+    want_v = [(beta[i] * gx * ref.abc_act_paper_grad(xn, v[i])).sum() for i in range(2)]
+    np.testing.assert_allclose(npy(layer.act_shifts.grad), want_v, rtol=1e-10, atol=1e-10)
+
+
+def test_abc_activation_sign_forward_and_gradient():
+    from bnnlab import functional as BF
+    v = torch.tensor(0.3, dtype=DT, requires_grad=True)
+    x = torch.tensor([-0.8, -0.3, 0.0, 0.2, 0.7, 0.71, 1.5], dtype=DT, requires_grad=True)
+    q = BF.abc_activation_sign(x, v)
+    np.testing.assert_array_equal(npy(q), ref.abc_act_paper(npy(x), 0.3))
+    assert q[4].item() == 1.0 and q[3].item() == 1.0  # x + v = 0.5 (rounded) and above
+    g = torch.randn_like(x)
+    q.backward(g)
+    d = ref.abc_act_paper_grad(npy(x), 0.3)
+    np.testing.assert_allclose(npy(x.grad), npy(g) * d)
+    np.testing.assert_allclose(v.grad.item(), (npy(g) * d).sum())
+
+
+def test_abc_paper_mean_init_is_one_scalar_per_base():
+    layer = L.AbcLinear(6, 4, dtype=DT, num_weight_bases=2, scale_init="mean")
+    np.testing.assert_allclose(npy(layer.weight_scales), np.full(2, np.abs(npy(layer.weight)).mean() / 2))
 
 
 # --------------------------------------------------------------------------- from_float, clip, errors
@@ -548,3 +638,32 @@ def test_batch_of_one_in_eval_mode(cls):
     assert torch.allclose(y, layer(x)[:1], rtol=1e-12, atol=1e-12)  # rows are independent
     if TORCH_BASE[cls] is not nn.Linear:  # unbatched input, as torch convolutions accept
         torch.testing.assert_close(layer(x[0]), y[0], rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- issue 8, defect 6
+@pytest.mark.parametrize("cls", [L.XnorLinear, L.XnorConv2d])
+def test_xnor_refuses_magnitude_aware_weight_quantizer(cls):
+    # alpha = mean|W| would be applied by the quantizer and again by the layer
+    with pytest.raises(ValueError, match="alpha twice"):
+        make(cls, weight_quantizer="magnitude_aware_sign")
+
+
+@pytest.mark.parametrize("cls", [L.XnorLinear, L.XnorConv2d])
+def test_xnor_refuses_magnitude_aware_input_quantizer_with_input_scaling(cls):
+    with pytest.raises(ValueError, match="input_quantizer=MagnitudeAwareSign"):
+        make(cls, input_quantizer="magnitude_aware_sign")
+    layer, x = make(cls, input_quantizer="magnitude_aware_sign", input_scaling=False)
+    assert layer(x).shape[0] == x.shape[0]
+
+
+def test_xnor_linear_applies_alpha_once():
+    layer, x = make(L.XnorLinear)
+    w = layer.weight.detach()
+    alpha = w.abs().mean(1)
+    beta = x.abs().mean(1, keepdim=True)
+    expected = (ref_sign(x) @ ref_sign(w).T) * alpha * beta + layer.bias.detach()
+    torch.testing.assert_close(layer(x).detach(), expected)
+
+
+def ref_sign(t):
+    return torch.where(t >= 0, 1.0, -1.0).to(t.dtype)

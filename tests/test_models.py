@@ -197,3 +197,24 @@ def test_tiny_reactnet_structure_and_size():
 def test_bad_arguments(fn, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         fn(**kwargs)
+
+
+# --- issue 8 (claims): the report's clipping sentence is read from the models ------------------
+def test_weight_clip_sentence_follows_the_models():
+    weight_clip_sentence = models.weight_clip_sentence
+    binary_mlp, tiny_bireal = models.binary_mlp, models.tiny_bireal
+    built = {"BinaryNet": binary_mlp(64, (16, 16)), "Float": binary_mlp(64, (16, 16), binary=False),
+             "Bi-Real": tiny_bireal(width=4, blocks_per_stage=1),
+             "ReActNet": models.tiny_reactnet(width=4)}
+    text = weight_clip_sentence(built)
+    assert text == ("latent weights are clipped to $[-1, 1]$ after each step in BinaryNet, as in "
+                    "Larq; Bi-Real and ReActNet are trained without clipping")
+    clipped = tiny_bireal(width=4, blocks_per_stage=1, weight_clip=0.5)
+    assert weight_clip_sentence({"A": clipped}) == \
+        "latent weights are clipped to $[-0.5, 0.5]$ after each step in A, as in Larq"
+    first = next(m for m in clipped.modules() if getattr(m, "weight_quantizer", None) is not None)
+    first.weight_clip = None
+    assert weight_clip_sentence({"A": clipped}) == "A clips only some of its binary layers"
+    assert weight_clip_sentence({"F": binary_mlp(64, (16, 16), binary=False)}) == ""
+    with pytest.raises(TypeError, match="models"):
+        weight_clip_sentence([clipped])

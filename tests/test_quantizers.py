@@ -381,3 +381,14 @@ def test_scaled_sign_module_gradcheck_on_scale():
     y = q(x)
     y.sum().backward()
     assert q.scale.grad.item() == pytest.approx(float(ref.sign(_np(x)).sum()))
+
+
+def test_official_reactnet_options_are_validated_and_shown():
+    from bnnlab.quantizers import MagnitudeAwareSign, RSign
+    with pytest.raises(TypeError, match="scale_gradient"):
+        MagnitudeAwareSign(scale_gradient=1)
+    with pytest.raises(ValueError, match="gradient"):
+        RSign(3, gradient="official")
+    assert "scale_gradient=False" in repr(MagnitudeAwareSign(scale_gradient=False))
+    assert "gradient='approx_sign'" in repr(RSign(3, gradient="approx_sign"))
+    assert "gradient" not in repr(RSign(3)) and "scale_gradient" not in repr(MagnitudeAwareSign())

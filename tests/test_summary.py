@@ -115,7 +115,7 @@ def test_xnor_plus_gamma_is_a_32_bit_parameter():
 
 def test_abc_linear_m_bases_and_m_times_n_binary_macs():
     m, n = 3, 2
-    fc = layers.AbcLinear(10, 4, num_weight_bases=m, num_act_bases=n)
+    fc = layers.AbcLinear(10, 4, num_weight_bases=m, num_act_bases=n, formulation="per_channel")
     r = summary(fc, (10,)).records[0]
     # params: W 40 + bias 4 + alpha (M x C_out) 12 + act shifts 2 + act scales 2 = 60
     assert r.params == 60
@@ -126,11 +126,15 @@ def test_abc_linear_m_bases_and_m_times_n_binary_macs():
 
 
 def test_abc_conv2d():
-    conv = layers.AbcConv2d(2, 4, 3, padding=1, bias=False, num_weight_bases=2, num_act_bases=3)
+    conv = layers.AbcConv2d(2, 4, 3, padding=1, bias=False, num_weight_bases=2, num_act_bases=3,
+                            formulation="per_channel")
     r = summary(conv, (2, 4, 4)).records[0]
     base = 4 * 4 * 4 * (2 * 9)                          # 64 outputs x K=18 = 1152
     assert r.macs == base and r.binary_macs == 2 * 3 * base
     assert r.weight_bits == {1: 2 * 72, 32: 2 * 4 + 3 + 3}
+    # the paper's formulation (the default): one alpha per base
+    paper = layers.AbcConv2d(2, 4, 3, padding=1, bias=False, num_weight_bases=2, num_act_bases=3)
+    assert summary(paper, (2, 4, 4)).records[0].weight_bits == {1: 2 * 72, 32: 2 + 3 + 3}
 
 
 def test_abc_with_float_inputs_folds_to_one_float_mac():
