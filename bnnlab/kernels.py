@@ -48,14 +48,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-try:
-    from bnnlab import _kernels
-except ImportError as exc:  # pragma: no cover - only on a broken install
-    raise ImportError(
-        "bnnlab's compiled kernels (bnnlab._kernels, built from ext/_kernels.pyx) are missing. "
-        "Reinstall with `pip install -e .` (needs a C compiler with OpenMP; Cython comes from "
-        "the build requirements)."
-    ) from exc
+# bnnlab/__init__ runs _check_build first, which explains a missing or stale build
+from bnnlab import _kernels
+from bnnlab._validation import check_array, check_int
 
 __all__ = [
     "WORD_BITS",
@@ -109,28 +104,28 @@ def _last_word_mask(k: int) -> np.uint64:
     return np.uint64(0xFFFFFFFFFFFFFFFF if used == 0 else (1 << used) - 1)
 
 
-def _check_words(words, ndim: int, what: str) -> None:
-    if not isinstance(words, np.ndarray):
-        raise TypeError(f"words must be a numpy.ndarray, got {type(words).__name__}")
-    if words.dtype != np.uint64:
-        raise TypeError(f"words must have dtype uint64, got {words.dtype}")
-    if words.ndim != ndim:
-        raise ValueError(f"words must be {ndim}-D {what}, got shape {words.shape}")
-    if not words.flags.c_contiguous:
-        raise ValueError("words must be C-contiguous (use np.ascontiguousarray)")
-    if not words.dtype.isnative:  # pragma: no cover - big-endian words
-        raise ValueError("words must be in native byte order")
-    if words.size == 0:
-        raise ValueError(f"words is empty (shape {words.shape})")
+def _validated_words(words, ndim: int, what: str, count: int, count_name: str) -> np.ndarray:
+    """A read-only copy of ``words`` after checking its type, layout and bit count.
+
+    The copy (made read-only) keeps the invariant checked here (padding bits 0) from being
+    broken later through the caller's array."""
+    check_array(words, "words", dtype=np.uint64, ndim=ndim, layout=what, c_contiguous=True,
+                min_size=1)
+    if words.shape[-1] != n_words(count):
+        raise ValueError(f"words has {words.shape[-1]} words in its last axis; "
+                         f"{count_name}={count} needs {n_words(count)}")
+    _check_padding_bits(words[..., -1], count, "words")
+    out = words.copy()
+    out.setflags(write=False)
+    return out
 
 
-def _check_count(value, name: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+def _read_only(words: np.ndarray) -> np.ndarray:
+    """``words`` (made by bnnlab itself) as a read-only view: no copy, O(1)."""
+    if words.flags.writeable:
+        words = words.view()
+        words.setflags(write=False)
+    return words
 
 
 def _check_padding_bits(last_words: np.ndarray, k: int, what: str) -> None:
@@ -169,16 +164,10 @@ class PackedBits:
     k: int
 
     def __post_init__(self) -> None:
-        _check_words(self.words, 2, "(rows, ceil(k/64))")
-        k = _check_count(self.k, "k")
-        if k > _MAX_K:
-            raise ValueError(f"k must be < 2**31 (int32 dot products), got {k}")
+        k = check_int(self.k, "k", min_value=1, max_value=_MAX_K)
+        words = _validated_words(self.words, 2, "(rows, ceil(k/64))", k, "k")
         object.__setattr__(self, "k", k)
-        if self.words.shape[1] != n_words(k):
-            raise ValueError(
-                f"words has {self.words.shape[1]} columns; k={k} needs {n_words(k)}"
-            )
-        _check_padding_bits(self.words[:, -1], k, "words")
+        object.__setattr__(self, "words", words)
 
     @classmethod
     def trusted(cls, words: np.ndarray, k: int) -> "PackedBits":
@@ -191,11 +180,9 @@ class PackedBits:
         ``PackedBits(words, k)``, which checks all of this.
         """
         obj = object.__new__(cls)
-        object.__setattr__(obj, "words", words)
+        object.__setattr__(obj, "words", _read_only(words))
         object.__setattr__(obj, "k", k)
         return obj
-
-    _trusted = trusted      # former private name (kept for older callers)
 
     @property
     def rows(self) -> int:
@@ -235,14 +222,10 @@ class PackedActivations:
     channels: int
 
     def __post_init__(self) -> None:
-        _check_words(self.words, 4, "(N, H, W, ceil(C/64))")
-        c = _check_count(self.channels, "channels")
+        c = check_int(self.channels, "channels", min_value=1)
+        words = _validated_words(self.words, 4, "(N, H, W, ceil(C/64))", c, "channels")
         object.__setattr__(self, "channels", c)
-        if self.words.shape[3] != n_words(c):
-            raise ValueError(
-                f"words has {self.words.shape[3]} words per pixel; channels={c} needs {n_words(c)}"
-            )
-        _check_padding_bits(self.words[..., -1], c, "words")
+        object.__setattr__(self, "words", words)
 
     @classmethod
     def trusted(cls, words: np.ndarray, channels: int) -> "PackedActivations":
@@ -254,11 +237,9 @@ class PackedActivations:
         User data goes through ``PackedActivations(words, channels)``, which checks it.
         """
         obj = object.__new__(cls)
-        object.__setattr__(obj, "words", words)
+        object.__setattr__(obj, "words", _read_only(words))
         object.__setattr__(obj, "channels", channels)
         return obj
-
-    _trusted = trusted      # former private name (kept for older callers)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -296,14 +277,10 @@ class PackedConvWeights:
     in_channels: int
 
     def __post_init__(self) -> None:
-        _check_words(self.words, 4, "(O, kh, kw, ceil(C/64))")
-        c = _check_count(self.in_channels, "in_channels")
+        c = check_int(self.in_channels, "in_channels", min_value=1)
+        words = _validated_words(self.words, 4, "(O, kh, kw, ceil(C/64))", c, "in_channels")
         object.__setattr__(self, "in_channels", c)
-        if self.words.shape[3] != n_words(c):
-            raise ValueError(
-                f"words has {self.words.shape[3]} words per tap; in_channels={c} needs {n_words(c)}"
-            )
-        _check_padding_bits(self.words[..., -1], c, "words")
+        object.__setattr__(self, "words", words)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -492,8 +469,8 @@ def prepare_thresholds(threshold, flip=None, *, channels: int, k: int) -> Thresh
         channels: number of output channels (``b.rows`` / ``O``), >= 1.
         k: reduction length (``in_features``, or ``C_in * k_h * k_w``), >= 1.
     """
-    n = _check_count(channels, "channels")
-    K = _check_count(k, "k")
+    n = check_int(channels, "channels", min_value=1)
+    K = check_int(k, "k", min_value=1)
     thr = _as_vector(threshold, "threshold", n, allow_inf=True)
     fl = _as_flags(flip, "flip", n)
     flb = fl.view(np.bool_)
@@ -556,7 +533,7 @@ def prepare_affine(scale, offset=None, *, channels: int) -> Affine:
         offset: ``None`` (zeros) or scalar / ``(channels,)`` reals, finite in float32.
         channels: >= 1.
     """
-    n = _check_count(channels, "channels")
+    n = check_int(channels, "channels", min_value=1)
     sc = _as_f32_vector(scale, "scale", n).copy()
     of = np.zeros(n, np.float32) if offset is None else _as_f32_vector(offset, "offset", n).copy()
     sc.flags.writeable = False
@@ -578,19 +555,8 @@ def _affine(alpha, bias, n: int, names=("alpha", "bias")) -> tuple[np.ndarray, n
 
 
 # ----------------------------------------------------------------------------- threads
-def _check_threads(n, name: str = "n_threads") -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int or None, got {n!r}")
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"{name} must be >= 1, got {n}")
-    if n > _MAX_THREADS:
-        raise ValueError(f"{name} must be <= {_MAX_THREADS}, got {n}")
-    return n
-
-
 def _threads(n_threads) -> int:
-    return get_num_threads() if n_threads is None else _check_threads(n_threads)
+    return get_num_threads() if n_threads is None else check_int(n_threads, "n_threads", min_value=1, max_value=_MAX_THREADS)
 
 
 def set_num_threads(n: int | None) -> None:
@@ -603,7 +569,7 @@ def set_num_threads(n: int | None) -> None:
     Kernels use fewer threads than asked when the problem is too small to profit.
     """
     global _num_threads
-    _num_threads = None if n is None else _check_threads(n, "n")
+    _num_threads = None if n is None else check_int(n, "n", min_value=1, max_value=_MAX_THREADS)
 
 
 def get_num_threads() -> int:
@@ -1016,8 +982,8 @@ def _pair(v, name: str, minimum: int) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
             raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-        return (_check_count(v[0], name, minimum=minimum), _check_count(v[1], name, minimum=minimum))
-    v = _check_count(v, name, minimum=minimum)
+        return (check_int(v[0], name, min_value=minimum), check_int(v[1], name, min_value=minimum))
+    v = check_int(v, name, min_value=minimum)
     return (v, v)
 
 
@@ -1113,7 +1079,7 @@ def prepare_maxpool2d(channels: int, kernel_size, stride=None, padding=0,
         >>> spec.kernel_size, spec.stride, spec.padding
         ((2, 2), (2, 2), (0, 0))
     """
-    c = _check_count(channels, "channels")
+    c = check_int(channels, "channels", min_value=1)
     k = _pair(kernel_size, "kernel_size", 1)
     st = k if stride is None else _pair(stride, "stride", 1)
     pad = _pair(padding, "padding", 0)

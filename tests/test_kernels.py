@@ -621,10 +621,30 @@ def test_conv2d_threshold_with_pool_equals_conv_then_pool(isa, o_ch):
     np.testing.assert_array_equal(got.words, ref.pack_nhwc(want))
 
 
-def test_trusted_constructors_skip_checks_and_keep_the_old_name():
+def test_trusted_constructors_skip_checks():
     w = np.zeros((2, 1), np.uint64)
     p = bk.PackedBits.trusted(w, 3)
-    assert p.words is w and p.shape == (2, 3)
+    assert np.shares_memory(p.words, w) and p.shape == (2, 3)   # no copy
+    assert not p.words.flags.writeable
     a = bk.PackedActivations.trusted(np.zeros((1, 2, 2, 1), np.uint64), 5)
     assert a.shape == (1, 5, 2, 2)
-    assert bk.PackedBits._trusted(w, 3).k == 3            # former private name still works
+
+
+@pytest.mark.parametrize("make", [
+    lambda: bk.PackedBits(np.array([[0b111]], np.uint64), 3),
+    lambda: bk.PackedActivations(np.array([[[[0b111]]]], np.uint64), 3),
+    lambda: bk.PackedConvWeights(np.array([[[[0b111]]]], np.uint64), 3),
+])
+def test_validated_words_are_read_only(make):
+    # issue 8, defect 4: setting a padding bit after validation changed a dot product
+    p = make()
+    with pytest.raises(ValueError, match="read-only"):
+        p.words[..., -1] |= np.uint64(1 << 5)
+
+
+def test_validated_words_are_a_copy_of_the_callers_array():
+    w = np.array([[0b011]], np.uint64)
+    a = bk.PackedBits(w, 3)
+    w[0, 0] |= np.uint64(1 << 5)                     # a padding bit in the caller's array
+    b = bk.pack_signs(np.ones((1, 3), np.float32))
+    assert bk.xnor_matmul(b, a)[0, 0] == 3 - 2 * 2   # unchanged: two -1 entries, no extra bit
