@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 
+import _ref_kernels as ref
 import numpy as np
 import pytest
 import torch
@@ -20,8 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bnnlab import kernels as bk
-
-import _ref_kernels as ref
 
 ALL_ISAS = ("portable", "popcnt", "avx2", "avx512")
 AVAILABLE = bk._available_isas()
@@ -306,7 +305,7 @@ def test_binary_conv2d_equals_torch_conv_of_signs(isa, eager_threads, shape):
     rng = np.random.default_rng(sum(shape))
     x, wt = _real(rng, (n, c, h, w)), _real(rng, (o, c, kh, kw))
     px, pw = bk.pack_nhwc(x), bk.pack_conv_weights(wt)
-    for stride, padding, pad_value in itertools.product([1, 2], [0, 1, 2], [1.0, -1.0]):
+    for stride, padding, pad_value in itertools.product([1, 2], [0, 1, 2], [1.0, -1.0, 0.0]):
         if h + 2 * padding < kh or w + 2 * padding < kw:
             continue
         want = ref.conv_signs(x, wt, stride, padding, pad_value)
@@ -648,3 +647,31 @@ def test_validated_words_are_a_copy_of_the_callers_array():
     w[0, 0] |= np.uint64(1 << 5)                     # a padding bit in the caller's array
     b = bk.pack_signs(np.ones((1, 3), np.float32))
     assert bk.xnor_matmul(b, a)[0, 0] == 3 - 2 * 2   # unchanged: two -1 entries, no extra bit
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_zero_padding_epilogues_equal_torch(shape):
+    # issue 8, defect 7: torch's zero padding of the binarised input, reproduced exactly
+    n, c, h, w, o, kh, kw = shape
+    rng = np.random.default_rng(sum(shape) + 1)
+    x, wt = _real(rng, (n, c, h, w)), _real(rng, (o, c, kh, kw))
+    px, pw = bk.pack_nhwc(x), bk.pack_conv_weights(wt)
+    for stride, padding in itertools.product([1, 2], [1, 2]):
+        if h + 2 * padding < kh or w + 2 * padding < kw:
+            continue
+        d = ref.conv_signs(x, wt, stride, padding, 0.0)
+        thr = rng.integers(-6, 7, o).astype(np.float64) + rng.choice([0.0, 0.5], o)
+        flip = rng.random(o) < 0.5
+        bits = bk.conv2d_threshold(px, pw, thr, flip, stride, padding, 0.0)
+        want = np.where(flip[None, :, None, None], d <= thr[None, :, None, None],
+                        d >= thr[None, :, None, None])
+        np.testing.assert_array_equal(bk.unpack_nhwc(bits) > 0, want)
+        prepared = bk.prepare_thresholds(thr, flip, channels=o, k=c * kh * kw)
+        np.testing.assert_array_equal(
+            bk.conv2d_threshold(px, pw, prepared, None, stride, padding, 0.0).words, bits.words)
+        alpha, bias = _real(rng, (o,)), _real(rng, (o,))
+        y = bk.conv2d_affine(px, pw, alpha, bias, stride, padding, 0.0)
+        np.testing.assert_array_equal(
+            y, d.astype(np.float32) * alpha[None, :, None, None] + bias[None, :, None, None])
+        corr = bk.zero_padding_correction(pw, (h, w), stride, padding)
+        np.testing.assert_array_equal(ref.conv_signs(x, wt, stride, padding, 1.0) - corr[None], d)
