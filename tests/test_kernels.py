@@ -193,10 +193,15 @@ def test_tiny_negative_float64_packs_as_minus_one():
 
 
 def test_strict_accepts_pm1_and_bool():
-    bk.pack_signs(np.array([[1, -1, 1]], np.int8), strict=True)
-    bk.pack_signs(np.array([[True, False]]), strict=True)
-    bk.pack_nhwc(-np.ones((1, 2, 2, 2)), strict=True)
-    bk.pack_conv_weights(np.ones((1, 2, 1, 1), np.float32), strict=True)
+    # the same bits as without strict: bit 1 <=> -1 (bool: True is +1, False is -1)
+    assert bk.pack_signs(np.array([[1, -1, 1]], np.int8), strict=True).words.tolist() == [[0b010]]
+    assert bk.pack_signs(np.array([[True, False]]), strict=True).words.tolist() == [[0b10]]
+    a = bk.pack_nhwc(-np.ones((1, 2, 2, 2)), strict=True)
+    assert a.shape == (1, 2, 2, 2) and (a.words == 0b11).all()
+    w = bk.pack_conv_weights(np.ones((1, 2, 1, 1), np.float32), strict=True)
+    assert w.shape == (1, 2, 1, 1) and (w.words == 0).all()
+    with pytest.raises(ValueError, match="only -1 and \\+1"):
+        bk.pack_signs(np.array([[1.0, 0.5]], np.float32), strict=True)
 
 
 # ----------------------------------------------------------------------------- matmul
