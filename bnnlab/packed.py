@@ -2083,6 +2083,7 @@ def _decode_stage(r: _Reader) -> nn.Module:
 
 
 _MAX_HEADER = 1 << 20      # decompressed JSON header bytes (a stage takes ~200)
+_MAX_DEFLATE_RATIO = 1032  # deflate expands at most ~1032:1 (zlib's technical details)
 
 
 def _inflate(blob: bytes, limit: int) -> bytes:
@@ -2128,6 +2129,9 @@ def _decode(data: bytes, where: str = "<bytes>") -> PackedModel:
     payload_bytes = header.get("payload_bytes")
     if isinstance(payload_bytes, bool) or not isinstance(payload_bytes, int) or payload_bytes < 0:
         raise bad("invalid header: payload_bytes")
+    if payload_bytes > _MAX_DEFLATE_RATIO * zlen + 64:
+        raise bad(f"invalid header: payload_bytes={payload_bytes} cannot come from {zlen} "
+                  "compressed bytes")
     try:
         raw = _inflate(data[24 + hlen:24 + hlen + zlen], payload_bytes)
     except (ValueError, zlib.error) as exc:
