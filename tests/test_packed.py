@@ -812,3 +812,63 @@ def test_cli_export(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         packed.main(["binary_cnn", str(out)])  # neither --weights nor --random
+
+
+# ------------------------------------------------------------------------------ a user's ResNet-18
+class _BasicBlock(nn.Module):
+    """torchvision's BasicBlock, as users write it: ReLUs and the shortcut inside forward."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class _ResNet18(nn.Module):
+    def __init__(self, widths=(16, 32, 64, 65), num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            layers.append(nn.Sequential(_BasicBlock(cin, w, 1 if i == 0 else 2), _BasicBlock(w, w, 1)))
+            cin = w
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def test_a_users_resnet18_converted_with_zero_padding_exports_bit_exact():
+    # issue 8, defect 7: convert.binarize keeps torch's pad_value=0, which export refused
+    from bnnlab import convert
+
+    torch.manual_seed(3)
+    model = convert.binarize(_ResNet18())
+    binary = [m for m in model.modules() if isinstance(m, L.BinaryConv2d)]
+    assert len(binary) >= 16 and all(m.pad_value == 0.0 for m in binary if m.padding != (0, 0))
+    model = _calibrated(model, (4, 3, 32, 32))
+    x = _randn(3, 3, 32, 32, seed=5)
+    p = packed.export(model, x)
+    assert len(p.packed_layers()) == len(binary)
+    assert torch.equal(p(x), _eval(model, x))
+    assert torch.equal(p(x[:0]), _eval(model, x[:0]))
