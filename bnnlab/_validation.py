@@ -18,7 +18,7 @@ import numbers
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-__all__ = ["check_bool", "check_choice", "check_int", "check_real"]
+__all__ = ["check_array", "check_bool", "check_choice", "check_int", "check_real"]
 
 T = TypeVar("T")
 
@@ -90,4 +90,32 @@ def check_choice(value: Any, name: str, choices: Iterable[T]) -> T:
         ok = False
     if not ok:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+    return value
+
+
+def check_array(value: Any, name: str, *, dtype: Any = None, ndim: int | None = None,
+                layout: str = "", c_contiguous: bool = False, min_size: int = 0) -> Any:
+    """Return ``value`` if it is a :class:`numpy.ndarray` with the given properties.
+
+    ``dtype`` (anything :func:`numpy.dtype` accepts) and the wrong type raise
+    :class:`TypeError`; a wrong ``ndim`` (``layout`` names the expected axes in the message),
+    a non-C-contiguous array when ``c_contiguous``, a non-native byte order or fewer than
+    ``min_size`` elements raise :class:`ValueError`, each naming ``name``. No copy is made.
+    """
+    import numpy as np  # local: the scalar checkers stay importable without NumPy
+
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+    if dtype is not None and value.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {value.dtype}")
+    if ndim is not None and value.ndim != ndim:
+        what = f" {layout}" if layout else ""
+        raise ValueError(f"{name} must be {ndim}-D{what}, got shape {value.shape}")
+    if c_contiguous and not value.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
+    if not value.dtype.isnative:
+        raise ValueError(f"{name} must be in native byte order")
+    if value.size < min_size:
+        raise ValueError(f"{name} must have at least {min_size} element(s), got shape "
+                         f"{value.shape}")
     return value

@@ -48,14 +48,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-try:
-    from bnnlab import _kernels
-except ImportError as exc:  # pragma: no cover - only on a broken install
-    raise ImportError(
-        "bnnlab's compiled kernels (bnnlab._kernels, built from ext/_kernels.pyx) are missing. "
-        "Reinstall with `pip install -e .` (needs a C compiler with OpenMP; Cython comes from "
-        "the build requirements)."
-    ) from exc
+# bnnlab/__init__ runs _check_build first, which explains a missing or stale build
+from bnnlab import _kernels
+from bnnlab._validation import check_array, check_int
 
 __all__ = [
     "WORD_BITS",
@@ -87,6 +82,7 @@ __all__ = [
     "conv2d_threshold",
     "conv2d_affine",
     "binary_conv2d",
+    "zero_padding_correction",
     "set_num_threads",
     "get_num_threads",
     "kernel_info",
@@ -109,28 +105,28 @@ def _last_word_mask(k: int) -> np.uint64:
     return np.uint64(0xFFFFFFFFFFFFFFFF if used == 0 else (1 << used) - 1)
 
 
-def _check_words(words, ndim: int, what: str) -> None:
-    if not isinstance(words, np.ndarray):
-        raise TypeError(f"words must be a numpy.ndarray, got {type(words).__name__}")
-    if words.dtype != np.uint64:
-        raise TypeError(f"words must have dtype uint64, got {words.dtype}")
-    if words.ndim != ndim:
-        raise ValueError(f"words must be {ndim}-D {what}, got shape {words.shape}")
-    if not words.flags.c_contiguous:
-        raise ValueError("words must be C-contiguous (use np.ascontiguousarray)")
-    if not words.dtype.isnative:  # pragma: no cover - big-endian words
-        raise ValueError("words must be in native byte order")
-    if words.size == 0:
-        raise ValueError(f"words is empty (shape {words.shape})")
+def _validated_words(words, ndim: int, what: str, count: int, count_name: str) -> np.ndarray:
+    """A read-only copy of ``words`` after checking its type, layout and bit count.
+
+    The copy (made read-only) keeps the invariant checked here (padding bits 0) from being
+    broken later through the caller's array."""
+    check_array(words, "words", dtype=np.uint64, ndim=ndim, layout=what, c_contiguous=True,
+                min_size=1)
+    if words.shape[-1] != n_words(count):
+        raise ValueError(f"words has {words.shape[-1]} words in its last axis; "
+                         f"{count_name}={count} needs {n_words(count)}")
+    _check_padding_bits(words[..., -1], count, "words")
+    out = words.copy()
+    out.setflags(write=False)
+    return out
 
 
-def _check_count(value, name: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+def _read_only(words: np.ndarray) -> np.ndarray:
+    """``words`` (made by bnnlab itself) as a read-only view: no copy, O(1)."""
+    if words.flags.writeable:
+        words = words.view()
+        words.setflags(write=False)
+    return words
 
 
 def _check_padding_bits(last_words: np.ndarray, k: int, what: str) -> None:
@@ -169,19 +165,13 @@ class PackedBits:
     k: int
 
     def __post_init__(self) -> None:
-        _check_words(self.words, 2, "(rows, ceil(k/64))")
-        k = _check_count(self.k, "k")
-        if k > _MAX_K:
-            raise ValueError(f"k must be < 2**31 (int32 dot products), got {k}")
+        k = check_int(self.k, "k", min_value=1, max_value=_MAX_K)
+        words = _validated_words(self.words, 2, "(rows, ceil(k/64))", k, "k")
         object.__setattr__(self, "k", k)
-        if self.words.shape[1] != n_words(k):
-            raise ValueError(
-                f"words has {self.words.shape[1]} columns; k={k} needs {n_words(k)}"
-            )
-        _check_padding_bits(self.words[:, -1], k, "words")
+        object.__setattr__(self, "words", words)
 
     @classmethod
-    def trusted(cls, words: np.ndarray, k: int) -> "PackedBits":
+    def trusted(cls, words: np.ndarray, k: int) -> PackedBits:
         """Wrap ``words`` **without any check**: the caller guarantees the invariants.
 
         For code that produced or re-laid valid words itself (used by :mod:`bnnlab.packed`
@@ -191,11 +181,9 @@ class PackedBits:
         ``PackedBits(words, k)``, which checks all of this.
         """
         obj = object.__new__(cls)
-        object.__setattr__(obj, "words", words)
+        object.__setattr__(obj, "words", _read_only(words))
         object.__setattr__(obj, "k", k)
         return obj
-
-    _trusted = trusted      # former private name (kept for older callers)
 
     @property
     def rows(self) -> int:
@@ -235,17 +223,13 @@ class PackedActivations:
     channels: int
 
     def __post_init__(self) -> None:
-        _check_words(self.words, 4, "(N, H, W, ceil(C/64))")
-        c = _check_count(self.channels, "channels")
+        c = check_int(self.channels, "channels", min_value=1)
+        words = _validated_words(self.words, 4, "(N, H, W, ceil(C/64))", c, "channels")
         object.__setattr__(self, "channels", c)
-        if self.words.shape[3] != n_words(c):
-            raise ValueError(
-                f"words has {self.words.shape[3]} words per pixel; channels={c} needs {n_words(c)}"
-            )
-        _check_padding_bits(self.words[..., -1], c, "words")
+        object.__setattr__(self, "words", words)
 
     @classmethod
-    def trusted(cls, words: np.ndarray, channels: int) -> "PackedActivations":
+    def trusted(cls, words: np.ndarray, channels: int) -> PackedActivations:
         """Wrap ``words`` **without any check**: the caller guarantees the invariants.
 
         For code that produced valid words itself (used by :mod:`bnnlab.packed`):
@@ -254,11 +238,9 @@ class PackedActivations:
         User data goes through ``PackedActivations(words, channels)``, which checks it.
         """
         obj = object.__new__(cls)
-        object.__setattr__(obj, "words", words)
+        object.__setattr__(obj, "words", _read_only(words))
         object.__setattr__(obj, "channels", channels)
         return obj
-
-    _trusted = trusted      # former private name (kept for older callers)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -296,14 +278,10 @@ class PackedConvWeights:
     in_channels: int
 
     def __post_init__(self) -> None:
-        _check_words(self.words, 4, "(O, kh, kw, ceil(C/64))")
-        c = _check_count(self.in_channels, "in_channels")
+        c = check_int(self.in_channels, "in_channels", min_value=1)
+        words = _validated_words(self.words, 4, "(O, kh, kw, ceil(C/64))", c, "in_channels")
         object.__setattr__(self, "in_channels", c)
-        if self.words.shape[3] != n_words(c):
-            raise ValueError(
-                f"words has {self.words.shape[3]} words per tap; in_channels={c} needs {n_words(c)}"
-            )
-        _check_padding_bits(self.words[..., -1], c, "words")
+        object.__setattr__(self, "words", words)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -471,12 +449,16 @@ class Thresholds:
         lim: int64 ``(channels,)``.  flipw: uint64 ``(ceil(channels / 64),)``, bit ``c`` =
         flip of channel ``c``.  channels: number of output channels.  k: reduction length
         the limits were computed for (``in_features`` or ``C_in * k_h * k_w``).
+        int_threshold: int64 ``(channels,)``, the integer threshold ``t`` (+1 iff ``d >= t``,
+        ``d <= t`` where flipped; what zero-padded convs test).  flip: bool ``(channels,)``.
     """
 
     lim: np.ndarray
     flipw: np.ndarray
     channels: int
     k: int
+    int_threshold: np.ndarray
+    flip: np.ndarray
 
 
 def prepare_thresholds(threshold, flip=None, *, channels: int, k: int) -> Thresholds:
@@ -492,8 +474,8 @@ def prepare_thresholds(threshold, flip=None, *, channels: int, k: int) -> Thresh
         channels: number of output channels (``b.rows`` / ``O``), >= 1.
         k: reduction length (``in_features``, or ``C_in * k_h * k_w``), >= 1.
     """
-    n = _check_count(channels, "channels")
-    K = _check_count(k, "k")
+    n = check_int(channels, "channels", min_value=1)
+    K = check_int(k, "k", min_value=1)
     thr = _as_vector(threshold, "threshold", n, allow_inf=True)
     fl = _as_flags(flip, "flip", n)
     flb = fl.view(np.bool_)
@@ -502,7 +484,8 @@ def prepare_thresholds(threshold, flip=None, *, channels: int, k: int) -> Thresh
     flipw = np.zeros(n_words(n) * 8, np.uint8)
     packed = np.packbits(fl, bitorder="little")
     flipw[: packed.size] = packed
-    return Thresholds(np.ascontiguousarray(lim), flipw.view("<u8").astype(np.uint64), n, K)
+    return Thresholds(np.ascontiguousarray(lim), flipw.view("<u8").astype(np.uint64), n, K, t,
+                      flb.copy())
 
 
 def _limits(threshold, flip, n: int, K: int) -> tuple[np.ndarray, np.ndarray]:
@@ -556,7 +539,7 @@ def prepare_affine(scale, offset=None, *, channels: int) -> Affine:
         offset: ``None`` (zeros) or scalar / ``(channels,)`` reals, finite in float32.
         channels: >= 1.
     """
-    n = _check_count(channels, "channels")
+    n = check_int(channels, "channels", min_value=1)
     sc = _as_f32_vector(scale, "scale", n).copy()
     of = np.zeros(n, np.float32) if offset is None else _as_f32_vector(offset, "offset", n).copy()
     sc.flags.writeable = False
@@ -578,19 +561,10 @@ def _affine(alpha, bias, n: int, names=("alpha", "bias")) -> tuple[np.ndarray, n
 
 
 # ----------------------------------------------------------------------------- threads
-def _check_threads(n, name: str = "n_threads") -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int or None, got {n!r}")
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"{name} must be >= 1, got {n}")
-    if n > _MAX_THREADS:
-        raise ValueError(f"{name} must be <= {_MAX_THREADS}, got {n}")
-    return n
-
-
 def _threads(n_threads) -> int:
-    return get_num_threads() if n_threads is None else _check_threads(n_threads)
+    if n_threads is None:
+        return get_num_threads()
+    return check_int(n_threads, "n_threads", min_value=1, max_value=_MAX_THREADS)  # type: ignore[no-any-return]
 
 
 def set_num_threads(n: int | None) -> None:
@@ -603,7 +577,7 @@ def set_num_threads(n: int | None) -> None:
     Kernels use fewer threads than asked when the problem is too small to profit.
     """
     global _num_threads
-    _num_threads = None if n is None else _check_threads(n, "n")
+    _num_threads = None if n is None else check_int(n, "n", min_value=1, max_value=_MAX_THREADS)
 
 
 def get_num_threads() -> int:
@@ -768,7 +742,7 @@ def pack_rows_affine(x, scale, offset=None, *, n_threads: int | None = None) -> 
     return PackedBits.trusted(out, k)
 
 
-def pack_nhwc_affine(x, scale, offset=None, *, pool: "MaxPoolSpec | None" = None,
+def pack_nhwc_affine(x, scale, offset=None, *, pool: MaxPoolSpec | None = None,
                      n_threads: int | None = None) -> PackedActivations:
     r"""Pack the sign of a per-channel affine map of an NCHW batch into NHWC words.
 
@@ -1016,27 +990,31 @@ def _pair(v, name: str, minimum: int) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
             raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-        return (_check_count(v[0], name, minimum=minimum), _check_count(v[1], name, minimum=minimum))
-    v = _check_count(v, name, minimum=minimum)
+        return (check_int(v[0], name, min_value=minimum), check_int(v[1], name, min_value=minimum))
+    v = check_int(v, name, min_value=minimum)
     return (v, v)
 
 
+_ZERO_PAD = 2          # _pad_value's code for pad_value=0 (torch's zero padding)
+_MAX_PADDED_PIXELS = 2**31 - 1
+
+
 def _pad_value(v) -> int:
+    """0 for +1, 1 for -1 (the C kernels' flag), ``_ZERO_PAD`` for 0."""
     if type(v) is float:                                # fast path
         if v == 1.0:
             return 0
         if v == -1.0:
             return 1
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
-        raise TypeError(f"pad_value must be +1.0 or -1.0, got {v!r}")
+        raise TypeError(f"pad_value must be +1.0, -1.0 or 0.0, got {v!r}")
     if v == 1:
         return 0
     if v == -1:
         return 1
-    raise ValueError(
-        f"pad_value must be +1.0 or -1.0, got {v!r} (0 cannot be packed; torch's zero "
-        "padding after binarisation is not a binary convolution)"
-    )
+    if v == 0:
+        return _ZERO_PAD
+    raise ValueError(f"pad_value must be +1.0, -1.0 or 0.0, got {v!r}")
 
 
 def _conv_setup(x, w, stride, padding, pad_value):
@@ -1059,6 +1037,9 @@ def _conv_setup(x, w, stride, padding, pad_value):
         )
     if c * kh * kw > _MAX_K:
         raise ValueError("C_in * kh * kw must be < 2**31")
+    if (h + 2 * py) * (wd + 2 * px) > _MAX_PADDED_PIXELS:
+        raise ValueError(f"padding={(py, px)} is too large: the padded input would have "
+                         f"{(h + 2 * py) * (wd + 2 * px)} pixels per channel (at most 2**31 - 1)")
     oh, ow = (h + 2 * py - kh) // sy + 1, (wd + 2 * px - kw) // sx + 1
     return (sy, sx, py, px, pad_neg), (n, w.out_channels, oh, ow)
 
@@ -1113,7 +1094,7 @@ def prepare_maxpool2d(channels: int, kernel_size, stride=None, padding=0,
         >>> spec.kernel_size, spec.stride, spec.padding
         ((2, 2), (2, 2), (0, 0))
     """
-    c = _check_count(channels, "channels")
+    c = check_int(channels, "channels", min_value=1)
     k = _pair(kernel_size, "kernel_size", 1)
     st = k if stride is None else _pair(stride, "stride", 1)
     pad = _pair(padding, "padding", 0)
@@ -1165,6 +1146,75 @@ def maxpool2d_packed(x: PackedActivations, pool: MaxPoolSpec, *,
     return PackedActivations.trusted(out, x.channels)
 
 
+def _tap_sums(w: PackedConvWeights) -> np.ndarray:
+    """int64 ``(O, k_h, k_w)``: the sum over input channels of each ±1 weight tap (cached on
+    ``w``, whose words are read-only)."""
+    cached = w.__dict__.get("_tap_sums")
+    if cached is None:
+        bits = _unpack_bits(w.words, w.in_channels)                  # (O, kh, kw, C), 1 = -1
+        cached = w.in_channels - 2 * bits.sum(axis=-1, dtype=np.int64)
+        object.__setattr__(w, "_tap_sums", cached)
+    return cached  # type: ignore[no-any-return]
+
+
+def zero_padding_correction(w: PackedConvWeights, input_size: tuple[int, int], stride=1,
+                            padding=0) -> np.ndarray:
+    r"""What zero padding removes from a +1-padded binary conv, per output position.
+
+    The packed kernels pad with ±1.  Torch's zero padding of the binarised input instead
+    makes every out-of-image tap contribute 0, so
+
+    .. math::
+        d_{	ext{zero}}[n, o, y, x] = d_{+1}[n, o, y, x] - P[o, y, x], \qquad
+        P[o, y, x] = \sum_{(d_y, d_x)\ 	ext{outside}} \sum_c w_b[o, c, d_y, d_x]
+
+    where :math:`P` does not depend on the input: one int map per output channel and
+    position, non-zero only on the border (larq-compute-engine's zero-padding correction).
+
+    Args:
+        w: :class:`PackedConvWeights`.
+        input_size: ``(H, W)`` of the input.
+        stride, padding: as :func:`conv2d_packed`.
+
+    Returns:
+        int32 ``(O, H_o, W_o)``: :math:`P`.
+    """
+    if not isinstance(w, PackedConvWeights):
+        raise TypeError(f"w must be a PackedConvWeights, got {type(w).__name__}")
+    if not isinstance(input_size, (tuple, list)) or len(input_size) != 2:
+        raise ValueError(f"input_size must be (H, W), got {input_size!r}")
+    h = check_int(input_size[0], "input_size[0]", min_value=1)
+    wd = check_int(input_size[1], "input_size[1]", min_value=1)
+    sy, sx = _pair(stride, "stride", 1)
+    py, px = _pair(padding, "padding", 0)
+    kh, kw = w.kernel_size
+    if h + 2 * py < kh or wd + 2 * px < kw:
+        raise ValueError(f"kernel size {(kh, kw)} is larger than the padded input "
+                         f"{(h + 2 * py, wd + 2 * px)}")
+    if (h + 2 * py) * (wd + 2 * px) > _MAX_PADDED_PIXELS:
+        raise ValueError(f"padding={(py, px)} is too large for an input of {(h, wd)}")
+    oh, ow = (h + 2 * py - kh) // sy + 1, (wd + 2 * px - kw) // sx + 1
+    rows = np.arange(oh)[:, None] * sy - py + np.arange(kh)[None, :]     # (H_o, k_h)
+    cols = np.arange(ow)[:, None] * sx - px + np.arange(kw)[None, :]     # (W_o, k_w)
+    in_y = ((rows >= 0) & (rows < h)).astype(np.int64)
+    in_x = ((cols >= 0) & (cols < wd)).astype(np.int64)
+    s = _tap_sums(w)
+    inside = np.einsum("okl,yk,xl->oyx", s, in_y, in_x)
+    return (s.sum(axis=(1, 2))[:, None, None] - inside).astype(np.int32)
+
+
+def _zero_padded_conv(x: PackedActivations, w: PackedConvWeights, sy: int, sx: int, py: int,
+                      px: int, nt: int) -> np.ndarray:
+    """int32 NCHW conv with torch's zero padding: the +1-padded kernel minus the correction."""
+    n, _, h, wd = x.shape
+    _, o, oh, ow = n, w.out_channels, (h + 2 * py - w.kernel_size[0]) // sy + 1, \
+        (wd + 2 * px - w.kernel_size[1]) // sx + 1
+    out = np.empty((n, o, oh, ow), np.int32)
+    _kernels.conv(x.words, x.channels, w.words, sy, sx, py, px, 0, out, False, nt)
+    out -= zero_padding_correction(w, (h, wd), (sy, sx), (py, px))[None]
+    return out
+
+
 def conv2d_packed(x: PackedActivations, w: PackedConvWeights, stride=1, padding=0,
                   pad_value: float = 1.0, *, layout: str = "nchw",
                   n_threads: int | None = None) -> np.ndarray:
@@ -1174,7 +1224,9 @@ def conv2d_packed(x: PackedActivations, w: PackedConvWeights, stride=1, padding=
         \text{out}[n, o, y, x] = \sum_{c, d_y, d_x} x_b[n, c, y s_h - p_h + d_y, x s_w - p_w + d_x]
         \; w_b[o, c, d_y, d_x]
 
-    where input pixels outside the image equal ``pad_value`` (±1) in every channel.  No
+    where input pixels outside the image equal ``pad_value`` (±1) in every channel, or
+    contribute nothing with ``pad_value=0.0`` (torch's zero padding of the binarised input:
+    the +1-padded result minus :func:`zero_padding_correction`, exact).  No
     im2col buffer: each output pixel reads ``k_h`` runs of ``k_w * ceil(C/64)`` words from a
     padded copy of the packed input.  Groups and dilation are not supported.
 
@@ -1183,7 +1235,7 @@ def conv2d_packed(x: PackedActivations, w: PackedConvWeights, stride=1, padding=
         w: :class:`PackedConvWeights` ``(O, C, k_h, k_w)`` (any kernel size).
         stride: int or (s_h, s_w), >= 1.
         padding: int or (p_h, p_w), >= 0.
-        pad_value: +1.0 or -1.0 (0 is not binary; see ``BinaryConv2d(pad_value=...)``).
+        pad_value: +1.0, -1.0 or 0.0 (zero padding; see ``BinaryConv2d(pad_value=...)``).
         layout: ``"nchw"`` (default, torch's) or ``"nhwc"`` for the output.
         n_threads: threads (``None``: :func:`get_num_threads`).
 
@@ -1194,6 +1246,9 @@ def conv2d_packed(x: PackedActivations, w: PackedConvWeights, stride=1, padding=
     nt = _threads(n_threads)
     (sy, sx, py, px, neg), (n, o, oh, ow) = _conv_setup(x, w, stride, padding, pad_value)
     nhwc = _layout(layout)
+    if neg == _ZERO_PAD:
+        d = _zero_padded_conv(x, w, sy, sx, py, px, nt)
+        return np.ascontiguousarray(d.transpose(0, 2, 3, 1)) if nhwc else d
     out = np.empty((n, oh, ow, o) if nhwc else (n, o, oh, ow), np.int32)
     _kernels.conv(x.words, x.channels, w.words, sy, sx, py, px, neg, out, nhwc, nt)
     return out
@@ -1222,7 +1277,17 @@ def conv2d_threshold(x: PackedActivations, w: PackedConvWeights, threshold, flip
     """
     nt = _threads(n_threads)
     (sy, sx, py, px, neg), (n, o, oh, ow) = _conv_setup(x, w, stride, padding, pad_value)
-    lim, fl = _limits(threshold, flip, o, x.channels * w.kernel_size[0] * w.kernel_size[1])
+    k = x.channels * w.kernel_size[0] * w.kernel_size[1]
+    lim, fl = _limits(threshold, flip, o, k)
+    if neg == _ZERO_PAD:
+        th = threshold if isinstance(threshold, Thresholds) else \
+            prepare_thresholds(threshold, flip, channels=o, k=k)
+        d = _zero_padded_conv(x, w, sy, sx, py, px, nt)
+        t = th.int_threshold[None, :, None, None]
+        flb = th.flip[None, :, None, None]
+        plus = np.where(flb, d <= t, d >= t)
+        bits = pack_nhwc(plus, n_threads=nt)            # bool: True means +1
+        return bits if pool is None else maxpool2d_packed(bits, pool, n_threads=nt)
     if pool is None:
         out = np.zeros((n, oh, ow, n_words(o)), np.uint64)
         _kernels.conv_threshold_pack(x.words, x.channels, w.words, sy, sx, py, px, neg, lim, fl,
@@ -1247,6 +1312,11 @@ def conv2d_affine(x: PackedActivations, w: PackedConvWeights, alpha, bias=None, 
     (sy, sx, py, px, neg), (n, o, oh, ow) = _conv_setup(x, w, stride, padding, pad_value)
     nhwc = _layout(layout)
     al, bi = _affine(alpha, bias, o)
+    if neg == _ZERO_PAD:                      # float32(d) * alpha, then + bias: two roundings
+        y = _zero_padded_conv(x, w, sy, sx, py, px, nt).astype(np.float32)
+        y *= al[None, :, None, None]
+        y += bi[None, :, None, None]
+        return np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if nhwc else y
     out = np.empty((n, oh, ow, o) if nhwc else (n, o, oh, ow), np.float32)
     _kernels.conv_affine(x.words, x.channels, w.words, sy, sx, py, px, neg, al, bi, out, nhwc, nt)
     return out

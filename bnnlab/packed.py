@@ -53,15 +53,20 @@ Export rules (``export`` raises :class:`ValueError` naming the layer, never chan
 
 * input quantizer: ``SteSign``, ``ApproxSign``, ``SwishSign`` (forward = sign), ``StochasticSign``
   (deterministic in eval; refused with ``stochastic_eval=True``), ``RSign`` (sign(x - τ_c), τ
-  applied in float32 as torch does), ``ScaledSign`` (s ≠ 0, folded into the output scale), or
+  applied in float32 as torch does), ``ScaledSign`` (s ≠ 0, folded into the output scale; with
+  ``pad_value = ±1`` padding only if ``|s| = 1``, since torch pads ``s·sign(x)`` with ±1, not ±s), or
   ``None`` only where the input is the output of a ±1 quantizer module (as in ReActNet; checked
   with ``torch.fx``; the packed layer also refuses non-±1 inputs at run time). Anything else
   (``SteHeaviside``'s {0, 1}, ``MagnitudeAwareSign`` on inputs, custom modules) is refused.
-* weight quantizer: anything whose output has rows :math:`\pm\alpha_o` (sign, magnitude-aware,
-  scaled, stochastic in eval); ``None`` (real weights) or other outputs are refused.
-* convolutions: ``groups == 1``, ``dilation == 1``, symmetric padding, and ``pad_value = ±1``
-  whenever there is padding (``pad_value = 0`` zero-pads the binarised input, which no packed
-  kernel computes, so it is refused).
+* weight quantizer: anything deterministic in eval mode whose output has rows
+  :math:`\pm\alpha_o` (sign, magnitude-aware, scaled, stochastic in eval); ``None`` (real
+  weights), ``StochasticSign(stochastic_eval=True)``, any quantizer whose two calls differ, or
+  other outputs are refused.
+* convolutions: ``groups == 1``, ``dilation == 1``, symmetric padding; ``pad_value`` ±1 or 0.
+  Torch's zero padding (``pad_value = 0``, the default of converted models) is reproduced
+  exactly: the kernel pads with +1 and subtracts the input-independent contribution of the
+  padded taps (:func:`bnnlab.kernels.zero_padding_correction`, per output position and
+  channel); fused thresholds are then evaluated on every integer ``d``, both parities.
 * XNOR-Net: α (per output channel) is applied in float; β (dense, per sample) and the K-map
   (conv) are computed in float alongside from the real input, exactly as
   :class:`~bnnlab.layers.XnorLinear` / :class:`~bnnlab.layers.XnorConv2d` do; such layers take a
@@ -263,8 +268,17 @@ def _weight_signs(layer: nn.Module, where: str) -> tuple[Tensor, Tensor | None]:
     if getattr(layer.weight, "is_meta", False) or isinstance(
             layer.weight, nn.parameter.UninitializedParameter):
         raise _refuse(where, "the weight is not initialised")
+    wq = layer.weight_quantizer
+    if isinstance(wq, Q.StochasticSign) and wq.stochastic_eval and wq.scale > 0:
+        raise _refuse(where, "weight_quantizer StochasticSign(stochastic_eval=True) draws new "
+                             "weights in every call; a packed layer holds one fixed set")
     with torch.no_grad():
         wb = layer.binary_weight().detach()
+        again = layer.binary_weight().detach()
+    if not torch.equal(wb, again):
+        raise _refuse(where, f"weight_quantizer {type(wq).__name__} is not deterministic in "
+                             "eval mode (two calls gave different weights); a packed layer holds "
+                             "one fixed set")
     if wb.shape != layer.weight.shape:
         raise _refuse(where, f"binary_weight() has shape {tuple(wb.shape)}, expected "
                              f"{tuple(layer.weight.shape)} (one set of ±α bits)")
@@ -277,6 +291,29 @@ def _weight_signs(layer: nn.Module, where: str) -> tuple[Tensor, Tensor | None]:
                              "give ±α_o per output channel")
     signs = torch.where(rows < 0, -1.0, 1.0).reshape(wb.shape)
     return signs, (None if torch.all(alpha == 1.0) else alpha.clone())
+
+
+def _packed_pad_value(layer: nn.Module, padding: tuple[int, int], scale: float,
+                      where: str) -> float:
+    """The pad value of the packed conv, in units of the packed (±1) input.
+
+    Torch pads the *quantised* input ``s * sign(x)`` with ``pad_value``; the packed layer
+    computes ``d`` on ``sign(x)`` and multiplies by ``s`` afterwards, so its padded taps must
+    hold ``pad_value / s``: ``0`` (zero padding, reproduced exactly by
+    :func:`bnnlab.kernels.zero_padding_correction`) or ``±1``. Any other ratio (a
+    ``ScaledSign`` with ``|s| != 1`` and ``pad_value = ±1``) is not a binary convolution."""
+    if padding == (0, 0):
+        return 1.0
+    pad = float(layer.pad_value)
+    if pad == 0.0:
+        return 0.0
+    ratio = pad / scale
+    if ratio not in (1.0, -1.0):
+        raise _refuse(where, f"the input quantizer scales the input by s={scale:g} but "
+                             f"pad_value={pad:g} pads the scaled input: the padded taps hold "
+                             f"{ratio:g} in units of sign(x), which is not ±1 or 0 (use "
+                             "pad_value=0.0, or a sign input quantizer with ±1 padding)")
+    return ratio
 
 
 def _conv_geometry(layer: nn.Conv2d, where: str) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -310,6 +347,7 @@ class _PackedLayer(nn.Module):
         self.threshold: np.ndarray | None = None   # fused: +1 iff d >= thr (d <= thr if flip)
         self.flip: np.ndarray | None = None
         self.folded_bn = False                 # alpha_q / bias include a following eval BN
+        self._input_scale_factor = 1.0         # ScaledSign s (folded into alpha_q)
         self._prepared = None                  # kernels.Thresholds (cached) / (alpha, bias)
         self.train(False)
 
@@ -317,6 +355,7 @@ class _PackedLayer(nn.Module):
     def _init_from(self, layer: nn.Module, name: str | None, where: str) -> Tensor:
         _check_float32(layer, where)
         spec = _input_spec(layer, where)
+        self._input_scale_factor = float(spec["scale"])
         self.name = name or ""
         self.input_mode = spec["mode"]
         self.tau = spec["tau"]
@@ -470,7 +509,7 @@ class PackedLinear(_PackedLayer):
         self.nhwc: tuple[int, int] | None = None   # (C, H*W) when fed by a PackedFlatten
 
     @classmethod
-    def from_binary(cls, layer: nn.Module, *, name: str | None = None) -> "PackedLinear":
+    def from_binary(cls, layer: nn.Module, *, name: str | None = None) -> PackedLinear:
         """Pack a trained binary dense layer (see the module docstring for what is accepted)."""
         where = _layer_name(name, layer)
         if not isinstance(layer, BinaryLinear) or isinstance(layer, AbcLinear):
@@ -567,8 +606,9 @@ class PackedConv2d(_PackedLayer):
         y = \alpha \odot \bigl(W_b \star \operatorname{pad}_{v}(x_b)\bigr) + b,
         \qquad x_b = \operatorname{sign}(x)
 
-    with the binarised input padded by ``pad_value`` :math:`v = \pm 1` (the source layer's
-    ``pad_value``; ``pad_value=0`` with padding is refused). Activations are packed NHWC along
+    with the binarised input padded by ``pad_value`` :math:`v \in \{-1, 0, +1\}` (the source
+    layer's ``pad_value`` in units of :math:`x_b`; 0 is torch's zero padding, computed exactly
+    with :func:`bnnlab.kernels.zero_padding_correction`). Activations are packed NHWC along
     the channels (:func:`bnnlab.kernels.pack_nhwc`); weights hold
     ``k_h * k_w * ceil(C_in / 64) * 8`` bytes per output channel. Built with :meth:`from_binary`
     from :class:`~bnnlab.layers.BinaryConv2d`, :class:`~bnnlab.layers.XnorConv2d` (α, K-map in
@@ -591,17 +631,13 @@ class PackedConv2d(_PackedLayer):
         self.weight: kernels.PackedConvWeights | None = None
 
     @classmethod
-    def from_binary(cls, layer: nn.Module, *, name: str | None = None) -> "PackedConv2d":
+    def from_binary(cls, layer: nn.Module, *, name: str | None = None) -> PackedConv2d:
         """Pack a trained binary conv (see the module docstring for what is accepted)."""
         where = _layer_name(name, layer)
         if not isinstance(layer, BinaryConv2d) or isinstance(layer, AbcConv2d):
             raise _refuse(where, "only BinaryConv2d, XnorConv2d and XnorPlusConv2d can be packed "
                                  "as PackedConv2d")
         stride, padding = _conv_geometry(layer, where)
-        if padding != (0, 0) and layer.pad_value == 0.0:
-            raise _refuse(where, "pad_value=0.0 zero-pads the binarised input (0 is not ±1, the "
-                                 "packed kernel cannot compute it); train with pad_value=1.0 or "
-                                 "-1.0 (BinaryConv2d(..., pad_value=1.0))")
         if padding != (0, 0) and layer.padding_mode != "zeros":
             raise _refuse(where, f"padding_mode={layer.padding_mode!r} is not supported")
         self = cls()
@@ -610,7 +646,7 @@ class PackedConv2d(_PackedLayer):
         self.in_channels, self.out_channels = int(layer.in_channels), int(layer.out_channels)
         self.kernel_size = tuple(int(k) for k in layer.kernel_size)
         self.stride, self.padding = stride, padding
-        self.pad_value = float(layer.pad_value) if padding != (0, 0) else 1.0
+        self.pad_value = _packed_pad_value(layer, padding, self._input_scale_factor, where)
         if self.input_mode == "rsign" and self.tau.shape[0] != self.in_channels:
             raise _refuse(where, "RSign threshold does not have in_channels entries")
         self.weight = kernels.pack_conv_weights(signs)
@@ -664,7 +700,8 @@ class PackedConv2d(_PackedLayer):
     def _fast_pooled(self, x, pool: kernels.MaxPoolSpec):
         """:meth:`_forward_pooled` with the argument checks and output sizes cached per input
         shape and layer geometry (batch-1 latency); anything unusual takes the checked path."""
-        if type(x) is kernels.PackedActivations and x.channels == self.in_channels:
+        if type(x) is kernels.PackedActivations and x.channels == self.in_channels \
+                and self.pad_value != 0.0:
             words = x.words
             key = (words.shape, pool, self.weight, self.stride, self.padding, self.pad_value)
             plan = self.__dict__.get("_plan")
@@ -1012,9 +1049,9 @@ def _fold_entry(segment: list[nn.Module], layer: _PackedLayer):
         const = ~np.isfinite(thr)
         or_channels = (np.where(s1 == 0, 1, s1) != s_all) & ~const
         m = segment[pool_at]
-        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
         stride = m.stride if m.stride is not None else m.kernel_size
-        stages.append(PackedMaxPool2d(c, pair(m.kernel_size), pair(stride), pair(m.padding),
+        stages.append(PackedMaxPool2d(c, _pair_list(m.kernel_size), _pair_list(stride),
+                                      _pair_list(m.padding),
                                       or_channels))
     return stages
 
@@ -1067,7 +1104,10 @@ def _fold(l1: _PackedLayer, segment: list[nn.Module], l2: _PackedLayer):
 
     k = l1.in_features if isinstance(l1, PackedLinear) else \
         l1.in_channels * l1.kernel_size[0] * l1.kernel_size[1]
-    grid = torch.arange(-k, k + 1, 2, dtype=torch.float32)              # every value d can take
+    # every value d can take: -k, -k + 2, ..., k; with zero padding the out-of-image taps add
+    # nothing, so d has either parity at the border
+    step = 1 if conv1 and l1.pad_value == 0.0 else 2
+    grid = torch.arange(-k, k + 1, step, dtype=torch.float32)
     view = (1, -1, 1, 1) if conv1 else (1, -1)
     ones = [1] * (len(view) - 2)
     y = grid.reshape(-1, 1, *ones).expand(grid.shape[0], c, *ones)
@@ -1105,9 +1145,9 @@ def _fold(l1: _PackedLayer, segment: list[nn.Module], l2: _PackedLayer):
         const = g.all(axis=0) | (~g).all(axis=0)
         or_channels = (s1 != s_g) & ~const
         m = segment[pool_at]
-        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
         stride = m.stride if m.stride is not None else m.kernel_size
-        pool = PackedMaxPool2d(c, pair(m.kernel_size), pair(stride), pair(m.padding), or_channels)
+        pool = PackedMaxPool2d(c, _pair_list(m.kernel_size), _pair_list(stride), _pair_list(m.padding),
+                               or_channels)
     return (thr, flip, pool, flatten), ""
 
 
@@ -1309,7 +1349,7 @@ def _state_dict_bytes(model: nn.Module) -> int:
 
 def export(model: nn.Module, example_input: Tensor | None = None, *, fuse: bool = True,
            fold_float_bn: bool = True, rtol: float = 1e-4,
-           atol: float = 1e-4) -> "PackedModel":
+           atol: float = 1e-4) -> PackedModel:
     r"""Export a trained model for packed inference (eval-mode semantics).
 
     Every binary layer becomes a :class:`PackedLinear` / :class:`PackedConv2d`; float layers
@@ -1441,6 +1481,10 @@ class PackedModel(nn.Module):
         return super().train(False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Tensor) and x.dim() >= 2 and x.shape[0] == 0:
+            # an empty batch: the kernels need >= 1 row; run one zero sample for the output's
+            # shape and return none of its rows
+            return self.forward(x.new_zeros((1, *x.shape[1:])))[:0]
         # no_grad only where needed (entering it costs microseconds at batch 1)
         with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
             if self.kind == "sequential" and isinstance(self.body, nn.Sequential):
@@ -1572,12 +1616,12 @@ class PackedModel(nn.Module):
         return len(data)
 
     @staticmethod
-    def load(path: str | os.PathLike) -> "PackedModel":
+    def load(path: str | os.PathLike) -> PackedModel:
         """Same as :func:`load`."""
         return load(path)
 
     @staticmethod
-    def from_bytes(data: bytes) -> "PackedModel":
+    def from_bytes(data: bytes) -> PackedModel:
         """Parse and validate the bytes of a saved file (see :func:`load`)."""
         return _decode(data)
 
@@ -1732,6 +1776,7 @@ class _Reader:
         self.payload = payload
         self.used = used
         self.taken: set = set()
+        self.prev: nn.Module | None = None     # the stage decoded before this one
 
     def err(self, msg: str) -> ValueError:
         return ValueError(f"{self.where}: {msg}")
@@ -1783,7 +1828,7 @@ class _Reader:
             raise self.err(f"array {name!r} has dtype {dt}, expected {np.dtype(dtype).str}")
         if tuple(shp) != tuple(shape):
             raise self.err(f"array {name!r} has shape {tuple(shp)}, expected {tuple(shape)}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize      # Python ints: no overflow
         if off < 0 or off % 8 or off + nbytes > len(self.payload):
             raise self.err(f"array {name!r}: offset {off} + {nbytes} bytes is outside the payload")
         self.used.append((off, off + nbytes, f"{self.where}/{name}"))
@@ -1843,8 +1888,9 @@ def _decode_layer(r: _Reader, kind: str) -> nn.Module:
         m.stride = r.ints("stride", 2, 1)
         m.padding = r.ints("padding", 2, 0)
         m.pad_value = r.float("pad_value")
-        if m.pad_value not in (1.0, -1.0):
-            raise r.err(f"cfg 'pad_value' must be 1.0 or -1.0, got {m.pad_value}")
+        if m.pad_value not in (1.0, -1.0, 0.0):
+            raise r.err(f"cfg 'pad_value' must be 1.0, -1.0 or 0.0, got {m.pad_value}")
+        m.pad_value += 0.0                    # -0.0 -> 0.0
         o = m.out_channels
         words = r.array("weight", "<u8", (o, *m.kernel_size, kernels.n_words(m.in_channels)))
         try:
@@ -1896,6 +1942,17 @@ def _decode_layer(r: _Reader, kind: str) -> nn.Module:
     return m
 
 
+def _from_arrays(m: nn.Module, params: dict[str, Tensor | None],
+                 buffers: dict[str, Tensor] | None = None) -> nn.Module:
+    """Give a module built on the meta device (no memory) its loaded arrays."""
+    for key, value in params.items():
+        if value is not None:
+            setattr(m, key, nn.Parameter(value, requires_grad=False))
+    for key, value in (buffers or {}).items():
+        setattr(m, key, value)
+    return m
+
+
 def _decode_float(r: _Reader, kind: str) -> nn.Module:
     cls = _FLOAT_KINDS[kind]
     if kind == "flatten":
@@ -1908,44 +1965,40 @@ def _decode_float(r: _Reader, kind: str) -> nn.Module:
         return m
     if kind == "linear":
         i, o = r.int("in_features", 1), r.int("out_features", 1)
-        m = nn.Linear(i, o, bias="bias" in r.table)
-        with torch.no_grad():
-            m.weight.copy_(r.tensor("weight", (o, i)))
-            if m.bias is not None:
-                m.bias.copy_(r.tensor("bias", (o,)))
+        weight = r.tensor("weight", (o, i))              # sizes checked against the payload
+        bias = r.tensor("bias", (o,), optional=True)
         r.finish({"in_features", "out_features"})
-        return m
+        return _from_arrays(nn.Linear(i, o, bias=bias is not None, device="meta"),
+                            {"weight": weight, "bias": bias})
     if kind == "conv2d":
         ci, co, g = r.int("in_channels", 1), r.int("out_channels", 1), r.int("groups", 1)
         ks = r.ints("kernel_size", 2, 1)
         if ci % g or co % g:
             raise r.err("groups must divide the channels")
+        weight = r.tensor("weight", (co, ci // g, *ks))
+        bias = r.tensor("bias", (co,), optional=True)
         m = nn.Conv2d(ci, co, ks, r.ints("stride", 2, 1), r.ints("padding", 2, 0),
-                      r.ints("dilation", 2, 1), g, bias="bias" in r.table)
-        with torch.no_grad():
-            m.weight.copy_(r.tensor("weight", (co, ci // g, *ks)))
-            if m.bias is not None:
-                m.bias.copy_(r.tensor("bias", (co,)))
+                      r.ints("dilation", 2, 1), g, bias=bias is not None, device="meta")
         r.finish({"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
                   "groups"})
-        return m
+        return _from_arrays(m, {"weight": weight, "bias": bias})
     if kind in ("batchnorm1d", "batchnorm2d"):
         n = r.int("num_features", 1)
         eps = r.float("eps")
         if eps < 0:
             raise r.err("eps must be >= 0")
-        m = cls(n, eps=eps, affine=r.bool("affine"))
-        with torch.no_grad():
-            m.running_mean.copy_(r.tensor("running_mean", (n,)))
-            var = r.tensor("running_var", (n,))
-            if (var < 0).any():
-                raise r.err("running_var must be >= 0")
-            m.running_var.copy_(var)
-            if m.affine:
-                m.weight.copy_(r.tensor("weight", (n,)))
-                m.bias.copy_(r.tensor("bias", (n,)))
+        affine = r.bool("affine")
+        mean = r.tensor("running_mean", (n,))
+        var = r.tensor("running_var", (n,))
+        if (var < 0).any():
+            raise r.err("running_var must be >= 0")
+        weight = r.tensor("weight", (n,)) if affine else None
+        bias = r.tensor("bias", (n,)) if affine else None
         r.finish({"num_features", "eps", "affine"})
-        return m
+        return _from_arrays(cls(n, eps=eps, affine=affine, device="meta"),
+                            {"weight": weight, "bias": bias},
+                            {"running_mean": mean, "running_var": var,
+                             "num_batches_tracked": torch.tensor(0, dtype=torch.long)})
     if kind in ("maxpool2d", "avgpool2d"):
         k, s, p = r.ints("kernel_size", 2, 1), r.ints("stride", 2, 1), r.ints("padding", 2, 0)
         if p[0] * 2 > k[0] or p[1] * 2 > k[1]:
@@ -1964,8 +2017,8 @@ def _decode_float(r: _Reader, kind: str) -> nn.Module:
         return m
     if kind == "hardtanh":
         lo, hi = r.float("min_val"), r.float("max_val")
-        if lo > hi:
-            raise r.err("min_val > max_val")
+        if not lo < hi:
+            raise r.err(f"min_val must be < max_val, got {lo} and {hi}")
         r.finish({"min_val", "max_val"})
         return nn.Hardtanh(lo, hi)
     if kind == "leakyrelu":
@@ -1982,12 +2035,27 @@ def _decode_float(r: _Reader, kind: str) -> nn.Module:
     return cls()
 
 
+def _packed_channels(m: nn.Module | None) -> int | None:
+    """Channels of the PackedActivations that stage ``m`` emits (None: it emits none)."""
+    if isinstance(m, PackedSign) and m.ndim == 4:
+        return m.channels
+    if isinstance(m, PackedConv2d) and m.fused:
+        return m.out_channels
+    if isinstance(m, PackedMaxPool2d):
+        return m.channels
+    return None
+
+
 def _decode_stage(r: _Reader) -> nn.Module:
     kind = r.rec.get("kind")
     if kind in ("packed_linear", "packed_conv2d"):
         return _decode_layer(r, kind)
-    if kind == "packed_maxpool2d":
+    if kind in ("packed_maxpool2d", "packed_flatten"):
         c = r.int("channels", 1)
+        if c != _packed_channels(r.prev):
+            raise r.err(f"cfg 'channels' is {c}, but the previous stage does not emit packed "
+                        f"activations with {c} channels")
+    if kind == "packed_maxpool2d":
         fl = r.array("or_channels", "|u1", (kernels.n_words(c) * 8,), optional=True)
         flags = None if fl is None else np.unpackbits(fl, bitorder="little")[:c].astype(bool)
         m = PackedMaxPool2d(c, r.ints("kernel_size", 2, 1), r.ints("stride", 2, 1),
@@ -2014,7 +2082,8 @@ def _decode_stage(r: _Reader) -> nn.Module:
     raise r.err(f"unknown stage kind {kind!r}")
 
 
-_MAX_HEADER = 16 << 20
+_MAX_HEADER = 1 << 20      # decompressed JSON header bytes (a stage takes ~200)
+_MAX_DEFLATE_RATIO = 1032  # deflate expands at most ~1032:1 (zlib's technical details)
 
 
 def _inflate(blob: bytes, limit: int) -> bytes:
@@ -2053,13 +2122,16 @@ def _decode(data: bytes, where: str = "<bytes>") -> PackedModel:
         raise bad("checksum mismatch: the file is corrupted or was modified")
     try:
         header = json.loads(_inflate(data[24:24 + hlen], _MAX_HEADER).decode("utf-8"))
-    except (ValueError, zlib.error, UnicodeDecodeError) as exc:
-        raise bad(f"invalid header ({exc})") from None
+    except (ValueError, zlib.error, UnicodeDecodeError, RecursionError) as exc:
+        raise bad(f"invalid header ({type(exc).__name__}: {exc})") from None
     if not isinstance(header, dict) or header.get("format") != _FORMAT_NAME:
         raise bad("not a bnnlab packed model file (header format tag missing)")
     payload_bytes = header.get("payload_bytes")
     if isinstance(payload_bytes, bool) or not isinstance(payload_bytes, int) or payload_bytes < 0:
         raise bad("invalid header: payload_bytes")
+    if payload_bytes > _MAX_DEFLATE_RATIO * zlen + 64:
+        raise bad(f"invalid header: payload_bytes={payload_bytes} cannot come from {zlen} "
+                  "compressed bytes")
     try:
         raw = _inflate(data[24 + hlen:24 + hlen + zlen], payload_bytes)
     except (ValueError, zlib.error) as exc:
@@ -2079,14 +2151,16 @@ def _decode(data: bytes, where: str = "<bytes>") -> PackedModel:
     stages = []
     for i, rec in enumerate(records):
         try:
-            stages.append(_decode_stage(_Reader(rec, i, payload, used)))
+            reader = _Reader(rec, i, payload, used)
+            reader.prev = stages[-1] if stages else None
+            stages.append(_decode_stage(reader))
         except (ValueError, TypeError, RuntimeError, OverflowError) as exc:
             msg = str(exc)
             if not msg.startswith(f"stage {i}:"):
                 msg = f"stage {i}: {msg}"
             raise bad(f"invalid packed model file: {msg}") from None
     used.sort()
-    for (b0, e0, n0), (b1, _, n1) in zip(used, used[1:]):
+    for (_, e0, n0), (b1, _, n1) in zip(used, used[1:], strict=False):
         if b1 < e0:
             raise bad(f"invalid packed model file: arrays {n0} and {n1} overlap")
     model = PackedModel(nn.Sequential(*stages), kind="sequential", source_state_dict_bytes=src,

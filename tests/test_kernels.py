@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 
+import _ref_kernels as ref
 import numpy as np
 import pytest
 import torch
@@ -20,8 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bnnlab import kernels as bk
-
-import _ref_kernels as ref
 
 ALL_ISAS = ("portable", "popcnt", "avx2", "avx512")
 AVAILABLE = bk._available_isas()
@@ -194,10 +193,15 @@ def test_tiny_negative_float64_packs_as_minus_one():
 
 
 def test_strict_accepts_pm1_and_bool():
-    bk.pack_signs(np.array([[1, -1, 1]], np.int8), strict=True)
-    bk.pack_signs(np.array([[True, False]]), strict=True)
-    bk.pack_nhwc(-np.ones((1, 2, 2, 2)), strict=True)
-    bk.pack_conv_weights(np.ones((1, 2, 1, 1), np.float32), strict=True)
+    # the same bits as without strict: bit 1 <=> -1 (bool: True is +1, False is -1)
+    assert bk.pack_signs(np.array([[1, -1, 1]], np.int8), strict=True).words.tolist() == [[0b010]]
+    assert bk.pack_signs(np.array([[True, False]]), strict=True).words.tolist() == [[0b10]]
+    a = bk.pack_nhwc(-np.ones((1, 2, 2, 2)), strict=True)
+    assert a.shape == (1, 2, 2, 2) and (a.words == 0b11).all()
+    w = bk.pack_conv_weights(np.ones((1, 2, 1, 1), np.float32), strict=True)
+    assert w.shape == (1, 2, 1, 1) and (w.words == 0).all()
+    with pytest.raises(ValueError, match="only -1 and \\+1"):
+        bk.pack_signs(np.array([[1.0, 0.5]], np.float32), strict=True)
 
 
 # ----------------------------------------------------------------------------- matmul
@@ -306,7 +310,7 @@ def test_binary_conv2d_equals_torch_conv_of_signs(isa, eager_threads, shape):
     rng = np.random.default_rng(sum(shape))
     x, wt = _real(rng, (n, c, h, w)), _real(rng, (o, c, kh, kw))
     px, pw = bk.pack_nhwc(x), bk.pack_conv_weights(wt)
-    for stride, padding, pad_value in itertools.product([1, 2], [0, 1, 2], [1.0, -1.0]):
+    for stride, padding, pad_value in itertools.product([1, 2], [0, 1, 2], [1.0, -1.0, 0.0]):
         if h + 2 * padding < kh or w + 2 * padding < kw:
             continue
         want = ref.conv_signs(x, wt, stride, padding, pad_value)
@@ -621,10 +625,58 @@ def test_conv2d_threshold_with_pool_equals_conv_then_pool(isa, o_ch):
     np.testing.assert_array_equal(got.words, ref.pack_nhwc(want))
 
 
-def test_trusted_constructors_skip_checks_and_keep_the_old_name():
+def test_trusted_constructors_skip_checks():
     w = np.zeros((2, 1), np.uint64)
     p = bk.PackedBits.trusted(w, 3)
-    assert p.words is w and p.shape == (2, 3)
+    assert np.shares_memory(p.words, w) and p.shape == (2, 3)   # no copy
+    assert not p.words.flags.writeable
     a = bk.PackedActivations.trusted(np.zeros((1, 2, 2, 1), np.uint64), 5)
     assert a.shape == (1, 5, 2, 2)
-    assert bk.PackedBits._trusted(w, 3).k == 3            # former private name still works
+
+
+@pytest.mark.parametrize("make", [
+    lambda: bk.PackedBits(np.array([[0b111]], np.uint64), 3),
+    lambda: bk.PackedActivations(np.array([[[[0b111]]]], np.uint64), 3),
+    lambda: bk.PackedConvWeights(np.array([[[[0b111]]]], np.uint64), 3),
+])
+def test_validated_words_are_read_only(make):
+    # issue 8, defect 4: setting a padding bit after validation changed a dot product
+    p = make()
+    with pytest.raises(ValueError, match="read-only"):
+        p.words[..., -1] |= np.uint64(1 << 5)
+
+
+def test_validated_words_are_a_copy_of_the_callers_array():
+    w = np.array([[0b011]], np.uint64)
+    a = bk.PackedBits(w, 3)
+    w[0, 0] |= np.uint64(1 << 5)                     # a padding bit in the caller's array
+    b = bk.pack_signs(np.ones((1, 3), np.float32))
+    assert bk.xnor_matmul(b, a)[0, 0] == 3 - 2 * 2   # unchanged: two -1 entries, no extra bit
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_zero_padding_epilogues_equal_torch(shape):
+    # issue 8, defect 7: torch's zero padding of the binarised input, reproduced exactly
+    n, c, h, w, o, kh, kw = shape
+    rng = np.random.default_rng(sum(shape) + 1)
+    x, wt = _real(rng, (n, c, h, w)), _real(rng, (o, c, kh, kw))
+    px, pw = bk.pack_nhwc(x), bk.pack_conv_weights(wt)
+    for stride, padding in itertools.product([1, 2], [1, 2]):
+        if h + 2 * padding < kh or w + 2 * padding < kw:
+            continue
+        d = ref.conv_signs(x, wt, stride, padding, 0.0)
+        thr = rng.integers(-6, 7, o).astype(np.float64) + rng.choice([0.0, 0.5], o)
+        flip = rng.random(o) < 0.5
+        bits = bk.conv2d_threshold(px, pw, thr, flip, stride, padding, 0.0)
+        want = np.where(flip[None, :, None, None], d <= thr[None, :, None, None],
+                        d >= thr[None, :, None, None])
+        np.testing.assert_array_equal(bk.unpack_nhwc(bits) > 0, want)
+        prepared = bk.prepare_thresholds(thr, flip, channels=o, k=c * kh * kw)
+        np.testing.assert_array_equal(
+            bk.conv2d_threshold(px, pw, prepared, None, stride, padding, 0.0).words, bits.words)
+        alpha, bias = _real(rng, (o,)), _real(rng, (o,))
+        y = bk.conv2d_affine(px, pw, alpha, bias, stride, padding, 0.0)
+        np.testing.assert_array_equal(
+            y, d.astype(np.float32) * alpha[None, :, None, None] + bias[None, :, None, None])
+        corr = bk.zero_padding_correction(pw, (h, w), stride, padding)
+        np.testing.assert_array_equal(ref.conv_signs(x, wt, stride, padding, 1.0) - corr[None], d)

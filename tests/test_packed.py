@@ -16,7 +16,6 @@ from bnnlab import models, packed
 from bnnlab import quantizers as Q
 
 
-
 class ref:
     """NumPy oracles, deliberately naive; they never call bnnlab."""
 
@@ -169,19 +168,25 @@ def test_packed_conv_unbatched_input():
 FAMILIES = [
     pytest.param(lambda: L.BinaryLinear(65, 7, input_quantizer="approx_sign"), (5, 65), True, id="approx_sign"),
     pytest.param(lambda: L.BinaryLinear(65, 7, input_quantizer="swish_sign"), (5, 65), True, id="swish_sign"),
-    pytest.param(lambda: L.BinaryLinear(65, 7, input_quantizer=Q.StochasticSign()), (5, 65), True, id="stochastic_eval"),
+    pytest.param(lambda: L.BinaryLinear(65, 7, input_quantizer=Q.StochasticSign()), (5, 65), True,
+                 id="stochastic_eval"),
     pytest.param(lambda: L.BinaryLinear(63, 9, input_quantizer=Q.RSign(63)), (5, 63), True, id="rsign"),
     pytest.param(lambda: L.BinaryLinear(63, 9, input_quantizer=Q.ScaledSign(0.5)), (5, 63), False, id="scaled_sign"),
-    pytest.param(lambda: L.BinaryLinear(63, 9, input_quantizer=Q.ScaledSign(-0.3)), (5, 63), False, id="scaled_sign_neg"),
-    pytest.param(lambda: L.BinaryLinear(65, 7, weight_quantizer="magnitude_aware_sign"), (5, 65), False, id="magnitude_aware"),
+    pytest.param(lambda: L.BinaryLinear(63, 9, input_quantizer=Q.ScaledSign(-0.3)), (5, 63), False,
+                 id="scaled_sign_neg"),
+    pytest.param(lambda: L.BinaryLinear(65, 7, weight_quantizer="magnitude_aware_sign"), (5, 65), False,
+                 id="magnitude_aware"),
     pytest.param(lambda: L.XnorLinear(129, 9), (5, 129), True, id="xnor_beta"),
     pytest.param(lambda: L.XnorLinear(129, 9, input_scaling=False), (5, 129), True, id="xnor_alpha"),
     pytest.param(lambda: L.XnorPlusLinear(63, 9), (5, 63), True, id="xnorplus"),
     pytest.param(lambda: L.BinaryConv2d(5, 6, 3, padding=1, pad_value=1.0,
-                                        weight_quantizer="magnitude_aware_sign"), (2, 5, 7, 7), False, id="conv_magnitude"),
+                                        weight_quantizer="magnitude_aware_sign"), (2, 5, 7, 7), False,
+                 id="conv_magnitude"),
     pytest.param(lambda: L.BinaryConv2d(5, 6, 3, padding=1, pad_value=1.0,
-                                        input_quantizer=Q.RSign(5)), (2, 5, 7, 7), True, id="conv_rsign"),
-    pytest.param(lambda: L.XnorConv2d(5, 6, 3, stride=2, padding=1, pad_value=-1.0), (2, 5, 7, 7), True, id="xnor_kmap"),
+                                        input_quantizer=Q.RSign(5)), (2, 5, 7, 7), False,
+                 id="conv_rsign"),   # torch adds a conv's bias inside its accumulation: rounding
+    pytest.param(lambda: L.XnorConv2d(5, 6, 3, stride=2, padding=1, pad_value=-1.0), (2, 5, 7, 7), True,
+                 id="xnor_kmap"),
     pytest.param(lambda: L.XnorPlusConv2d(5, 6, 3, padding=1, pad_value=1.0, gamma_mode="factorised",
                                           out_size=7), (2, 5, 7, 7), True, id="xnorplus_factorised"),
 ]
@@ -213,11 +218,20 @@ def test_layer_families_reproduce_their_source(make, shape, exact):
 
 # ------------------------------------------------------------------------------ refusals
 REFUSED = [
-    pytest.param(lambda: L.BinaryConv2d(4, 4, 3, padding=1), "pad_value=0.0", id="zero_padding"),
+    # issue 8, defect 1: torch pads s*sign(x) with ±1, which is not a binary conv of sign(x)
+    pytest.param(lambda: L.BinaryConv2d(4, 3, 3, padding=1, pad_value=1.0,
+                                        input_quantizer=Q.ScaledSign(2.0, learnable=False)),
+                 "s=2 but pad_value=1", id="scaled_sign_padding"),
+    pytest.param(lambda: L.BinaryConv2d(4, 3, 3, padding=1, pad_value=-1.0, input_quantizer=Q.ScaledSign(0.5)),
+                 "s=0.5 but pad_value=-1", id="scaled_sign_padding_neg"),
+    # issue 8, defect 2: a stochastic weight quantizer is not one fixed set of weights
+    pytest.param(lambda: L.BinaryLinear(8, 4, weight_quantizer=Q.StochasticSign(stochastic_eval=True)),
+                 "weight_quantizer StochasticSign", id="stochastic_weights"),
     pytest.param(lambda: L.BinaryConv2d(4, 4, 3, groups=2, pad_value=1.0), "groups", id="groups"),
     pytest.param(lambda: L.BinaryConv2d(4, 4, 3, dilation=2, pad_value=1.0), "dilation", id="dilation"),
     pytest.param(lambda: L.BinaryLinear(8, 4, input_quantizer="ste_heaviside"), "SteHeaviside", id="heaviside"),
-    pytest.param(lambda: L.BinaryLinear(8, 4, input_quantizer="magnitude_aware_sign"), "MagnitudeAwareSign", id="mag_input"),
+    pytest.param(lambda: L.BinaryLinear(8, 4, input_quantizer="magnitude_aware_sign"), "MagnitudeAwareSign",
+                 id="mag_input"),
     pytest.param(lambda: L.BinaryLinear(8, 4, input_quantizer=Q.StochasticSign(stochastic_eval=True)),
                  "stochastic_eval", id="stochastic_eval"),
     pytest.param(lambda: L.BinaryLinear(8, 4, weight_quantizer=None), "weight_quantizer=None", id="real_weights"),
@@ -234,6 +248,103 @@ def test_export_refuses_what_it_cannot_reproduce_and_names_the_layer(make, match
     with pytest.raises(ValueError, match=match) as info:
         packed.export(model)
     assert "'1'" in str(info.value)
+
+
+class _NoisySign(Q.SteSign):
+    """A weight quantizer whose eval forward draws noise (not the documented sign)."""
+
+    def forward(self, x):
+        return torch.where(x + 0.5 * torch.randn_like(x) >= 0, 1.0, -1.0)
+
+
+def test_export_refuses_a_weight_quantizer_that_is_not_deterministic_in_eval():
+    # issue 8, defect 2: exported from one random draw, the packed model differed from torch
+    layer = L.BinaryLinear(64, 8, weight_quantizer=_NoisySign()).eval()
+    with pytest.raises(ValueError, match="not deterministic"):
+        packed.export(layer)
+
+
+def test_stochastic_weights_deterministic_in_eval_export_that_function():
+    layer = L.BinaryLinear(65, 7, weight_quantizer=Q.StochasticSign()).eval()
+    x = _randn(4, 65)
+    assert torch.equal(packed.export(layer)(x), _eval(layer, x))
+
+
+@pytest.mark.parametrize("scale", [2.0, 0.5, 1.0, -1.0])
+def test_scaled_sign_with_zero_padding_reproduces_the_border(scale):
+    # issue 8, defect 1: zero padding of s*sign(x) stays zero in units of sign(x): exact d
+    layer = L.BinaryConv2d(4, 3, 3, padding=1, bias=False,
+                           input_quantizer=Q.ScaledSign(scale, learnable=False)).eval()
+    x = _randn(2, 4, 6, 5)
+    p = packed.export(layer)
+    torch.testing.assert_close(p(x), _eval(layer, x), rtol=1e-6, atol=1e-5)
+    want = ref.pm1_conv2d(x.numpy(), layer.weight.detach().numpy(), 1, 1, 0)
+    np.testing.assert_array_equal(p.packed_layers()[0].int_forward(x), want)
+
+
+@pytest.mark.parametrize("pad_value", [1.0, -1.0])
+def test_unit_scaled_sign_with_pm1_padding_is_exported(pad_value):
+    # s = -1 flips the sign of the padded value in units of sign(x)
+    layer = L.BinaryConv2d(4, 3, 3, padding=1, bias=False, pad_value=pad_value,
+                           input_quantizer=Q.ScaledSign(-1.0, learnable=False)).eval()
+    x = _randn(2, 4, 5, 5)
+    assert torch.equal(packed.export(layer)(x), _eval(layer, x))
+
+
+@pytest.mark.parametrize("c_in", [1, 63, 64, 65])
+@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_zero_padding_is_reproduced_bit_exact(c_in, stride, padding):
+    # issue 8, defect 7: torch's pad_value=0 was refused; now exact (zero-padding correction)
+    layer = L.BinaryConv2d(c_in, 5, 3, stride=stride, padding=padding, bias=False).eval()
+    assert layer.pad_value == 0.0
+    x = _randn(2, c_in, 6, 5, seed=c_in)
+    p = packed.export(layer)
+    assert torch.equal(p(x), _eval(layer, x))
+    want = ref.pm1_conv2d(x.numpy(), layer.weight.detach().numpy(), stride, padding, 0)
+    np.testing.assert_array_equal(p.packed_layers()[0].int_forward(x), want)
+
+
+def test_zero_padded_fused_chain_with_pool_is_bit_exact_and_saves():
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(3, 65, 3, padding=1), nn.BatchNorm2d(65), nn.Hardtanh(),
+        L.BinaryConv2d(65, 64, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(64),
+        nn.Hardtanh(),
+        L.BinaryConv2d(64, 63, 3, padding=2, stride=2, bias=False), nn.BatchNorm2d(63),
+        nn.Flatten(), nn.Linear(63 * 3 * 3, 10))
+    model = _calibrated(model, (8, 3, 9, 9))
+    x = _randn(5, 3, 9, 9, seed=6)
+    p = packed.export(model, fold_float_bn=False)
+    assert p.packed_layers()[0].fused
+    assert torch.equal(p(x), _eval(model, x))
+    q = packed.PackedModel.from_bytes(p.to_bytes())
+    assert torch.equal(q(x), p(x))
+
+
+def test_empty_batch_gives_an_empty_output_of_the_right_shape():
+    # issue 8, defect 5: a batch of 0 ended in "inconsistent shapes"
+    model = _calibrated(models.binary_cnn(), (8, 1, 28, 28))
+    p = packed.export(model)
+    x = torch.zeros(0, 1, 28, 28)
+    got = p(x)
+    assert got.shape == _eval(model, x).shape == (0, 10) and got.dtype == torch.float32
+
+
+def test_absurd_padding_raises_value_error_naming_padding():
+    # issue 8, defect 5: numpy's "array is too big"
+    layer = L.BinaryConv2d(2, 2, 3, padding=10**6, pad_value=1.0, bias=False).eval()
+    p = packed.export(layer)
+    with pytest.raises(ValueError, match="padding"):
+        p(torch.randn(1, 2, 3, 3))
+
+
+def test_channels_last_and_non_contiguous_inputs():
+    model = _calibrated(models.binary_cnn(), (8, 1, 28, 28))
+    p = packed.export(model, fold_float_bn=False)
+    x = _randn(4, 1, 28, 28)
+    want = _eval(model, x)
+    assert torch.equal(p(x.contiguous(memory_format=torch.channels_last)), want)
+    assert torch.equal(p(_randn(4, 1, 28, 56)[..., ::2]), _eval(model, _randn(4, 1, 28, 56)[..., ::2]))
 
 
 def test_export_accepts_pad_value_zero_without_padding():
@@ -577,7 +688,10 @@ def test_load_never_unpickles(cnn_export, tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "Unpickler", boom)
     monkeypatch.setattr(torch, "load", boom)
     monkeypatch.setattr(np, "load", boom)
-    packed.load(tmp_path / "m.bnnpk")
+    q = packed.load(tmp_path / "m.bnnpk")
+    x = _randn(3, 1, 28, 28, seed=8)
+    assert torch.equal(q(x), p(x))                     # the model came back, without pickle
+    assert [type(m) for m in q.body] == [type(m) for m in p.body]
 
 
 def test_truncated_files_raise_value_error(cnn_export, tmp_path):
@@ -624,7 +738,7 @@ TAMPER = [
                  "dtype", id="dtype"),
     pytest.param(lambda h, p: (_first(h, "packed_linear").__setitem__("kind", "packed_lstm"), p),
                  "unknown stage kind", id="kind"),
-    pytest.param(lambda h, p: (_first(h, "packed_conv2d")["cfg"].__setitem__("pad_value", 0.0), p),
+    pytest.param(lambda h, p: (_first(h, "packed_conv2d")["cfg"].__setitem__("pad_value", 0.5), p),
                  "pad_value", id="pad_value"),
     pytest.param(lambda h, p: (_first(h, "packed_conv2d")["cfg"].__setitem__("extra", 1), p),
                  "unexpected cfg", id="cfg_key"),
@@ -698,3 +812,63 @@ def test_cli_export(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         packed.main(["binary_cnn", str(out)])  # neither --weights nor --random
+
+
+# ------------------------------------------------------------------------------ a user's ResNet-18
+class _BasicBlock(nn.Module):
+    """torchvision's BasicBlock, as users write it: ReLUs and the shortcut inside forward."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class _ResNet18(nn.Module):
+    def __init__(self, widths=(16, 32, 64, 65), num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            layers.append(nn.Sequential(_BasicBlock(cin, w, 1 if i == 0 else 2), _BasicBlock(w, w, 1)))
+            cin = w
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def test_a_users_resnet18_converted_with_zero_padding_exports_bit_exact():
+    # issue 8, defect 7: convert.binarize keeps torch's pad_value=0, which export refused
+    from bnnlab import convert
+
+    torch.manual_seed(3)
+    model = convert.binarize(_ResNet18())
+    binary = [m for m in model.modules() if isinstance(m, L.BinaryConv2d)]
+    assert len(binary) >= 16 and all(m.pad_value == 0.0 for m in binary if m.padding != (0, 0))
+    model = _calibrated(model, (4, 3, 32, 32))
+    x = _randn(3, 3, 32, 32, seed=5)
+    p = packed.export(model, x)
+    assert len(p.packed_layers()) == len(binary)
+    assert torch.equal(p(x), _eval(model, x))
+    assert torch.equal(p(x[:0]), _eval(model, x[:0]))
