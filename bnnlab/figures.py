@@ -352,7 +352,7 @@ def surrogates(results: Mapping) -> go.Figure:
     """Surrogate gradients ∂q/∂x of the binarisers (their forward is sign(x) for all)."""
     from bnnlab import analysis as A
 
-    series = {}
+    series: dict[str, tuple[Any, Any]] = {}
     for name, q in _surrogate_quantizers().items():
         _, dq = A.surrogate_curves(q, _SURROGATE_X)
         series[name] = (_SURROGATE_X, dq)
@@ -368,7 +368,8 @@ def mismatch_function(results: Mapping) -> go.Figure:
     """The quantizer explorer's view: ApproxSign vs the derivative of the Gaussian-smoothed sign."""
     from bnnlab import analysis as A
 
-    curves = A.mismatch_curves("approx_sign", "normal", 0.5, x=np.linspace(-2.5, 2.5, 1001))
+    curves = A.mismatch_curves("approx_sign", "normal", 0.5,  # type: ignore[arg-type]
+                               x=np.linspace(-2.5, 2.5, 1001))
     return P.quantizer_figure(curves)
 
 
@@ -598,7 +599,7 @@ def architectures_table(results: Mapping) -> str:
     return booktabs(head, rows, "l" + "r" * (2 * len(datasets)), groups=groups)
 
 
-def _pm_args(st: Mapping) -> dict[str, float]:
+def _pm_args(st: Mapping) -> dict[str, Any]:
     return {"mean": st["mean"], "sd": st["sd"]}
 
 
@@ -893,9 +894,9 @@ def macros(results: Mapping) -> dict[str, str]:
             m["GradRef"] = _tex(ref)
             m["GradCosStart"] = _f(cos[0], 2)
             m["GradCosEnd"] = _f(cos[-1], 2)
-        st = entry.get("sign_stats")
-        if st:
-            layer = st["layers"][_first_layer(st)]
+        sst = entry.get("sign_stats")
+        if sst:
+            layer = sst["layers"][_first_layer(sst)]
             m["SignFracStart"] = _pct(layer["fraction_positive"][0])
             m["SignFracEnd"] = _pct(layer["fraction_positive"][-1])
             m["SignNearFlipEnd"] = _pct(layer["near_flip"][-1])
@@ -909,8 +910,8 @@ def macros(results: Mapping) -> dict[str, str]:
             m[f"Abl{Q}Acc"] = _pct(st["mean"])
             m[f"Abl{Q}Sd"] = _pct(st["sd"])
             means[label] = st["mean"]
-        best = max(means, key=means.get)
-        worst = min(means, key=means.get)
+        best = max(means, key=lambda k: means[k])
+        worst = min(means, key=lambda k: means[k])
         m["AblBest"], m["AblBestAcc"] = _tex(best), _pct(means[best])
         m["AblWorst"], m["AblWorstAcc"] = _tex(worst), _pct(means[worst])
         m["AblSpread"] = _pct(means[best] - means[worst])
@@ -929,7 +930,7 @@ def macros(results: Mapping) -> dict[str, str]:
             m[f"NoiseDrop{V}"] = _pct(clean - worst)
             drops[v] = clean - worst
         if drops:
-            order = sorted(drops, key=drops.get)
+            order = sorted(drops, key=lambda k: drops[k])
             m["NoiseMostRobust"] = _tex(_label(order[0]))
             m["NoiseLeastRobust"] = _tex(_label(order[-1]))
             if "float" in drops and "binary" in drops:
@@ -1102,7 +1103,7 @@ def ladder_stats(results: Mapping) -> list[dict[str, Any]]:
             dst = aggregate(d)
             diff.update(mean=dst["mean"], sd=dst["sd"], n=dst["n"])
             if dst["n"] >= 2:
-                half = _t975(dst["n"] - 1) * dst["sd"] / math.sqrt(dst["n"])
+                half = _t975(int(dst["n"]) - 1) * dst["sd"] / math.sqrt(dst["n"])
                 diff.update(lo=dst["mean"] - half, hi=dst["mean"] + half)
                 verdict = ("better" if diff["lo"] > 0 else "worse" if diff["hi"] < 0
                            else "within noise")
@@ -1137,7 +1138,7 @@ def ladder_table(results: Mapping) -> str:
     """The ladder: test accuracy per rung, the paired step from the rung before with its 95 %
     interval and verdict, and how many runs stopped early or hit the cap."""
     rows = ladder_stats(results)
-    out = []
+    out: list[Sequence[str] | str] = []
     for r in rows:
         d = r["diff"]
         ci = ("" if math.isnan(_num(d["lo"]))

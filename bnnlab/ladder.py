@@ -365,14 +365,16 @@ class _Distilled(nn.Module):
 
 
 def _fit_step(model: nn.Module, split, spec: Mapping, epochs: int, seed: int,
-              loss: Any = "cross_entropy") -> tuple[History, int | None]:
+              loss: Any = "cross_entropy") -> tuple[History, int | None, bool]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=float(spec["lr"]), weight_decay=0.0)
     stopper = EarlyStopping(monitor="val_acc", patience=int(spec["patience"]), restore_best=True)
     hist = fit(model, split, epochs=epochs, optimizer=opt, batch_size=int(spec["batch_size"]),
                loss=loss, callbacks=[_HalveOnPlateau(opt, int(spec["lr_patience"])), stopper],
                progress=False, seed=seed, clip_weights=True)
-    return hist, stopper.best_epoch
+    # stopped: the patience ran out (possibly in the cap's own last epoch); otherwise the run
+    # hit the cap while its validation accuracy was still improving within the patience
+    return hist, stopper.best_epoch, bool(stopper.stop_training)
 
 
 def _train(spec: Mapping, split, teacher: nn.Module | None = None) -> tuple[nn.Module, dict]:
@@ -391,18 +393,18 @@ def _train(spec: Mapping, split, teacher: nn.Module | None = None) -> tuple[nn.M
     steps: list[dict] = []
     if two_step:
         e1 = max(1, cap // 2)
-        h1, b1 = _fit_step(model, split, spec, e1, seed, loss)
+        h1, b1, s1 = _fit_step(model, split, spec, e1, seed, loss)
         steps.append({"step": 1, "history": h1.as_dict(), "best_epoch": b1,
-                      "stopped_early": len(h1) < e1, "cap": e1})
+                      "stopped_early": s1, "cap": e1})
         _binarise_weights_(student)
         e2 = max(1, cap - e1)
-        h2, b2 = _fit_step(model, split, spec, e2, seed + 1000, loss)
+        h2, b2, s2 = _fit_step(model, split, spec, e2, seed + 1000, loss)
         steps.append({"step": 2, "history": h2.as_dict(), "best_epoch": b2,
-                      "stopped_early": len(h2) < e2, "cap": e2})
+                      "stopped_early": s2, "cap": e2})
     else:
-        h, b = _fit_step(model, split, spec, cap, seed, loss)
+        h, b, st = _fit_step(model, split, spec, cap, seed, loss)
         steps.append({"step": 1, "history": h.as_dict(), "best_epoch": b,
-                      "stopped_early": len(h) < cap, "cap": cap})
+                      "stopped_early": st, "cap": cap})
     return student, {"steps": steps}
 
 
@@ -447,7 +449,9 @@ def run_rung(spec: Mapping, *, teacher_dir=None, num_threads: int | None = 1) ->
     Returns:
         A JSON-able record: ``spec``, ``rung``, ``label``, ``seed``, ``steps`` (per training
         step: ``history``, ``best_epoch``, ``stopped_early``, ``cap``), ``best_epoch``,
-        ``epochs_run`` (all steps), ``stopped_early``/``hit_cap`` (of the last step),
+        ``epochs_run`` (all steps), ``stopped_early`` (the last step's patience ran out, at
+        the cap's last epoch included) and ``hit_cap`` (its negation: the cap ended a run
+        whose validation accuracy was still improving within the patience),
         ``val_acc`` and ``test_acc`` at the best epoch, ``params``, ``seconds``.
     """
     spec = _check_spec(spec)

@@ -59,7 +59,7 @@ def results() -> dict:
                     "selection": "best validation accuracy"} for d in ("digits", "fashion-mnist")}
     runs = []
     for (d, v), accs in ACC.items():
-        for seed, a in zip(SEEDS, accs):
+        for seed, a in zip(SEEDS, accs, strict=True):
             runs.append({"dataset": d, "variant": v, "seed": seed, "epochs": 3, "best_epoch": 2,
                          "val_acc": a + 0.01, "val_loss": 0.3, "test_acc": a, "test_loss": 0.4,
                          "fit_seconds": 1.0, "history": _history(3, a)})
@@ -131,7 +131,7 @@ def _ladder(acc: dict, capped=("binarynet",)) -> dict:
     seeds = list(range(len(next(iter(acc.values())))))
     runs = []
     for rung, accs in acc.items():
-        for seed, a in zip(seeds, accs):
+        for seed, a in zip(seeds, accs, strict=True):
             runs.append({"rung": rung, "label": L.RUNG_LABELS[rung], "seed": seed,
                          "hash": f"{rung}{seed}", "test_acc": a, "val_acc": a,
                          "stopped_early": rung not in capped, "hit_cap": rung in capped,
@@ -465,7 +465,7 @@ def test_ladder_stats_paired_steps_and_verdicts(results):
         assert r["mean"] == pytest.approx(statistics.mean(LADDER_ACC[r["rung"]]))
         assert r["sd"] == pytest.approx(statistics.stdev(LADDER_ACC[r["rung"]]))
     react = rows[4]
-    d = [a - b for a, b in zip(LADDER_ACC["reactnet"], LADDER_ACC["bireal"])]
+    d = [a - b for a, b in zip(LADDER_ACC["reactnet"], LADDER_ACC["bireal"], strict=True)]
     half = T975_2DF * statistics.stdev(d) / math.sqrt(3)
     assert react["diff"]["mean"] == pytest.approx(statistics.mean(d))
     assert react["diff"]["lo"] == pytest.approx(statistics.mean(d) - half)
