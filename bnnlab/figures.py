@@ -1233,8 +1233,8 @@ def ladder_macros(results: Mapping) -> dict[str, str]:
     m["LadderLargestStep"] = _tex(gain["label"])
     m["LadderLargestStepPts"] = _pts(gain["diff"]["mean"])
     if any(r["verdict"] == "one seed" for r in steps):
-        m["LadderStepSentence"] = (r"With one seed per rung no step can be told from noise; "
-                                   r"the differences below are single runs.")
+        m["LadderStepSentence"] = (r"With one seed per rung no step can be told from noise: "
+                                   r"the steps of \cref{tab:ladder} are single runs.")
         m["LadderLiteratureSentence"] = (r"One seed cannot confirm or contradict the "
                                          r"literature's ordering.")
     else:
@@ -1261,7 +1261,8 @@ def ladder_macros(results: Mapping) -> dict[str, str]:
     m["LadderUnderTrained"] = (
         "No rung hit the cap in most of its seeds." if not under else
         ("Every rung" if len(under) == len(rows) else _join(under))
-        + " hit the epoch cap in most seeds and " + ("is" if len(under) == 1 else "are")
+        + " hit the epoch cap in most seeds and "
+        + ("is" if len(under) == 1 or len(under) == len(rows) else "are")
         + r" marked under-trained ($^\dagger$): a longer budget could still change "
         + ("its" if len(under) == 1 else "their") + " numbers.")
     return m
