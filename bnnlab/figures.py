@@ -1404,6 +1404,30 @@ def _guard_cnns_compress(results: Mapping) -> str | None:
     return None
 
 
+@guard("float-ends-hold-most-bytes")
+def _guard_float_ends(results: Mapping) -> str | None:
+    """'its first and last layers ... hold a minority of its parameters but, at 32 bits each,
+    most of its bytes' (Discussion, memory; the BinaryNet MLP)."""
+    costs = results.get("costs")
+    if not costs or not costs.get("datasets"):
+        return None
+    cd = costs["datasets"]
+    dname = "fashion-mnist" if "fashion-mnist" in cd else next(iter(cd))
+    sm = cd[dname]["variants"].get("binary", {}).get("summary")
+    if not sm:
+        return None
+    recs = sm["records"]
+    ends = [r for r in recs if r["type"] in ("Linear", "Conv2d")]
+    params = sum(r["params"] for r in recs)
+    nbytes = sum(r["memory_bytes"] for r in recs)
+    p_end = sum(r["params"] for r in ends) / params if params else math.nan
+    b_end = sum(r["memory_bytes"] for r in ends) / nbytes if nbytes else math.nan
+    if not (p_end < 0.5 < b_end):
+        return (f"the float layers of the BinaryNet MLP hold {p_end:.0%} of its parameters and "
+                f"{b_end:.0%} of its bytes (the text says: a minority, but most bytes)")
+    return None
+
+
 def check_guards(results: Mapping) -> list[str]:
     """Run every guard of :data:`GUARDS`; return ``"name: message"`` for each that fired."""
     out = []

@@ -521,6 +521,12 @@ def test_guards_pass_on_consistent_data_and_fire_on_contradictions(results, tmp_
     signs["datasets"]["fashion-mnist"]["flip_ratio"]["binary"]["total"] = [0.01, 0.1, 0.2]
     fired = FG.check_guards({**results, "signs": signs})
     assert [f.split(":")[0] for f in fired] == ["flip-ratio-falls"]
+    costs = json.loads(json.dumps(results["costs"]))
+    for r in costs["datasets"]["fashion-mnist"]["variants"]["binary"]["summary"]["records"]:
+        if r["type"] == "BinaryLinear":
+            r["memory_bytes"] = 10_000.0                # binary weights would hold most bytes
+    fired = FG.check_guards({**results, "costs": costs})
+    assert [f.split(":")[0] for f in fired] == ["float-ends-hold-most-bytes"]
     missing = {**results, "ladder": _ladder(LADDER_ACC)}
     missing["ladder"]["runs"] = missing["ladder"]["runs"][:-1]
     assert FG.check_guards(missing)[0].startswith("ladder-complete")
