@@ -1051,7 +1051,7 @@ ANCHORS: tuple[tuple[str, str, str, str, float, str, str], ...] = (
     ("Bi-Real Net", "ImageNet", "ResNet-18", "--", 56.4, "liu2018bireal", ""),
     ("Bi-Real Net", "ImageNet", "ResNet-34", "--", 62.2, "liu2018bireal", ""),
     ("Real-to-Binary", "ImageNet", "ResNet-18", "multi-stage distillation", 65.4,
-     "martinez2020training", ""),
+     "martinez2020training", "as ReActNet quotes it"),
     ("ReActNet-A", "ImageNet", "MobileNet-like", "two steps, distillation", 69.4,
      "liu2020reactnet", ""),
 )
