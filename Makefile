@@ -64,6 +64,7 @@ test: sysdeps venv lint
 # The report built from the quick experiments (CI): must compile with no undefined reference.
 report-quick: venv
 	$(PY) -m bnnlab experiments --quick --out $(QUICKDIR)
+	$(PY) -m bnnlab ladder --profile quick --out $(QUICKDIR)/ladder
 	$(PY) -m bnnlab bench --quick --json $(QUICKDIR)/bench.json
 	$(PY) -m bnnlab figures paper/generated --results $(QUICKDIR)
 	$(LATEXMK)
@@ -73,6 +74,7 @@ report-quick: venv
 
 paper: sysdeps venv
 	$(PY) -m bnnlab experiments --full --out paper/generated/results
+	$(PY) -m bnnlab ladder --profile full --out paper/generated/results/ladder
 	$(PY) -m bnnlab bench --json paper/generated/results/bench.json
 	$(PY) -m bnnlab figures paper/generated --results paper/generated/results
 	$(LATEXMK)

@@ -9,7 +9,11 @@ r"""The report's figures (PDF) and tables (LaTeX), keyed by their LaTeX labels.
 * ``tables/<name>.tex`` for every entry ``"tab:<name>"`` of :data:`TABLES` (a booktabs
   ``tabular``; the report wraps it in a ``table`` with its caption and label);
 * ``macros.tex``: one ``\newcommand`` per number the report's text quotes (:func:`macros`), so
-  the text never types a number.
+  the text never types a number; sentences that depend on the results (which rung helps, whether
+  a step is within noise) are chosen by the data (:func:`ladder_macros`).
+
+Sentences of the report that stay typed are guarded (:data:`GUARDS`): the command exits with
+status 3 when the data contradict one, so the build fails instead of printing a false sentence.
 
 Every function takes the loaded results (:func:`load_results`) and computes nothing
 expensive: training happens in :mod:`bnnlab.experiments`; the analytic figures (surrogates,
@@ -68,6 +72,11 @@ __all__ = [
     "regression_figure",
     "export_pdfs",
     "write_all",
+    "ANCHORS",
+    "GUARDS",
+    "ladder_stats",
+    "ladder_macros",
+    "check_guards",
     "main",
 ]
 
@@ -121,7 +130,9 @@ def _stem(label: str) -> str:
 # Loading and formatting
 # =============================================================================================
 def load_results(results_dir, *, bench_json=None) -> dict[str, Any]:
-    """Read ``<results_dir>/<name>.json`` for every name of :data:`RESULT_FILES` that exists.
+    """Read ``<results_dir>/<name>.json`` for every name of :data:`RESULT_FILES` that exists,
+    and the ablation ladder of ``<results_dir>/ladder`` (:func:`bnnlab.ladder.load_ladder`)
+    under ``"ladder"`` when it was run.
 
     Args:
         results_dir: the ``--out`` directory of ``python -m bnnlab experiments``.
@@ -146,6 +157,11 @@ def load_results(results_dir, *, bench_json=None) -> dict[str, Any]:
             raise ValueError(f"{path}: schema {payload.get('schema')!r}, expected {SCHEMA!r}; "
                              f"rerun `python -m bnnlab experiments`")
         out[name] = payload
+    from bnnlab.ladder import load_ladder
+
+    lad = load_ladder(results_dir / "ladder")
+    if lad is not None:
+        out["ladder"] = lad
     return out
 
 
@@ -336,7 +352,7 @@ def surrogates(results: Mapping) -> go.Figure:
     """Surrogate gradients ∂q/∂x of the binarisers (their forward is sign(x) for all)."""
     from bnnlab import analysis as A
 
-    series = {}
+    series: dict[str, tuple[Any, Any]] = {}
     for name, q in _surrogate_quantizers().items():
         _, dq = A.surrogate_curves(q, _SURROGATE_X)
         series[name] = (_SURROGATE_X, dq)
@@ -352,7 +368,8 @@ def mismatch_function(results: Mapping) -> go.Figure:
     """The quantizer explorer's view: ApproxSign vs the derivative of the Gaussian-smoothed sign."""
     from bnnlab import analysis as A
 
-    curves = A.mismatch_curves("approx_sign", "normal", 0.5, x=np.linspace(-2.5, 2.5, 1001))
+    curves = A.mismatch_curves("approx_sign", "normal", 0.5,  # type: ignore[arg-type]
+                               x=np.linspace(-2.5, 2.5, 1001))
     return P.quantizer_figure(curves)
 
 
@@ -582,7 +599,7 @@ def architectures_table(results: Mapping) -> str:
     return booktabs(head, rows, "l" + "r" * (2 * len(datasets)), groups=groups)
 
 
-def _pm_args(st: Mapping) -> dict[str, float]:
+def _pm_args(st: Mapping) -> dict[str, Any]:
     return {"mean": st["mean"], "sd": st["sd"]}
 
 
@@ -712,10 +729,10 @@ def xnor_example(k: int = 12, seed: int = 8) -> dict[str, Any]:
         words as ints), ``popcount``, ``dot`` (from the popcount), ``kernel`` (xnor_matmul)
         and ``direct`` (the float dot of the signs).
     """
+    import torch
+
     from bnnlab import kernels
     from bnnlab.functional import sign
-
-    import torch
 
     rng = np.random.default_rng(seed)
     ab = (rng.uniform(0.1, 1.9, size=(2, k)).round(1)
@@ -877,9 +894,9 @@ def macros(results: Mapping) -> dict[str, str]:
             m["GradRef"] = _tex(ref)
             m["GradCosStart"] = _f(cos[0], 2)
             m["GradCosEnd"] = _f(cos[-1], 2)
-        st = entry.get("sign_stats")
-        if st:
-            layer = st["layers"][_first_layer(st)]
+        sst = entry.get("sign_stats")
+        if sst:
+            layer = sst["layers"][_first_layer(sst)]
             m["SignFracStart"] = _pct(layer["fraction_positive"][0])
             m["SignFracEnd"] = _pct(layer["fraction_positive"][-1])
             m["SignNearFlipEnd"] = _pct(layer["near_flip"][-1])
@@ -893,8 +910,8 @@ def macros(results: Mapping) -> dict[str, str]:
             m[f"Abl{Q}Acc"] = _pct(st["mean"])
             m[f"Abl{Q}Sd"] = _pct(st["sd"])
             means[label] = st["mean"]
-        best = max(means, key=means.get)
-        worst = min(means, key=means.get)
+        best = max(means, key=lambda k: means[k])
+        worst = min(means, key=lambda k: means[k])
         m["AblBest"], m["AblBestAcc"] = _tex(best), _pct(means[best])
         m["AblWorst"], m["AblWorstAcc"] = _tex(worst), _pct(means[worst])
         m["AblSpread"] = _pct(means[best] - means[worst])
@@ -913,7 +930,7 @@ def macros(results: Mapping) -> dict[str, str]:
             m[f"NoiseDrop{V}"] = _pct(clean - worst)
             drops[v] = clean - worst
         if drops:
-            order = sorted(drops, key=drops.get)
+            order = sorted(drops, key=lambda k: drops[k])
             m["NoiseMostRobust"] = _tex(_label(order[0]))
             m["NoiseLeastRobust"] = _tex(_label(order[-1]))
             if "float" in drops and "binary" in drops:
@@ -959,6 +976,8 @@ def macros(results: Mapping) -> dict[str, str]:
         m["CostDataset"] = _tex(_DATASET_LABELS.get(dname, dname))
         m["CostThreads"] = str(costs.get("threads", "n/a"))
         m["CostISA"] = _tex((costs.get("kernel_info") or {}).get("isa", "n/a"))
+
+    m.update(ladder_macros(results))
 
     ex = xnor_example()
     m["XnorK"], m["XnorPopcount"], m["XnorDot"] = str(ex["k"]), str(ex["popcount"]), str(ex["dot"])
@@ -1018,6 +1037,408 @@ def macros_tex(results: Mapping) -> str:
 
 
 # =============================================================================================
+# The ablation ladder (bnnlab.ladder): table, figure, published anchors, macros, guards
+# =============================================================================================
+_LADDER_MACRO = {"float": "Float", "binarynet": "BinaryNet", "xnor": "Xnor", "bireal": "BiReal",
+                 "reactnet": "ReActNet", "twostep": "TwoStep", "distill": "Distill"}
+
+#: published anchors: (method, data set, architecture, budget, accuracy %, bib key, note).
+#: Numbers as the papers state them (top-1 on ImageNet; CIFAR-10: 100 - test error).
+ANCHORS: tuple[tuple[str, str, str, str, float, str, str], ...] = (
+    ("BinaryNet", "CIFAR-10", "VGG-like", "500 epochs", 88.6, "hubara2016binarized",
+     "error 11.40 %, Theano"),
+    ("XNOR-Net", "ImageNet", "ResNet-18", "--", 51.2, "rastegari2016xnor", ""),
+    ("Bi-Real Net", "ImageNet", "ResNet-18", "--", 56.4, "liu2018bireal", ""),
+    ("Bi-Real Net", "ImageNet", "ResNet-34", "--", 62.2, "liu2018bireal", ""),
+    ("Real-to-Binary", "ImageNet", "ResNet-18", "multi-stage distillation", 65.4,
+     "martinez2020training", "as ReActNet quotes it"),
+    ("ReActNet-A", "ImageNet", "MobileNet-like", "two steps, distillation", 69.4,
+     "liu2020reactnet", ""),
+)
+
+
+def _t975(df: int) -> float:
+    """Two-sided 95 % quantile of Student's t with ``df`` degrees of freedom."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, df))
+
+
+def ladder_stats(results: Mapping) -> list[dict[str, Any]]:
+    """Per rung, in ladder order: test accuracy over seeds and the step from the rung before.
+
+    Returns:
+        One dict per rung: ``rung``, ``label``, ``points`` (test accuracy per seed, seed order),
+        ``mean``, ``sd``, ``n``, ``stopped`` / ``capped`` (counts), ``under_trained`` (more
+        than half the seeds hit the cap), ``best_epoch`` (mean, last training step),
+        ``epochs`` (mean epochs run, all steps), ``diff`` (paired by seed: ``mean``, ``sd``,
+        ``n``, ``lo``, ``hi`` of the 95 % t-interval, nan when n < 2) and ``verdict``:
+        ``"first"``, ``"one seed"``, ``"better"``, ``"worse"`` or ``"within noise"`` (the
+        interval contains 0).
+    """
+    lad = _need(results, "ladder")
+    runs = lad["runs"]
+    out: list[dict[str, Any]] = []
+    prev: dict[int, float] | None = None
+    for rung in lad["meta"]["rungs"]:
+        recs = sorted((r for r in runs if r["rung"] == rung), key=lambda r: r["seed"])
+        if not recs:
+            raise MissingResults(f"ladder has no run of rung {rung!r}")
+        acc = {r["seed"]: float(r["test_acc"]) for r in recs}
+        st = aggregate(acc.values())
+        row: dict[str, Any] = {
+            "rung": rung, "label": recs[0]["label"], "points": list(acc.values()),
+            "mean": st["mean"], "sd": st["sd"], "n": st["n"],
+            "stopped": sum(bool(r["stopped_early"]) for r in recs),
+            "capped": sum(bool(r["hit_cap"]) for r in recs),
+            "best_epoch": float(np.mean([_num(r["best_epoch"]) for r in recs])),
+            "epochs": float(np.mean([r["epochs_run"] for r in recs])),
+        }
+        row["under_trained"] = row["capped"] * 2 > len(recs)
+        nan = math.nan
+        diff = {"mean": nan, "sd": nan, "n": 0, "lo": nan, "hi": nan}
+        verdict = "first"
+        if prev is not None:
+            d = [acc[s] - prev[s] for s in acc if s in prev]
+            dst = aggregate(d)
+            diff.update(mean=dst["mean"], sd=dst["sd"], n=dst["n"])
+            if dst["n"] >= 2:
+                half = _t975(int(dst["n"]) - 1) * dst["sd"] / math.sqrt(dst["n"])
+                diff.update(lo=dst["mean"] - half, hi=dst["mean"] + half)
+                verdict = ("better" if diff["lo"] > 0 else "worse" if diff["hi"] < 0
+                           else "within noise")
+            else:
+                verdict = "one seed"
+        row["diff"], row["verdict"] = diff, verdict
+        out.append(row)
+        prev = acc
+    return out
+
+
+def _pts(v, digits: int = 1) -> str:
+    """Signed percentage points (``+1.2``), ``--`` for nan."""
+    v = _num(v)
+    return "--" if math.isnan(v) else f"{v * 100:+.{digits}f}"
+
+
+@figure("fig:ladder", height=360)
+def ladder(results: Mapping) -> go.Figure:
+    """The ablation ladder: test accuracy per rung, mean ± sd over seeds and every seed; open
+    circles: under-trained (most seeds hit the epoch cap); dotted: the float twin's mean."""
+    rows = ladder_stats(results)
+    fig = P.ladder_figure([{"name": r["label"], "mean": r["mean"], "sd": r["sd"],
+                            "points": r["points"], "flag": r["under_trained"]} for r in rows],
+                          reference=rows[0]["mean"] if rows[0]["rung"] == "float" else None)
+    fig.update_layout(showlegend=False)
+    return fig
+
+
+@table("tab:ladder")
+def ladder_table(results: Mapping) -> str:
+    """The ladder: test accuracy per rung, the paired step from the rung before with its 95 %
+    interval and verdict, and how many runs stopped early or hit the cap."""
+    rows = ladder_stats(results)
+    out: list[Sequence[str] | str] = []
+    for r in rows:
+        d = r["diff"]
+        ci = ("" if math.isnan(_num(d["lo"]))
+              else rf" [{d['lo'] * 100:+.1f}, {d['hi'] * 100:+.1f}]")
+        flag = r"$^\dagger$" if r["under_trained"] else ""
+        out.append([_tex(r["label"]) + flag, pm(r["mean"], r["sd"], scale=100),
+                    ("--" if r["verdict"] == "first" else f"${_pts(d['mean'])}${ci}"),
+                    _tex(r["verdict"] if r["verdict"] != "first" else "reference"),
+                    f"{r['stopped']} / {r['capped']}", f"{r['best_epoch']:.1f}"])
+    out.append(r"$^\dagger$ under-trained: most seeds hit the epoch cap")
+    head = ["Rung", r"Test acc.\ (\%)", r"Step (points, 95\,\% CI)", "Verdict",
+            "Stopped / capped", "Best epoch"]
+    return booktabs(head, out, "lrllcr")
+
+
+@table("tab:anchors")
+def anchors_table(results: Mapping) -> str:
+    """Published anchors (from the papers) next to the ladder measured here."""
+    out: list[Sequence[str] | str] = [r"\emph{published}"]
+    for method, data, arch, budget, acc, key, note in ANCHORS:
+        out.append([_tex(method), _tex(data), _tex(arch), _tex(budget), f"{acc:.1f}",
+                    rf"\cite{{{key}}}" + (f" ({_tex(note)})" if note else "")])
+    lad = results.get("ladder")
+    if lad:
+        s = lad["meta"]["settings"]
+        side = 28 // int(s.get("pool", 1))
+        budget = rf"$\le {s['max_epochs']}$ epochs, early stop"
+        out.append(r"\emph{measured here} (" + _tex(lad["meta"]["profile"]) + " profile)")
+        for r in ladder_stats(results):
+            out.append([_tex(r["label"]), "Fashion-MNIST",
+                        rf"ladder CNN, ${side}\times{side}$", budget,
+                        pm(r["mean"], r["sd"], scale=100, math_mode=True), "this report"])
+    head = ["Method", "Data", "Architecture", "Budget", r"Acc.\ (\%)", "Source"]
+    return booktabs(head, out, "llllrl")
+
+
+def _join(items: Sequence[str]) -> str:
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def ladder_macros(results: Mapping) -> dict[str, str]:
+    r"""The ladder's numbers and data-chosen sentences (``\LadderBestBinary``, ...)."""
+    lad = results.get("ladder")
+    if not lad:
+        return {}
+    meta, m = lad["meta"], {}
+    s = meta["settings"]
+    rows = ladder_stats(results)
+    m["LadderProfile"] = _tex(meta["profile"])
+    m["LadderSeeds"] = str(len(meta["seeds"]))
+    m["LadderRuns"] = str(len(lad["runs"]))
+    m["LadderStopped"] = str(sum(r["stopped"] for r in rows))
+    m["LadderCapped"] = str(sum(r["capped"] for r in rows))
+    m["LadderMinutes"] = _f(meta["run_seconds"] / 60)
+    m["LadderCPUs"] = str(meta["machine"].get("cpus", "n/a"))
+    m["LadderTrain"] = "all" if s["n_train"] is None else _thousands(s["n_train"])
+    m["LadderVal"] = _thousands(s["val_size"])
+    m["LadderTest"] = "10,000" if s["n_test"] is None else _thousands(s["n_test"])
+    m["LadderSide"] = str(28 // int(s["pool"]))
+    for k, name in (("width", "Width"), ("blocks", "Blocks"), ("max_epochs", "Cap"),
+                    ("patience", "Patience"), ("lr_patience", "LRPatience"),
+                    ("batch_size", "Batch")):
+        m[f"Ladder{name}"] = str(s[k])
+    m["LadderLR"] = f"{s['lr']:g}"
+    for r in rows:
+        R = _LADDER_MACRO.get(r["rung"], "X")
+        m[f"LadderAcc{R}"] = _pct(r["mean"])
+        m[f"LadderSd{R}"] = _pct(r["sd"])
+        m[f"LadderStep{R}"] = _pts(r["diff"]["mean"])
+    binary = [r for r in rows if r["rung"] != "float"]
+    best = max(binary, key=lambda r: r["mean"])
+    m["LadderBestBinary"] = _tex(best["label"])
+    m["LadderBestBinaryAcc"] = _pct(best["mean"])
+    fl = next((r for r in rows if r["rung"] == "float"), None)
+    if fl is not None:
+        gap = fl["mean"] - best["mean"]
+        m["LadderGapFloat"] = _pct(abs(gap))
+        m["LadderFloatSentence"] = (
+            rf"the float twin stays above every binary rung, {_pct(gap)} points above the best "
+            rf"one ({_tex(best['label'])})" if gap > 0 else
+            rf"the best binary rung ({_tex(best['label'])}) reaches the float twin "
+            rf"({_pct(-gap)} points above it)")
+    # the steps that add an idea: from the first binary rung on (float -> BinaryNet is the
+    # price of binarisation, not an idea that should help)
+    steps = [r for r in rows[2:]] if rows[0]["rung"] == "float" else rows[1:]
+    if rows[0]["rung"] == "float" and len(rows) > 1:
+        m["LadderBinarisationCost"] = _pct(-rows[1]["diff"]["mean"])
+    gain = max(steps, key=lambda r: r["diff"]["mean"])
+    m["LadderLargestStep"] = _tex(gain["label"])
+    m["LadderLargestStepPts"] = _pts(gain["diff"]["mean"])
+    if any(r["verdict"] == "one seed" for r in steps):
+        m["LadderStepSentence"] = (r"With one seed per rung no step can be told from noise: "
+                                   r"the steps of \cref{tab:ladder} are single runs.")
+        m["LadderLiteratureSentence"] = (r"One seed cannot confirm or contradict the "
+                                         r"literature's ordering.")
+    else:
+        by = {v: [_tex(r["label"]) for r in steps if r["verdict"] == v]
+              for v in ("better", "worse", "within noise")}
+        parts = []
+        if by["better"]:
+            parts.append(f"{_join(by['better'])} improve{'s' if len(by['better']) == 1 else ''} "
+                         "on the rung before beyond noise (the 95\\,\\% interval of the paired "
+                         "difference excludes zero)")
+        if by["within noise"]:
+            parts.append(f"{_join(by['within noise'])} cannot be told from the rung before")
+        if by["worse"]:
+            parts.append(f"{_join(by['worse'])} lose{'s' if len(by['worse']) == 1 else ''} "
+                         "to the rung before beyond noise")
+        text = "; ".join(parts)
+        m["LadderStepSentence"] = text[:1].upper() + text[1:] + "."
+        m["LadderLiteratureSentence"] = (
+            "No rung loses to the one before it beyond noise, as the literature, where each "
+            "idea was introduced as an improvement, predicts." if not by["worse"] else
+            f"Against the literature, where each idea was introduced as an improvement, "
+            f"{_join(by['worse'])} lose{'s' if len(by['worse']) == 1 else ''} here beyond noise.")
+    under = [_tex(r["label"]) for r in rows if r["under_trained"]]
+    m["LadderUnderTrained"] = (
+        "No rung hit the cap in most of its seeds." if not under else
+        ("Every rung" if len(under) == len(rows) else _join(under))
+        + " hit the epoch cap in most seeds and "
+        + ("is" if len(under) == 1 or len(under) == len(rows) else "are")
+        + r" marked under-trained ($^\dagger$): a longer budget could still change "
+        + ("its" if len(under) == 1 else "their") + " numbers.")
+    return m
+
+
+#: guards: name -> function(results) -> error message or None. Each guards a sentence of the
+#: report that is typed, not generated; ``python -m bnnlab figures`` fails when one fires.
+GUARDS: dict[str, Callable[[Mapping], str | None]] = {}
+
+
+def guard(name: str):
+    """Register a guard under ``name``: ``fn(results) -> str | None`` (a message when the data
+    contradict the sentence it guards; ``None`` when they agree or the data are absent)."""
+    def register(fn):
+        GUARDS[name] = fn
+        return fn
+    return register
+
+
+@guard("ladder-complete")
+def _guard_ladder_complete(results: Mapping) -> str | None:
+    """'each rung ... over the same seeds' (Sec. ladder): every rung has every seed."""
+    lad = results.get("ladder")
+    if not lad:
+        return None
+    seeds = sorted(lad["meta"]["seeds"])
+    for rung in lad["meta"]["rungs"]:
+        got = sorted(r["seed"] for r in lad["runs"] if r["rung"] == rung)
+        if got != seeds:
+            return f"rung {rung!r} has seeds {got}, the ladder {seeds}"
+    return None
+
+
+@guard("ladder-binary-below-float")
+def _guard_binary_below_float(results: Mapping) -> str | None:
+    """'the float twin is the reference the binary rungs are measured against' (Sec. ladder)
+    reads as an upper bound: no binary rung may beat it beyond noise."""
+    if not results.get("ladder"):
+        return None
+    rows = ladder_stats(results)
+    fl = next((r for r in rows if r["rung"] == "float"), None)
+    if fl is None:
+        return "the ladder has no float twin"
+    for r in rows[1:]:
+        noise = 2 * max(_num(r["sd"]) if r["n"] > 1 else 0.0,
+                        _num(fl["sd"]) if fl["n"] > 1 else 0.0, 0.005)
+        if r["mean"] > fl["mean"] + noise:
+            return (f"{r['label']} ({r['mean']:.4f}) beats the float twin ({fl['mean']:.4f}) "
+                    f"by more than 2 sd")
+    return None
+
+
+@guard("signs-balanced")
+def _guard_signs_balanced(results: Mapping) -> str | None:
+    """'the share of non-negative weights stays near one half' and 'its inputs are balanced
+    between the signs too' (Sec. signs): within 0.4 to 0.6 at the start and the end."""
+    signs = results.get("signs")
+    if not signs or not signs.get("datasets"):
+        return None
+    _, entry = _signs_entry(results)
+    st = entry.get("sign_stats")
+    if not st:
+        return None
+    layer = st["layers"][_first_layer(st)]
+    for key in ("fraction_positive", "input_fraction_positive"):
+        vals = layer.get(key) or []
+        for v in vals[:1] + vals[-1:]:
+            if not 0.4 <= v <= 0.6:
+                return f"first binary layer: {key} = {v:.3f}, outside [0.4, 0.6]"
+    return None
+
+
+@guard("flip-ratio-falls")
+def _guard_flip_ratio_falls(results: Mapping) -> str | None:
+    """'for BinaryNet it falls from \\FlipFirst to \\FlipLast' (Sec. signs)."""
+    signs = results.get("signs")
+    if not signs or not signs.get("datasets"):
+        return None
+    _, entry = _signs_entry(results)
+    fr = entry["flip_ratio"].get("binary")
+    if fr and len(fr["total"]) > 1 and not fr["total"][-1] < fr["total"][0]:
+        return f"BinaryNet's flip ratio does not fall: {fr['total'][0]} -> {fr['total'][-1]}"
+    return None
+
+
+@guard("ste-correlated-not-equal")
+def _guard_ste_cosine(results: Mapping) -> str | None:
+    """'The STE direction is correlated with, but not equal to, the gradient of any smooth
+    neighbour' (Sec. STE): every mean cosine in (0, 0.999)."""
+    signs = results.get("signs")
+    if not signs or not signs.get("datasets"):
+        return None
+    _, entry = _signs_entry(results)
+    gm = entry.get("gradient_mismatch")
+    if not gm:
+        return None
+    for res in gm["results"]:
+        for ref, layers in res.items():
+            vals = [v["cosine"] for v in layers.values() if v["cosine"] is not None]
+            c = float(np.mean(vals)) if vals else math.nan
+            if not 0.0 < c < 0.999:
+                return f"cosine of the STE gradient with {ref} is {c:.3f}, not in (0, 0.999)"
+    return None
+
+
+@guard("binary-slower-in-torch")
+def _guard_binary_slower(results: Mapping) -> str | None:
+    """'In PyTorch ... the binary models are *slower* than their float twins' (Discussion)."""
+    costs = results.get("costs")
+    if not costs or not costs.get("datasets"):
+        return None
+    cd = costs["datasets"]
+    dname = "fashion-mnist" if "fashion-mnist" in cd else next(iter(cd))
+    v = cd[dname]["variants"]
+    fl, bn = v.get("float", {}).get("torch_forward_ms"), v.get("binary", {}).get("torch_forward_ms")
+    if fl and bn and not bn > fl:
+        return f"the binary MLP is not slower than the float MLP in torch ({bn} vs {fl} ms)"
+    return None
+
+
+@guard("cnns-compress-more")
+def _guard_cnns_compress(results: Mapping) -> str | None:
+    """'The small CNNs ... come closer [to 32]' than the BinaryNet MLP (Discussion, memory)."""
+    costs = results.get("costs")
+    if not costs or not costs.get("datasets"):
+        return None
+    cd = costs["datasets"]
+    dname = "fashion-mnist" if "fashion-mnist" in cd else next(iter(cd))
+    v = cd[dname]["variants"]
+
+    def ratio(k):
+        return v[k]["summary"]["totals"]["compression_ratio"] if k in v else None
+
+    mlp = ratio("binary")
+    for k in ("bireal", "reactnet"):
+        r = ratio(k)
+        if mlp is not None and r is not None and not r > mlp:
+            return f"{k} compresses {r:.1f}x, not more than the BinaryNet MLP's {mlp:.1f}x"
+    return None
+
+
+@guard("float-ends-hold-most-bytes")
+def _guard_float_ends(results: Mapping) -> str | None:
+    """'its first and last layers ... hold a minority of its parameters but, at 32 bits each,
+    most of its bytes' (Discussion, memory; the BinaryNet MLP)."""
+    costs = results.get("costs")
+    if not costs or not costs.get("datasets"):
+        return None
+    cd = costs["datasets"]
+    dname = "fashion-mnist" if "fashion-mnist" in cd else next(iter(cd))
+    sm = cd[dname]["variants"].get("binary", {}).get("summary")
+    if not sm:
+        return None
+    recs = sm["records"]
+    ends = [r for r in recs if r["type"] in ("Linear", "Conv2d")]
+    params = sum(r["params"] for r in recs)
+    nbytes = sum(r["memory_bytes"] for r in recs)
+    p_end = sum(r["params"] for r in ends) / params if params else math.nan
+    b_end = sum(r["memory_bytes"] for r in ends) / nbytes if nbytes else math.nan
+    if not (p_end < 0.5 < b_end):
+        return (f"the float layers of the BinaryNet MLP hold {p_end:.0%} of its parameters and "
+                f"{b_end:.0%} of its bytes (the text says: a minority, but most bytes)")
+    return None
+
+
+def check_guards(results: Mapping) -> list[str]:
+    """Run every guard of :data:`GUARDS`; return ``"name: message"`` for each that fired."""
+    out = []
+    for name, fn in GUARDS.items():
+        msg = fn(results)
+        if msg:
+            out.append(f"{name}: {msg}")
+    return out
+
+
+# =============================================================================================
 # Export and CLI
 # =============================================================================================
 def _for_paper(fig: go.Figure, width: int, height: int) -> go.Figure:
@@ -1070,7 +1491,8 @@ def write_all(outdir, *, results_dir=None, bench_json=None, pdf: bool = True,
         only: labels to write (default: all).
 
     Returns:
-        ``{"figures": [paths], "tables": [paths], "macros": path}``.
+        ``{"figures": [paths], "tables": [paths], "macros": path, "guards": [messages]}``
+        (``guards``: the guards of :data:`GUARDS` that fired, see :func:`check_guards`).
 
     Raises:
         MissingResults: a needed result file is missing.
@@ -1099,12 +1521,16 @@ def write_all(outdir, *, results_dir=None, bench_json=None, pdf: bool = True,
             written_tables.append(path)
     macro_path = outdir / "macros.tex"
     macro_path.write_text(macros_tex(results))
+    failed = check_guards(results)
+    for msg in failed:
+        log(f"[figures] GUARD FAILED {msg}")
     if pdf and figs:
         t0 = time.perf_counter()
         export_pdfs(figs, paths, FIGURE_SIZES)
         log(f"[figures] {len(figs)} PDFs in {time.perf_counter() - t0:.1f} s")
     log(f"[figures] {len(written_tables)} tables, macros.tex -> {outdir}")
-    return {"figures": [paths[k] for k in figs], "tables": written_tables, "macros": macro_path}
+    return {"figures": [paths[k] for k in figs], "tables": written_tables, "macros": macro_path,
+            "guards": failed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1134,11 +1560,15 @@ def main(argv: list[str] | None = None) -> int:
               "chromium); use --no-pdf to only write tables and macros", file=sys.stderr)
         return 2
     try:
-        write_all(args.outdir, results_dir=args.results, bench_json=args.bench_json,
+        done = write_all(args.outdir, results_dir=args.results, bench_json=args.bench_json,
                   pdf=not args.no_pdf, only=args.only, log=lambda s: print(s, flush=True))
     except MissingResults as exc:
         print(f"bnnlab figures: {exc.args[0]}", file=sys.stderr)
         return 1
+    if done["guards"]:
+        print(f"bnnlab figures: {len(done['guards'])} sentence(s) of the report contradicted by "
+              "the data (see GUARD FAILED above)", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -250,3 +250,38 @@ def table_figure(rows: Sequence[Mapping], columns: Sequence[str] | None = None, 
                              cells=dict(values=values, align="left")))
     return _layout(fig, title=title, height=height or 60 + 30 * (len(rows) + 1),
                    margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+
+
+def ladder_figure(rows: Sequence[Mapping], *, reference: float | None = None,
+                  yaxis_title: str = "test accuracy", title: str | None = None,
+                  height: int = 360) -> go.Figure:
+    """An ablation ladder: one rung per row, left to right, mean ± sd and every seed.
+
+    Args:
+        rows: ``[{"name", "mean", "sd", "points", "flag"}]`` in ladder order; ``points`` are
+            the per-seed values (small grey dots); ``flag`` (optional, bool) draws the rung's
+            mean as an open circle (e.g. under-trained: most seeds hit the epoch cap).
+        reference: a horizontal dotted line (e.g. the float twin's mean); ``None``: none.
+
+    Returns:
+        Traces: ``seeds`` (markers), ``mean ± sd`` (markers with error bars, joined by a thin
+        line so the steps read as a ladder).
+    """
+    names = [str(r["name"]) for r in rows]
+    xs = [str(r["name"]) for r in rows for _ in r.get("points", ())]
+    ys = [float(p) for r in rows for p in r.get("points", ())]
+    fig = go.Figure()
+    fig.add_scatter(x=xs, y=ys, mode="markers", name="seeds",
+                    marker=dict(size=6, color="rgba(90,90,90,0.45)"))
+    sd = [0.0 if math.isnan(float(r["sd"])) else float(r["sd"]) for r in rows]
+    fig.add_scatter(x=names, y=[float(r["mean"]) for r in rows], mode="lines+markers",
+                    name="mean ± sd", line=dict(width=1, color="rgba(0,114,178,0.35)"),
+                    error_y=dict(type="data", array=sd, visible=True, thickness=1.5),
+                    marker=dict(size=10, color=COLORS[0],
+                                symbol=["circle-open" if r.get("flag") else "circle"
+                                        for r in rows]))
+    if reference is not None and not math.isnan(reference):
+        fig.add_hline(y=reference, line_dash="dot", line_color="grey")
+    fig.update_xaxes(tickangle=-30)
+    return _layout(fig, title=title, height=height, yaxis_title=yaxis_title,
+                   hovermode="closest")

@@ -59,7 +59,7 @@ def results() -> dict:
                     "selection": "best validation accuracy"} for d in ("digits", "fashion-mnist")}
     runs = []
     for (d, v), accs in ACC.items():
-        for seed, a in zip(SEEDS, accs):
+        for seed, a in zip(SEEDS, accs, strict=True):
             runs.append({"dataset": d, "variant": v, "seed": seed, "epochs": 3, "best_epoch": 2,
                          "val_acc": a + 0.01, "val_loss": 0.3, "test_acc": a, "test_loss": 0.4,
                          "fit_seconds": 1.0, "history": _history(3, a)})
@@ -108,11 +108,49 @@ def results() -> dict:
                                 "torch_forward_ms": 3.0}}}}}
     run = {"total_seconds": 125.0, "machine": {"torch_threads": 1, "cpu_count": 2,
                                                "torch": "2.x"}, "finished": "now"}
-    return {"run": {**header, **run},
+    return {"ladder": _ladder(LADDER_ACC),
+            "run": {**header, **run},
             "architectures": {**header, "datasets": datasets, "runs": runs},
             "signs": {**header, **signs}, "ablation": {**header, **ablation},
             "noise": {**header, **noise}, "regression": {**header, **regression},
             "costs": {**header, **costs}}
+
+
+# ladder: test accuracy per rung and seed (0, 1, 2), chosen so that the verdicts are known:
+# xnor within noise of binarynet, bireal better, reactnet worse, twostep better, distill within
+# noise; binarynet hits the cap in every seed (under-trained).
+LADDER_ACC = {
+    "float": [0.86, 0.87, 0.85], "binarynet": [0.80, 0.81, 0.79], "xnor": [0.80, 0.80, 0.80],
+    "bireal": [0.84, 0.85, 0.84], "reactnet": [0.835, 0.84, 0.83],
+    "twostep": [0.85, 0.855, 0.845], "distill": [0.852, 0.853, 0.851]}
+
+
+def _ladder(acc: dict, capped=("binarynet",)) -> dict:
+    from bnnlab import ladder as L
+
+    seeds = list(range(len(next(iter(acc.values())))))
+    runs = []
+    for rung, accs in acc.items():
+        for seed, a in zip(seeds, accs, strict=True):
+            runs.append({"rung": rung, "label": L.RUNG_LABELS[rung], "seed": seed,
+                         "hash": f"{rung}{seed}", "test_acc": a, "val_acc": a,
+                         "stopped_early": rung not in capped, "hit_cap": rung in capped,
+                         "best_epoch": 4, "epochs_run": 6})
+    settings = {k: v for k, v in L.rung_spec("float", "quick", 0).items()
+                if k not in ("rung", "seed", "kind")}
+    meta = {"schema": L.SCHEMA, "profile": "quick", "seeds": seeds, "rungs": list(acc),
+            "settings": settings, "runs": [r["hash"] for r in runs], "run_seconds": 600.0,
+            "wall_seconds": 610.0, "machine": {"cpus": 2}}
+    return {"meta": meta, "runs": runs}
+
+
+def _write_ladder(folder: Path, lad: dict) -> None:
+    import json
+
+    (folder / "runs").mkdir(parents=True)
+    (folder / "ladder.json").write_text(json.dumps(lad["meta"]))
+    for r in lad["runs"]:
+        (folder / "runs" / f"{r['hash']}.json").write_text(json.dumps(r))
 
 
 BENCH = {"rows": [
@@ -373,8 +411,11 @@ def test_write_all_without_pdf(tmp_path, results):
     res = tmp_path / "results"
     res.mkdir()
     for name, payload in results.items():
-        (res / f"{name}.json").write_text(json.dumps(payload))
+        if name != "ladder":
+            (res / f"{name}.json").write_text(json.dumps(payload))
+    _write_ladder(res / "ladder", results["ladder"])
     out = FG.write_all(tmp_path, pdf=False, log=lambda s: None)
+    assert out["guards"] == []
     assert {p.name for p in out["tables"]} == {f"{FG._stem(l)}.tex" for l in FG.TABLES}
     assert (tmp_path / "macros.tex").read_text().count(r"\newcommand") > 20
     first = (tmp_path / "tables" / "architectures.tex").read_text().splitlines()[0]
@@ -411,3 +452,89 @@ def test_report_uses_every_label_with_its_generator():
         assert f"fig:{Path(name).stem}" in FG.FIGURES
     for name in re.findall(r"\\input\{([^}]*)\}", tex):
         assert name.startswith("generated/")
+
+
+# ------------------------------------------------------------------------------ the ladder
+T975_2DF = 4.302652729911275      # Student's t, 97.5 % quantile, 2 degrees of freedom
+
+
+def test_ladder_stats_paired_steps_and_verdicts(results):
+    rows = FG.ladder_stats(results)
+    assert [r["rung"] for r in rows] == list(LADDER_ACC)
+    for r in rows:
+        assert r["mean"] == pytest.approx(statistics.mean(LADDER_ACC[r["rung"]]))
+        assert r["sd"] == pytest.approx(statistics.stdev(LADDER_ACC[r["rung"]]))
+    react = rows[4]
+    d = [a - b for a, b in zip(LADDER_ACC["reactnet"], LADDER_ACC["bireal"], strict=True)]
+    half = T975_2DF * statistics.stdev(d) / math.sqrt(3)
+    assert react["diff"]["mean"] == pytest.approx(statistics.mean(d))
+    assert react["diff"]["lo"] == pytest.approx(statistics.mean(d) - half)
+    assert react["diff"]["hi"] == pytest.approx(statistics.mean(d) + half)
+    assert [r["verdict"] for r in rows] == ["first", "worse", "within noise", "better", "worse",
+                                            "better", "within noise"]
+    assert [r["under_trained"] for r in rows] == [r == "binarynet" for r in LADDER_ACC]
+    assert rows[1]["capped"] == 3 and rows[1]["stopped"] == 0
+
+
+def test_ladder_table_and_anchors(results):
+    tab = FG.TABLES["tab:ladder"](results)
+    assert tab.count(r"$^\dagger$") == 2            # the flagged rung and the footnote
+    assert "better" in tab and "within noise" in tab and "worse" in tab
+    anchors = FG.TABLES["tab:anchors"](results)
+    assert r"\emph{published}" in anchors and r"\emph{measured here}" in anchors
+    bib = (Path(__file__).resolve().parents[1] / "paper" / "refs.bib").read_text()
+    for *_, key, _note in FG.ANCHORS:
+        assert f"{{{key}," in bib
+        assert rf"\cite{{{key}}}" in anchors
+
+
+def test_ladder_macros_are_chosen_by_the_data(results):
+    m = FG.macros(results)
+    assert m["LadderBestBinary"] == "+ distillation"
+    assert m["LadderAccDistill"] == "85.2" and m["LadderStepBiReal"] == "+4.3"
+    assert m["LadderLargestStep"] == "+ Bi-Real shortcuts"
+    assert m["LadderCapped"] == "3" and m["LadderStopped"] == "18" and m["LadderRuns"] == "21"
+    assert "float twin stays above every binary rung" in m["LadderFloatSentence"]
+    assert "+ ReActNet RSign/RPReLU loses here" in m["LadderLiteratureSentence"]
+    assert m["LadderStepSentence"].startswith("+ Bi-Real shortcuts and + two-step training "
+                                              "improve")
+    assert "BinaryNet (sign, STE) hit the epoch cap" in m["LadderUnderTrained"]
+    # one seed: no verdict, and the sentences say so
+    one = {**results, "ladder": _ladder({k: v[:1] for k, v in LADDER_ACC.items()}, capped=())}
+    m1 = FG.macros(one)
+    assert "one seed" in m1["LadderStepSentence"].lower()
+    assert m1["LadderUnderTrained"].startswith("No rung")
+    # a binary rung above the float twin changes the sentence
+    acc = {**LADDER_ACC, "distill": [0.90, 0.91, 0.89]}
+    m2 = FG.macros({**results, "ladder": _ladder(acc)})
+    assert m2["LadderFloatSentence"].startswith("the best binary rung (+ distillation) reaches")
+
+
+def test_guards_pass_on_consistent_data_and_fire_on_contradictions(results, tmp_path):
+    import json
+
+    assert FG.check_guards(results) == []
+    acc = {**LADDER_ACC, "distill": [0.90, 0.91, 0.89]}
+    fired = FG.check_guards({**results, "ladder": _ladder(acc)})
+    assert len(fired) == 1 and fired[0].startswith("ladder-binary-below-float")
+    signs = json.loads(json.dumps(results["signs"]))
+    signs["datasets"]["fashion-mnist"]["flip_ratio"]["binary"]["total"] = [0.01, 0.1, 0.2]
+    fired = FG.check_guards({**results, "signs": signs})
+    assert [f.split(":")[0] for f in fired] == ["flip-ratio-falls"]
+    costs = json.loads(json.dumps(results["costs"]))
+    for r in costs["datasets"]["fashion-mnist"]["variants"]["binary"]["summary"]["records"]:
+        if r["type"] == "BinaryLinear":
+            r["memory_bytes"] = 10_000.0                # binary weights would hold most bytes
+    fired = FG.check_guards({**results, "costs": costs})
+    assert [f.split(":")[0] for f in fired] == ["float-ends-hold-most-bytes"]
+    missing = {**results, "ladder": _ladder(LADDER_ACC)}
+    missing["ladder"]["runs"] = missing["ladder"]["runs"][:-1]
+    assert FG.check_guards(missing)[0].startswith("ladder-complete")
+    # the command fails the build (status 3) when a guard fires
+    res = tmp_path / "results"
+    res.mkdir()
+    for name, payload in {**results, "signs": signs}.items():
+        if name != "ladder":
+            (res / f"{name}.json").write_text(json.dumps(payload))
+    _write_ladder(res / "ladder", results["ladder"])
+    assert FG.main([str(tmp_path), "--no-pdf"]) == 3
