@@ -18,7 +18,7 @@ import numbers
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-__all__ = ["check_bool", "check_choice", "check_int", "check_real"]
+__all__ = ["check_bool", "check_choice", "check_instance", "check_int", "check_real"]
 
 T = TypeVar("T")
 
@@ -91,3 +91,14 @@ def check_choice(value: Any, name: str, choices: Iterable[T]) -> T:
     if not ok:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
     return value  # type: ignore[no-any-return]
+
+
+def check_instance(value: Any, name: str, types: type | tuple[type, ...]) -> Any:
+    """Return ``value`` if it is an instance of ``types``, else raise :class:`TypeError` naming
+    ``name`` and the expected type(s)."""
+    if not isinstance(value, types):
+        options = types if isinstance(types, tuple) else (types,)
+        kinds = " or ".join(f"{t.__module__}.{t.__qualname__}".replace("builtins.", "")
+                            for t in options)
+        raise TypeError(f"{name} must be a {kinds}, got {type(value).__name__}")
+    return value

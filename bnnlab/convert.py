@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -63,6 +62,7 @@ from torch import Tensor, nn
 
 from bnnlab import layers as _layers
 from bnnlab import quantizers as _quantizers
+from bnnlab._validation import check_bool, check_choice, check_instance, check_real
 
 __all__ = [
     "FAMILIES",
@@ -201,7 +201,7 @@ class ConversionReport:
             name = row.name + (f" (= {', '.join(row.aliases)})" if row.aliases else "")
             table.append((name, row.old_type, row.new_type, row.status, row.reason))
         widths = [max(len(r[i]) for r in table) for i in range(5)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return head + "\n" + "\n".join(lines)
 
@@ -560,25 +560,18 @@ def _probe_constant_inputs(model: nn.Module, args: tuple[Tensor, ...],
 
 def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quantizer, include,
               exclude, pad_value, layer_kwargs, example_input, verbose):
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
+    check_instance(model, "model", nn.Module)
     if not isinstance(layer, str):
         raise TypeError(f"layer must be a str, one of {sorted(FAMILIES)}; got "
                         f"{type(layer).__name__}")
-    if layer not in FAMILIES:
-        raise ValueError(f"layer={layer!r} is not a known binary layer family; choose one of "
-                         f"{sorted(FAMILIES)}")
+    check_choice(layer, "layer", sorted(FAMILIES))
     for argname, value in (("keep_first", keep_first), ("keep_last", keep_last),
                            ("verbose", verbose)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{argname} must be a bool; got {type(value).__name__}")
+        check_bool(value, argname)
     _check_quantizer(input_quantizer, "input_quantizer")
     _check_quantizer(weight_quantizer, "weight_quantizer")
-    if isinstance(pad_value, bool) or not isinstance(pad_value, int | float):
-        raise TypeError(f"pad_value must be a number; got {type(pad_value).__name__}")
-    if math.isnan(pad_value) or float(pad_value) not in (0.0, 1.0, -1.0):
-        raise ValueError(f"pad_value must be 0.0, 1.0 or -1.0; got {pad_value!r}")
-    pad_value = float(pad_value)
+    pad_value = check_choice(check_real(pad_value, "pad_value") + 0.0, "pad_value",
+                             _layers.PAD_VALUES)
     if layer_kwargs is None:
         layer_kwargs = {}
     if not isinstance(layer_kwargs, dict) or not all(isinstance(k, str) for k in layer_kwargs):
