@@ -488,19 +488,6 @@ CONSTANT_PROBE = ("on example_input its binarised input is {value:+g} everywhere
                   "sees the same input for every sample")
 
 
-def _check_example_input(example_input: Any) -> tuple[Tensor, ...] | None:
-    if example_input is None:
-        return None
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
-    if not args or not all(isinstance(a, Tensor) for a in args):
-        raise TypeError("example_input must be None, a tensor or a tuple of tensors; got "
-                        f"{type(example_input).__name__}")
-    if args[0].dim() == 0 or args[0].shape[0] == 0:
-        raise ValueError("example_input must be a non-empty batch, got shape "
-                         f"{tuple(args[0].shape)}")
-    return args
-
-
 def _binarised_inputs(module: nn.Module, x: Tensor) -> Tensor | None:
     """What a binary layer multiplies its weights with: the quantised input, or ABC-Net's stacked
     activation bases; ``None`` for a float input."""
@@ -576,7 +563,15 @@ def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quant
         layer_kwargs = {}
     if not isinstance(layer_kwargs, dict) or not all(isinstance(k, str) for k in layer_kwargs):
         raise TypeError("layer_kwargs must be a dict of keyword arguments (str keys) or None")
-    example_args = _check_example_input(example_input)
+    example_args: tuple[Tensor, ...] | None = None
+    if example_input is not None:  # a batch: a tensor, or a tuple of tensors for model(*args)
+        example_args = example_input if isinstance(example_input, tuple) else (example_input,)
+        check_instance(example_args[0] if example_args else (), "example_input", Tensor)
+        for arg in example_args:
+            check_instance(arg, "example_input", Tensor)
+        if example_args[0].dim() == 0 or example_args[0].shape[0] == 0:
+            raise ValueError("example_input must be a non-empty batch, got shape "
+                             f"{tuple(example_args[0].shape)}")
     reserved = {"input_quantizer", "weight_quantizer", "pad_value"} & set(layer_kwargs)
     if reserved:
         raise ValueError(f"layer_kwargs must not contain {sorted(reserved)}; use the "
