@@ -41,6 +41,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -344,7 +345,7 @@ def sign_stats(model: nn.Module, x: Tensor | None = None, *, bins=DEFAULT_BINS, 
     pre = collect_preactivations(model, x, list(chosen)) if x is not None else {}
     out = {}
     for name, m in chosen.items():
-        w = m.weight.detach()
+        w = cast(Tensor, m.weight).detach()
         dist = flip_distance(w)
         st = LayerSignStats(
             fraction_positive=fraction_positive(w),
@@ -476,7 +477,7 @@ def weight_signs(model: nn.Module, layers=None) -> dict[str, Tensor]:
 def _binary_weight_values(module: nn.Module) -> Tensor:
     """Real values whose signs are the layer's binary weights: ABC-Net's shifted bases, else W."""
     shifted = getattr(module, "shifted_weights", None)
-    return shifted().detach() if callable(shifted) else module.weight.detach()
+    return shifted().detach() if callable(shifted) else cast(Tensor, module.weight).detach()
 
 
 def flip_ratio(prev, cur) -> float:
@@ -702,6 +703,8 @@ def mismatch_curves(quantizer: nn.Module, noise: str = "uniform", scale: float =
         (float).
     """
     q = Q.get_quantizer(quantizer, argname="quantizer")
+    if q is None:
+        raise ValueError("quantizer must not be None")
     check_choice(noise, "noise", NOISES)
     s = check_real(scale, "scale", min_value=0.0, include_min=False)
     grid = _default_grid(q, s) if x is None else _grid(x)
@@ -740,7 +743,7 @@ def surrogate_mismatch(quantizer: nn.Module, noise: str = "uniform", scale: floa
 
 
 #: Quantizers the explorer offers: name -> factory(clip_value, beta) (elementwise ones only).
-EXPLORER_QUANTIZERS: dict[str, Callable[[float, float], nn.Module]] = {
+EXPLORER_QUANTIZERS: dict[str, Callable[[float | None, float], nn.Module]] = {
     "ste_sign": lambda clip_value, beta: Q.SteSign(clip_value=clip_value),
     "approx_sign": lambda clip_value, beta: Q.ApproxSign(),
     "swish_sign": lambda clip_value, beta: Q.SwishSign(beta=beta),
@@ -887,7 +890,7 @@ def latent_gradients(model: nn.Module, x: Tensor, y: Tensor, *, loss="cross_entr
     chosen = {n: m for n, m in _select(model, layers, need_weight=True).items()
               if m.weight.requires_grad}
     with _untouched(model, train), torch.enable_grad():
-        weights = [m.weight for m in chosen.values()]
+        weights = [cast(Tensor, m.weight) for m in chosen.values()]
         grads = torch.autograd.grad(fn(model(x), y), weights, allow_unused=True)
     return {n: (torch.zeros_like(w) if g is None else g.detach())
             for (n, w), g in zip(zip(chosen, weights, strict=True), grads, strict=True)}
@@ -958,7 +961,7 @@ def smoothed_gradients(model: nn.Module, x: Tensor, y: Tensor, *, sigma: float =
         raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
     fn = _loss_fn(loss)
     chosen = _select(model, layers, need_weight=True)
-    weights = {n: m.weight for n, m in chosen.items()}
+    weights = {n: cast(Tensor, m.weight) for n, m in chosen.items()}
     originals = {n: w.detach().clone() for n, w in weights.items()}
     s1 = {n: torch.zeros_like(w, dtype=torch.float64) for n, w in originals.items()}
     s2 = {n: torch.zeros_like(w, dtype=torch.float64) for n, w in originals.items()}

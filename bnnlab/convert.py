@@ -55,7 +55,7 @@ import inspect
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -252,7 +252,9 @@ def _selected(sel: Any, names: tuple[str, ...], module: nn.Module) -> bool:
 
 # --------------------------------------------------------------------------- building
 def _in_channels(module: nn.Module) -> int:
-    return module.in_features if isinstance(module, nn.Linear) else module.in_channels
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    return int(cast(int, module.in_channels))
 
 
 def _make_quantizer(spec: Any, module: nn.Module) -> Any:
@@ -450,8 +452,8 @@ def binarize(
                      include, exclude, pad_value, layer_kwargs, example_input, verbose)[0]
 
 
-binarize_with_report.__doc__ = binarize_with_report.__doc__.replace("{args}", _DOC_ARGS)
-binarize.__doc__ = binarize.__doc__.replace("{args}", _DOC_ARGS)
+binarize_with_report.__doc__ = (binarize_with_report.__doc__ or "").replace("{args}", _DOC_ARGS)
+binarize.__doc__ = (binarize.__doc__ or "").replace("{args}", _DOC_ARGS)
 
 
 def _is_sign_at_zero(spec: Any) -> bool:
@@ -576,8 +578,8 @@ def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quant
     if reserved:
         raise ValueError(f"layer_kwargs must not contain {sorted(reserved)}; use the "
                          f"arguments of binarize itself")
-    classes = {t: getattr(_layers, n, None) for t, n in FAMILIES[layer].items()}
-    classes = {t: c for t, c in classes.items() if c is not None}
+    found = {t: getattr(_layers, n, None) for t, n in FAMILIES[layer].items()}
+    classes: dict[type[nn.Module], type] = {t: c for t, c in found.items() if c is not None}
     for key in layer_kwargs:
         if not any(_accepts(c, key) for c in classes.values()):
             raise ValueError(f"layer_kwargs: no layer of family {layer!r} accepts {key!r}")
