@@ -18,7 +18,7 @@ import numbers
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-__all__ = ["check_array", "check_bool", "check_choice", "check_int", "check_real"]
+__all__ = ["check_array", "check_bool", "check_choice", "check_instance", "check_int", "check_real"]
 
 T = TypeVar("T")
 
@@ -118,4 +118,15 @@ def check_array(value: Any, name: str, *, dtype: Any = None, ndim: int | None = 
     if value.size < min_size:
         raise ValueError(f"{name} must have at least {min_size} element(s), got shape "
                          f"{value.shape}")
+    return value
+
+
+def check_instance(value: Any, name: str, types: type | tuple[type, ...]) -> Any:
+    """Return ``value`` if it is an instance of ``types``, else raise :class:`TypeError` naming
+    ``name`` and the expected type(s)."""
+    if not isinstance(value, types):
+        options = types if isinstance(types, tuple) else (types,)
+        kinds = " or ".join(f"{t.__module__}.{t.__qualname__}".replace("builtins.", "")
+                            for t in options)
+        raise TypeError(f"{name} must be a {kinds}, got {type(value).__name__}")
     return value

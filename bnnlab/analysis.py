@@ -41,6 +41,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from bnnlab import quantizers as Q
+from bnnlab._validation import check_choice, check_instance, check_real
 from bnnlab.functional import sign
 
 __all__ = [
@@ -100,11 +102,6 @@ def _as_tensor(x, argname: str) -> Tensor:
     raise TypeError(f"{argname} must be a tensor or an array, got {type(x).__name__}")
 
 
-def _check_module(model, argname: str = "model") -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{argname} must be an nn.Module, got {type(model).__name__}")
-
-
 def binary_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The binary layers of ``model``, by name, in ``named_modules()`` order.
 
@@ -119,7 +116,7 @@ def binary_layers(model: nn.Module) -> dict[str, nn.Module]:
         ``{name: module}``; empty for a float model (a model that is itself a binary layer is
         listed under the name ``""``, as in ``named_modules()``).
     """
-    _check_module(model)
+    check_instance(model, "model", nn.Module)
     out: dict[str, nn.Module] = {}
     for name, m in model.named_modules():
         if (getattr(m, "weight_quantizer", None) is not None
@@ -274,7 +271,7 @@ def collect_preactivations(model: nn.Module, x: Tensor, layers=None) -> dict[str
     Returns:
         ``{name: detached tensor}`` (the first call's input if a layer runs several times).
     """
-    _check_module(model)
+    check_instance(model, "model", nn.Module)
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a tensor, got {type(x).__name__}")
     chosen = _select(model, layers, need_weight=False)
@@ -340,7 +337,7 @@ def sign_stats(model: nn.Module, x: Tensor | None = None, *, bins=DEFAULT_BINS, 
     Returns:
         ``{name: LayerSignStats}``.
     """
-    _check_module(model)
+    check_instance(model, "model", nn.Module)
     edges = _check_edges(bins)
     if not (isinstance(eps, (int, float)) and eps >= 0):
         raise ValueError(f"eps must be a float >= 0, got {eps!r}")
@@ -348,7 +345,7 @@ def sign_stats(model: nn.Module, x: Tensor | None = None, *, bins=DEFAULT_BINS, 
     pre = collect_preactivations(model, x, list(chosen)) if x is not None else {}
     out = {}
     for name, m in chosen.items():
-        w = m.weight.detach()
+        w = cast(Tensor, m.weight).detach()
         dist = flip_distance(w)
         st = LayerSignStats(
             fraction_positive=fraction_positive(w),
@@ -472,7 +469,7 @@ def weight_signs(model: nn.Module, layers=None) -> dict[str, Tensor]:
     Returns:
         ``{name: int8 tensor}`` (a copy).
     """
-    _check_module(model)
+    check_instance(model, "model", nn.Module)
     return {n: sign(_binary_weight_values(m)).to(torch.int8)
             for n, m in _select(model, layers, need_weight=True).items()}
 
@@ -480,7 +477,7 @@ def weight_signs(model: nn.Module, layers=None) -> dict[str, Tensor]:
 def _binary_weight_values(module: nn.Module) -> Tensor:
     """Real values whose signs are the layer's binary weights: ABC-Net's shifted bases, else W."""
     shifted = getattr(module, "shifted_weights", None)
-    return shifted().detach() if callable(shifted) else module.weight.detach()
+    return shifted().detach() if callable(shifted) else cast(Tensor, module.weight).detach()
 
 
 def flip_ratio(prev, cur) -> float:
@@ -583,16 +580,6 @@ class FlipRatio:
 NOISES = ("uniform", "normal", "logistic", "laplace")
 
 
-def _check_noise_scale(noise: str, scale) -> float:
-    if noise not in NOISES:
-        raise ValueError(f"noise must be one of {', '.join(map(repr, NOISES))}, got {noise!r}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float > 0, got {type(scale).__name__}")
-    if not 0 < scale < math.inf:
-        raise ValueError(f"scale must be a finite float > 0, got {scale!r}")
-    return float(scale)
-
-
 def _grid(x) -> np.ndarray:
     return _as_tensor(x, "x").double().numpy()
 
@@ -616,7 +603,8 @@ def smoothed_sign(x, noise: str = "uniform", scale: float = 1.0) -> np.ndarray:
     Returns:
         ``np.ndarray`` (float64) of the shape of ``x``.
     """
-    s = _check_noise_scale(noise, scale)
+    check_choice(noise, "noise", NOISES)
+    s = check_real(scale, "scale", min_value=0.0, include_min=False)
     v = _grid(x)
     if noise == "uniform":
         return np.clip(v / s, -1.0, 1.0)
@@ -645,7 +633,8 @@ def smoothed_sign_derivative(x, noise: str = "uniform", scale: float = 1.0) -> n
     Returns:
         ``np.ndarray`` (float64) of the shape of ``x``.
     """
-    s = _check_noise_scale(noise, scale)
+    check_choice(noise, "noise", NOISES)
+    s = check_real(scale, "scale", min_value=0.0, include_min=False)
     v = _grid(x)
     if noise == "uniform":
         return (np.abs(v) <= s).astype(np.float64) / s
@@ -714,7 +703,10 @@ def mismatch_curves(quantizer: nn.Module, noise: str = "uniform", scale: float =
         (float).
     """
     q = Q.get_quantizer(quantizer, argname="quantizer")
-    s = _check_noise_scale(noise, scale)
+    if q is None:
+        raise ValueError("quantizer must not be None")
+    check_choice(noise, "noise", NOISES)
+    s = check_real(scale, "scale", min_value=0.0, include_min=False)
     grid = _default_grid(q, s) if x is None else _grid(x)
     if grid.ndim != 1 or grid.size < 2 or not np.all(np.diff(grid) > 0):
         raise ValueError("x must be a 1-D increasing grid of at least 2 points")
@@ -751,7 +743,7 @@ def surrogate_mismatch(quantizer: nn.Module, noise: str = "uniform", scale: floa
 
 
 #: Quantizers the explorer offers: name -> factory(clip_value, beta) (elementwise ones only).
-EXPLORER_QUANTIZERS: dict[str, Callable[[float, float], nn.Module]] = {
+EXPLORER_QUANTIZERS: dict[str, Callable[[float | None, float], nn.Module]] = {
     "ste_sign": lambda clip_value, beta: Q.SteSign(clip_value=clip_value),
     "approx_sign": lambda clip_value, beta: Q.ApproxSign(),
     "swish_sign": lambda clip_value, beta: Q.SwishSign(beta=beta),
@@ -824,7 +816,7 @@ def relaxed(model: nn.Module, beta: float, layers=None):
     its ``weight_quantizer`` to each shifted base, so each base is relaxed); a user layer that
     calls a binariser directly would keep its sign and STE.
     """
-    _check_module(model)
+    check_instance(model, "model", nn.Module)
     swapped = []
     try:
         for m in _select(model, layers, need_weight=False).values():
@@ -892,16 +884,16 @@ def latent_gradients(model: nn.Module, x: Tensor, y: Tensor, *, loss="cross_entr
     Returns:
         ``{name: gradient tensor}`` (same shape as the weight).
     """
-    _check_module(model)
+    check_instance(model, "model", nn.Module)
     _check_xy(x, y)
     fn = _loss_fn(loss)
     chosen = {n: m for n, m in _select(model, layers, need_weight=True).items()
               if m.weight.requires_grad}
     with _untouched(model, train), torch.enable_grad():
-        weights = [m.weight for m in chosen.values()]
+        weights = [cast(Tensor, m.weight) for m in chosen.values()]
         grads = torch.autograd.grad(fn(model(x), y), weights, allow_unused=True)
     return {n: (torch.zeros_like(w) if g is None else g.detach())
-            for (n, w), g in zip(zip(chosen, weights), grads)}
+            for (n, w), g in zip(zip(chosen, weights, strict=True), grads, strict=True)}
 
 
 def relaxed_gradients(model: nn.Module, x: Tensor, y: Tensor, beta: float, *,
@@ -961,7 +953,7 @@ def smoothed_gradients(model: nn.Module, x: Tensor, y: Tensor, *, sigma: float =
     Returns:
         ``{name: gradient estimate}`` (and ``{name: standard error}`` if ``return_stderr``).
     """
-    _check_module(model)
+    check_instance(model, "model", nn.Module)
     _check_xy(x, y)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < math.inf:
         raise ValueError(f"sigma must be a finite float > 0, got {sigma!r}")
@@ -969,7 +961,7 @@ def smoothed_gradients(model: nn.Module, x: Tensor, y: Tensor, *, sigma: float =
         raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
     fn = _loss_fn(loss)
     chosen = _select(model, layers, need_weight=True)
-    weights = {n: m.weight for n, m in chosen.items()}
+    weights = {n: cast(Tensor, m.weight) for n, m in chosen.items()}
     originals = {n: w.detach().clone() for n, w in weights.items()}
     s1 = {n: torch.zeros_like(w, dtype=torch.float64) for n, w in originals.items()}
     s2 = {n: torch.zeros_like(w, dtype=torch.float64) for n, w in originals.items()}

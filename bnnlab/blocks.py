@@ -175,6 +175,8 @@ class BiRealBlock(nn.Module):
         stride = check_choice(check_int(stride, "stride"), "stride", (1, 2))
         self.in_channels, self.out_channels, self.stride, self.binary = (
             in_channels, out_channels, stride, bool(binary))
+        self.act: nn.Module
+        self.conv: nn.Module
         if binary:
             self.act = nn.Identity()
             self.conv = BinaryConv2d(in_channels, out_channels, 3, stride=stride, padding=1,

@@ -52,17 +52,17 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from bnnlab import layers as _layers
 from bnnlab import quantizers as _quantizers
+from bnnlab._validation import check_bool, check_choice, check_instance, check_real
 
 __all__ = [
     "FAMILIES",
@@ -201,7 +201,7 @@ class ConversionReport:
             name = row.name + (f" (= {', '.join(row.aliases)})" if row.aliases else "")
             table.append((name, row.old_type, row.new_type, row.status, row.reason))
         widths = [max(len(r[i]) for r in table) for i in range(5)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return head + "\n" + "\n".join(lines)
 
@@ -252,7 +252,9 @@ def _selected(sel: Any, names: tuple[str, ...], module: nn.Module) -> bool:
 
 # --------------------------------------------------------------------------- building
 def _in_channels(module: nn.Module) -> int:
-    return module.in_features if isinstance(module, nn.Linear) else module.in_channels
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    return int(cast(int, module.in_channels))
 
 
 def _make_quantizer(spec: Any, module: nn.Module) -> Any:
@@ -450,8 +452,8 @@ def binarize(
                      include, exclude, pad_value, layer_kwargs, example_input, verbose)[0]
 
 
-binarize_with_report.__doc__ = binarize_with_report.__doc__.replace("{args}", _DOC_ARGS)
-binarize.__doc__ = binarize.__doc__.replace("{args}", _DOC_ARGS)
+binarize_with_report.__doc__ = (binarize_with_report.__doc__ or "").replace("{args}", _DOC_ARGS)
+binarize.__doc__ = (binarize.__doc__ or "").replace("{args}", _DOC_ARGS)
 
 
 def _is_sign_at_zero(spec: Any) -> bool:
@@ -486,19 +488,6 @@ def _after_non_negative(model: nn.Module, layers: set[int]) -> dict[int, str]:
 
 CONSTANT_PROBE = ("on example_input its binarised input is {value:+g} everywhere{why}: the layer "
                   "sees the same input for every sample")
-
-
-def _check_example_input(example_input: Any) -> tuple[Tensor, ...] | None:
-    if example_input is None:
-        return None
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
-    if not args or not all(isinstance(a, Tensor) for a in args):
-        raise TypeError("example_input must be None, a tensor or a tuple of tensors; got "
-                        f"{type(example_input).__name__}")
-    if args[0].dim() == 0 or args[0].shape[0] == 0:
-        raise ValueError("example_input must be a non-empty batch, got shape "
-                         f"{tuple(args[0].shape)}")
-    return args
 
 
 def _binarised_inputs(module: nn.Module, x: Tensor) -> Tensor | None:
@@ -560,36 +549,37 @@ def _probe_constant_inputs(model: nn.Module, args: tuple[Tensor, ...],
 
 def _binarize(model, layer, keep_first, keep_last, input_quantizer, weight_quantizer, include,
               exclude, pad_value, layer_kwargs, example_input, verbose):
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
+    check_instance(model, "model", nn.Module)
     if not isinstance(layer, str):
         raise TypeError(f"layer must be a str, one of {sorted(FAMILIES)}; got "
                         f"{type(layer).__name__}")
-    if layer not in FAMILIES:
-        raise ValueError(f"layer={layer!r} is not a known binary layer family; choose one of "
-                         f"{sorted(FAMILIES)}")
+    check_choice(layer, "layer", sorted(FAMILIES))
     for argname, value in (("keep_first", keep_first), ("keep_last", keep_last),
                            ("verbose", verbose)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{argname} must be a bool; got {type(value).__name__}")
+        check_bool(value, argname)
     _check_quantizer(input_quantizer, "input_quantizer")
     _check_quantizer(weight_quantizer, "weight_quantizer")
-    if isinstance(pad_value, bool) or not isinstance(pad_value, int | float):
-        raise TypeError(f"pad_value must be a number; got {type(pad_value).__name__}")
-    if math.isnan(pad_value) or float(pad_value) not in (0.0, 1.0, -1.0):
-        raise ValueError(f"pad_value must be 0.0, 1.0 or -1.0; got {pad_value!r}")
-    pad_value = float(pad_value)
+    pad_value = check_choice(check_real(pad_value, "pad_value") + 0.0, "pad_value",
+                             _layers.PAD_VALUES)
     if layer_kwargs is None:
         layer_kwargs = {}
     if not isinstance(layer_kwargs, dict) or not all(isinstance(k, str) for k in layer_kwargs):
         raise TypeError("layer_kwargs must be a dict of keyword arguments (str keys) or None")
-    example_args = _check_example_input(example_input)
+    example_args: tuple[Tensor, ...] | None = None
+    if example_input is not None:  # a batch: a tensor, or a tuple of tensors for model(*args)
+        example_args = example_input if isinstance(example_input, tuple) else (example_input,)
+        check_instance(example_args[0] if example_args else (), "example_input", Tensor)
+        for arg in example_args:
+            check_instance(arg, "example_input", Tensor)
+        if example_args[0].dim() == 0 or example_args[0].shape[0] == 0:
+            raise ValueError("example_input must be a non-empty batch, got shape "
+                             f"{tuple(example_args[0].shape)}")
     reserved = {"input_quantizer", "weight_quantizer", "pad_value"} & set(layer_kwargs)
     if reserved:
         raise ValueError(f"layer_kwargs must not contain {sorted(reserved)}; use the "
                          f"arguments of binarize itself")
-    classes = {t: getattr(_layers, n, None) for t, n in FAMILIES[layer].items()}
-    classes = {t: c for t, c in classes.items() if c is not None}
+    found = {t: getattr(_layers, n, None) for t, n in FAMILIES[layer].items()}
+    classes: dict[type[nn.Module], type] = {t: c for t, c in found.items() if c is not None}
     for key in layer_kwargs:
         if not any(_accepts(c, key) for c in classes.values()):
             raise ValueError(f"layer_kwargs: no layer of family {layer!r} accepts {key!r}")

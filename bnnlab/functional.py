@@ -27,6 +27,7 @@ The only custom autograd code is :class:`_Surrogate`: "forward this, backward th
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -67,14 +68,14 @@ class _Surrogate(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, forward_fn: Callable[[Tensor], Tensor],
+    def forward(ctx: Any, x: Tensor, forward_fn: Callable[[Tensor], Tensor],
                 grad_fn: Callable[[Tensor], Tensor]) -> Tensor:
         ctx.save_for_backward(x)
         ctx.surrogate = grad_fn
         return forward_fn(x)
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, None, None]:
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None]:
         (x,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
@@ -288,14 +289,13 @@ def magnitude_aware_sign(w: Tensor, clip_value: float | None = 1.0, *,
 
 
 def _draw_noise(x: Tensor, noise: str, generator: torch.Generator | None) -> Tensor:
-    kw = dict(dtype=x.dtype, device=x.device)
     if noise == "uniform":
-        return torch.rand(x.shape, generator=generator, **kw) * 2 - 1
+        return torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) * 2 - 1
     if noise == "normal":
-        return torch.randn(x.shape, generator=generator, **kw)
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     # Laplace(0, 1) = difference of two Exp(1) draws. Fresh tensors, not part of any graph.
-    e1 = torch.empty(x.shape, **kw).exponential_(generator=generator)
-    e2 = torch.empty(x.shape, **kw).exponential_(generator=generator)
+    e1 = torch.empty(x.shape, dtype=x.dtype, device=x.device).exponential_(generator=generator)
+    e2 = torch.empty(x.shape, dtype=x.dtype, device=x.device).exponential_(generator=generator)
     return e1 - e2
 
 

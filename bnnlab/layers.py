@@ -36,7 +36,7 @@ autograd.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +93,14 @@ def _spread(n: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------- the shared core
-class _BinaryMixin:
+if TYPE_CHECKING:  # the mixins are only ever mixed into torch layers
+    _ModuleBase = nn.Module
+    _ConvBase = nn.modules.conv._ConvNd
+else:
+    _ModuleBase = _ConvBase = object
+
+
+class _BinaryMixin(_ModuleBase):
     """Quantizers, weight clip, :meth:`binary_weight` and :meth:`from_float` for every family."""
 
     #: the torch layer this class binarises (set by each concrete base)
@@ -102,8 +109,7 @@ class _BinaryMixin:
     input_quantizer: nn.Module | None
     weight_quantizer: nn.Module | None
     weight_clip: float | None
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+    weight: Tensor
 
     def _init_binary(self, input_quantizer: Any, weight_quantizer: Any, weight_clip: Any) -> None:
         # register_module (not plain assignment) so that a None quantizer still shows in repr
@@ -124,7 +130,7 @@ class _BinaryMixin:
         return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
 
     @torch.no_grad()
-    def clip_weights_(self):
+    def clip_weights_(self) -> Self:
         r"""Clamp the latent weight in place to :math:`[-c, c]`, ``c = weight_clip``; no-op if ``None``.
 
         Call it after ``optimizer.step()`` (or call the module-level :func:`clip_weights_` on the
@@ -143,7 +149,7 @@ class _BinaryMixin:
         return ", ".join(parts)
 
     def extra_repr(self) -> str:
-        return self._binary_extra_repr(super().extra_repr())  # type: ignore[misc]
+        return self._binary_extra_repr(super().extra_repr())
 
     @staticmethod
     def _torch_args(layer: nn.Module) -> dict[str, Any]:
@@ -153,7 +159,7 @@ class _BinaryMixin:
         """Hook for layers whose other parameters are initialised from ``weight`` (ABC-Net)."""
 
     @classmethod
-    def from_float(cls, layer: nn.Module, **kwargs: Any):
+    def from_float(cls, layer: nn.Module, **kwargs: Any) -> Self:
         r"""Binary twin of a float ``layer``: same arguments, with *copies* of its weight and bias.
 
         Args:
@@ -179,15 +185,15 @@ class _BinaryMixin:
                             f"keyword-only extras of {cls.__name__}")
         new = cls(**args, device=layer.weight.device, dtype=layer.weight.dtype, **kwargs)
         with torch.no_grad():
-            new.weight.copy_(layer.weight)
+            new.weight.copy_(cast(Tensor, layer.weight))
             if layer.bias is not None:
-                new.bias.copy_(layer.bias)
+                cast(Tensor, new.bias).copy_(cast(Tensor, layer.bias))
         new._after_weight_copy()
         new.train(layer.training)
         return new
 
 
-class _BinaryConvMixin(_BinaryMixin):
+class _BinaryConvMixin(_BinaryMixin, _ConvBase):
     """pad_value handling for the convolutions."""
 
     pad_value: float
@@ -195,13 +201,15 @@ class _BinaryConvMixin(_BinaryMixin):
 
     # The constructor of BinaryConv1d / BinaryConv2d: torch's Conv{1,2}d arguments (names, order,
     # defaults) plus the keyword-only binary extras.
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None, *, input_quantizer: Any = "ste_sign",
-                 weight_quantizer: Any = "ste_sign", weight_clip: float | None = None,
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None, *,
+                 input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
+                 weight_clip: float | None = None,
                  pad_value: float = 0.0) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device, dtype)
+        # (at run time the next class is nn.Conv1d/nn.Conv2d; mypy sees _ConvNd's signature)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding,
+                         dilation, groups, bias, padding_mode, device, dtype)  # type: ignore[arg-type]
         self._init_binary(input_quantizer, weight_quantizer, weight_clip)
         self._init_pad_value(pad_value)
 
@@ -219,7 +227,7 @@ class _BinaryConvMixin(_BinaryMixin):
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.pad_value == 0.0:
-            return super()._conv_forward(input, weight, bias)  # type: ignore[misc]
+            return super()._conv_forward(input, weight, bias)
         return self._conv_fn(self._pad_binarised(input), weight, bias, self.stride, 0,
                              self.dilation, self.groups)
 
@@ -283,8 +291,8 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
 
     _float_type = nn.Linear
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
-                 dtype=None, *, input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Any = None,
+                 dtype: Any = None, *, input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
                  weight_clip: float | None = None) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
         self._init_binary(input_quantizer, weight_quantizer, weight_clip)
@@ -411,8 +419,8 @@ class XnorLinear(BinaryLinear):
         Convolutional Neural Networks*, ECCV 2016, arXiv:1603.05279.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
-                 dtype=None, *, input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Any = None,
+                 dtype: Any = None, *, input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
                  weight_clip: float | None = None, input_scaling: bool = True) -> None:
         super().__init__(in_features, out_features, bias, device, dtype,
                          input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
@@ -481,10 +489,11 @@ class XnorConv2d(BinaryConv2d):
         Rastegari et al., *XNOR-Net*, ECCV 2016, arXiv:1603.05279, Sec. 3.2 and Fig. 2.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None, *, input_quantizer: Any = "ste_sign",
-                 weight_quantizer: Any = "ste_sign", weight_clip: float | None = None,
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None, *,
+                 input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
+                 weight_clip: float | None = None,
                  pad_value: float = 0.0, input_scaling: bool = True) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, padding_mode, device, dtype, input_quantizer=input_quantizer,
@@ -554,8 +563,8 @@ class XnorPlusLinear(BinaryLinear):
         arXiv:1909.13863.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
-                 dtype=None, *, input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Any = None,
+                 dtype: Any = None, *, input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
                  weight_clip: float | None = None, gamma_mode: str = "channel") -> None:
         super().__init__(in_features, out_features, bias, device, dtype,
                          input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
@@ -615,10 +624,14 @@ class XnorPlusConv2d(BinaryConv2d):
         arXiv:1909.13863, Sec. 3 (Γ and its factorisations).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None, *, input_quantizer: Any = "ste_sign",
-                 weight_quantizer: Any = "ste_sign", weight_clip: float | None = None,
+    gamma_h: nn.Parameter | UninitializedParameter
+    gamma_w: nn.Parameter | UninitializedParameter
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None, *,
+                 input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
+                 weight_clip: float | None = None,
                  pad_value: float = 0.0, gamma_mode: str = "channel",
                  out_size: int | tuple[int, int] | None = None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
@@ -654,21 +667,21 @@ class XnorPlusConv2d(BinaryConv2d):
 
     def _materialize(self, h: int, w: int) -> None:
         with torch.no_grad():
-            self.gamma_h.materialize((1, h, 1))
-            self.gamma_w.materialize((1, 1, w))
+            cast(UninitializedParameter, self.gamma_h).materialize((1, h, 1))
+            cast(UninitializedParameter, self.gamma_w).materialize((1, 1, w))
             self.gamma_h.fill_(1.0)
             self.gamma_w.fill_(1.0)
         self.out_size = (h, w)
 
     @staticmethod
-    def _materialize_from_state_dict(module, state_dict, prefix, *args) -> None:
+    def _materialize_from_state_dict(module: Any, state_dict: Any, prefix: str, *args: Any) -> None:
         if not is_lazy(module.gamma_h):
             return
         h, w = state_dict.get(prefix + "gamma_h"), state_dict.get(prefix + "gamma_w")
         if h is not None and w is not None and not is_lazy(h) and not is_lazy(w):
             module._materialize(h.shape[1], w.shape[2])
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
         # as torch's LazyModuleMixin: an uninitialised Γ is saved as is (detach() would raise)
         super()._save_to_state_dict(destination, prefix, True)
         if not keep_vars:
@@ -711,10 +724,11 @@ _SCALE_INITS = ("lstsq", "mean")
 ABC_FORMULATIONS = ("paper", "per_channel")
 
 
-class _AbcMixin:
+class _AbcMixin(_ModuleBase):
     r"""Shared-latent weight bases and shifted activation bases (ABC-Net)."""
 
-    weight: nn.Parameter
+    weight: Tensor
+    weight_shifts: Tensor
     weight_quantizer: nn.Module | None
     input_quantizer: nn.Module | None
 
@@ -725,13 +739,13 @@ class _AbcMixin:
         self.scale_init = check_choice(scale_init, "scale_init", _SCALE_INITS)
         self.formulation = check_choice(formulation, "formulation", ABC_FORMULATIONS)
         self.num_weight_bases, self.num_act_bases = m, n
-        fk = {"device": self.weight.device if device is None else device,
-              "dtype": self.weight.dtype if dtype is None else dtype}
-        self.register_buffer("weight_shifts", _spread(m).to(**fk))
+        dev = self.weight.device if device is None else device
+        dt = self.weight.dtype if dtype is None else dtype
+        self.register_buffer("weight_shifts", _spread(m).to(device=dev, dtype=dt))
         alpha_shape = (m,) if self.formulation == "paper" else (m, self.weight.shape[0])
-        self.weight_scales = nn.Parameter(torch.empty(alpha_shape, **fk))
-        self.act_shifts = nn.Parameter(torch.empty(n, **fk))
-        self.act_scales = nn.Parameter(torch.empty(n, **fk))
+        self.weight_scales = nn.Parameter(torch.empty(alpha_shape, device=dev, dtype=dt))
+        self.act_shifts = nn.Parameter(torch.empty(n, device=dev, dtype=dt))
+        self.act_scales = nn.Parameter(torch.empty(n, device=dev, dtype=dt))
         self._reset_abc()
 
     def _initial_act_shifts(self) -> Tensor:
@@ -897,8 +911,8 @@ class AbcLinear(_AbcMixin, BinaryLinear):
         arXiv:1711.11294.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
-                 dtype=None, *, input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Any = None,
+                 dtype: Any = None, *, input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
                  weight_clip: float | None = None, num_weight_bases: int = 3,
                  num_act_bases: int = 3, scale_init: str = "lstsq",
                  formulation: str = "paper") -> None:
@@ -939,10 +953,11 @@ class AbcConv2d(_AbcMixin, BinaryConv2d):
         arXiv:1711.11294.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None, *, input_quantizer: Any = "ste_sign",
-                 weight_quantizer: Any = "ste_sign", weight_clip: float | None = None,
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None, *,
+                 input_quantizer: Any = "ste_sign", weight_quantizer: Any = "ste_sign",
+                 weight_clip: float | None = None,
                  pad_value: float = 0.0, num_weight_bases: int = 3, num_act_bases: int = 3,
                  scale_init: str = "lstsq", formulation: str = "paper") -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,

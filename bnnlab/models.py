@@ -85,7 +85,7 @@ def weight_clip_sentence(models: Mapping[str, nn.Module]) -> str:
         if clips == {None}:
             unclipped.append(str(label))
         elif len(clips) == 1:
-            clipped.setdefault(float(next(iter(clips))), []).append(str(label))
+            clipped.setdefault(float(next(c for c in clips if c is not None)), []).append(str(label))
         else:
             mixed.append(str(label))
     parts = [f"latent weights are clipped to $[-{c:g}, {c:g}]$ after each step in {_join(names)}"

@@ -15,7 +15,7 @@ and the paper. The formulas are those of :mod:`bnnlab.functional` (larq's, exact
 from __future__ import annotations
 
 import inspect
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -305,7 +305,8 @@ class RSign(Quantizer):
     precision = 1
 
     def __init__(self, num_channels: int, clip_value: float | None = 1.0, channel_dim: int = 1, *,
-                 gradient: str = "ste", device=None, dtype=None) -> None:
+                 gradient: str = "ste", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.num_channels = check_int(num_channels, "num_channels", min_value=1)
         self.clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
@@ -352,7 +353,8 @@ class ScaledSign(Quantizer):
     precision = 1
 
     def __init__(self, scale: float = 1.0, *, clip_value: float | None = 1.0,
-                 learnable: bool = True, device=None, dtype=None) -> None:
+                 learnable: bool = True, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         scale = check_real(scale, "scale")
         self.clip_value = check_real(clip_value, "clip_value", min_value=0.0, allow_none=True)
@@ -391,7 +393,7 @@ def _required_args(cls: type) -> list[str]:
             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
-def get_quantizer(spec, *, argname: str = "quantizer") -> nn.Module | None:
+def get_quantizer(spec: Any, *, argname: str = "quantizer") -> nn.Module | None:
     """Resolve a quantizer spec, as layers do for ``input_quantizer=`` / ``weight_quantizer=``.
 
     Args:
@@ -419,7 +421,7 @@ def get_quantizer(spec, *, argname: str = "quantizer") -> nn.Module | None:
         if spec not in BY_NAME:
             raise ValueError(f"{argname}: unknown quantizer {spec!r}; expected one of "
                              f"{', '.join(map(repr, BY_NAME))}, a Quantizer instance or None")
-        cls = BY_NAME[spec]
+        cls: type[nn.Module] = BY_NAME[spec]
     elif isinstance(spec, nn.Module):
         return spec
     elif isinstance(spec, type) and issubclass(spec, nn.Module):

@@ -11,8 +11,7 @@ from torch import nn
 
 from bnnlab import analysis as A
 from bnnlab.layers import BinaryConv2d, BinaryLinear, XnorLinear
-from bnnlab.quantizers import (ApproxSign, MagnitudeAwareSign, RSign, SteHeaviside, SteSign,
-                               SwishSign)
+from bnnlab.quantizers import ApproxSign, MagnitudeAwareSign, RSign, SteHeaviside, SteSign, SwishSign
 from bnnlab.train import fit
 
 DT = torch.float64
@@ -170,7 +169,7 @@ def test_flip_ratio_callback_per_step_matches_recorded_signs():
     fr = A.FlipRatio(every="step")
     rec = _Recorder(net)
     fit(net, tiny_data(), epochs=2, lr=0.05, batch_size=16, callbacks=[rec, fr], progress=False)
-    expected = [float((a != b).mean()) for a, b in zip(rec.signs, rec.signs[1:])]
+    expected = [float((a != b).mean()) for a, b in zip(rec.signs[:-1], rec.signs[1:], strict=True)]
     assert fr.steps == list(range(1, 7))
     np.testing.assert_allclose(fr.history["2"], expected)
     assert max(expected) > 0                       # lr 0.05 does flip some signs

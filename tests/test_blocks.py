@@ -234,7 +234,7 @@ def test_reactblock_matches_reference(c_in, c_out, stride):
     h = np_rprelu(h, *_rp(block.act1))
     hb = np_sign(h - npy(block.pointwise[0].input_quantizer.threshold).reshape(1, -1, 1, 1))
     outs = [np_bn(np_conv2d(hb, np_mag_sign(npy(pw.weight))), bn) + h
-            for pw, bn in zip(block.pointwise, block.bn2)]
+            for pw, bn in zip(block.pointwise, block.bn2, strict=True)]
     ref = np_rprelu(np.concatenate(outs, axis=1), *_rp(block.act2))
     out = block(x)
     assert out.shape == (2, c_out, 6 // stride, 6 // stride)
@@ -252,7 +252,7 @@ def test_reactblock_float_twin_matches_reference():
     h = np_rprelu(h, *_rp(block.act1))
     hb = h + npy(block.sign2.bias).reshape(1, -1, 1, 1)
     outs = [np_bn(np_conv2d(hb, npy(pw.weight)), bn) + h
-            for pw, bn in zip(block.pointwise, block.bn2)]
+            for pw, bn in zip(block.pointwise, block.bn2, strict=True)]
     ref = np_rprelu(np.concatenate(outs, axis=1), *_rp(block.act2))
     np.testing.assert_allclose(npy(block(x)), ref, rtol=1e-4, atol=1e-4)
 

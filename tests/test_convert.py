@@ -28,7 +28,7 @@ def np_sign(x):
 
 def mlp(sizes=(6, 8, 8, 8, 3)):
     mods = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         mods.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             mods.append(nn.Hardtanh())  # not ReLU: sign(ReLU(x)) = +1 (binarize warns)
@@ -443,7 +443,7 @@ def test_layer_error_names_the_choices():
 def test_families_table_matches_layers():
     for family, classes in FAMILY_CLASSES.items():
         table = convert.FAMILIES[family]
-        for torch_type, cls in zip((nn.Linear, nn.Conv1d, nn.Conv2d), classes):
+        for torch_type, cls in zip((nn.Linear, nn.Conv1d, nn.Conv2d), classes, strict=True):
             assert getattr(layers, table[torch_type], None) is cls
 
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import math
 
+import _ref_quant as ref
 import numpy as np
 import pytest
 import torch
 
 from bnnlab import functional as BF
-import _ref_quant as ref
 
 DTYPES = [torch.float32, torch.float64]
 SHAPES = [(48,), (4, 12), (2, 3, 2, 4)]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 
+import _ref_layers as ref
 import numpy as np
 import pytest
 import torch
@@ -10,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-import _ref_layers as ref
 from bnnlab import layers as L
 from bnnlab.quantizers import ApproxSign, SteSign
 
