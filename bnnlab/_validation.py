@@ -90,7 +90,7 @@ def check_choice(value: Any, name: str, choices: Iterable[T]) -> T:
         ok = False
     if not ok:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def check_array(value: Any, name: str, *, dtype: Any = None, ndim: int | None = None,
