@@ -45,6 +45,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -88,6 +89,9 @@ __all__ = [
     "kernel_info",
 ]
 
+#: an int or an ``(h, w)`` pair (stride, padding, kernel size)
+IntPair = int | tuple[int, int] | list[int]
+
 WORD_BITS = 64
 _MAX_THREADS = 256          # the C side keeps per-thread flags for at most 256 threads
 _MAX_K = 2**31 - 1          # dot products are int32
@@ -105,7 +109,7 @@ def _last_word_mask(k: int) -> np.uint64:
     return np.uint64(0xFFFFFFFFFFFFFFFF if used == 0 else (1 << used) - 1)
 
 
-def _validated_words(words, ndim: int, what: str, count: int, count_name: str) -> np.ndarray:
+def _validated_words(words: Any, ndim: int, what: str, count: int, count_name: str) -> np.ndarray:
     """A read-only copy of ``words`` after checking its type, layout and bit count.
 
     The copy (made read-only) keeps the invariant checked here (padding bits 0) from being
@@ -307,14 +311,14 @@ class PackedConvWeights:
 
 
 # ----------------------------------------------------------------------------- conversions
-def _torch():
+def _torch() -> Any:
     return sys.modules.get("torch")
 
 
 _DTYPE_CHARS = {"f": "float32", "d": "float64", "b": "int8", "?": "bool"}
 
 
-def _tensor_to_numpy(x, name: str) -> np.ndarray:
+def _tensor_to_numpy(x: Any, name: str) -> np.ndarray:
     torch = _torch()
     if not x.is_cpu:
         raise ValueError(f"{name} must be a CPU tensor, got device {x.device}")
@@ -329,7 +333,7 @@ def _tensor_to_numpy(x, name: str) -> np.ndarray:
     return x.numpy()
 
 
-def _as_real(x, name: str, ndim: int, layout: str) -> np.ndarray:
+def _as_real(x: Any, name: str, ndim: int, layout: str) -> np.ndarray:
     """``x`` as a C-contiguous ``ndim``-D array of float32/float64/int8/uint8(bool)."""
     if type(x) is not np.ndarray:
         torch = _torch()
@@ -383,7 +387,7 @@ def _nonfinite_error(name: str) -> ValueError:
     return ValueError(f"{name} contains NaN or inf (NaN would silently pack as +1)")
 
 
-def _as_vector(v, name: str, n: int, *, allow_inf: bool = False) -> np.ndarray:
+def _as_vector(v: Any, name: str, n: int, *, allow_inf: bool = False) -> np.ndarray:
     """A real scalar (broadcast) or 1-D array of length ``n`` as float64."""
     torch = _torch()
     if torch is not None and isinstance(v, torch.Tensor):
@@ -412,7 +416,7 @@ def _as_vector(v, name: str, n: int, *, allow_inf: bool = False) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _as_flags(v, name: str, n: int) -> np.ndarray:
+def _as_flags(v: Any, name: str, n: int) -> np.ndarray:
     if v is None:
         return np.zeros(n, np.uint8)
     torch = _torch()
@@ -461,7 +465,7 @@ class Thresholds:
     flip: np.ndarray
 
 
-def prepare_thresholds(threshold, flip=None, *, channels: int, k: int) -> Thresholds:
+def prepare_thresholds(threshold: Any, flip: Any = None, *, channels: int, k: int) -> Thresholds:
     r"""Convert real thresholds (and flips) to the integer test the kernels run.
 
     Output channel ``c`` is +1 iff ``d >= threshold[c]`` (``d <= threshold[c]`` where
@@ -488,7 +492,7 @@ def prepare_thresholds(threshold, flip=None, *, channels: int, k: int) -> Thresh
                       flb.copy())
 
 
-def _limits(threshold, flip, n: int, K: int) -> tuple[np.ndarray, np.ndarray]:
+def _limits(threshold: Any, flip: Any, n: int, K: int) -> tuple[np.ndarray, np.ndarray]:
     """(lim, flipw) for the BITS epilogue from reals or a prepared :class:`Thresholds`."""
     if isinstance(threshold, Thresholds):
         if flip is not None:
@@ -503,7 +507,7 @@ def _limits(threshold, flip, n: int, K: int) -> tuple[np.ndarray, np.ndarray]:
     return th.lim, th.flipw
 
 
-def _as_f32_vector(v, name: str, n: int) -> np.ndarray:
+def _as_f32_vector(v: Any, name: str, n: int) -> np.ndarray:
     if type(v) is np.ndarray and v.dtype == np.float32 and v.shape == (n,) and v.flags.c_contiguous:
         arr = v                                        # fast path: nothing to convert
     else:
@@ -531,7 +535,7 @@ class Affine:
     channels: int
 
 
-def prepare_affine(scale, offset=None, *, channels: int) -> Affine:
+def prepare_affine(scale: Any, offset: Any = None, *, channels: int) -> Affine:
     """Validate a per-channel affine map once (see :class:`Affine`).
 
     Args:
@@ -547,7 +551,7 @@ def prepare_affine(scale, offset=None, *, channels: int) -> Affine:
     return Affine(sc, of, n)
 
 
-def _affine(alpha, bias, n: int, names=("alpha", "bias")) -> tuple[np.ndarray, np.ndarray]:
+def _affine(alpha: Any, bias: Any, n: int, names: tuple[str, str] = ("alpha", "bias")) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(alpha, Affine):
         if bias is not None:
             raise ValueError(f"{names[1]} must be None when {names[0]} is a prepared Affine")
@@ -561,10 +565,10 @@ def _affine(alpha, bias, n: int, names=("alpha", "bias")) -> tuple[np.ndarray, n
 
 
 # ----------------------------------------------------------------------------- threads
-def _threads(n_threads) -> int:
+def _threads(n_threads: int | None) -> int:
     if n_threads is None:
         return get_num_threads()
-    return check_int(n_threads, "n_threads", min_value=1, max_value=_MAX_THREADS)  # type: ignore[no-any-return]
+    return check_int(n_threads, "n_threads", min_value=1, max_value=_MAX_THREADS)
 
 
 def set_num_threads(n: int | None) -> None:
@@ -591,7 +595,7 @@ def get_num_threads() -> int:
 
 
 # ----------------------------------------------------------------------------- packing
-def pack_signs(x, *, strict: bool = False, n_threads: int | None = None) -> PackedBits:
+def pack_signs(x: Any, *, strict: bool = False, n_threads: int | None = None) -> PackedBits:
     r"""Pack :math:`\operatorname{sign}(x)` row by row along the last axis.
 
     Bit ``j % 64`` of word ``j // 64`` of row ``r`` is 1 iff ``x[r, j] < 0``; so
@@ -622,7 +626,7 @@ def pack_signs(x, *, strict: bool = False, n_threads: int | None = None) -> Pack
     return _pack_rows(arr, "x", nt)
 
 
-def unpack_signs(p: PackedBits, dtype=np.float32) -> np.ndarray:
+def unpack_signs(p: PackedBits, dtype: Any = np.float32) -> np.ndarray:
     """The ±1 matrix ``(rows, k)`` that ``p`` packs (inverse of :func:`pack_signs` on ±1).
 
     Args:
@@ -636,7 +640,7 @@ def unpack_signs(p: PackedBits, dtype=np.float32) -> np.ndarray:
     return (1 - 2 * bits.astype(dt)).astype(dt, copy=False)
 
 
-def _check_out_dtype(dtype) -> np.dtype:
+def _check_out_dtype(dtype: Any) -> np.dtype:
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:
@@ -653,7 +657,7 @@ def _unpack_bits(words: np.ndarray, k: int) -> np.ndarray:
     return np.unpackbits(as_bytes, axis=-1, count=k, bitorder="little")
 
 
-def pack_nhwc(x, *, strict: bool = False, n_threads: int | None = None) -> PackedActivations:
+def pack_nhwc(x: Any, *, strict: bool = False, n_threads: int | None = None) -> PackedActivations:
     r"""Pack the signs of an NCHW batch into channel-packed NHWC words.
 
     Bit ``c % 64`` of ``words[n, y, x, c // 64]`` is 1 iff ``x[n, c, y, x] < 0`` (sign(0)
@@ -680,7 +684,7 @@ def pack_nhwc(x, *, strict: bool = False, n_threads: int | None = None) -> Packe
     return PackedActivations.trusted(out, c)
 
 
-def unpack_nhwc(p: PackedActivations, dtype=np.float32) -> np.ndarray:
+def unpack_nhwc(p: PackedActivations, dtype: Any = np.float32) -> np.ndarray:
     """The ±1 NCHW batch ``(N, C, H, W)`` that ``p`` packs."""
     if not isinstance(p, PackedActivations):
         raise TypeError(f"p must be a PackedActivations, got {type(p).__name__}")
@@ -689,7 +693,7 @@ def unpack_nhwc(p: PackedActivations, dtype=np.float32) -> np.ndarray:
     return np.ascontiguousarray((1 - 2 * bits.astype(dt)).astype(dt, copy=False).transpose(0, 3, 1, 2))
 
 
-def _as_f32_input(x, name: str, ndim: int, layout: str) -> np.ndarray:
+def _as_f32_input(x: Any, name: str, ndim: int, layout: str) -> np.ndarray:
     arr = _as_real(x, name, ndim, layout)
     if arr.dtype != np.float32:
         shown = "bool" if arr.dtype == np.uint8 else str(arr.dtype)
@@ -697,7 +701,7 @@ def _as_f32_input(x, name: str, ndim: int, layout: str) -> np.ndarray:
     return arr
 
 
-def pack_rows_affine(x, scale, offset=None, *, n_threads: int | None = None) -> PackedBits:
+def pack_rows_affine(x: Any, scale: Any, offset: Any = None, *, n_threads: int | None = None) -> PackedBits:
     r"""Pack the sign of a per-column affine map of ``x``, with no float temporary.
 
     .. math::
@@ -742,7 +746,7 @@ def pack_rows_affine(x, scale, offset=None, *, n_threads: int | None = None) -> 
     return PackedBits.trusted(out, k)
 
 
-def pack_nhwc_affine(x, scale, offset=None, *, pool: MaxPoolSpec | None = None,
+def pack_nhwc_affine(x: Any, scale: Any, offset: Any = None, *, pool: MaxPoolSpec | None = None,
                      n_threads: int | None = None) -> PackedActivations:
     r"""Pack the sign of a per-channel affine map of an NCHW batch into NHWC words.
 
@@ -815,7 +819,7 @@ def flatten_nhwc(p: PackedActivations) -> PackedBits:
     return PackedBits.trusted(np.ascontiguousarray(words.reshape(n, nw)), k)
 
 
-def pack_conv_weights(w, *, strict: bool = False) -> PackedConvWeights:
+def pack_conv_weights(w: Any, *, strict: bool = False) -> PackedConvWeights:
     r"""Pack the signs of conv weights ``(O, C, k_h, k_w)`` per ``(o, dy, dx)`` over ``C``.
 
     Args:
@@ -836,7 +840,7 @@ def pack_conv_weights(w, *, strict: bool = False) -> PackedConvWeights:
     return PackedConvWeights(out.reshape(o, kh, kw, n_words(c)), c)
 
 
-def unpack_conv_weights(w: PackedConvWeights, dtype=np.float32) -> np.ndarray:
+def unpack_conv_weights(w: PackedConvWeights, dtype: Any = np.float32) -> np.ndarray:
     """The ±1 weights ``(O, C, k_h, k_w)`` that ``w`` packs."""
     if not isinstance(w, PackedConvWeights):
         raise TypeError(f"w must be a PackedConvWeights, got {type(w).__name__}")
@@ -846,7 +850,7 @@ def unpack_conv_weights(w: PackedConvWeights, dtype=np.float32) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- matmul
-def _packed_pair(a, b) -> None:
+def _packed_pair(a: Any, b: Any) -> None:
     if not isinstance(a, PackedBits):
         raise TypeError(f"a must be a PackedBits (see pack_signs), got {type(a).__name__}")
     if not isinstance(b, PackedBits):
@@ -855,7 +859,7 @@ def _packed_pair(a, b) -> None:
         raise ValueError(f"a and b pack rows of different lengths: a.k={a.k}, b.k={b.k}")
 
 
-def _pack_operand(x, name: str, nt: int) -> PackedBits:
+def _pack_operand(x: Any, name: str, nt: int) -> PackedBits:
     if isinstance(x, PackedBits):
         return x
     return _pack_rows(_as_real(x, name, 2, "(rows, k)"), name, nt)
@@ -895,7 +899,7 @@ def _xnor_matmul(a: PackedBits, b: PackedBits, nt: int) -> np.ndarray:
     return out
 
 
-def binary_matmul(a, b, n_threads: int | None = None) -> np.ndarray:
+def binary_matmul(a: Any, b: Any, n_threads: int | None = None) -> np.ndarray:
     r""":math:`\operatorname{sign}(a)\,\operatorname{sign}(b)^\top` exactly, as int32.
 
     Packs real inputs by sign (sign(0) = +1; bool True = +1) and calls :func:`xnor_matmul`;
@@ -914,7 +918,7 @@ def binary_matmul(a, b, n_threads: int | None = None) -> np.ndarray:
     return _xnor_matmul(pa, pb, nt)
 
 
-def matmul_threshold(a, b: PackedBits, threshold, flip=None,
+def matmul_threshold(a: Any, b: PackedBits, threshold: Any, flip: Any = None,
                      n_threads: int | None = None) -> PackedBits:
     r"""Binary matmul fused with a per-column threshold that emits the next layer's bits.
 
@@ -951,7 +955,7 @@ def matmul_threshold(a, b: PackedBits, threshold, flip=None,
     return PackedBits.trusted(out, b.rows)
 
 
-def matmul_affine(a, b: PackedBits, alpha, bias=None, n_threads: int | None = None) -> np.ndarray:
+def matmul_affine(a: Any, b: PackedBits, alpha: Any, bias: Any = None, n_threads: int | None = None) -> np.ndarray:
     r"""Binary matmul with a float epilogue: ``out[i, j] = alpha[j] * d_ij + bias[j]``.
 
     Computed in float32 as ``float32(d) * alpha_j`` rounded, then ``+ bias_j`` rounded (no
@@ -979,7 +983,7 @@ def matmul_affine(a, b: PackedBits, alpha, bias=None, n_threads: int | None = No
 
 
 # ----------------------------------------------------------------------------- conv
-def _pair(v, name: str, minimum: int) -> tuple[int, int]:
+def _pair(v: Any, name: str, minimum: int) -> tuple[int, int]:
     tv = type(v)
     if tv is int:                                       # fast paths: plain ints
         if v >= minimum:
@@ -999,7 +1003,7 @@ _ZERO_PAD = 2          # _pad_value's code for pad_value=0 (torch's zero padding
 _MAX_PADDED_PIXELS = 2**31 - 1
 
 
-def _pad_value(v) -> int:
+def _pad_value(v: Any) -> int:
     """0 for +1, 1 for -1 (the C kernels' flag), ``_ZERO_PAD`` for 0."""
     if type(v) is float:                                # fast path
         if v == 1.0:
@@ -1017,7 +1021,8 @@ def _pad_value(v) -> int:
     raise ValueError(f"pad_value must be +1.0, -1.0 or 0.0, got {v!r}")
 
 
-def _conv_setup(x, w, stride, padding, pad_value):
+def _conv_setup(x: Any, w: Any, stride: IntPair, padding: IntPair,
+                pad_value: Any) -> tuple[tuple[int, int, int, int, int], tuple[int, int, int, int]]:
     if not isinstance(x, PackedActivations):
         raise TypeError(f"x must be a PackedActivations (see pack_nhwc), got {type(x).__name__}")
     if not isinstance(w, PackedConvWeights):
@@ -1044,7 +1049,7 @@ def _conv_setup(x, w, stride, padding, pad_value):
     return (sy, sx, py, px, pad_neg), (n, w.out_channels, oh, ow)
 
 
-def _layout(layout) -> bool:
+def _layout(layout: str) -> bool:
     if layout not in ("nchw", "nhwc"):
         raise ValueError(f"layout must be 'nchw' or 'nhwc', got {layout!r}")
     return layout == "nhwc"
@@ -1073,8 +1078,8 @@ class MaxPoolSpec:
     or_words: np.ndarray
 
 
-def prepare_maxpool2d(channels: int, kernel_size, stride=None, padding=0,
-                      or_channels=None) -> MaxPoolSpec:
+def prepare_maxpool2d(channels: int, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+                      or_channels: Any = None) -> MaxPoolSpec:
     r"""Validate a bit max-pool once: for :func:`maxpool2d_packed`, ``conv2d_threshold(pool=)``
     and ``pack_nhwc_affine(pool=)``.
 
@@ -1108,7 +1113,7 @@ def prepare_maxpool2d(channels: int, kernel_size, stride=None, padding=0,
     return MaxPoolSpec(c, k, st, pad, fl.astype(bool), words.view("<u8").astype(np.uint64))
 
 
-def _pool_shape(pool, c: int, h: int, w: int, name: str) -> tuple[int, int]:
+def _pool_shape(pool: Any, c: int, h: int, w: int, name: str) -> tuple[int, int]:
     if not isinstance(pool, MaxPoolSpec):
         raise TypeError(f"pool must be a MaxPoolSpec (see prepare_maxpool2d) or None, "
                         f"got {type(pool).__name__}")
@@ -1154,11 +1159,11 @@ def _tap_sums(w: PackedConvWeights) -> np.ndarray:
         bits = _unpack_bits(w.words, w.in_channels)                  # (O, kh, kw, C), 1 = -1
         cached = w.in_channels - 2 * bits.sum(axis=-1, dtype=np.int64)
         object.__setattr__(w, "_tap_sums", cached)
-    return cached  # type: ignore[no-any-return]
+    return cached
 
 
-def zero_padding_correction(w: PackedConvWeights, input_size: tuple[int, int], stride=1,
-                            padding=0) -> np.ndarray:
+def zero_padding_correction(w: PackedConvWeights, input_size: tuple[int, int], stride: IntPair = 1,
+                            padding: IntPair = 0) -> np.ndarray:
     r"""What zero padding removes from a +1-padded binary conv, per output position.
 
     The packed kernels pad with ±1.  Torch's zero padding of the binarised input instead
@@ -1210,12 +1215,12 @@ def _zero_padded_conv(x: PackedActivations, w: PackedConvWeights, sy: int, sx: i
     _, o, oh, ow = n, w.out_channels, (h + 2 * py - w.kernel_size[0]) // sy + 1, \
         (wd + 2 * px - w.kernel_size[1]) // sx + 1
     out = np.empty((n, o, oh, ow), np.int32)
-    _kernels.conv(x.words, x.channels, w.words, sy, sx, py, px, 0, out, False, nt)
+    _kernels.conv(x.words, x.channels, w.words, sy, sx, py, px, False, out, False, nt)
     out -= zero_padding_correction(w, (h, wd), (sy, sx), (py, px))[None]
     return out
 
 
-def conv2d_packed(x: PackedActivations, w: PackedConvWeights, stride=1, padding=0,
+def conv2d_packed(x: PackedActivations, w: PackedConvWeights, stride: IntPair = 1, padding: IntPair = 0,
                   pad_value: float = 1.0, *, layout: str = "nchw",
                   n_threads: int | None = None) -> np.ndarray:
     r"""Binary 2-D convolution (cross-correlation, as torch) of packed operands, int32.
@@ -1250,12 +1255,12 @@ def conv2d_packed(x: PackedActivations, w: PackedConvWeights, stride=1, padding=
         d = _zero_padded_conv(x, w, sy, sx, py, px, nt)
         return np.ascontiguousarray(d.transpose(0, 2, 3, 1)) if nhwc else d
     out = np.empty((n, oh, ow, o) if nhwc else (n, o, oh, ow), np.int32)
-    _kernels.conv(x.words, x.channels, w.words, sy, sx, py, px, neg, out, nhwc, nt)
+    _kernels.conv(x.words, x.channels, w.words, sy, sx, py, px, neg == 1, out, nhwc, nt)
     return out
 
 
-def conv2d_threshold(x: PackedActivations, w: PackedConvWeights, threshold, flip=None,
-                     stride=1, padding=0, pad_value: float = 1.0, *,
+def conv2d_threshold(x: PackedActivations, w: PackedConvWeights, threshold: Any, flip: Any = None,
+                     stride: IntPair = 1, padding: IntPair = 0, pad_value: float = 1.0, *,
                      pool: MaxPoolSpec | None = None,
                      n_threads: int | None = None) -> PackedActivations:
     r"""Binary conv fused with a per-output-channel threshold: the next layer's packed input.
@@ -1290,19 +1295,19 @@ def conv2d_threshold(x: PackedActivations, w: PackedConvWeights, threshold, flip
         return bits if pool is None else maxpool2d_packed(bits, pool, n_threads=nt)
     if pool is None:
         out = np.zeros((n, oh, ow, n_words(o)), np.uint64)
-        _kernels.conv_threshold_pack(x.words, x.channels, w.words, sy, sx, py, px, neg, lim, fl,
+        _kernels.conv_threshold_pack(x.words, x.channels, w.words, sy, sx, py, px, neg == 1, lim, fl,
                                      out, nt)
         return PackedActivations.trusted(out, o)
     ph, pw = _pool_shape(pool, o, oh, ow, "the conv output")
     out = np.empty((n, ph, pw, n_words(o)), np.uint64)
     (qh, qw), (qsh, qsw), (qph, qpw) = pool.kernel_size, pool.stride, pool.padding
-    _kernels.conv_threshold_pack_pool(x.words, x.channels, w.words, sy, sx, py, px, neg, lim, fl,
+    _kernels.conv_threshold_pack_pool(x.words, x.channels, w.words, sy, sx, py, px, neg == 1, lim, fl,
                                       qh, qw, qsh, qsw, qph, qpw, pool.or_words, out, nt)
     return PackedActivations.trusted(out, o)
 
 
-def conv2d_affine(x: PackedActivations, w: PackedConvWeights, alpha, bias=None, stride=1,
-                  padding=0, pad_value: float = 1.0, *, layout: str = "nchw",
+def conv2d_affine(x: PackedActivations, w: PackedConvWeights, alpha: Any, bias: Any = None, stride: IntPair = 1,
+                  padding: IntPair = 0, pad_value: float = 1.0, *, layout: str = "nchw",
                   n_threads: int | None = None) -> np.ndarray:
     r"""Binary conv with a float epilogue: ``out[n, o, y, x] = alpha[o] * d + bias[o]``.
 
@@ -1318,11 +1323,12 @@ def conv2d_affine(x: PackedActivations, w: PackedConvWeights, alpha, bias=None, 
         y += bi[None, :, None, None]
         return np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if nhwc else y
     out = np.empty((n, oh, ow, o) if nhwc else (n, o, oh, ow), np.float32)
-    _kernels.conv_affine(x.words, x.channels, w.words, sy, sx, py, px, neg, al, bi, out, nhwc, nt)
+    _kernels.conv_affine(x.words, x.channels, w.words, sy, sx, py, px, neg == 1, al, bi, out, nhwc, nt)
     return out
 
 
-def binary_conv2d(x, w, stride=1, padding=0, pad_value: float = 1.0, *, layout: str = "nchw",
+def binary_conv2d(x: Any, w: Any, stride: IntPair = 1, padding: IntPair = 0, pad_value: float = 1.0, *,
+                  layout: str = "nchw",
                   n_threads: int | None = None) -> np.ndarray:
     r"""``torch.nn.functional.conv2d`` of the signs, padded with ``pad_value``, exactly (int32).
 

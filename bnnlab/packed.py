@@ -112,6 +112,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import builtins
 import contextlib
 import copy
 import functools
@@ -123,6 +124,7 @@ import os
 import struct
 import sys
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -133,6 +135,7 @@ from torch import Tensor, nn
 from bnnlab import kernels
 from bnnlab import quantizers as Q
 from bnnlab.blocks import LearnableBias, RPReLU
+from bnnlab.kernels import IntPair
 from bnnlab.layers import (
     AbcConv2d,
     AbcLinear,
@@ -169,7 +172,7 @@ _PM1_QUANTIZERS = (Q.SteSign, Q.ApproxSign, Q.SwishSign, Q.StochasticSign, Q.RSi
 
 
 # =============================================================================== helpers
-def _layer_name(name: str | None, layer: nn.Module) -> str:
+def _layer_name(name: str | None, layer: Any) -> str:
     return f"layer {name!r} ({type(layer).__name__})" if name else type(layer).__name__
 
 
@@ -186,7 +189,7 @@ def _bits_to_words(flags: np.ndarray) -> np.ndarray:
     return buf.view("<u8").astype(np.uint64)
 
 
-def _bits_out(cls, words: np.ndarray, length: int):
+def _bits_out(cls: Any, words: np.ndarray, length: int) -> Any:
     """Wrap words that are valid by construction (reshaped kernel output) with the kernels'
     unchecked public constructor (the padding-bit re-check would cost microseconds per call)."""
     return cls.trusted(words, length)
@@ -197,7 +200,7 @@ def _as_f32(t: Tensor | None) -> Tensor | None:
 
 
 @contextlib.contextmanager
-def _eval_mode(module: nn.Module):
+def _eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     """Put ``module`` (and children) in eval mode, restoring every flag afterwards."""
     flags = [(m, m.training) for m in module.modules()]
     module.eval()
@@ -208,7 +211,12 @@ def _eval_mode(module: nn.Module):
             m.training = flag
 
 
-def _check_float32(layer: nn.Module, where: str) -> None:
+def _draws_in_eval(q: Any) -> bool:
+    """Does quantizer ``q`` (a StochasticSign) draw noise in eval mode?"""
+    return bool(q.stochastic_eval) and float(q.scale) > 0
+
+
+def _check_float32(layer: Any, where: str) -> None:
     for p in layer.parameters(recurse=False):
         if p.dtype != torch.float32:
             raise _refuse(where, f"parameters must be float32, got {p.dtype}")
@@ -228,13 +236,13 @@ def _check_sign_probe(q: nn.Module, where: str, scale: float = 1.0) -> None:
                              "(sign(0) = +1) in eval mode")
 
 
-def _input_spec(layer: nn.Module, where: str) -> dict:
+def _input_spec(layer: Any, where: str) -> dict:
     """How the packed layer binarises its input: {"mode", "tau", "scale"}."""
     q = layer.input_quantizer
     if q is None:
         return {"mode": "binary", "tau": None, "scale": 1.0}
     if isinstance(q, Q.StochasticSign):
-        if q.stochastic_eval and q.scale > 0:
+        if _draws_in_eval(q):
             raise _refuse(where, "StochasticSign(stochastic_eval=True) draws noise at inference; "
                                  "a packed layer is deterministic")
         _check_sign_probe(q, where)
@@ -250,7 +258,8 @@ def _input_spec(layer: nn.Module, where: str) -> dict:
             raise _refuse(where, "RSign threshold must be finite float32")
         return {"mode": "rsign", "tau": tau.clone().contiguous(), "scale": 1.0}
     if isinstance(q, Q.ScaledSign):
-        s = float(q.scale.detach())
+        scaled: Any = q
+        s = float(scaled.scale.detach())
         if not math.isfinite(s) or s == 0.0:
             raise _refuse(where, f"ScaledSign scale must be finite and non-zero, got {s}")
         _check_sign_probe(q, where, scale=s)
@@ -261,7 +270,7 @@ def _input_spec(layer: nn.Module, where: str) -> dict:
                          "cannot be packed")
 
 
-def _weight_signs(layer: nn.Module, where: str) -> tuple[Tensor, Tensor | None]:
+def _weight_signs(layer: Any, where: str) -> tuple[Tensor, Tensor | None]:
     """(±1 weight of the layer's shape, per-output-channel α or None if all ones)."""
     if layer.weight_quantizer is None:
         raise _refuse(where, "weight_quantizer=None: the weights are real, nothing to pack")
@@ -269,7 +278,7 @@ def _weight_signs(layer: nn.Module, where: str) -> tuple[Tensor, Tensor | None]:
             layer.weight, nn.parameter.UninitializedParameter):
         raise _refuse(where, "the weight is not initialised")
     wq = layer.weight_quantizer
-    if isinstance(wq, Q.StochasticSign) and wq.stochastic_eval and wq.scale > 0:
+    if isinstance(wq, Q.StochasticSign) and _draws_in_eval(wq):
         raise _refuse(where, "weight_quantizer StochasticSign(stochastic_eval=True) draws new "
                              "weights in every call; a packed layer holds one fixed set")
     with torch.no_grad():
@@ -293,7 +302,7 @@ def _weight_signs(layer: nn.Module, where: str) -> tuple[Tensor, Tensor | None]:
     return signs, (None if torch.all(alpha == 1.0) else alpha.clone())
 
 
-def _packed_pad_value(layer: nn.Module, padding: tuple[int, int], scale: float,
+def _packed_pad_value(layer: Any, padding: tuple[int, int], scale: float,
                       where: str) -> float:
     """The pad value of the packed conv, in units of the packed (±1) input.
 
@@ -326,12 +335,18 @@ def _conv_geometry(layer: nn.Conv2d, where: str) -> tuple[tuple[int, int], tuple
     if left != right or top != bottom:
         raise _refuse(where, f"asymmetric padding {layer.padding!r} is not supported")
     padding = (int(top), int(left))
-    return tuple(int(s) for s in layer.stride), padding
+    return (int(layer.stride[0]), int(layer.stride[1])), padding
 
 
 # =============================================================================== packed layers
 class _PackedLayer(nn.Module):
     """Shared parts of :class:`PackedLinear` and :class:`PackedConv2d`."""
+
+    weight: Any
+
+    def _n_out(self) -> int:
+        """Output features / channels."""
+        raise NotImplementedError  # pragma: no cover
 
     def __init__(self) -> None:
         super().__init__()
@@ -348,11 +363,11 @@ class _PackedLayer(nn.Module):
         self.flip: np.ndarray | None = None
         self.folded_bn = False                 # alpha_q / bias include a following eval BN
         self._input_scale_factor = 1.0         # ScaledSign s (folded into alpha_q)
-        self._prepared = None                  # kernels.Thresholds (cached) / (alpha, bias)
+        self._prepared: Any = None             # kernels.Thresholds (cached) / (alpha, bias)
         self.train(False)
 
     # ---------------------------------------------------------------- build
-    def _init_from(self, layer: nn.Module, name: str | None, where: str) -> Tensor:
+    def _init_from(self, layer: Any, name: str | None, where: str) -> Tensor:
         _check_float32(layer, where)
         spec = _input_spec(layer, where)
         self._input_scale_factor = float(spec["scale"])
@@ -389,6 +404,7 @@ class _PackedLayer(nn.Module):
         self._prepared = None
 
     def _kernel_threshold(self) -> np.ndarray:
+        assert self.threshold is not None, "only fused layers have thresholds"
         return self.threshold + self.d_offset
 
     def _reduction_length(self) -> int:
@@ -399,14 +415,14 @@ class _PackedLayer(nn.Module):
         """The fused epilogue, converted once to the kernels' integer form."""
         if not isinstance(self._prepared, kernels.Thresholds):
             self._prepared = kernels.prepare_thresholds(
-                self._kernel_threshold(), self.flip, channels=self.flip.shape[0],
+                self._kernel_threshold(), self.flip, channels=self._n_out(),
                 k=self._reduction_length())
         return self._prepared
 
     def _affine_args(self) -> tuple[kernels.Affine, None]:
         """(alpha, bias) as contiguous float32 arrays (no per-call conversion in the kernel)."""
         if not isinstance(self._prepared, tuple):
-            n = self.out_features if isinstance(self, PackedLinear) else self.out_channels
+            n = self._n_out()
             alpha = np.ones(n, np.float32) if self.alpha_q is None else \
                 np.ascontiguousarray(self.alpha_q.numpy(), np.float32)
             bias = None if self.bias is None else np.ascontiguousarray(self.bias.numpy(), np.float32)
@@ -422,6 +438,7 @@ class _PackedLayer(nn.Module):
         if x.dtype != torch.float32:
             raise TypeError(f"{self._who()}: input must be float32, got {x.dtype}")
         if self.input_mode == "rsign":
+            assert self.tau is not None, "input 'rsign' has a threshold"
             return x - self.tau.reshape(channel_shape)
         return x
 
@@ -450,6 +467,7 @@ class _PackedLayer(nn.Module):
         if self.alpha_x is not None:
             y = y * self.alpha_x.reshape(view)
         if self.beta is not None:
+            assert x is not None, "XNOR-Net input scaling needs the real input"
             y = y * self._input_scale(x)
         if self.gamma is not None:
             y = y * self.gamma
@@ -466,14 +484,21 @@ class _PackedLayer(nn.Module):
 
     def float_weight_bytes(self) -> int:
         """Bytes the same binary weights take as float32 (the latent weight of the source)."""
-        return 4 * int(np.prod(self.weight_shape))
+        return 4 * math.prod(self.weight_shape)
 
-    def train(self, mode: bool = True):
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """The torch weight shape of the source layer."""
+        raise NotImplementedError  # pragma: no cover
+
+    def train(self, mode: bool = True) -> Any:
         """Packed layers are inference-only: this keeps them in eval mode."""
         return super().train(False)
 
 
 class PackedLinear(_PackedLayer):
+    weight: kernels.PackedBits           # set by from_binary / load
+
     r"""Inference-only dense layer on packed signs (a drop-in for a trained binary dense layer).
 
     .. math::
@@ -505,11 +530,10 @@ class PackedLinear(_PackedLayer):
         super().__init__()
         self.in_features = 0
         self.out_features = 0
-        self.weight: kernels.PackedBits | None = None
         self.nhwc: tuple[int, int] | None = None   # (C, H*W) when fed by a PackedFlatten
 
     @classmethod
-    def from_binary(cls, layer: nn.Module, *, name: str | None = None) -> PackedLinear:
+    def from_binary(cls, layer: Any, *, name: str | None = None) -> PackedLinear:
         """Pack a trained binary dense layer (see the module docstring for what is accepted)."""
         where = _layer_name(name, layer)
         if not isinstance(layer, BinaryLinear) or isinstance(layer, AbcLinear):
@@ -519,10 +543,13 @@ class PackedLinear(_PackedLayer):
         with _eval_mode(layer):
             signs = self._init_from(layer, name, where)
         self.in_features, self.out_features = int(layer.in_features), int(layer.out_features)
-        if self.input_mode == "rsign" and self.tau.shape[0] != self.in_features:
+        if self.tau is not None and self.tau.shape[0] != self.in_features:
             raise _refuse(where, "RSign threshold does not have in_features entries")
         self.weight = kernels.pack_signs(signs)
         return self
+
+    def _n_out(self) -> int:
+        return self.out_features
 
     @property
     def weight_shape(self) -> tuple[int, int]:
@@ -551,7 +578,7 @@ class PackedLinear(_PackedLayer):
         self.d_offset = hw * (cpad - channels)
         self._prepared = None
 
-    def _pack(self, x) -> kernels.PackedBits:
+    def _pack(self, x: Any) -> kernels.PackedBits:
         if isinstance(x, kernels.PackedBits):
             if x.k != self.weight.k:
                 raise ValueError(f"{self._who()}: packed input has k={x.k}, "
@@ -567,12 +594,12 @@ class PackedLinear(_PackedLayer):
         x2 = self._binarise(x.reshape(-1, self.in_features), (1, -1))
         return kernels.pack_signs(x2, strict=self.input_mode == "binary")
 
-    def int_forward(self, x) -> np.ndarray:
+    def int_forward(self, x: Any) -> np.ndarray:
         """The integer part :math:`d = x_b W_b^\\top`, int32 ``(N, out_features)``."""
         d = kernels.xnor_matmul(self._pack(x), self.weight)
         return d - np.int32(self.d_offset) if self.d_offset else d
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
         if type(x) is kernels.PackedBits and not self.fused and self._affine_only \
                 and x.k == self.weight.k:
             # packed input (a PackedFlatten's output): straight to the kernel
@@ -600,6 +627,8 @@ class PackedLinear(_PackedLayer):
 
 
 class PackedConv2d(_PackedLayer):
+    weight: kernels.PackedConvWeights    # set by from_binary / load
+
     r"""Inference-only 2-D convolution on packed signs (drop-in for a trained binary conv).
 
     .. math::
@@ -628,10 +657,9 @@ class PackedConv2d(_PackedLayer):
         self.stride = (1, 1)
         self.padding = (0, 0)
         self.pad_value = 1.0
-        self.weight: kernels.PackedConvWeights | None = None
 
     @classmethod
-    def from_binary(cls, layer: nn.Module, *, name: str | None = None) -> PackedConv2d:
+    def from_binary(cls, layer: Any, *, name: str | None = None) -> PackedConv2d:
         """Pack a trained binary conv (see the module docstring for what is accepted)."""
         where = _layer_name(name, layer)
         if not isinstance(layer, BinaryConv2d) or isinstance(layer, AbcConv2d):
@@ -644,13 +672,16 @@ class PackedConv2d(_PackedLayer):
         with _eval_mode(layer):
             signs = self._init_from(layer, name, where)
         self.in_channels, self.out_channels = int(layer.in_channels), int(layer.out_channels)
-        self.kernel_size = tuple(int(k) for k in layer.kernel_size)
+        self.kernel_size = (int(layer.kernel_size[0]), int(layer.kernel_size[1]))
         self.stride, self.padding = stride, padding
         self.pad_value = _packed_pad_value(layer, padding, self._input_scale_factor, where)
-        if self.input_mode == "rsign" and self.tau.shape[0] != self.in_channels:
+        if self.tau is not None and self.tau.shape[0] != self.in_channels:
             raise _refuse(where, "RSign threshold does not have in_channels entries")
         self.weight = kernels.pack_conv_weights(signs)
         return self
+
+    def _n_out(self) -> int:
+        return self.out_channels
 
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:
@@ -676,7 +707,7 @@ class PackedConv2d(_PackedLayer):
         box = a.new_full((1, 1, kh, kw), 1.0 / (kh * kw))
         return F.conv2d(a, box, None, self.stride, 0, 1, 1)
 
-    def _pack(self, x) -> kernels.PackedActivations:
+    def _pack(self, x: Any) -> kernels.PackedActivations:
         if isinstance(x, kernels.PackedActivations):
             if x.channels != self.in_channels:
                 raise ValueError(f"{self._who()}: packed input has {x.channels} channels, "
@@ -690,21 +721,21 @@ class PackedConv2d(_PackedLayer):
         xb = self._binarise(x, (1, -1, 1, 1))
         return kernels.pack_nhwc(xb, strict=self.input_mode == "binary")
 
-    def int_forward(self, x) -> np.ndarray:
+    def int_forward(self, x: Any) -> np.ndarray:
         """The integer part :math:`d`, int32 ``(N, C_out, H_o, W_o)`` (inputs as forward)."""
         if isinstance(x, Tensor) and x.dim() == 3:
             return self.int_forward(x.unsqueeze(0))[0]
         return kernels.conv2d_packed(self._pack(x), self.weight, self.stride, self.padding,
                                      self.pad_value)
 
-    def _fast_pooled(self, x, pool: kernels.MaxPoolSpec):
+    def _fast_pooled(self, x: Any, pool: kernels.MaxPoolSpec) -> Any:
         """:meth:`_forward_pooled` with the argument checks and output sizes cached per input
         shape and layer geometry (batch-1 latency); anything unusual takes the checked path."""
         if type(x) is kernels.PackedActivations and x.channels == self.in_channels \
                 and self.pad_value != 0.0:
             words = x.words
             key = (words.shape, pool, self.weight, self.stride, self.padding, self.pad_value)
-            plan = self.__dict__.get("_plan")
+            plan: Any = self.__dict__.get("_plan")
             if plan is None or plan[0] != key:
                 (sy, sx, py, px, neg), (n, o, oh, ow) = kernels._conv_setup(
                     x, self.weight, self.stride, self.padding, self.pad_value)
@@ -714,18 +745,18 @@ class PackedConv2d(_PackedLayer):
                 self.__dict__["_plan"] = plan
             th = self._thresholds()
             out = np.empty(plan[1], np.uint64)
-            kernels._kernels.conv_threshold_pack_pool(
+            kernels._kernels.conv_threshold_pack_pool(  # type: ignore[call-arg]
                 words, self.in_channels, self.weight.words, *plan[2], th.lim, th.flipw, *plan[3],
                 pool.or_words, out, kernels.get_num_threads())
             return kernels.PackedActivations.trusted(out, self.out_channels)
         return self._forward_pooled(x, pool)
 
-    def _forward_pooled(self, x, pool: kernels.MaxPoolSpec):
+    def _forward_pooled(self, x: Any, pool: kernels.MaxPoolSpec) -> Any:
         """Fused forward followed by a :class:`PackedMaxPool2d` (its ``spec``), one kernel call."""
         return kernels.conv2d_threshold(self._pack(x), self.weight, self._thresholds(), None,
                                         self.stride, self.padding, self.pad_value, pool=pool)
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
         if isinstance(x, Tensor) and x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
         px = self._pack(x)
@@ -754,12 +785,13 @@ class PackedMaxPool2d(nn.Module):
         :class:`torch.nn.MaxPool2d` (``ceil_mode=False``, ``dilation=1``).
     """
 
-    def __init__(self, channels: int, kernel_size, stride, padding, or_channels=None) -> None:
+    def __init__(self, channels: int, kernel_size: IntPair, stride: IntPair, padding: IntPair,
+                 or_channels: Any = None) -> None:
         super().__init__()
         self.channels = int(channels)
-        self.kernel_size = tuple(int(k) for k in kernel_size)
-        self.stride = tuple(int(s) for s in stride)
-        self.padding = tuple(int(p) for p in padding)
+        self.kernel_size = _pair2(kernel_size)
+        self.stride = _pair2(stride)
+        self.padding = _pair2(padding)
         flags = np.zeros(self.channels, bool) if or_channels is None else \
             np.asarray(or_channels, bool)
         if flags.shape != (self.channels,):
@@ -848,7 +880,7 @@ class PackedSign(nn.Module):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, ndim={self.ndim}, negated={int(self.negate.sum())}"
 
-    def forward(self, x: Tensor):
+    def forward(self, x: Tensor) -> Any:
         if not isinstance(x, Tensor) or x.dim() != self.ndim or x.shape[1] != self.channels:
             raise ValueError(f"PackedSign expects a {self.ndim}-D float tensor with "
                              f"{self.channels} channels in dim 1")
@@ -857,7 +889,7 @@ class PackedSign(nn.Module):
             return kernels.pack_nhwc_affine(x, self._affine)
         return kernels.pack_rows_affine(x, self._affine)
 
-    def _fast_pooled(self, x, pool: kernels.MaxPoolSpec):
+    def _fast_pooled(self, x: Any, pool: kernels.MaxPoolSpec) -> Any:
         """:meth:`_forward_pooled` with the argument checks and output sizes cached per input
         shape (batch-1 latency); anything unusual takes the checked path."""
         if type(x) is Tensor and x.dtype is torch.float32 and x.dim() == 4 \
@@ -868,7 +900,7 @@ class PackedSign(nn.Module):
                 arr = None
             if arr is not None:
                 key = (arr.shape, pool)
-                plan = self.__dict__.get("_plan")
+                plan: Any = self.__dict__.get("_plan")
                 if plan is None or plan[0] != key:
                     oh, ow = kernels._pool_shape(pool, self.channels, arr.shape[2],
                                                  arr.shape[3], "x")
@@ -876,14 +908,14 @@ class PackedSign(nn.Module):
                             (*pool.kernel_size, *pool.stride, *pool.padding))
                     self.__dict__["_plan"] = plan
                 out = np.empty(plan[1], np.uint64)
-                if kernels._kernels.pack_nchw_affine_pool(
+                if kernels._kernels.pack_nchw_affine_pool(  # type: ignore[call-arg]
                         arr, self._affine.scale, self._affine.offset, *plan[2], pool.or_words,
                         out, kernels.get_num_threads()):
                     raise kernels._nonfinite_error("x")
                 return kernels.PackedActivations.trusted(out, self.channels)
         return self._forward_pooled(x, pool)
 
-    def _forward_pooled(self, x: Tensor, pool: kernels.MaxPoolSpec):
+    def _forward_pooled(self, x: Tensor, pool: kernels.MaxPoolSpec) -> Any:
         """forward followed by a :class:`PackedMaxPool2d` (its ``spec``), in one kernel call."""
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"PackedSign expects a 4-D float tensor with {self.channels} "
@@ -899,12 +931,12 @@ _PARAM_FREE = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDrop
                Q.SteSign, Q.ApproxSign, Q.SwishSign)
 
 
-def _elementwise(m: nn.Module, channels: int, after_flatten: bool) -> bool:
+def _elementwise(m: Any, channels: int, after_flatten: bool) -> bool:
     """Is ``m`` (in eval mode) a function of each element and its channel only?"""
     if isinstance(m, _PARAM_FREE):
         return True
     if isinstance(m, Q.StochasticSign):
-        return not (m.stochastic_eval and m.scale > 0)
+        return not _draws_in_eval(m)
     if after_flatten:
         return False
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -930,14 +962,14 @@ def _monotone(values: np.ndarray) -> np.ndarray | None:
     return np.where(inc, 1, -1)
 
 
-def _direction(m: nn.Module, c: int) -> np.ndarray | None:
+def _direction(m: Any, c: int) -> np.ndarray | None:
     """Per-channel monotonicity (+1, -1, 0 = constant) under float32 evaluation, or None."""
     up = np.ones(c, np.int64)
     if isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.ReLU, nn.ReLU6,
                       LearnableBias, Q.SteSign, Q.ApproxSign, Q.SwishSign, Q.RSign)):
         return up
     if isinstance(m, Q.StochasticSign):
-        return None if (m.stochastic_eval and m.scale > 0) else up
+        return None if _draws_in_eval(m) else up
     if isinstance(m, nn.Hardtanh):
         return up if m.min_val <= m.max_val else None
     if isinstance(m, nn.LeakyReLU):
@@ -966,7 +998,7 @@ def _keys_f32(k: np.ndarray) -> np.ndarray:
     return b.view(np.float32)
 
 
-def _float_thresholds(chain: list[nn.Module], c: int, ndim: int, l2: _PackedLayer):
+def _float_thresholds(chain: list[nn.Module], c: int, ndim: int, l2: Any) -> Any:
     """Exact per-channel float thresholds of ``v -> sign(chain(v) [- τ of l2])``, or None."""
     direction = np.ones(c, np.int64)
     for m in chain:
@@ -987,7 +1019,8 @@ def _float_thresholds(chain: list[nn.Module], c: int, ndim: int, l2: _PackedLaye
 
     big = np.float32(np.finfo(np.float32).max)
     p_lo, p_hi = positive(np.full(c, -big)), positive(np.full(c, big))
-    lo, hi = np.full(c, int(_f32_keys(-big))), np.full(c, int(_f32_keys(big)))
+    lo = np.full(c, int(_f32_keys(np.array(-big))))
+    hi = np.full(c, int(_f32_keys(np.array(big))))
     # bisection towards the boundary key, keeping positive(lo) != positive(hi)
     want_hi = direction >= 0                       # increasing: positive(hi) is True
     while True:
@@ -1020,7 +1053,7 @@ def _float_thresholds(chain: list[nn.Module], c: int, ndim: int, l2: _PackedLaye
     return thr, negate
 
 
-def _fold_entry(segment: list[nn.Module], layer: _PackedLayer):
+def _fold_entry(segment: list[Any], layer: Any) -> Any:
     """Stages replacing the float ``segment`` in front of ``layer`` (which then takes bits)."""
     if not segment or layer.beta is not None:
         return None
@@ -1056,7 +1089,7 @@ def _fold_entry(segment: list[nn.Module], layer: _PackedLayer):
     return stages
 
 
-def _fold(l1: _PackedLayer, segment: list[nn.Module], l2: _PackedLayer):
+def _fold(l1: Any, segment: list[Any], l2: Any) -> Any:
     """Fold ``l1 -> segment -> sign of l2's input`` into thresholds; None if not exactly possible.
 
     Returns ``((threshold, flip, pool, flatten), "")`` or ``(None, reason)``: thresholds on
@@ -1139,6 +1172,7 @@ def _fold(l1: _PackedLayer, segment: list[nn.Module], l2: _PackedLayer):
             thr[ch] = d[len(col) - 1 - np.argmax(col[::-1])]
     pool = None
     if pool_at is not None:
+        assert e1 is not None, "the max-pool's input was recorded"
         s1 = _monotone(e1)
         if s1 is None:
             return None, "the function before the max-pool is not monotone"
@@ -1152,19 +1186,19 @@ def _fold(l1: _PackedLayer, segment: list[nn.Module], l2: _PackedLayer):
 
 
 # =============================================================================== export
-def _is_binary(m: nn.Module) -> bool:
+def _is_binary(m: Any) -> bool:
     return isinstance(m, _BinaryMixin)
 
 
-def _contains_binary(m: nn.Module) -> bool:
+def _contains_binary(m: Any) -> bool:
     return any(_is_binary(s) for s in m.modules())
 
 
-def _contains_packed(m: nn.Module) -> bool:
+def _contains_packed(m: Any) -> bool:
     return any(isinstance(s, _PackedLayer) for s in m.modules())
 
 
-def _convert(layer: nn.Module, name: str) -> _PackedLayer:
+def _convert(layer: Any, name: str) -> _PackedLayer:
     if isinstance(layer, BinaryLinear):
         return PackedLinear.from_binary(layer, name=name)
     if isinstance(layer, BinaryConv2d):
@@ -1182,7 +1216,7 @@ def _check_binary_inputs(model: nn.Module) -> None:
     import torch.fx as fx
 
     class _Tracer(fx.Tracer):
-        def is_leaf_module(self, m, qualname):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> Any:
             return (super().is_leaf_module(m, qualname) or _is_binary(m)
                     or isinstance(m, Q.Quantizer) or not any(True for _ in m.children()))
 
@@ -1222,8 +1256,8 @@ def _replace(module: nn.Module, prefix: str) -> nn.Module:
     return module
 
 
-def _plan_sequential(seq: nn.Sequential, fuse: bool) -> tuple[list[nn.Module], list[str]]:
-    items = []
+def _plan_sequential(seq: nn.Sequential, fuse: bool) -> tuple[list[Any], list[str]]:
+    items: list[Any] = []
     for name, child in seq.named_children():
         if _is_binary(child):
             items.append(_convert(child, name))
@@ -1269,12 +1303,12 @@ def _plan_sequential(seq: nn.Sequential, fuse: bool) -> tuple[list[nn.Module], l
     return stages, notes
 
 
-def _emits_bits(m: nn.Module) -> bool:
+def _emits_bits(m: Any) -> bool:
     return isinstance(m, (PackedSign, PackedMaxPool2d, PackedFlatten)) or \
         (isinstance(m, _PackedLayer) and m.fused)
 
 
-def _entry_candidate(m: nn.Module) -> bool:
+def _entry_candidate(m: Any) -> bool:
     if isinstance(m, (_PackedLayer, PackedSign, PackedMaxPool2d, PackedFlatten)) or \
             _contains_packed(m):
         return False
@@ -1300,7 +1334,7 @@ def _fold_entries(stages: list[nn.Module], notes: list[str]) -> list[nn.Module]:
     return out
 
 
-def _fold_float_bn(stages: list[nn.Module], notes: list[str]) -> list[nn.Module]:
+def _fold_float_bn(stages: list[Any], notes: list[str]) -> list[nn.Module]:
     """Fold an eval BatchNorm that directly follows a packed layer with a float epilogue into
     that epilogue: ``BN(α d + b) = (α γ/σ) d + ((b - μ) γ/σ + β)``, σ = sqrt(var + eps),
     computed in float64 and rounded once to float32 (the result then matches torch to float
@@ -1310,15 +1344,15 @@ def _fold_float_bn(stages: list[nn.Module], notes: list[str]) -> list[nn.Module]
     while i < len(stages):
         st = stages[i]
         out.append(st)
-        nxt = stages[i + 1] if i + 1 < len(stages) else None
+        nxt: Any = stages[i + 1] if i + 1 < len(stages) else None
         i += 1
         if not (isinstance(st, _PackedLayer) and not st.fused and not st.folded_bn):
             continue
         conv = isinstance(st, PackedConv2d)
         want = nn.BatchNorm2d if conv else nn.BatchNorm1d
-        c = st.out_channels if conv else st.out_features
+        c = st._n_out()
         if type(nxt) is not want or not nxt.track_running_stats or nxt.running_mean is None \
-                or nxt.num_features != c:
+                or nxt.running_var is None or nxt.num_features != c:
             continue
         mean = nxt.running_mean.detach().double()
         inv = 1.0 / torch.sqrt(nxt.running_var.detach().double() + float(nxt.eps))
@@ -1426,7 +1460,7 @@ def export(model: nn.Module, example_input: Tensor | None = None, *, fuse: bool 
 
 
 # =============================================================================== the model
-def _fast_step(m: nn.Module, fresh: bool):
+def _fast_step(m: Any, fresh: bool) -> Any:
     """``m.forward`` or an equivalent direct call of the torch op (batch-1 latency: skips the
     module's Python layers). ``fresh``: the input is a new tensor made by the previous stage
     (a packed layer's float epilogue), so an element-wise activation may run in place.
@@ -1435,7 +1469,7 @@ def _fast_step(m: nn.Module, fresh: bool):
     if t is nn.Conv2d and m.padding_mode == "zeros":
         p = m._parameters
 
-        def conv(x):
+        def conv(x: Any) -> Any:
             return torch.conv2d(x, p["weight"], p["bias"], m.stride, m.padding, m.dilation,
                                 m.groups)
         return conv
@@ -1476,7 +1510,7 @@ class PackedModel(nn.Module):
         self.notes = list(notes or [])
         self.train(False)
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> Any:
         """Inference-only: the body always stays in eval mode."""
         return super().train(False)
 
@@ -1587,7 +1621,7 @@ class PackedModel(nn.Module):
                              "PackedModel was made by module replacement")
         stages, blobs = [], []
         offset = 0
-        for i, m in enumerate(self.body):
+        for i, m in enumerate(self.body.children()):
             kind, cfg, arrays = _encode_stage(m, str(i))
             table = {}
             for aname, arr in arrays.items():
@@ -1653,7 +1687,14 @@ _FLOAT_KINDS = {
 }
 
 
-def _pair_list(v) -> list[int]:
+def _pair2(v: Any) -> tuple[int, int]:
+    """An int or a pair as a tuple of two ints."""
+    if isinstance(v, (tuple, list)):
+        return (int(v[0]), int(v[1]))
+    return (int(v), int(v))
+
+
+def _pair_list(v: Any) -> list[int]:
     return [int(v[0]), int(v[1])] if isinstance(v, (tuple, list)) else [int(v), int(v)]
 
 
@@ -1661,10 +1702,10 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().cpu().to(torch.float32).numpy()
 
 
-def _encode_stage(m: nn.Module, where: str) -> tuple[str, dict, dict]:
+def _encode_stage(m: Any, where: str) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
     if isinstance(m, (PackedLinear, PackedConv2d)):
-        cfg = {"input": m.input_mode, "beta": m.beta, "d_offset": int(m.d_offset),
-               "fused": m.fused}
+        cfg: dict[str, Any] = {"input": m.input_mode, "beta": m.beta,
+                               "d_offset": int(m.d_offset), "fused": m.fused}
         if m.folded_bn:                       # absent in files without a folded BatchNorm
             cfg["folded_bn"] = True
         arrays = {"weight": m.weight.words}
@@ -1672,7 +1713,7 @@ def _encode_stage(m: nn.Module, where: str) -> tuple[str, dict, dict]:
             t = getattr(m, key)
             if t is not None:
                 arrays[key] = _np(t)
-        if m.fused:
+        if m.threshold is not None and m.flip is not None:       # fused
             arrays["threshold"] = m.threshold.astype(np.float32)
             if m.flip.any():
                 arrays["flip"] = _bits_to_words(m.flip).view(np.uint8)
@@ -1769,10 +1810,11 @@ class _Reader:
         if not isinstance(rec, dict):
             raise self.err("record is not an object")
         self.rec = rec
-        self.cfg = rec.get("cfg")
-        self.table = rec.get("arrays")
-        if not isinstance(self.cfg, dict) or not isinstance(self.table, dict):
+        cfg, table = rec.get("cfg"), rec.get("arrays")
+        if not isinstance(cfg, dict) or not isinstance(table, dict):
             raise self.err("missing cfg or arrays")
+        self.cfg: dict[str, Any] = cfg
+        self.table: dict[str, Any] = table
         self.payload = payload
         self.used = used
         self.taken: set = set()
@@ -1781,26 +1823,27 @@ class _Reader:
     def err(self, msg: str) -> ValueError:
         return ValueError(f"{self.where}: {msg}")
 
-    def int(self, key: str, minimum: int = 0) -> int:
+    def int(self, key: str, minimum: builtins.int = 0) -> builtins.int:
         v = self.cfg.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise self.err(f"cfg {key!r} must be an int >= {minimum}, got {v!r}")
         return v
 
-    def ints(self, key: str, n: int, minimum: int = 0) -> tuple:
+    def ints(self, key: str, n: builtins.int, minimum: builtins.int = 0) -> Any:
+        """``n`` ints >= ``minimum`` as a tuple (a pair for ``n = 2``)."""
         v = self.cfg.get(key)
         if not isinstance(v, list) or len(v) != n or any(
                 isinstance(e, bool) or not isinstance(e, int) or e < minimum for e in v):
             raise self.err(f"cfg {key!r} must be {n} ints >= {minimum}, got {v!r}")
         return tuple(v)
 
-    def float(self, key: str) -> float:
+    def float(self, key: str) -> builtins.float:
         v = self.cfg.get(key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise self.err(f"cfg {key!r} must be a finite number, got {v!r}")
         return float(v)
 
-    def bool(self, key: str) -> bool:
+    def bool(self, key: str) -> builtins.bool:
         v = self.cfg.get(key)
         if not isinstance(v, bool):
             raise self.err(f"cfg {key!r} must be a bool, got {v!r}")
@@ -1812,7 +1855,8 @@ class _Reader:
             raise self.err(f"cfg {key!r} must be one of {options}, got {v!r}")
         return v
 
-    def array(self, name: str, dtype: str, shape: tuple, optional: bool = False):
+    def array(self, name: str, dtype: str, shape: tuple[Any, ...],
+              optional: builtins.bool = False) -> Any:
         if name not in self.table:
             if optional:
                 return None
@@ -1837,7 +1881,8 @@ class _Reader:
                             offset=off).reshape(shape)
         return arr.astype(np.dtype(dtype).newbyteorder("="), copy=True)
 
-    def tensor(self, name: str, shape: tuple, optional: bool = False) -> Tensor | None:
+    def tensor(self, name: str, shape: tuple[Any, ...], optional: builtins.bool = False) -> Any:
+        """The float32 array ``name`` as a tensor (``None`` only when ``optional`` and absent)."""
         arr = self.array(name, "<f4", shape, optional)
         if arr is None:
             return None
@@ -1860,7 +1905,7 @@ _LAYER_CFG = {"input", "beta", "d_offset", "fused", "folded_bn"}
 def _decode_layer(r: _Reader, kind: str) -> nn.Module:
     mode = r.choice("input", ("sign", "rsign", "binary"))
     if kind == "packed_linear":
-        m = PackedLinear()
+        m: Any = PackedLinear()
         m.in_features, m.out_features = r.int("in_features", 1), r.int("out_features", 1)
         o, cin = m.out_features, m.in_features
         nhwc = r.cfg.get("nhwc")
@@ -1920,11 +1965,12 @@ def _decode_layer(r: _Reader, kind: str) -> nn.Module:
         entry = r.table["gamma"]
         shp = tuple(entry[1]) if isinstance(entry, list) and len(entry) == 3 and \
             isinstance(entry[1], list) else None
-        allowed = [(1,), (o,)] if kind == "packed_linear" else [(1, 1, 1), (o, 1, 1)]
+        allowed: list[tuple[Any, ...] | None] = [(1,), (o,)] if kind == "packed_linear" else \
+            [(1, 1, 1), (o, 1, 1)]
         if kind == "packed_conv2d" and shp is not None and len(shp) == 3 and shp[0] == o \
                 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shp):
             allowed.append(shp)
-        if shp not in allowed:
+        if shp is None or shp not in allowed:
             raise r.err(f"array 'gamma' has shape {shp}, expected one of {allowed}")
         m.gamma = r.tensor("gamma", shp)
     if r.bool("fused"):
@@ -1942,7 +1988,7 @@ def _decode_layer(r: _Reader, kind: str) -> nn.Module:
     return m
 
 
-def _from_arrays(m: nn.Module, params: dict[str, Tensor | None],
+def _from_arrays(m: Any, params: dict[str, Tensor | None],
                  buffers: dict[str, Tensor] | None = None) -> nn.Module:
     """Give a module built on the meta device (no memory) its loaded arrays."""
     for key, value in params.items():
@@ -1956,7 +2002,7 @@ def _from_arrays(m: nn.Module, params: dict[str, Tensor | None],
 def _decode_float(r: _Reader, kind: str) -> nn.Module:
     cls = _FLOAT_KINDS[kind]
     if kind == "flatten":
-        m = nn.Flatten(r.cfg.get("start_dim", 1), r.cfg.get("end_dim", -1))
+        m: nn.Module = nn.Flatten(r.cfg.get("start_dim", 1), r.cfg.get("end_dim", -1))
         for key in ("start_dim", "end_dim"):
             v = r.cfg.get(key)
             if isinstance(v, bool) or not isinstance(v, int):
@@ -2026,16 +2072,16 @@ def _decode_float(r: _Reader, kind: str) -> nn.Module:
         r.finish({"negative_slope"})
         return m
     if kind == "dropout":
-        p = r.float("p")
-        if not 0 <= p <= 1:
+        prob = r.float("p")
+        if not 0 <= prob <= 1:
             raise r.err("p must be in [0, 1]")
         r.finish({"p"})
-        return nn.Dropout(p)
+        return nn.Dropout(prob)
     r.finish(set())
     return cls()
 
 
-def _packed_channels(m: nn.Module | None) -> int | None:
+def _packed_channels(m: Any | None) -> int | None:
     """Channels of the PackedActivations that stage ``m`` emits (None: it emits none)."""
     if isinstance(m, PackedSign) and m.ndim == 4:
         return m.channels
@@ -2058,10 +2104,10 @@ def _decode_stage(r: _Reader) -> nn.Module:
     if kind == "packed_maxpool2d":
         fl = r.array("or_channels", "|u1", (kernels.n_words(c) * 8,), optional=True)
         flags = None if fl is None else np.unpackbits(fl, bitorder="little")[:c].astype(bool)
-        m = PackedMaxPool2d(c, r.ints("kernel_size", 2, 1), r.ints("stride", 2, 1),
-                            r.ints("padding", 2, 0), flags)
+        pool = PackedMaxPool2d(c, r.ints("kernel_size", 2, 1), r.ints("stride", 2, 1),
+                               r.ints("padding", 2, 0), flags)
         r.finish({"channels", "kernel_size", "stride", "padding"})
-        return m
+        return pool
     if kind == "packed_flatten":
         m = PackedFlatten(r.int("channels", 1), r.int("hw", 1))
         r.finish({"channels", "hw"})
@@ -2148,7 +2194,7 @@ def _decode(data: bytes, where: str = "<bytes>") -> PackedModel:
         raise bad("invalid header: no stages")
     payload = memoryview(raw)
     used: list = []
-    stages = []
+    stages: list[nn.Module] = []
     for i, rec in enumerate(records):
         try:
             reader = _Reader(rec, i, payload, used)
@@ -2210,7 +2256,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.model == "binary_cnn":
             model = models.binary_cnn(args.in_channels, args.image_size, args.num_classes)
-            shape = (8, args.in_channels, args.image_size, args.image_size)
+            shape: tuple[int, ...] = (8, args.in_channels, args.image_size, args.image_size)
         else:
             model = models.binary_mlp(args.in_features, num_classes=args.num_classes)
             shape = (8, args.in_features)
