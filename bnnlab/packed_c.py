@@ -50,7 +50,8 @@ from torch import nn
 from bnnlab import c_runtime, kernels
 from bnnlab._validation import check_choice, check_int
 
-__all__ = ["CExport", "to_c", "memory_report", "infer_input_shape", "main"]
+__all__ = ["CExport", "to_c", "memory_report", "infer_input_shape", "run_host", "run_mps2",
+           "cortex_m_size", "main"]
 
 
 def _refuse(where: str, why: str) -> ValueError:
@@ -928,6 +929,175 @@ def to_c(model: nn.Module, outdir: str | os.PathLike, *, input_shape=None,
         paths.append(path)
     return CExport(prefix, out / f"{prefix}.h", out / f"{prefix}.c", paths, shape, n_in, n_out,
                    arena, mem)
+
+
+# =========================================================================== running it
+STRICT_CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic")
+
+
+def _inputs(res: CExport, x) -> np.ndarray:
+    arr = np.ascontiguousarray(np.asarray(x, np.float32)).reshape(-1, res.input_size)
+    if not np.isfinite(arr).all():
+        raise ValueError("x must be finite")
+    return arr
+
+
+def _run(cmd: list[str], timeout: float, **kw) -> str:
+    import subprocess
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,  # noqa: S603
+                          **kw)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def _parse(out: str, n: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
+    if len(rows) != n:
+        raise RuntimeError(f"expected {n} result lines, got {len(rows)}:\n{out[-2000:]}")
+    pred = np.array([int(r[1]) for r in rows])
+    logits = np.array([[float(v) for v in r[2:2 + n_out]] for r in rows], np.float32)
+    return pred, logits
+
+
+def run_host(res: CExport, x, *, cc: str = "gcc", cflags=STRICT_CFLAGS, extra=(),
+             emulator=(), timeout: float = 600.0) -> tuple[np.ndarray, np.ndarray]:
+    """Compile the export's ``example.c`` with ``cc`` and run it on the samples ``x``.
+
+    Args:
+        res: :func:`to_c`'s result.
+        x: float32 samples, ``(N, *input_shape)``.
+        cc, cflags, extra: compiler and flags (``extra`` appended, e.g. sanitizers or
+            ``-static`` for a cross compiler).
+        emulator: command prefix to run the program (e.g. ``("qemu-arm", "-L", sysroot)``).
+
+    Returns:
+        ``(predictions (N,), logits (N, OUTPUT_SIZE))`` printed by the C program.
+    """
+    arr = _inputs(res, x)
+    d = res.source.parent
+    exe = d / f"example_{Path(cc).name}"
+    _run([cc, *cflags, *extra, "-o", str(exe), str(d / "example.c"), str(res.source)], timeout)
+    arr.astype("<f4").tofile(d / "inputs.f32")
+    out = _run([*emulator, str(exe), str(d / "inputs.f32")], timeout)
+    return _parse(out, arr.shape[0], res.output_size)
+
+
+def cortex_m_size(res: CExport, *, cpu: str = "cortex-m4", timeout: float = 300.0) -> dict:
+    """Build ``NAME.c`` alone with ``arm-none-eabi-gcc -mcpu=cpu -mthumb -Os -Werror`` and
+    read ``arm-none-eabi-size``: ``{"text", "data", "bss", "flash", "ram"}`` bytes (flash =
+    text + data, RAM = data + bss; the stack is not included)."""
+    d = res.source.parent
+    obj = d / f"{res.prefix}_{cpu}.o"
+    _run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-Os", *STRICT_CFLAGS[:1],
+          *STRICT_CFLAGS[2:], "-c", "-o", str(obj), str(res.source)], timeout)
+    out = _run(["arm-none-eabi-size", str(obj)], timeout).splitlines()[-1].split()
+    text, data, bss = (int(v) for v in out[:3])
+    return {"text": text, "data": data, "bss": bss, "flash": text + data, "ram": data + bss}
+
+
+_MPS2_LD = """MEMORY
+{
+  FLASH (rx)  : ORIGIN = 0x00000000, LENGTH = 4M
+  RAM   (rwx) : ORIGIN = 0x20000000, LENGTH = 4M
+}
+ENTRY(reset)
+SECTIONS
+{
+  .text : { KEEP(*(.vectors)) *(.text*) *(.rodata*) . = ALIGN(4); } > FLASH
+  .ARM.exidx : { *(.ARM.exidx*) } > FLASH
+  __etext = .;
+  .data : AT(__etext) { __data_start__ = .; *(.data*) . = ALIGN(4); __data_end__ = .; } > RAM
+  .bss (NOLOAD) : { __bss_start__ = .; *(.bss*) *(COMMON) . = ALIGN(4); __bss_end__ = .; } > RAM
+  end = .;
+  __end__ = .;
+  __stack_top = ORIGIN(RAM) + LENGTH(RAM);
+}
+"""
+
+_MPS2_STARTUP = """/* minimal start-up for qemu's mps2-an385 (Cortex-M3) with newlib semihosting */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+extern uint32_t __etext, __data_start__, __data_end__, __bss_start__, __bss_end__;
+extern uint32_t __stack_top;
+extern void initialise_monitor_handles(void);
+int main(void);
+void reset(void);
+void _init(void);
+void _fini(void);
+__attribute__((section(".vectors"), used))
+const void *const bnn_vectors[2] = {&__stack_top, (const void *)reset};
+void _init(void) {}
+void _fini(void) {}
+void reset(void)
+{
+    memcpy(&__data_start__, &__etext, (size_t)((char *)&__data_end__ - (char *)&__data_start__));
+    memset(&__bss_start__, 0, (size_t)((char *)&__bss_end__ - (char *)&__bss_start__));
+    initialise_monitor_handles();
+    exit(main());
+}
+"""
+
+
+def run_mps2(res: CExport, x, *, timeout: float = 300.0) -> tuple[np.ndarray, np.ndarray]:
+    """Run the model on the emulated Cortex-M3 board ``mps2-an385`` (qemu, semihosting).
+
+    The samples ``x`` are embedded in the program as ``static const`` floats; it is built with
+    ``arm-none-eabi-gcc -mcpu=cortex-m3 -mthumb -Os`` and newlib's ``rdimon.specs`` (a
+    two-entry vector table and a tiny linker script, as newlib's own start-up locks up on
+    this board) and run with ``qemu-system-arm -M mps2-an385 -nographic -semihosting``. It
+    prints each arg-max and the logits' float32 bit patterns.
+
+    Returns:
+        ``(predictions (N,), logits (N, OUTPUT_SIZE))``.
+    """
+    arr = _inputs(res, x)
+    d = res.source.parent
+    up = res.prefix.upper()
+    data = ",\n".join("  {" + ", ".join(_f32(v) for v in row) + "}" for row in arr)
+    main_c = f"""#include <stdio.h>
+#include <string.h>
+#include <stdint.h>
+#include "{res.prefix}.h"
+static const float inputs[{arr.shape[0]}][{up}_INPUT_SIZE] = {{
+{data}
+}};
+int main(void)
+{{
+    float y[{up}_OUTPUT_SIZE];
+    int n, i;
+    for (n = 0; n < {arr.shape[0]}; n++) {{
+        {res.prefix}_predict(inputs[n], y);
+        printf("%d %d", n, {res.prefix}_argmax(inputs[n]));
+        for (i = 0; i < {up}_OUTPUT_SIZE; i++) {{
+            uint32_t b;
+            memcpy(&b, &y[i], sizeof b);
+            printf(" %08lx", (unsigned long)b);
+        }}
+        printf("\\n");
+    }}
+    return 0;
+}}
+"""
+    (d / "mcu_main.c").write_text(main_c, encoding="utf-8")
+    (d / "mcu_startup.c").write_text(_MPS2_STARTUP, encoding="utf-8")
+    (d / "mps2.ld").write_text(_MPS2_LD, encoding="utf-8")
+    elf = d / "mcu.elf"
+    _run(["arm-none-eabi-gcc", "-mcpu=cortex-m3", "-mthumb", "-Os", "-std=c99", "-Wall",
+          "-Wextra", "-Werror", "--specs=rdimon.specs", "-nostartfiles", "-T", str(d / "mps2.ld"),
+          "-o", str(elf), str(d / "mcu_startup.c"), str(d / "mcu_main.c"), str(res.source)],
+         timeout)
+    out = _run(["qemu-system-arm", "-M", "mps2-an385", "-nographic", "-semihosting",
+                "-kernel", str(elf)], timeout)
+    rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
+    if len(rows) != arr.shape[0]:
+        raise RuntimeError(f"expected {arr.shape[0]} lines from the board, got:\n{out[-2000:]}")
+    pred = np.array([int(r[1]) for r in rows])
+    bits = np.array([[int(v, 16) for v in r[2:2 + res.output_size]] for r in rows], np.uint32)
+    return pred, bits.view(np.float32)
 
 
 # =========================================================================== CLI
