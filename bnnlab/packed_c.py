@@ -44,14 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from bnnlab import c_runtime, kernels
 from bnnlab._validation import check_choice, check_int
 
 __all__ = ["CExport", "to_c", "memory_report", "infer_input_shape", "run_host", "run_mps2",
-           "cortex_m_size", "main"]
+           "cortex_m_size", "host_latency", "main"]
 
 
 def _refuse(where: str, why: str) -> ValueError:
@@ -179,6 +178,7 @@ class _Builder:
         self.body: list[str] = []
         self.float_ops = 0
         self.binary_ops = 0
+        self.largest = self.t.size         # elements of the largest activation (float twin)
 
     # ------------------------------------------------------------- buffers
     def _next(self, bits: bool, n: int) -> str:
@@ -194,6 +194,7 @@ class _Builder:
 
     def _set(self, t: _T, dst: str) -> None:
         self.t, self.cur = t, dst
+        self.largest = max(self.largest, t.size)
 
     # ------------------------------------------------------------- stages
     def add(self, i: int, m: nn.Module) -> None:
@@ -604,7 +605,7 @@ def _build(model: nn.Module, input_shape: tuple[int, ...], prefix: str,
         _CODE_PER_CALL * len(b.body) + 200
     flash = em.flash["weights"] + em.flash["parameters"] + code
     # float twin: every activation a float, two buffers of the largest one
-    biggest = max(_activation_floats(stages, input_shape), default=0)
+    biggest = b.largest
     fl_params = _float_twin_bytes(stages, em)
     mem = {
         "word_bits": word_bits,
@@ -635,29 +636,6 @@ def c_runtime_parts(names: set[str]) -> set[str]:
             need.add(n)
             todo.extend(c_runtime._PARTS[n][0])
     return need
-
-
-def _activation_floats(stages: list[nn.Module], input_shape: tuple[int, ...]) -> list[int]:
-    """Floats per sample after each stage when the whole model runs in float (torch)."""
-    x = torch.zeros(1, *input_shape)
-    sizes = [x.numel()]
-    from bnnlab import packed as P
-
-    with torch.no_grad():
-        y: Any = x
-        for m in stages:
-            if isinstance(m, P.PackedSign):
-                sizes.append(int(np.prod(input_shape)))
-                y = m(y)
-                continue
-            y = m(y)
-            if isinstance(y, torch.Tensor):
-                sizes.append(int(y.numel()))
-            elif isinstance(y, kernels.PackedActivations):
-                sizes.append(int(np.prod(y.shape[1:])))
-            elif isinstance(y, kernels.PackedBits):
-                sizes.append(int(y.k))
-    return sizes
 
 
 def format_memory(mem: dict) -> str:
@@ -996,6 +974,58 @@ def cortex_m_size(res: CExport, *, cpu: str = "cortex-m4", timeout: float = 300.
     out = _run(["arm-none-eabi-size", str(obj)], timeout).splitlines()[-1].split()
     text, data, bss = (int(v) for v in out[:3])
     return {"text": text, "data": data, "bss": bss, "flash": text + data, "ram": data + bss}
+
+
+def host_latency(res: CExport, x, *, repeats: int = 200, cc: str = "gcc",
+                 timeout: float = 600.0) -> float:
+    """Median seconds of one ``NAME_predict`` call on the host (``cc -O2``, one core), over
+    ``repeats`` calls cycling through the samples ``x`` (a timing program beside the export,
+    ``clock_gettime(CLOCK_MONOTONIC)``; medians of batches of 10 calls)."""
+    arr = _inputs(res, x)
+    repeats = check_int(repeats, "repeats", min_value=10)
+    d = res.source.parent
+    up = res.prefix.upper()
+    (d / "timing.c").write_text(f"""#define _POSIX_C_SOURCE 199309L
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include "{res.prefix}.h"
+static float x[{arr.shape[0]}][{up}_INPUT_SIZE];
+static int cmp(const void *a, const void *b)
+{{
+    double u = *(const double *)a, v = *(const double *)b;
+    return (u > v) - (u < v);
+}}
+int main(int argc, char **argv)
+{{
+    static double t[{repeats // 10}];
+    float y[{up}_OUTPUT_SIZE];
+    volatile float sink = 0.0f;
+    FILE *f = fopen(argv[argc - 1], "rb");
+    int i, j;
+    if (f == NULL || fread(x, sizeof x, 1, f) != 1) {{
+        return 1;
+    }}
+    fclose(f);
+    for (i = 0; i < {repeats // 10}; i++) {{
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        for (j = 0; j < 10; j++) {{
+            {res.prefix}_predict(x[(i * 10 + j) % {arr.shape[0]}], y);
+            sink += y[0];
+        }}
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        t[i] = ((double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec)) / 10.0;
+    }}
+    qsort(t, {repeats // 10}, sizeof(double), cmp);
+    printf("%.9g\\n", t[{repeats // 20}]);
+    return (int)(sink != sink);
+}}
+""", encoding="utf-8")
+    exe = d / "timing"
+    arr.astype("<f4").tofile(d / "timing_inputs.f32")
+    _run([cc, "-std=c99", "-O2", "-o", str(exe), str(d / "timing.c"), str(res.source)], timeout)
+    return float(_run([str(exe), str(d / "timing_inputs.f32")], timeout).split()[0])
 
 
 _MPS2_LD = """MEMORY
