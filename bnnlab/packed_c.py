@@ -98,7 +98,7 @@ class _Emitter:
         a = np.asarray(arr, np.float32).reshape(-1)
         if not np.isfinite(a).all():
             raise ValueError(f"{name}: non-finite parameter")
-        return self.array(name, "float", [_f32(v) for v in a], 4 * a.size, kind)
+        return self.array(name, "float", [_f32(float(v)) for v in a], 4 * a.size, kind)
 
     def wordarr(self, name: str, words: np.ndarray, kind: str = "weights") -> str:
         w = np.asarray(words).reshape(-1)
@@ -172,7 +172,7 @@ class _Builder:
         self.em = em
         self.t = _T(False, tuple(input_shape))
         self.cur = "input"                 # C expression of the current buffer
-        self.cur_kind = "in"               # "in", ("f", i) or ("w", i)
+        self.cur_kind: Any = "in"          # "in", ("f", i) or ("w", i)
         self.fmax = [0, 0]                 # floats per half of the float arena
         self.wmax = [0, 0]                 # words per half of the word arena
         self.body: list[str] = []
@@ -235,7 +235,7 @@ class _Builder:
         else:
             self._float(i, m, where)
 
-    def _packed_sign(self, i: int, m: nn.Module, where: str) -> None:
+    def _packed_sign(self, i: int, m: Any, where: str) -> None:
         t = self.t
         if t.bits or t.shape[0] != m.channels or len(t.shape) != (3 if m.ndim == 4 else 1):
             raise _refuse(where, f"expects a float {m.ndim}-D input with {m.channels} channels, "
@@ -379,7 +379,7 @@ class _Builder:
         raise _refuse(where, f"XNOR-Net++ scale of shape {tuple(g.shape)} does not broadcast to "
                              "the output")
 
-    def _float(self, i: int, m: nn.Module, where: str) -> None:
+    def _float(self, i: int, m: Any, where: str) -> None:
         em, t, p = self.em, self.t, f"{self.em.prefix}_s{i}"
         tp = type(m)
         if t.bits:
@@ -489,7 +489,7 @@ class _Builder:
             em.parts.add("adaptive_avg_f")
             self._set(nt, dst)
             return
-        acts = {nn.ReLU: (0, 0.0, 0.0)}
+        acts: dict[type, tuple[int, float, float]] = {nn.ReLU: (0, 0.0, 0.0)}
         if tp is nn.Hardtanh:
             acts[tp] = (1, float(m.min_val), float(m.max_val))
         if tp is nn.LeakyReLU:
@@ -563,7 +563,7 @@ def memory_report(model: nn.Module, input_shape: tuple[int, ...], *,
     return built[2]
 
 
-def _float_twin_bytes(stages: list[nn.Module], em: _Emitter) -> int:
+def _float_twin_bytes(stages: list[Any], em: _Emitter) -> int:
     """float32 bytes of the weights and parameters with binary weights stored as floats."""
     from bnnlab import packed as P
 
@@ -576,7 +576,7 @@ def _float_twin_bytes(stages: list[nn.Module], em: _Emitter) -> int:
                 if v is not None:
                     total += 4 * int(v.numel())
             if m.fused:
-                total += 4 * 4 * len(m.threshold)   # the BN it replaced: mean, var, weight, bias
+                total += 4 * 4 * int(np.size(m.threshold))  # the BN it replaced (4 floats)
         elif isinstance(m, P.PackedSign):
             total += 4 * 4 * m.channels             # the BN it replaced
         else:
@@ -607,7 +607,7 @@ def _build(model: nn.Module, input_shape: tuple[int, ...], prefix: str,
     # float twin: every activation a float, two buffers of the largest one
     biggest = b.largest
     fl_params = _float_twin_bytes(stages, em)
-    mem = {
+    mem: dict[str, Any] = {
         "word_bits": word_bits,
         "weights_bytes": em.flash["weights"],
         "parameters_bytes": em.flash["parameters"],
@@ -834,7 +834,7 @@ def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
     if not has_flatten:
         raise ValueError("cannot infer the image size of a model without a flatten; pass "
                          "input_shape=(C, H, W)")
-    fits = []
+    fits: list[int] = []
     for s in range(1, 513):
         try:
             _build(model, (channels, s, s), "probe", 32)
@@ -898,7 +898,8 @@ def to_c(model: nn.Module, outdir: str | os.PathLike, *, input_shape=None,
         f"{prefix}.c": _source(em, b, up),
         "example.c": _example(prefix, up),
         "Makefile": _makefile(prefix),
-        "README.md": _readme(prefix, up, mem, shape, word_bits, list(model.notes)),
+        "README.md": _readme(prefix, up, mem, shape, word_bits,
+                             [str(n) for n in getattr(model, "notes", [])]),
     }
     paths = []
     for name, text in files.items():
