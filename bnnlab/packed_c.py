@@ -575,8 +575,9 @@ def _float_twin_bytes(stages: list[Any], em: _Emitter) -> int:
                 v = getattr(m, key)
                 if v is not None:
                     total += 4 * int(v.numel())
-            if m.fused:
-                total += 4 * 4 * int(np.size(m.threshold))  # the BN it replaced (4 floats)
+            if m.fused:                              # the BN it replaced: 4 floats per channel
+                total += 4 * 4 * (m.out_channels if isinstance(m, P.PackedConv2d)
+                                  else m.out_features)
         elif isinstance(m, P.PackedSign):
             total += 4 * 4 * m.channels             # the BN it replaced
         else:
