@@ -236,13 +236,18 @@ static void bnn_linear_f(const float *x, int in, int o, const float *w, const fl
 }
 
 /*@ conv_f */
+/* float conv; with obits != NULL its output is binarised on the fly as bnn_pack does (t, mode)
+   into NHWC bits, and the float map is never stored */
 static void bnn_conv_f(const float *x, int c, int h, int wd, const float *w, const float *b,
                        int o, int kh, int kw, int sy, int sx, int py, int px, int dy, int dx,
-                       int groups, float *y)
+                       int groups, float *y, const float *t, const uint8_t *mode, bnn_word *obits)
 {
     int ho = (h + 2 * py - dy * (kh - 1) - 1) / sy + 1;
     int wo = (wd + 2 * px - dx * (kw - 1) - 1) / sx + 1;
-    int cg = c / groups, og = o / groups, oc, oy, ox, ic, ky, kx;
+    int cg = c / groups, og = o / groups, nwo = BNN_NW(o), oc, oy, ox, ic, ky, kx;
+    if (obits) {
+        memset(obits, 0, sizeof(bnn_word) * (size_t)ho * (size_t)wo * (size_t)nwo);
+    }
     for (oc = 0; oc < o; oc++) {
         int g0 = (oc / og) * cg;
         for (oy = 0; oy < ho; oy++) {
@@ -264,7 +269,17 @@ static void bnn_conv_f(const float *x, int c, int h, int wd, const float *w, con
                         }
                     }
                 }
-                y[(oc * ho + oy) * wo + ox] = b ? s + b[oc] : s;
+                s = b ? s + b[oc] : s;
+                if (obits) {
+                    int m = mode[oc];
+                    int pos = m == 0 ? (s >= t[oc]) : m == 1 ? (-s >= t[oc]) : m == 2;
+                    if (!pos) {
+                        obits[(oy * wo + ox) * nwo + oc / BNN_WORD_BITS] |=
+                            BNN_ONE << (oc % BNN_WORD_BITS);
+                    }
+                } else {
+                    y[(oc * ho + oy) * wo + ox] = s;
+                }
             }
         }
     }

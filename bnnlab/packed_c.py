@@ -20,7 +20,8 @@ What the C computes is what :class:`~bnnlab.packed.PackedModel` computes, stage 
   ``-std=c99`` mode contracts nothing);
 * the float binarisation in front of a chain (:class:`~bnnlab.packed.PackedSign`) is one exact
   float comparison per element (``x >= u`` or ``-x >= u``), so its bits equal the packed
-  model's for the same float input;
+  model's for the same float input; after a float ``Conv2d`` it runs inside the convolution
+  loop, so the float feature map is never stored (the arena holds bits);
 * max-pool and flatten on bits as the packed model; float layers (first and last ``Linear`` /
   ``Conv2d``, ``BatchNorm`` folded to one per-channel ``x * s + t``, pooling, ReLU, Hardtanh,
   LeakyReLU, Identity, Dropout, Flatten) as plain float loops. Their float sums are not in
@@ -240,15 +241,17 @@ class _Builder:
         if t.bits or t.shape[0] != m.channels or len(t.shape) != (3 if m.ndim == 4 else 1):
             raise _refuse(where, f"expects a float {m.ndim}-D input with {m.channels} channels, "
                                  f"got {'bits' if t.bits else 'floats'} {t.shape}")
+        self._pack_into_bits(t, *self._sign_arrays(i, m))
+
+    def _sign_arrays(self, i: int, m: Any) -> tuple[str, str]:
+        """A PackedSign's per-channel test as C arrays (threshold, mode; see bnn_pack)."""
         thr = m.threshold.reshape(-1).numpy().astype(np.float32)
         neg = np.asarray(m.negate, bool)
         finite = np.isfinite(thr)
         mode = np.where(finite, np.where(neg, 1, 0), np.where(thr < 0, 2, 3))
         u = np.where(finite, thr, 0).astype(np.float32)
         p = f"{self.em.prefix}_s{i}"
-        self.em.floats(f"{p}_thr", u)
-        self.em.ints(f"{p}_mode", mode, "uint8_t", 1)
-        self._pack_into_bits(t, f"{p}_thr", f"{p}_mode")
+        return (self.em.floats(f"{p}_thr", u), self.em.ints(f"{p}_mode", mode, "uint8_t", 1))
 
     def _pack_into_bits(self, t: _T, thr: str, mode: str) -> None:
         c = t.shape[0]
@@ -379,7 +382,7 @@ class _Builder:
         raise _refuse(where, f"XNOR-Net++ scale of shape {tuple(g.shape)} does not broadcast to "
                              "the output")
 
-    def _float(self, i: int, m: Any, where: str) -> None:
+    def _float(self, i: int, m: Any, where: str, sign: Any = None) -> None:
         em, t, p = self.em, self.t, f"{self.em.prefix}_s{i}"
         tp = type(m)
         if t.bits:
@@ -419,12 +422,20 @@ class _Builder:
             w = em.floats(f"{p}_w", m.weight.detach().numpy(), "weights")
             b = "NULL" if m.bias is None else em.floats(f"{p}_b", m.bias.detach().numpy())
             nt = _T(False, (m.out_channels, ho, wo))
-            dst = self._next(False, nt.size)
-            self.body.append(
-                f"bnn_conv_f({self.cur}, {c}, {h}, {w_}, {w}, {b}, {m.out_channels}, {k[0]}, "
-                f"{k[1]}, {s[0]}, {s[1]}, {pd[0]}, {pd[1]}, {d[0]}, {d[1]}, {m.groups}, {dst});")
             self.float_ops += nt.size * (c // m.groups) * k[0] * k[1]
             em.parts.add("conv_f")
+            call = (f"bnn_conv_f({self.cur}, {c}, {h}, {w_}, {w}, {b}, {m.out_channels}, {k[0]}, "
+                    f"{k[1]}, {s[0]}, {s[1]}, {pd[0]}, {pd[1]}, {d[0]}, {d[1]}, {m.groups}, ")
+            if sign is not None:               # binarised on the fly: no float map in RAM
+                self.largest = max(self.largest, nt.size)
+                thr, mode = self._sign_arrays(i + 1, sign)
+                nb = _T(True, nt.shape)
+                dst = self._next(True, nb.words(em.word_bits))
+                self.body.append(call + f"NULL, {thr}, {mode}, {dst});")
+                self._set(nb, dst)
+                return
+            dst = self._next(False, nt.size)
+            self.body.append(call + f"{dst}, NULL, NULL, NULL);")
             self._set(nt, dst)
             return
         if tp in (nn.BatchNorm1d, nn.BatchNorm2d):
@@ -588,6 +599,8 @@ def _float_twin_bytes(stages: list[Any], em: _Emitter) -> int:
 
 def _build(model: nn.Module, input_shape: tuple[int, ...], prefix: str,
            word_bits: int) -> tuple[_Emitter, _Builder, dict]:
+    from bnnlab import packed as P
+
     stages = _stage_list(model)
     if not input_shape or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
                               for v in input_shape) or len(input_shape) not in (1, 3):
@@ -595,8 +608,16 @@ def _build(model: nn.Module, input_shape: tuple[int, ...], prefix: str,
                          f"{input_shape!r}")
     em = _Emitter(prefix, word_bits)
     b = _Builder(em, input_shape)
-    for i, m in enumerate(stages):
+    i = 0
+    while i < len(stages):
+        m, nxt = stages[i], stages[i + 1] if i + 1 < len(stages) else None
+        if type(m) is nn.Conv2d and isinstance(nxt, P.PackedSign) and nxt.ndim == 4 \
+                and nxt.channels == m.out_channels and not b.t.bits:
+            b._float(i, m, _who(i, m), sign=nxt)          # conv + binarisation in one pass
+            i += 2
+            continue
         b.add(i, m)
+        i += 1
     if b.t.bits:
         raise _refuse("this PackedModel", "it ends on packed bits; the last stage must be float")
     if b.cur == "input":

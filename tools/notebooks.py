@@ -1005,8 +1005,9 @@ fig.update_layout(barmode="group", height=380, title="Memory of the exported CNN
                   legend=dict(orientation="h", y=-0.15))
 
 # %% [markdown]
-Flash shrinks by the factor of the binary weights (32 bits become 1); RAM much less, because the
-float first layer's output is still the largest buffer.
+Flash shrinks by about the factor of the binary weights (32 bits become 1). RAM shrinks too: the
+float first convolution binarises each output as it computes it, so its float feature map is never
+stored, and every later activation is packed bits.
 
 ## A 32-bit ARM board and a microcontroller, emulated
 
@@ -1045,8 +1046,8 @@ Python, which calls vectorised kernels but pays Python's overhead for every stag
   rounding (its float first and last layers sum in a different order than torch).
 - It needs no allocator and no library: the same file builds for a laptop, a 32-bit ARM board
   and a Cortex-M microcontroller.
-- Flash shrinks by an order of magnitude; RAM is set by the largest activation, here the float
-  output of the first layer.
+- Flash and RAM shrink by an order of magnitude: binary weights are bits, and no float feature map
+  is stored between the first layer and the classifier.
 
 ## Try this
 
