@@ -45,13 +45,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from bnnlab import c_runtime, kernels
 from bnnlab._validation import check_choice, check_int
 
 __all__ = ["CExport", "to_c", "memory_report", "infer_input_shape", "run_host", "run_mps2",
-           "cortex_m_size", "host_latency", "main"]
+           "cortex_m_size", "host_latency", "reference_deployment", "main"]
 
 
 def _refuse(where: str, why: str) -> ValueError:
@@ -1151,6 +1152,37 @@ int main(void)
     pred = np.array([int(r[1]) for r in rows])
     bits = np.array([[int(v, 16) for v in r[2:2 + res.output_size]] for r in rows], np.uint32)
     return pred, bits.view(np.float32)
+
+
+def reference_deployment(workdir: str | os.PathLike | None = None, *, seed: int = 0) -> dict:
+    """Flash and RAM of the reference CNN (``models.binary_cnn()``, 28×28) exported as C.
+
+    The sizes do not depend on the weight values, so the model is not trained: seeded
+    initialisation, BatchNorm statistics from a few train-mode passes over random images.
+    Returns :func:`memory_report`'s dict for 32-bit words plus ``"cortex_m4"``
+    (:func:`cortex_m_size`, or ``None`` without ``arm-none-eabi-gcc``) and ``"parameters"``.
+    """
+    import shutil
+    import tempfile
+
+    from bnnlab import models
+    from bnnlab import packed as P
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = models.binary_cnn()
+    net.train()
+    with torch.no_grad():
+        for _ in range(4):
+            net(torch.randn(16, 1, 28, 28, generator=gen))
+    net.eval()
+    pk = P.export(net, torch.randn(4, 1, 28, 28, generator=gen))
+    with tempfile.TemporaryDirectory() as tmp:
+        res = to_c(pk, workdir if workdir is not None else tmp, input_shape=(1, 28, 28))
+        out = dict(res.memory)
+        out["cortex_m4"] = cortex_m_size(res) if shutil.which("arm-none-eabi-gcc") else None
+    out["parameters"] = sum(int(p.numel()) for p in net.parameters())
+    return out
 
 
 # =========================================================================== CLI
