@@ -11,6 +11,7 @@ PY       := $(VENV)/bin/python
 PORT     ?= 8888
 TORCH    := torch==2.13.0
 APT_PKGS := dataset-fashion-mnist chromium texlive-latex-base texlive-latex-recommended \
+            gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-arm-linux-gnueabihf qemu-user qemu-system-arm \
             texlive-latex-extra texlive-pictures lmodern latexmk poppler-utils
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=

@@ -714,6 +714,22 @@ def bench_memory_table(results: Mapping) -> str:
     return booktabs(head, out, "llrrr")
 
 
+@table("tab:deploy")
+def deploy_table(results: Mapping) -> str:
+    """Flash and RAM of the reference CNN exported as C (bnnlab.packed_c), binary vs float32,
+    and the Cortex-M4 build measured with arm-none-eabi-size (computed here; no result file)."""
+    from bnnlab import packed_c
+
+    d = packed_c.reference_deployment()
+    m4 = d["cortex_m4"]
+    head = ["C program", "Flash (KiB)", "RAM (KiB)"]
+    rows = [[r"float32 (estimate)", _kib(d["float32_flash_bytes"]), _kib(d["float32_ram_bytes"])],
+            [r"binary, 32-bit words (estimate)", _kib(d["flash_bytes"]), _kib(d["ram_bytes"])],
+            [r"binary, Cortex-M4 \texttt{-Os} (\texttt{arm-none-eabi-size})",
+             _kib(m4["flash"]) if m4 else "--", _kib(m4["ram"]) if m4 else "--"]]
+    return booktabs(head, rows, "lrr")
+
+
 def xnor_example(k: int = 12, seed: int = 8) -> dict[str, Any]:
     r"""A worked XNOR-popcount dot product computed by :mod:`bnnlab.kernels`.
 
