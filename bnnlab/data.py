@@ -58,6 +58,8 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "DEBIAN_FASHION_MNIST",
     "default_cache_dir",
+    "DATASETS",
+    "load",
 ]
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the four IDX files.
@@ -241,7 +243,7 @@ def _finish_images(parts, *, scale: float, normalize, flatten: bool, image_shape
         info.update(mean=mean, std=std)
     shape = (-1,) if flatten else tuple(image_shape)
     out = []
-    for x, (_, y) in zip(xs, parts):
+    for x, (_, y) in zip(xs, parts, strict=True):
         xt = torch.from_numpy(np.ascontiguousarray(x.reshape(len(x), *shape)))
         yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
         out.append((xt, yt))
@@ -733,3 +735,28 @@ def make_regression(n_samples: int = 512, *, noise: float = 0.1, val_size=0.2, t
     y = np.sin(3.0 * x) + 0.3 * x + noise * rng.standard_normal(x.shape)
     return _split_synthetic(x, y, val_size=val_size, test_size=test_size, seed=seed,
                             name="regression", num_classes=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# By name
+# ---------------------------------------------------------------------------------------------
+#: name -> loader, for :func:`load`, ``python -m bnnlab train --data`` and run specs.
+DATASETS: dict[str, Callable[..., Split]] = {
+    "digits": load_digits,
+    "fashion-mnist": load_fashion_mnist,
+    "mnist": load_mnist,
+    "moons": make_moons,
+    "spirals": make_spirals,
+    "regression": make_regression,
+}
+
+
+def load(name: str, **kwargs) -> Split:
+    """Load the data set ``name`` (a key of :data:`DATASETS`) with the loader's ``kwargs``.
+
+    ``root`` is accepted as an alias of the loaders' data-directory argument.
+    """
+    from bnnlab._validation import check_choice
+
+    check_choice(name, "name", DATASETS)
+    return DATASETS[name](**kwargs)

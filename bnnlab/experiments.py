@@ -50,7 +50,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import importlib.util
 import json
@@ -70,6 +69,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from bnnlab.train import KeepBest
 
 __all__ = [
     "SCHEMA",
@@ -302,50 +303,6 @@ def select_best(values: Sequence[float], mode: str = "max") -> int:
     if best_i < 0:
         raise ValueError("values has no finite entry")
     return best_i
-
-
-class KeepBest:
-    """:func:`bnnlab.train.fit` callback: keep a copy of the weights of the best epoch.
-
-    "Best" is judged on ``monitor`` (a validation metric of the
-    :class:`~bnnlab.train.History`), never on test data; ties keep the earliest epoch, as
-    :func:`select_best`. After training, :meth:`restore` loads those weights back.
-
-    Args:
-        monitor: ``"val_acc"`` (maximised) or ``"val_loss"`` (minimised). Default: ``"val_acc"``.
-
-    Attributes:
-        best_epoch: epoch number of the kept weights (``None`` before the first epoch).
-        best_value: its ``monitor`` value.
-    """
-
-    stop_training = False
-
-    def __init__(self, monitor: str = "val_acc") -> None:
-        if monitor not in ("val_acc", "val_loss"):
-            raise ValueError(f"monitor must be 'val_acc' or 'val_loss', got {monitor!r}")
-        self.monitor = monitor
-        self.mode = "max" if monitor == "val_acc" else "min"
-        self.best_epoch: int | None = None
-        self.best_value = math.nan
-        self._state: dict[str, Tensor] | None = None
-
-    def on_epoch_end(self, epoch, history, model) -> None:
-        value = float(getattr(history, self.monitor)[-1])
-        if math.isnan(value):
-            return
-        better = value > self.best_value if self.mode == "max" else value < self.best_value
-        if self.best_epoch is None or better:      # strict: ties keep the earliest epoch
-            self.best_epoch, self.best_value = int(epoch), value
-            self._state = copy.deepcopy(model.state_dict())
-
-    def restore(self, model: nn.Module) -> nn.Module:
-        """Load the kept weights into ``model`` (eval mode) and return it."""
-        if self._state is None:
-            raise RuntimeError("no epoch was recorded: train for at least one epoch with a "
-                               "validation part")
-        model.load_state_dict(self._state)
-        return model.eval()
 
 
 def aggregate(values: Iterable[float]) -> dict[str, float]:
@@ -854,7 +811,7 @@ def _run_bench(out: Path, quick: bool, log: Callable[[str], None]) -> dict[str, 
         cmd.append("--quick")
     log("[bench] " + " ".join(cmd))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False)
+    proc = subprocess.run(cmd, check=False)  # noqa: S603 - our own interpreter and module
     return {"status": "ok" if proc.returncode == 0 else f"failed (rc={proc.returncode})",
             "command": cmd[1:], "seconds": time.perf_counter() - t0}
 
