@@ -6,6 +6,8 @@ Commands (each module owns its own argument parser, ``--help`` lists the options
 * ``export``       export a trained reference model to a packed file (:mod:`bnnlab.packed`)
 * ``experiments``  train and evaluate the model families, write JSON results (:mod:`bnnlab.experiments`)
 * ``figures``      write the report's figures (PDF) and tables (LaTeX) (:mod:`bnnlab.figures`)
+* ``sweep``        run every missing spec of a sweep on Dask, one record per run (:mod:`bnnlab.sweep`)
+* ``train``        train one model; checkpoints, ``--resume``, DDP under torchrun (:mod:`bnnlab.train`)
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ COMMANDS = {
     "export": ("bnnlab.packed", "export a model to the pickle-free packed format"),
     "experiments": ("bnnlab.experiments", "train/evaluate the model families, write JSON results"),
     "figures": ("bnnlab.figures", "write the report's figures and tables"),
+    # experiments at scale (issue 9)
+    "sweep": ("bnnlab.sweep", "run every missing spec of a sweep on Dask (resumable)"),
+    "train": ("bnnlab.train", "train one model (checkpoints, --resume, DDP under torchrun)"),
 }
 
 
