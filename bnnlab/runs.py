@@ -405,7 +405,7 @@ class ResultStore:
 FIT_DEFAULTS: dict[str, Any] = {
     "model_kw": {}, "data_kw": {}, "fraction": 1.0, "seed": 0, "optimizer": "adam",
     "lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine", "epochs": 5, "batch_size": 128,
-    "early_stopping": None, "selection": "val_acc", "device": "cpu",
+    "early_stopping": None, "selection": "val_acc", "device": "cpu", "augment": False,
 }
 
 
@@ -433,7 +433,7 @@ def fit_runner(spec: dict[str, Any]) -> dict[str, Any]:
     validation split); ``optimizer``, ``lr``, ``weight_decay``, ``schedule``, ``epochs``,
     ``batch_size``; ``early_stopping`` (``None`` or ``{"monitor": ..., "patience": ...}``);
     ``selection`` (``"val_acc"`` or ``"val_loss"``: the epoch whose weights are tested);
-    ``device``.
+    ``device``; ``augment`` (random crop and flip, :func:`bnnlab.data.augment_crop_flip`).
 
     Result: ``history`` (per epoch: train/val loss and accuracy, lr), ``epoch_seconds``,
     ``best_epoch``, ``val_acc``/``val_loss`` at it, ``test_acc``/``test_loss`` (evaluated
@@ -470,7 +470,8 @@ def fit_runner(spec: dict[str, Any]) -> dict[str, Any]:
                      lr=float(spec["lr"]), batch_size=int(spec["batch_size"]),
                      optimizer=spec["optimizer"], weight_decay=float(spec["weight_decay"]),
                      schedule=spec["schedule"], loss=loss, callbacks=callbacks,
-                     progress=False, seed=seed, device=spec["device"])
+                     progress=False, seed=seed, device=spec["device"],
+                     augment=D.augment_crop_flip if spec["augment"] else None)
     fit_seconds = time.perf_counter() - t0
     best.restore(model)
     test = train.evaluate(model, *split.test, loss=loss)

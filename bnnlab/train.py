@@ -526,7 +526,8 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float = 1e-3, batch_size: in
         callbacks: Iterable = (), progress: bool = True, seed: int = 0,
         clip_weights: bool = True, eval_batch_size: int = 1000,
         num_threads: int | None = None, device: str | torch.device | None = None,
-        checkpoint: str | os.PathLike[str] | None = None, resume: bool = False) -> History:
+        checkpoint: str | os.PathLike[str] | None = None, resume: bool = False,
+        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None) -> History:
     """Train ``model`` on ``data`` for ``epochs`` epochs and return the :class:`History`.
 
     Each epoch shuffles the training part with a generator seeded from ``seed`` (the global
@@ -566,6 +567,9 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float = 1e-3, batch_size: in
             history and epoch. Under DDP only rank 0 writes. Default: ``None``.
         resume: continue from ``checkpoint`` when it exists (an interrupted run, resumed,
             ends with the weights of an uninterrupted one). Callbacks start afresh.
+        augment: ``(x_batch, generator) -> x_batch`` applied to each training batch, drawing
+            from the shuffling generator (e.g. :func:`bnnlab.data.augment_crop_flip`).
+            Default: ``None``.
 
     Under ``torchrun`` (an initialised :mod:`torch.distributed` process group with more than
     one process) the model is wrapped in
@@ -587,6 +591,8 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float = 1e-3, batch_size: in
     lr = check_real(lr, "lr", min_value=0.0, include_min=False)
     num_threads = check_int(num_threads, "num_threads", min_value=1, allow_none=True)
     resume = check_bool(resume, "resume")
+    if augment is not None and not callable(augment):
+        raise TypeError(f"augment must be callable or None, got {type(augment).__name__}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
     dev = _resolve_device(device, model)
@@ -639,9 +645,14 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float = 1e-3, batch_size: in
             for i in range(0, n, batch_size):
                 idx = perm[i:i + batch_size]
                 n_global = idx.shape[0]
-                if world > 1:
-                    idx = idx[rank::world]
-                xb, yb = x[idx], y[idx]
+                if augment is not None:     # on the global batch: every rank draws the same
+                    xb, yb = augment(x[idx], gen), y[idx]
+                    if world > 1:
+                        xb, yb = xb[rank::world], yb[rank::world]
+                else:
+                    if world > 1:
+                        idx = idx[rank::world]
+                    xb, yb = x[idx], y[idx]
                 if pin:
                     xb, yb = xb.pin_memory(), yb.pin_memory()
                 xb, yb = xb.to(dev, non_blocking=pin), yb.to(dev, non_blocking=pin)
@@ -833,3 +844,160 @@ def train_reference(name: str, data=None, *, binary: bool = True, epochs: int | 
     seconds = time.perf_counter() - t0
     test = evaluate(model, *data.test)
     return ReferenceResult(model=model, history=history, test=test, seconds=seconds, data=data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: python -m bnnlab train (DDP under torchrun)
+# ---------------------------------------------------------------------------------------------
+def _infer_model_kwargs(name: str, kwargs: dict, split) -> dict:
+    """Fill ``in_features`` / ``in_channels`` / ``image_size`` / ``num_classes`` of a builder
+    from the data when the user did not give them."""
+    import importlib
+    import inspect
+
+    from bnnlab import models
+
+    if ":" in name:
+        module, _, func = name.partition(":")
+        builder = getattr(importlib.import_module(module), func)
+    else:
+        builder = getattr(models, name, None)
+    if builder is None:
+        return kwargs
+    params = inspect.signature(builder).parameters
+    shape = split.input_shape
+    guesses = {"in_features": math.prod(shape), "in_channels": shape[0] if len(shape) == 3 else 1,
+               "image_size": shape[-1], "num_classes": split.num_classes or 1}
+    return {**{k: v for k, v in guesses.items() if k in params}, **kwargs}
+
+
+def _json_arg(text: str, name: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise SystemExit(f"{name}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"{name}: expected a JSON object, got {text!r}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bnnlab train --model NAME --data NAME --out DIR [options]``.
+
+    Writes ``DIR/checkpoint.safetensors`` (every epoch; ``--resume`` continues from it),
+    ``DIR/model.safetensors`` (the final weights) and ``DIR/record.json`` (arguments,
+    history, test metrics at the end, world size, versions, machine). Under
+    ``torchrun --nproc-per-node N`` it trains with DDP (gloo on CPU, NCCL on CUDA); only
+    rank 0 writes.
+    """
+    import argparse
+    import platform
+
+    from bnnlab import data as D
+
+    parser = argparse.ArgumentParser(prog="python -m bnnlab train",
+                                     description="Train one model; pickle-free checkpoints.")
+    parser.add_argument("--model", required=True,
+                        help="a builder of bnnlab.models (binary_mlp, binary_cnn, vgg_small, "
+                             "birealnet18, ...) or package.module:function")
+    parser.add_argument("--model-kw", default="{}", help="JSON keyword arguments of the builder")
+    parser.add_argument("--data", required=True, help=f"one of {', '.join(D.DATASETS)}")
+    parser.add_argument("--data-root", help="folder of the data files (Fashion-MNIST, CIFAR-10)")
+    parser.add_argument("--data-kw", default="{}", help="JSON keyword arguments of the loader")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="global batch size (split across DDP processes)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
+    parser.add_argument("--schedule", default="cosine", choices=("cosine", "linear", "none"))
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (under torchrun: "
+                        "cuda means cuda:LOCAL_RANK)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoint.safetensors")
+    parser.add_argument("--augment", action="store_true",
+                        help="random crop (4-pixel padding) and horizontal flip per batch")
+    parser.add_argument("--progress", action="store_true", help="tqdm bar (rank 0)")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or args.threads < 1:
+        parser.error("--epochs, --batch-size and --threads must be >= 1")
+    torch.set_num_threads(args.threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = args.device
+    if world > 1:
+        import torch.distributed as dist
+
+        cuda = device.startswith("cuda")
+        if cuda:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(torch.device(device))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        data_kw = {"seed": args.seed, **_json_arg(args.data_kw, "--data-kw")}
+        if args.data_root:
+            data_kw["root"] = args.data_root
+        split = D.load(args.data, **data_kw)
+        model_kw = _infer_model_kwargs(args.model, _json_arg(args.model_kw, "--model-kw"),
+                                       split)
+        torch.manual_seed(args.seed)
+        model = build_model(args.model, **model_kw)
+        loss = "cross_entropy" if split.num_classes is not None else "mse"
+        t0 = time.perf_counter()
+        hist = fit(model, split, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                   optimizer=args.optimizer, weight_decay=args.weight_decay, loss=loss,
+                   schedule=None if args.schedule == "none" else args.schedule,
+                   progress=args.progress, seed=args.seed, device=device,
+                   checkpoint=args.out / "checkpoint.safetensors", resume=args.resume,
+                   augment=D.augment_crop_flip if args.augment else None)
+        seconds = time.perf_counter() - t0
+        if rank == 0:
+            from safetensors.torch import save_file
+
+            import bnnlab
+
+            test = evaluate(model, *split.test, loss=loss)
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            tmp = args.out / f".model.safetensors.{os.getpid()}.tmp"
+            save_file(state, str(tmp), metadata={"format": "bnnlab.weights/1",
+                                                 "model": args.model,
+                                                 "model_kw": json.dumps(model_kw)})
+            os.replace(tmp, args.out / "model.safetensors")
+
+            def clean(v: float) -> float | None:
+                return None if math.isnan(v) else float(v)
+
+            h = hist.as_dict()
+            record = {
+                "schema": "bnnlab.train/1", "args": {k: str(v) if isinstance(v, Path) else v
+                                                     for k, v in vars(args).items()},
+                "model_kw": model_kw, "world_size": world, "device": str(device),
+                "history": {k: vals if k == "epoch" else [clean(v) for v in vals]
+                            for k, vals in h.items()},
+                "best_epoch": hist.best("val_acc")[0] if _has_val_acc(h) else None,
+                "test": {k: clean(v) for k, v in test.items()}, "fit_seconds": seconds,
+                "versions": {"bnnlab": bnnlab.__version__, "torch": torch.__version__,
+                             "python": platform.python_version()},
+                "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                            "cuda": torch.cuda.get_device_name() if
+                            str(device).startswith("cuda") else None},
+            }
+            text = json.dumps(record, indent=1, allow_nan=False)
+            tmp = args.out / f".record.json.{os.getpid()}.tmp"
+            tmp.write_text(text + "\n", encoding="utf-8")
+            os.replace(tmp, args.out / "record.json")
+            print(f"[train] {args.model} on {args.data}: {len(hist)} epochs in {seconds:.1f} s, "
+                  f"test accuracy {test['accuracy']:.4f} -> {args.out}", flush=True)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return 0
+
+
+def _has_val_acc(h: dict) -> bool:
+    return any(not math.isnan(v) for v in h["val_acc"])
