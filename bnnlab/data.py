@@ -812,7 +812,7 @@ def _cifar_folder(root) -> Path:
 
 
 def load_cifar10(root, *, verify: bool = True, normalize: str | None = "channel",
-                 val_size=5000, n_train: int | None = None, n_test: int | None = None,
+                 val_size=0.1, n_train: int | None = None, n_test: int | None = None,
                  seed: int = 0) -> Split:
     """CIFAR-10 (32×32 colour images, 10 classes) from the official *binary* files in ``root``.
 
@@ -828,7 +828,8 @@ def load_cifar10(root, *, verify: bool = True, normalize: str | None = "channel"
         normalize: ``"channel"`` (per-channel mean and std of the train part, the standard
             CIFAR preprocessing), ``"unit"`` ([0, 1]), ``"symmetric"`` ([-1, 1]) or ``None``
             (raw 0..255). Default: ``"channel"``.
-        val_size: validation count or fraction of the 50,000 training images. Default: ``5000``.
+        val_size: validation count or fraction of the 50,000 training images. Default: ``0.1``
+            (5,000 images).
         n_train: keep only this many training images. n_test: a fixed subset of the test part.
         seed: seed of the validation split and the ``n_train`` subset. Default: ``0``.
 

@@ -70,6 +70,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnnlab.runs import ResultStore
+from bnnlab.sweep import run_sweep
 from bnnlab.train import KeepBest
 
 __all__ = [
@@ -93,6 +95,13 @@ __all__ = [
     "pool_split",
     "run",
     "main",
+    "PAPER_MODELS",
+    "PAPER_BUDGET",
+    "paper_specs",
+    "paper_table",
+    "run_paper",
+    "run_sweep",
+    "ResultStore",
 ]
 
 #: Identifies the layout of the JSON files; bump when it changes.
@@ -790,6 +799,110 @@ EXPERIMENTS: dict[str, tuple[Callable[[_Context], dict], tuple[str, ...]]] = {
 
 
 # =============================================================================================
+# The paper profile: CIFAR-10 runs as a Dask sweep, tables from the results directory only
+# =============================================================================================
+#: name -> (model builder of :mod:`bnnlab.models`, its keyword arguments, label).
+PAPER_MODELS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "vgg-small-float": ("vgg_small", {"binary": False}, "VGG-small (float)"),
+    "vgg-small": ("vgg_small", {"binary": True}, "BinaryNet VGG-small"),
+    "resnet18-float": ("resnet18_bireal", {"binary": False}, "ResNet-18 (float)"),
+    "bireal-18": ("resnet18_bireal", {"binary": True}, "Bi-Real Net-18"),
+    "reactnet-18": ("resnet18_bireal", {"binary": True, "block": "reactnet"},
+                    "ReActNet-18"),
+}
+
+#: The budget of every ``paper`` run (one budget for all, as in the small profiles): Adam with
+#: a cosine decay, crop/flip augmentation, per-channel normalisation, best validation epoch.
+#: It is this project's choice, not any one paper's schedule (BinaryNet trained 500 epochs).
+PAPER_BUDGET: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
+                                "epochs": 200, "batch_size": 128, "augment": True,
+                                "weight_decay": 0.0}
+
+
+def paper_specs(*, seeds: Iterable[int] = (0, 1, 2), fraction: float = 1.0,
+                epochs: int | None = None, verify: bool = True,
+                models: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Run specs of the ``paper`` profile: :data:`PAPER_MODELS` × ``seeds`` on CIFAR-10.
+
+    The data folder is not part of a spec (the files are verified against the official
+    SHA-256, so every machine reads the same bytes); it is given to :func:`run_paper` or set in
+    ``BNNLAB_DATA_ROOT`` on the workers.
+    """
+    from bnnlab._validation import check_bool, check_int, check_real
+
+    fraction = check_real(fraction, "fraction", min_value=0.0, max_value=1.0,
+                          include_min=False)
+    epochs = check_int(epochs, "epochs", min_value=1, allow_none=True)
+    verify = check_bool(verify, "verify")
+    names = list(PAPER_MODELS) if models is None else list(models)
+    for name in names:
+        if name not in PAPER_MODELS:
+            raise ValueError(f"models: unknown {name!r}; choose from {list(PAPER_MODELS)}")
+    budget = dict(PAPER_BUDGET, **({"epochs": epochs} if epochs is not None else {}))
+    specs = []
+    for seed in seeds:
+        for name in names:
+            builder, kw, _ = PAPER_MODELS[name]
+            specs.append({"runner": "fit", "model": builder, "model_kw": dict(kw),
+                          "data": "cifar10", "data_kw": {"verify": verify},
+                          "fraction": float(fraction), "seed": int(seed), **budget,
+                          "tags": {"profile": "paper", "model": name}})
+    return specs
+
+
+def paper_table(results: str | os.PathLike[str]) -> dict[str, Any]:
+    """Mean ± sd of the test accuracy per model of the ``paper`` records in ``results``
+    (built from the results directory only)."""
+    from bnnlab.runs import ResultStore
+
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for rec in ResultStore(results).records():
+        tags = rec["spec"].get("tags") or {}
+        if tags.get("profile") != "paper":
+            continue
+        rows.setdefault(tags["model"], []).append(rec)
+    table = {}
+    for name in PAPER_MODELS:
+        recs = sorted(rows.get(name, []), key=lambda r: r["spec"]["seed"])
+        if not recs:
+            continue
+        table[name] = {"label": PAPER_MODELS[name][2],
+                       "test_acc": aggregate(r["result"]["test_acc"] for r in recs),
+                       "seeds": [r["spec"]["seed"] for r in recs],
+                       "keys": [r["key"] for r in recs],
+                       "parameters": recs[0]["result"]["parameters"],
+                       "epochs": recs[0]["spec"]["epochs"],
+                       "fraction": recs[0]["spec"]["fraction"],
+                       "run_seconds": aggregate(r["seconds"] for r in recs)}
+    return {"schema": SCHEMA, "experiment": "paper", "profile": "paper",
+            "budget": PAPER_BUDGET, "models": table}
+
+
+def run_paper(out: str | os.PathLike[str], data_root: str | os.PathLike[str], *,
+              client: Any = None, scheduler: str | None = None, workers: int | None = None,
+              progress: bool = True, log: Callable[[str], None] = print,
+              **spec_kw: Any) -> dict[str, Any]:
+    """The ``paper`` profile: sweep :func:`paper_specs` into ``<out>/runs`` on Dask (missing
+    runs only), then write ``<out>/paper.json`` from those records."""
+    from bnnlab.sweep import run_sweep
+
+    out = Path(out)
+    specs = paper_specs(**spec_kw)
+    report = run_sweep(specs, out / "runs", client=client, scheduler=scheduler,
+                       workers=workers, progress=progress, log=log,
+                       env={"BNNLAB_DATA_ROOT": str(Path(data_root).resolve())})
+    if report.failed:
+        raise RuntimeError(f"{len(report.failed)} paper runs failed: "
+                           + "; ".join(report.failed.values()))
+    table = paper_table(out / "runs")
+    table["sweep"] = {"total": report.total, "done": len(report.done),
+                      "skipped": len(report.skipped), "seconds": report.seconds,
+                      "scheduler": report.scheduler}
+    _write_json(out / "paper.json", table)
+    return table
+
+
+# =============================================================================================
 # Runner and CLI
 # =============================================================================================
 def _machine() -> dict[str, Any]:
@@ -934,6 +1047,15 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_const", const="full", dest="profile",
                       help="the report's numbers: 3 seeds, 5,000 Fashion-MNIST training images "
                            "(about 16 minutes on 2 cores)")
+    mode.add_argument("--paper", action="store_const", const="paper", dest="profile",
+                      help="CIFAR-10 (--data-root) with VGG-small and ResNet-18 Bi-Real / "
+                           "ReActNet, as a Dask sweep (a cluster or a GPU)")
+    parser.add_argument("--data-root", type=Path, help="CIFAR-10 binary files (--paper)")
+    parser.add_argument("--fraction", type=float, default=1.0,
+                        help="--paper: fraction of the training images (smoke tests: 0.01)")
+    parser.add_argument("--scheduler", help="--paper: address of a Dask scheduler (default: "
+                        "an embedded LocalCluster)")
+    parser.add_argument("--workers", type=int, help="--paper: LocalCluster workers")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"output directory (default: {DEFAULT_OUT})")
     parser.add_argument("--only", nargs="+", metavar="NAME", choices=list(EXPERIMENTS),
@@ -958,6 +1080,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be >= 1")
     torch.set_num_threads(args.threads)
+    if args.profile == "paper":
+        if args.data_root is None:
+            parser.error("--paper needs --data-root (the CIFAR-10 binary files)")
+        run_paper(args.out, args.data_root, scheduler=args.scheduler, workers=args.workers,
+                  progress=args.progress, log=lambda s: print(s, flush=True),
+                  seeds=range(args.seeds or 3), fraction=args.fraction, epochs=args.epochs)
+        return 0
+    if args.scheduler or args.workers:
+        parser.error("--scheduler and --workers apply to --paper (the quick and full "
+                     "profiles run in this process)")
     profile = _override(PROFILES[args.profile or "quick"], args)
     run(profile, args.out, only=args.only, progress=args.progress, bench=args.bench,
         log=lambda s: print(s, flush=True))

@@ -428,7 +428,9 @@ def fit_runner(spec: dict[str, Any]) -> dict[str, Any]:
     :func:`bnnlab.train.build_model`) with ``model_kw``, or ``variant`` (a key of
     :data:`bnnlab.experiments.VARIANTS`) with ``model_kw`` passed to
     :func:`bnnlab.experiments.build_model`; ``data`` (a name of :func:`bnnlab.data.load`) with
-    ``data_kw``; ``fraction`` of the training part kept (its first samples; the loaders'
+    ``data_kw`` (CIFAR-10: the folder is ``data_kw["root"]`` or, when the spec leaves it
+    out because the files are SHA-256-verified, the worker's ``BNNLAB_DATA_ROOT``);
+    ``fraction`` of the training part kept (its first samples; the loaders'
     training part is already a seeded permutation); ``seed`` (initialisation, shuffling and
     validation split); ``optimizer``, ``lr``, ``weight_decay``, ``schedule``, ``epochs``,
     ``batch_size``; ``early_stopping`` (``None`` or ``{"monitor": ..., "patience": ...}``);
@@ -449,6 +451,12 @@ def fit_runner(spec: dict[str, Any]) -> dict[str, Any]:
     seed = check_int(spec["seed"], "spec['seed']", min_value=0)
     selection = check_choice(spec["selection"], "spec['selection']", ("val_acc", "val_loss"))
     data_kw = {"seed": seed, **spec["data_kw"]}
+    if spec["data"] == "cifar10" and "root" not in data_kw:
+        root = os.environ.get("BNNLAB_DATA_ROOT")
+        if not root:
+            raise ValueError("spec['data'] is 'cifar10' but neither spec['data_kw']['root'] "
+                             "nor the worker's BNNLAB_DATA_ROOT names the folder of its files")
+        data_kw["root"] = root
     split = D.load(spec["data"], **data_kw)
     if fraction < 1.0:
         x, y = split.train

@@ -100,8 +100,11 @@ def load_specs(path: str | os.PathLike[str]) -> list[dict]:
     raise ValueError(f"{path}: expected a list of specs or {{'base': ..., 'grid': ...}}")
 
 
-def _execute(spec: dict[str, Any], threads: int) -> dict[str, Any]:
+def _execute(spec: dict[str, Any], threads: int,
+             env: dict[str, str] | None = None) -> dict[str, Any]:
     """The Dask task: one run (module-level, so workers import it by name)."""
+    if env:
+        os.environ.update(env)
     return run_spec(spec, threads=threads)
 
 
@@ -116,7 +119,8 @@ def _local_cluster(workers: int | None) -> Any:
 def run_sweep(specs: Iterable[Mapping[str, Any]], results: str | os.PathLike[str] | ResultStore,
               *, client: Any = None, scheduler: str | None = None, workers: int | None = None,
               retries: int = 2, threads: int = 1, progress: bool = True,
-              log: Callable[[str], None] | None = None) -> SweepReport:
+              log: Callable[[str], None] | None = None,
+              env: Mapping[str, str] | None = None) -> SweepReport:
     """Execute every spec whose record is missing from ``results``, on Dask.
 
     Args:
@@ -133,6 +137,9 @@ def run_sweep(specs: Iterable[Mapping[str, Any]], results: str | os.PathLike[str
         threads: torch threads inside each run. Default: ``1``.
         progress: a tqdm bar of runs done / total with the ETA.
         log: where summary lines go (default: nowhere).
+        env: environment variables set in the worker before each run: facts of the machine
+            that are not part of a spec, e.g. ``BNNLAB_DATA_ROOT`` (where the verified
+            CIFAR-10 files are).
 
     Returns:
         :class:`SweepReport`. Failed runs are listed there (no record is written for them).
@@ -175,7 +182,8 @@ def run_sweep(specs: Iterable[Mapping[str, Any]], results: str | os.PathLike[str
 
     bar = tqdm(total=len(todo), disable=not progress, desc="sweep", unit="run")
     try:
-        futures = {client.submit(_execute, spec, threads, key=f"bnnlab-run-{key}",
+        env_d = dict(env) if env else None
+        futures = {client.submit(_execute, spec, threads, env_d, key=f"bnnlab-run-{key}",
                                  pure=False, retries=retries): key
                    for key, spec in todo.items()}
         for fut in as_completed(list(futures)):
