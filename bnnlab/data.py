@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bnnlab._validation import check_bool, check_choice, check_int
+
 __all__ = [
     "Split",
     "load_digits",
@@ -188,15 +190,6 @@ class Split:
 # ---------------------------------------------------------------------------------------------
 # Validation helpers
 # ---------------------------------------------------------------------------------------------
-def _check_int(value, name: str, minimum: int = 0, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def _resolve_count(size, total: int, name: str) -> int:
     """``size`` as a count: an int, or a float fraction of ``total``."""
     if isinstance(size, bool):
@@ -212,11 +205,6 @@ def _resolve_count(size, total: int, name: str) -> int:
     raise TypeError(f"{name} must be an int or a float fraction, got {type(size).__name__}")
 
 
-def _check_normalize(normalize) -> None:
-    if normalize not in _NORMALIZE:
-        raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
-
-
 def _carve(x: np.ndarray, y: np.ndarray, *, val_size, n_train, seed: int):
     """Split a training pool into (train, val) with a seeded permutation."""
     n = len(x)
@@ -224,7 +212,7 @@ def _carve(x: np.ndarray, y: np.ndarray, *, val_size, n_train, seed: int):
     perm = np.random.default_rng(seed).permutation(n)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     if n_train is not None:
-        _check_int(n_train, "n_train", minimum=1)
+        check_int(n_train, "n_train", min_value=1)
         if n_train > len(train_idx):
             raise ValueError(
                 f"n_train={n_train} is larger than the {len(train_idx)} training samples "
@@ -235,7 +223,7 @@ def _carve(x: np.ndarray, y: np.ndarray, *, val_size, n_train, seed: int):
 
 def _finish_images(parts, *, scale: float, normalize, flatten: bool, image_shape):
     """Scale raw pixel arrays to float32 tensors; statistics come from train only."""
-    _check_normalize(normalize)
+    check_choice(normalize, "normalize", _NORMALIZE)
     xs = [np.asarray(x, dtype=np.float32) for x, _ in parts]
     info: dict = {"normalize": normalize}
     if normalize in ("unit", "symmetric", "standard"):
@@ -259,7 +247,7 @@ def _finish_images(parts, *, scale: float, normalize, flatten: bool, image_shape
 def _subset_test(x, y, n_test, seed=_TEST_SEED):
     if n_test is None:
         return x, y
-    _check_int(n_test, "n_test", minimum=1)
+    check_int(n_test, "n_test", min_value=1)
     if n_test > len(x):
         raise ValueError(f"n_test={n_test} is larger than the {len(x)} test samples")
     idx = np.sort(np.random.default_rng(seed).permutation(len(x))[:n_test])
@@ -289,7 +277,7 @@ def load_digits(*, flatten: bool = False, normalize: str | None = "unit", val_si
     """
     from sklearn.datasets import load_digits as _sk_load_digits
 
-    _check_int(seed, "seed")
+    check_int(seed, "seed", min_value=0)
     bunch = _sk_load_digits()
     x = bunch.images.astype(np.float32)          # (1797, 8, 8), values 0..16
     y = bunch.target.astype(np.int64)
@@ -300,14 +288,14 @@ def load_digits(*, flatten: bool = False, normalize: str | None = "unit", val_si
     parts, info = _finish_images([train, val, (x[test_idx], y[test_idx])], scale=16.0,
                                  normalize=normalize, flatten=flatten, image_shape=(1, 8, 8))
     info.update(source="sklearn.datasets.load_digits", seed=seed)
-    return Split(*parts, name="digits", num_classes=10, classes=_DIGIT_CLASSES, info=info)
+    return Split(parts[0], parts[1], parts[2], name="digits", num_classes=10, classes=_DIGIT_CLASSES, info=info)
 
 
 # ---------------------------------------------------------------------------------------------
 # IDX format
 # ---------------------------------------------------------------------------------------------
 # type code -> big-endian numpy dtype (the IDX format of LeCun's MNIST page)
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -546,8 +534,8 @@ def fetch_idx(name: str, *, cache_dir=None, base_url: str | None = None,
 # ---------------------------------------------------------------------------------------------
 def _load_idx_split(paths: Mapping[str, Path], *, name, classes, flatten, normalize, val_size,
                     n_train, n_test, seed, source) -> Split:
-    _check_int(seed, "seed")
-    _check_normalize(normalize)
+    check_int(seed, "seed", min_value=0)
+    check_choice(normalize, "normalize", _NORMALIZE)
     x_pool, y_pool = _read_pair(paths["train_images"], paths["train_labels"])
     x_test, y_test = _read_pair(paths["test_images"], paths["test_labels"])
     x_test, y_test = _subset_test(x_test, y_test, n_test)
@@ -556,7 +544,7 @@ def _load_idx_split(paths: Mapping[str, Path], *, name, classes, flatten, normal
     parts, info = _finish_images([train, val, (x_test, y_test)], scale=255.0,
                                  normalize=normalize, flatten=flatten, image_shape=(1, h, w))
     info.update(source=str(source), seed=seed)
-    return Split(*parts, name=name, num_classes=10, classes=classes, info=info)
+    return Split(parts[0], parts[1], parts[2], name=name, num_classes=10, classes=classes, info=info)
 
 
 def load_fashion_mnist(*, root=None, download: bool = False, cache_dir=None,
@@ -663,7 +651,7 @@ def _split_synthetic(x: np.ndarray, y: np.ndarray, *, val_size, test_size, seed,
     parts = [(torch.from_numpy(np.ascontiguousarray(a, np.float32)),
               torch.from_numpy(np.ascontiguousarray(b, ydtype)))
              for a, b in (train, val, (x[test_idx], y[test_idx]))]
-    return Split(*parts, name=name, num_classes=num_classes, classes=classes,
+    return Split(parts[0], parts[1], parts[2], name=name, num_classes=num_classes, classes=classes,
                  info={"source": "synthetic", "seed": seed})
 
 
@@ -679,8 +667,8 @@ def make_moons(n_samples: int = 1000, *, noise: float = 0.1, val_size=0.2, test_
     """
     from sklearn.datasets import make_moons as _sk_make_moons
 
-    _check_int(n_samples, "n_samples", minimum=10)
-    _check_int(seed, "seed")
+    check_int(n_samples, "n_samples", min_value=10)
+    check_int(seed, "seed", min_value=0)
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     x, y = _sk_make_moons(n_samples=n_samples, noise=noise, random_state=seed)
@@ -703,9 +691,9 @@ def make_spirals(n_samples: int = 1000, *, num_classes: int = 2, turns: float = 
         noise: standard deviation of the noise. Default: ``0.05``.
         val_size, test_size, seed: as :func:`make_moons`.
     """
-    _check_int(n_samples, "n_samples", minimum=10)
-    _check_int(num_classes, "num_classes", minimum=2)
-    _check_int(seed, "seed")
+    check_int(n_samples, "n_samples", min_value=10)
+    check_int(num_classes, "num_classes", min_value=2)
+    check_int(seed, "seed", min_value=0)
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     if turns <= 0:
@@ -732,8 +720,8 @@ def make_regression(n_samples: int = 512, *, noise: float = 0.1, val_size=0.2, t
         noise: standard deviation of :math:`\varepsilon`. Default: ``0.1``.
         val_size, test_size, seed: as :func:`make_moons`.
     """
-    _check_int(n_samples, "n_samples", minimum=10)
-    _check_int(seed, "seed")
+    check_int(n_samples, "n_samples", min_value=10)
+    check_int(seed, "seed", min_value=0)
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     rng = np.random.default_rng(seed)
@@ -840,11 +828,9 @@ def load_cifar10(root, *, verify: bool = True, normalize: str | None = "channel"
         FileNotFoundError: a file is missing. ValueError: a checksum mismatch (with
         ``verify=True``), a bad size or a bad label.
     """
-    from bnnlab._validation import check_bool, check_choice
-
     verify = check_bool(verify, "verify")
     check_choice(normalize, "normalize", ("channel", "unit", "symmetric", None))
-    _check_int(seed, "seed")
+    check_int(seed, "seed", min_value=0)
     folder = _cifar_folder(root)
     missing = [f for f in CIFAR10_FILES if not (folder / f).is_file()]
     if missing:
@@ -880,7 +866,7 @@ def load_cifar10(root, *, verify: bool = True, normalize: str | None = "channel"
         out, extra = _finish_images([train, val, (x_test, y_test)], scale=255.0,
                                     normalize=normalize, flatten=False, image_shape=(3, 32, 32))
         info.update(extra)
-    return Split(*out, name="cifar10", num_classes=10, classes=CIFAR10_CLASSES, info=info)
+    return Split(out[0], out[1], out[2], name="cifar10", num_classes=10, classes=CIFAR10_CLASSES, info=info)
 
 
 def augment_crop_flip(x: Tensor, generator: torch.Generator | None = None, *,
@@ -895,8 +881,6 @@ def augment_crop_flip(x: Tensor, generator: torch.Generator | None = None, *,
             which its checkpoints save, so resumed runs draw the same crops).
         padding: pixels of padding. Default: ``4``.
     """
-    from bnnlab._validation import check_int
-
     padding = check_int(padding, "padding", min_value=0)
     if not isinstance(x, Tensor) or x.ndim != 4:
         raise ValueError("x must be a tensor of shape (N, C, H, W)")
@@ -932,7 +916,5 @@ def load(name: str, **kwargs) -> Split:
 
     ``root`` is accepted as an alias of the loaders' data-directory argument.
     """
-    from bnnlab._validation import check_choice
-
     check_choice(name, "name", DATASETS)
     return DATASETS[name](**kwargs)

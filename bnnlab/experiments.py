@@ -472,6 +472,7 @@ def train_one(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int
                      callbacks=[keep, *callbacks])
     seconds = time.perf_counter() - t0
     keep.restore(model)
+    assert keep.best_epoch is not None     # fit ran at least one epoch with validation
     i = hist.epoch.index(keep.best_epoch)
     test = train.evaluate(model, *data.test, loss=loss)
     record = {
@@ -564,7 +565,9 @@ def run_architectures(ctx: _Context) -> dict[str, Any]:
     from bnnlab import analysis
 
     p = ctx.profile
-    runs, datasets, signs = [], {}, {}
+    runs: list[dict[str, Any]] = []
+    datasets: dict[str, Any] = {}
+    signs: dict[str, Any] = {}
     for dname, spec in p.datasets.items():
         for seed in p.seeds:
             split = ctx.dataset(dname, seed)
@@ -686,8 +689,8 @@ def run_regression(ctx: _Context) -> dict[str, Any]:
                       "train_x": split.train[0][:, 0], "train_y": split.train[1][:, 0]}
         for variant in ("float", "binary"):
             torch.manual_seed(seed)
-            model = build_regression_model(variant, r.hidden, domain=r.domain)
-            model, rec = train_one(model, split, epochs=r.epochs, lr=r.lr,
+            reg_model: nn.Module = build_regression_model(variant, r.hidden, domain=r.domain)
+            model, rec = train_one(reg_model, split, epochs=r.epochs, lr=r.lr,
                                    batch_size=r.batch_size, seed=seed, loss="mse",
                                    progress=ctx.progress)
             with torch.no_grad():
@@ -715,7 +718,7 @@ def run_regression(ctx: _Context) -> dict[str, Any]:
             "runs": runs, "curves": curves}
 
 
-def _packed_weight_bytes(model: nn.Module) -> dict[str, int]:
+def _packed_weight_bytes(model: nn.Module) -> dict[str, float]:
     """Bytes of the binary weights as packed by :mod:`bnnlab.kernels` (words with padding),
     and the theoretical 1 bit per binary weight, summed over the binary layers."""
     from bnnlab import analysis, kernels
@@ -726,9 +729,10 @@ def _packed_weight_bytes(model: nn.Module) -> dict[str, int]:
         wq = getattr(layer, "weight_quantizer", None)
         if wq is None or getattr(wq, "precision", 32) != 1:
             continue
+        lay: Any = layer
         with torch.no_grad():
-            planes = layer.weight_bases() if hasattr(layer, "weight_bases") else \
-                layer.weight_quantizer(layer.weight)[None]
+            planes = lay.weight_bases() if hasattr(lay, "weight_bases") else \
+                lay.weight_quantizer(lay.weight)[None]
         for plane in sign(planes.detach().float()):
             if plane.ndim == 2:
                 packed += kernels.pack_signs(plane.contiguous()).nbytes
@@ -741,12 +745,10 @@ def _packed_weight_bytes(model: nn.Module) -> dict[str, int]:
 
 
 def _median_forward_ms(model: nn.Module, x: Tensor, repeats: int) -> float:
-    from bnnlab.bench import _call_times
+    from bnnlab.bench import latency
 
     model.eval()
-    with torch.no_grad():
-        times = _call_times(model, x, repeats, warmup=2)
-    return float(np.median(times) * 1e3)
+    return float(latency(model, x, repeats=repeats, warmup=2) * 1e3)
 
 
 def run_costs(ctx: _Context) -> dict[str, Any]:

@@ -98,7 +98,7 @@ _RUNNERS: dict[str, tuple[str, dict[str, Any]]] = {}
 # ---------------------------------------------------------------------------------------------
 # Runner registry
 # ---------------------------------------------------------------------------------------------
-def _check_target(target: str, name: str) -> str:
+def _parse_target(target: str, name: str) -> str:
     if not isinstance(target, str):
         raise TypeError(f"{name} must be a string 'module:function', got {type(target).__name__}")
     module, sep, func = target.partition(":")
@@ -131,7 +131,7 @@ def register_runner(name: str, target: str | Callable[..., Any], *,
         if not module or "<" in qual:
             raise ValueError("target must be a module-level function (importable by name)")
         target = f"{module}:{qual}"
-    target = _check_target(target, "target")
+    target = _parse_target(target, "target")
     if defaults is not None and not isinstance(defaults, Mapping):
         raise TypeError(f"defaults must be a mapping or None, got {type(defaults).__name__}")
     old = _RUNNERS.get(name)
@@ -154,7 +154,7 @@ def runner_target(name: str) -> str:
     if name in _RUNNERS:
         return _RUNNERS[name][0]
     if ":" in name:
-        return _check_target(name, "spec['runner']")
+        return _parse_target(name, "spec['runner']")
     raise ValueError(f"spec['runner']: unknown runner {name!r}; registered: {sorted(_RUNNERS)} "
                      "(or give 'package.module:function')")
 
@@ -166,7 +166,7 @@ def _resolve(target: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"runner {target!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 # ---------------------------------------------------------------------------------------------

@@ -316,10 +316,10 @@ def _correct(out: Tensor, y: Tensor) -> Tensor:
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 
@@ -450,7 +450,6 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, optimizer
         h = json.loads(meta["history"])
         for key in History._KEYS:
             getattr(history, key)[:] = h[key]
-        history.stopped_early = bool(h["stopped_early"])
     return int(meta["epoch"])
 
 
