@@ -8,6 +8,8 @@ Commands (each module owns its own argument parser, ``--help`` lists the options
 * ``experiments``  train and evaluate the model families, write JSON results (:mod:`bnnlab.experiments`)
 * ``ladder``       the ablation ladder: one backbone, one idea per rung (:mod:`bnnlab.ladder`)
 * ``figures``      write the report's figures (PDF) and tables (LaTeX) (:mod:`bnnlab.figures`)
+* ``sweep``        run every missing spec of a sweep on Dask, one record per run (:mod:`bnnlab.sweep`)
+* ``train``        train one model; checkpoints, ``--resume``, DDP under torchrun (:mod:`bnnlab.train`)
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ COMMANDS = {
     "experiments": ("bnnlab.experiments", "train/evaluate the model families, write JSON results"),
     "ladder": ("bnnlab.ladder", "the ablation ladder (one backbone, one idea per rung)"),
     "figures": ("bnnlab.figures", "write the report's figures and tables"),
+    # experiments at scale (issue 9)
+    "sweep": ("bnnlab.sweep", "run every missing spec of a sweep on Dask (resumable)"),
+    "train": ("bnnlab.train", "train one model (checkpoints, --resume, DDP under torchrun)"),
 }
 
 

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bnnlab._validation import check_bool, check_choice, check_int
+
 __all__ = [
     "Split",
     "load_digits",
@@ -58,6 +60,14 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "DEBIAN_FASHION_MNIST",
     "default_cache_dir",
+    "DATASETS",
+    "load",
+    "load_cifar10",
+    "read_cifar10_bin",
+    "write_cifar10_bin",
+    "augment_crop_flip",
+    "CIFAR10_FILES",
+    "CIFAR10_CLASSES",
 ]
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the four IDX files.
@@ -180,15 +190,6 @@ class Split:
 # ---------------------------------------------------------------------------------------------
 # Validation helpers
 # ---------------------------------------------------------------------------------------------
-def _check_int(value, name: str, minimum: int = 0, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def _resolve_count(size, total: int, name: str) -> int:
     """``size`` as a count: an int, or a float fraction of ``total``."""
     if isinstance(size, bool):
@@ -204,11 +205,6 @@ def _resolve_count(size, total: int, name: str) -> int:
     raise TypeError(f"{name} must be an int or a float fraction, got {type(size).__name__}")
 
 
-def _check_normalize(normalize) -> None:
-    if normalize not in _NORMALIZE:
-        raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
-
-
 def _carve(x: np.ndarray, y: np.ndarray, *, val_size, n_train, seed: int):
     """Split a training pool into (train, val) with a seeded permutation."""
     n = len(x)
@@ -216,7 +212,7 @@ def _carve(x: np.ndarray, y: np.ndarray, *, val_size, n_train, seed: int):
     perm = np.random.default_rng(seed).permutation(n)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     if n_train is not None:
-        _check_int(n_train, "n_train", minimum=1)
+        check_int(n_train, "n_train", min_value=1)
         if n_train > len(train_idx):
             raise ValueError(
                 f"n_train={n_train} is larger than the {len(train_idx)} training samples "
@@ -227,7 +223,7 @@ def _carve(x: np.ndarray, y: np.ndarray, *, val_size, n_train, seed: int):
 
 def _finish_images(parts, *, scale: float, normalize, flatten: bool, image_shape):
     """Scale raw pixel arrays to float32 tensors; statistics come from train only."""
-    _check_normalize(normalize)
+    check_choice(normalize, "normalize", _NORMALIZE)
     xs = [np.asarray(x, dtype=np.float32) for x, _ in parts]
     info: dict = {"normalize": normalize}
     if normalize in ("unit", "symmetric", "standard"):
@@ -241,7 +237,7 @@ def _finish_images(parts, *, scale: float, normalize, flatten: bool, image_shape
         info.update(mean=mean, std=std)
     shape = (-1,) if flatten else tuple(image_shape)
     out = []
-    for x, (_, y) in zip(xs, parts):
+    for x, (_, y) in zip(xs, parts, strict=True):
         xt = torch.from_numpy(np.ascontiguousarray(x.reshape(len(x), *shape)))
         yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
         out.append((xt, yt))
@@ -251,7 +247,7 @@ def _finish_images(parts, *, scale: float, normalize, flatten: bool, image_shape
 def _subset_test(x, y, n_test, seed=_TEST_SEED):
     if n_test is None:
         return x, y
-    _check_int(n_test, "n_test", minimum=1)
+    check_int(n_test, "n_test", min_value=1)
     if n_test > len(x):
         raise ValueError(f"n_test={n_test} is larger than the {len(x)} test samples")
     idx = np.sort(np.random.default_rng(seed).permutation(len(x))[:n_test])
@@ -281,7 +277,7 @@ def load_digits(*, flatten: bool = False, normalize: str | None = "unit", val_si
     """
     from sklearn.datasets import load_digits as _sk_load_digits
 
-    _check_int(seed, "seed")
+    check_int(seed, "seed", min_value=0)
     bunch = _sk_load_digits()
     x = bunch.images.astype(np.float32)          # (1797, 8, 8), values 0..16
     y = bunch.target.astype(np.int64)
@@ -292,14 +288,14 @@ def load_digits(*, flatten: bool = False, normalize: str | None = "unit", val_si
     parts, info = _finish_images([train, val, (x[test_idx], y[test_idx])], scale=16.0,
                                  normalize=normalize, flatten=flatten, image_shape=(1, 8, 8))
     info.update(source="sklearn.datasets.load_digits", seed=seed)
-    return Split(*parts, name="digits", num_classes=10, classes=_DIGIT_CLASSES, info=info)
+    return Split(parts[0], parts[1], parts[2], name="digits", num_classes=10, classes=_DIGIT_CLASSES, info=info)
 
 
 # ---------------------------------------------------------------------------------------------
 # IDX format
 # ---------------------------------------------------------------------------------------------
 # type code -> big-endian numpy dtype (the IDX format of LeCun's MNIST page)
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -538,8 +534,8 @@ def fetch_idx(name: str, *, cache_dir=None, base_url: str | None = None,
 # ---------------------------------------------------------------------------------------------
 def _load_idx_split(paths: Mapping[str, Path], *, name, classes, flatten, normalize, val_size,
                     n_train, n_test, seed, source) -> Split:
-    _check_int(seed, "seed")
-    _check_normalize(normalize)
+    check_int(seed, "seed", min_value=0)
+    check_choice(normalize, "normalize", _NORMALIZE)
     x_pool, y_pool = _read_pair(paths["train_images"], paths["train_labels"])
     x_test, y_test = _read_pair(paths["test_images"], paths["test_labels"])
     x_test, y_test = _subset_test(x_test, y_test, n_test)
@@ -548,7 +544,7 @@ def _load_idx_split(paths: Mapping[str, Path], *, name, classes, flatten, normal
     parts, info = _finish_images([train, val, (x_test, y_test)], scale=255.0,
                                  normalize=normalize, flatten=flatten, image_shape=(1, h, w))
     info.update(source=str(source), seed=seed)
-    return Split(*parts, name=name, num_classes=10, classes=classes, info=info)
+    return Split(parts[0], parts[1], parts[2], name=name, num_classes=10, classes=classes, info=info)
 
 
 def load_fashion_mnist(*, root=None, download: bool = False, cache_dir=None,
@@ -655,7 +651,7 @@ def _split_synthetic(x: np.ndarray, y: np.ndarray, *, val_size, test_size, seed,
     parts = [(torch.from_numpy(np.ascontiguousarray(a, np.float32)),
               torch.from_numpy(np.ascontiguousarray(b, ydtype)))
              for a, b in (train, val, (x[test_idx], y[test_idx]))]
-    return Split(*parts, name=name, num_classes=num_classes, classes=classes,
+    return Split(parts[0], parts[1], parts[2], name=name, num_classes=num_classes, classes=classes,
                  info={"source": "synthetic", "seed": seed})
 
 
@@ -671,8 +667,8 @@ def make_moons(n_samples: int = 1000, *, noise: float = 0.1, val_size=0.2, test_
     """
     from sklearn.datasets import make_moons as _sk_make_moons
 
-    _check_int(n_samples, "n_samples", minimum=10)
-    _check_int(seed, "seed")
+    check_int(n_samples, "n_samples", min_value=10)
+    check_int(seed, "seed", min_value=0)
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     x, y = _sk_make_moons(n_samples=n_samples, noise=noise, random_state=seed)
@@ -695,9 +691,9 @@ def make_spirals(n_samples: int = 1000, *, num_classes: int = 2, turns: float = 
         noise: standard deviation of the noise. Default: ``0.05``.
         val_size, test_size, seed: as :func:`make_moons`.
     """
-    _check_int(n_samples, "n_samples", minimum=10)
-    _check_int(num_classes, "num_classes", minimum=2)
-    _check_int(seed, "seed")
+    check_int(n_samples, "n_samples", min_value=10)
+    check_int(num_classes, "num_classes", min_value=2)
+    check_int(seed, "seed", min_value=0)
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     if turns <= 0:
@@ -724,8 +720,8 @@ def make_regression(n_samples: int = 512, *, noise: float = 0.1, val_size=0.2, t
         noise: standard deviation of :math:`\varepsilon`. Default: ``0.1``.
         val_size, test_size, seed: as :func:`make_moons`.
     """
-    _check_int(n_samples, "n_samples", minimum=10)
-    _check_int(seed, "seed")
+    check_int(n_samples, "n_samples", min_value=10)
+    check_int(seed, "seed", min_value=0)
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     rng = np.random.default_rng(seed)
@@ -733,3 +729,192 @@ def make_regression(n_samples: int = 512, *, noise: float = 0.1, val_size=0.2, t
     y = np.sin(3.0 * x) + 0.3 * x + noise * rng.standard_normal(x.shape)
     return _split_synthetic(x, y, val_size=val_size, test_size=test_size, seed=seed,
                             name="regression", num_classes=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 (the official binary version, read from a folder the user supplies; no pickle)
+# ---------------------------------------------------------------------------------------------
+#: SHA-256 of the six files of the official binary archive ``cifar-10-binary.tar.gz``
+#: (https://www.cs.toronto.edu/~kriz/cifar.html; archive SHA-256 c4a38c50...bca1dd), as
+#: published by torchvision-ruby's CIFAR-10 loader. Not re-derived here: this environment has
+#: no internet; a user whose genuine files are refused can pass ``verify=False`` (and report it).
+CIFAR10_FILES: dict[str, str] = {
+    "data_batch_1.bin": "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5",
+    "data_batch_2.bin": "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed",
+    "data_batch_3.bin": "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67",
+    "data_batch_4.bin": "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48",
+    "data_batch_5.bin": "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add",
+    "test_batch.bin": "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b",
+}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+_CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+def read_cifar10_bin(path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one file of the CIFAR-10 binary version: records of 1 label byte + 3,072 pixel
+    bytes (1,024 red, then green, then blue, row-major 32×32).
+
+    Returns:
+        ``(images, labels)``: ``uint8`` of shape (N, 3, 32, 32) and ``int64`` of shape (N,).
+
+    Raises:
+        ValueError: an empty file, a size that is not a multiple of 3,073 bytes, or a label
+            outside 0..9.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0 or size % _CIFAR_RECORD:
+        raise ValueError(f"{path}: {size} bytes is not a positive multiple of the "
+                         f"{_CIFAR_RECORD}-byte CIFAR-10 record")
+    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
+    labels = raw[:, 0].astype(np.int64)
+    bad = np.flatnonzero(labels > 9)
+    if bad.size:
+        raise ValueError(f"{path}: record {int(bad[0])} has label {int(labels[bad[0]])}, "
+                         "outside 0..9")
+    return raw[:, 1:].reshape(-1, 3, 32, 32), labels
+
+
+def write_cifar10_bin(path, images, labels) -> Path:
+    """Write ``images`` (uint8, (N, 3, 32, 32)) and ``labels`` (0..9) in the binary format of
+    :func:`read_cifar10_bin` (for tests and for exporting a subset)."""
+    x = np.asarray(images)
+    y = np.asarray(labels)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (3, 32, 32):
+        raise ValueError(f"images must be uint8 of shape (N, 3, 32, 32), got {x.dtype} {x.shape}")
+    if y.shape != (x.shape[0],) or (y.size and (y.min() < 0 or y.max() > 9)):
+        raise ValueError("labels must be N integers in 0..9")
+    rec = np.concatenate([y.astype(np.uint8)[:, None], x.reshape(len(x), -1)], axis=1)
+    path = Path(path)
+    rec.tofile(path)
+    return path
+
+
+def _cifar_folder(root) -> Path:
+    folder = Path(root)
+    if not (folder / "test_batch.bin").is_file() and \
+            (folder / "cifar-10-batches-bin" / "test_batch.bin").is_file():
+        folder = folder / "cifar-10-batches-bin"
+    return folder
+
+
+def load_cifar10(root, *, verify: bool = True, normalize: str | None = "channel",
+                 val_size=0.1, n_train: int | None = None, n_test: int | None = None,
+                 seed: int = 0) -> Split:
+    """CIFAR-10 (32×32 colour images, 10 classes) from the official *binary* files in ``root``.
+
+    ``root`` holds ``data_batch_1.bin`` … ``data_batch_5.bin`` and ``test_batch.bin`` (or their
+    folder ``cifar-10-batches-bin``), as extracted from ``cifar-10-binary.tar.gz``. Nothing is
+    downloaded and nothing is unpickled (the "python version" of the archive is pickle and is
+    not read).
+
+    Args:
+        root: the folder (``--data-root`` on the command line).
+        verify: check each file's SHA-256 against :data:`CIFAR10_FILES` and refuse a mismatch.
+            Default: ``True``.
+        normalize: ``"channel"`` (per-channel mean and std of the train part, the standard
+            CIFAR preprocessing), ``"unit"`` ([0, 1]), ``"symmetric"`` ([-1, 1]) or ``None``
+            (raw 0..255). Default: ``"channel"``.
+        val_size: validation count or fraction of the 50,000 training images. Default: ``0.1``
+            (5,000 images).
+        n_train: keep only this many training images. n_test: a fixed subset of the test part.
+        seed: seed of the validation split and the ``n_train`` subset. Default: ``0``.
+
+    Augmentation (random crop with 4-pixel padding, horizontal flip) is applied per batch while
+    training: ``fit(..., augment=data.augment_crop_flip)``.
+
+    Raises:
+        FileNotFoundError: a file is missing. ValueError: a checksum mismatch (with
+        ``verify=True``), a bad size or a bad label.
+    """
+    verify = check_bool(verify, "verify")
+    check_choice(normalize, "normalize", ("channel", "unit", "symmetric", None))
+    check_int(seed, "seed", min_value=0)
+    folder = _cifar_folder(root)
+    missing = [f for f in CIFAR10_FILES if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"CIFAR-10 binary files not found in {folder}: {', '.join(missing)}. Download "
+            "cifar-10-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
+            "extract it (tar xzf) into that folder.")
+    if verify:
+        for name, digest in CIFAR10_FILES.items():
+            got = _sha256(folder / name)
+            if got != digest:
+                raise ValueError(f"{folder / name}: SHA-256 {got} differs from the official "
+                                 f"{digest}; pass verify=False to use these files anyway")
+    parts = [read_cifar10_bin(folder / f"data_batch_{i}.bin") for i in range(1, 6)]
+    x_pool = np.concatenate([p[0] for p in parts])
+    y_pool = np.concatenate([p[1] for p in parts])
+    x_test, y_test = read_cifar10_bin(folder / "test_batch.bin")
+    x_test, y_test = _subset_test(x_test, y_test, n_test)
+    train, val = _carve(x_pool, y_pool, val_size=val_size, n_train=n_train, seed=seed)
+    info: dict = {"source": str(folder), "seed": seed, "verified": verify}
+    if normalize == "channel":
+        mean = train[0].reshape(len(train[0]), 3, -1).mean(axis=(0, 2)) / 255.0
+        std = (train[0].reshape(len(train[0]), 3, -1) / 255.0).std(axis=(0, 2))
+        std = np.where(std > 0, std, 1.0)
+        out = []
+        for x, y in (train, val, (x_test, y_test)):
+            xf = (x.astype(np.float32) / 255.0 - mean[None, :, None, None].astype(np.float32)) \
+                / std[None, :, None, None].astype(np.float32)
+            out.append((torch.from_numpy(np.ascontiguousarray(xf, dtype=np.float32)),
+                        torch.from_numpy(y.astype(np.int64))))
+        info.update(normalize="channel", mean=mean.tolist(), std=std.tolist())
+    else:
+        out, extra = _finish_images([train, val, (x_test, y_test)], scale=255.0,
+                                    normalize=normalize, flatten=False, image_shape=(3, 32, 32))
+        info.update(extra)
+    return Split(out[0], out[1], out[2], name="cifar10", num_classes=10, classes=CIFAR10_CLASSES, info=info)
+
+
+def augment_crop_flip(x: Tensor, generator: torch.Generator | None = None, *,
+                      padding: int = 4) -> Tensor:
+    """Standard CIFAR augmentation of a batch: random crop of the image padded by ``padding``
+    zeros on each side (zero = the mean after per-channel normalisation), then a horizontal
+    flip with probability 1/2; one draw per sample from ``generator``.
+
+    Args:
+        x: images (N, C, H, W).
+        generator: the random source (:func:`bnnlab.train.fit` passes its shuffling generator,
+            which its checkpoints save, so resumed runs draw the same crops).
+        padding: pixels of padding. Default: ``4``.
+    """
+    padding = check_int(padding, "padding", min_value=0)
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        raise ValueError("x must be a tensor of shape (N, C, H, W)")
+    n, _, h, w = x.shape
+    off = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    rows = (off[0][:, None] + torch.arange(h)).to(x.device)
+    cols = (off[1][:, None] + torch.arange(w)).to(x.device)
+    cols = torch.where(flip.to(x.device)[:, None], cols.flip(1), cols)
+    idx = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# By name
+# ---------------------------------------------------------------------------------------------
+#: name -> loader, for :func:`load`, ``python -m bnnlab train --data`` and run specs.
+DATASETS: dict[str, Callable[..., Split]] = {
+    "digits": load_digits,
+    "fashion-mnist": load_fashion_mnist,
+    "mnist": load_mnist,
+    "moons": make_moons,
+    "spirals": make_spirals,
+    "regression": make_regression,
+    "cifar10": load_cifar10,
+}
+
+
+def load(name: str, **kwargs) -> Split:
+    """Load the data set ``name`` (a key of :data:`DATASETS`) with the loader's ``kwargs``.
+
+    ``root`` is accepted as an alias of the loaders' data-directory argument.
+    """
+    check_choice(name, "name", DATASETS)
+    return DATASETS[name](**kwargs)

@@ -50,7 +50,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import importlib.util
 import json
@@ -70,6 +69,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from bnnlab.runs import ResultStore
+from bnnlab.sweep import run_sweep
+from bnnlab.train import KeepBest
 
 __all__ = [
     "SCHEMA",
@@ -92,6 +95,13 @@ __all__ = [
     "pool_split",
     "run",
     "main",
+    "PAPER_MODELS",
+    "PAPER_BUDGET",
+    "paper_specs",
+    "paper_table",
+    "run_paper",
+    "run_sweep",
+    "ResultStore",
 ]
 
 #: Identifies the layout of the JSON files; bump when it changes.
@@ -304,50 +314,6 @@ def select_best(values: Sequence[float], mode: str = "max") -> int:
     return best_i
 
 
-class KeepBest:
-    """:func:`bnnlab.train.fit` callback: keep a copy of the weights of the best epoch.
-
-    "Best" is judged on ``monitor`` (a validation metric of the
-    :class:`~bnnlab.train.History`), never on test data; ties keep the earliest epoch, as
-    :func:`select_best`. After training, :meth:`restore` loads those weights back.
-
-    Args:
-        monitor: ``"val_acc"`` (maximised) or ``"val_loss"`` (minimised). Default: ``"val_acc"``.
-
-    Attributes:
-        best_epoch: epoch number of the kept weights (``None`` before the first epoch).
-        best_value: its ``monitor`` value.
-    """
-
-    stop_training = False
-
-    def __init__(self, monitor: str = "val_acc") -> None:
-        if monitor not in ("val_acc", "val_loss"):
-            raise ValueError(f"monitor must be 'val_acc' or 'val_loss', got {monitor!r}")
-        self.monitor = monitor
-        self.mode = "max" if monitor == "val_acc" else "min"
-        self.best_epoch: int | None = None
-        self.best_value = math.nan
-        self._state: dict[str, Tensor] | None = None
-
-    def on_epoch_end(self, epoch, history, model) -> None:
-        value = float(getattr(history, self.monitor)[-1])
-        if math.isnan(value):
-            return
-        better = value > self.best_value if self.mode == "max" else value < self.best_value
-        if self.best_epoch is None or better:      # strict: ties keep the earliest epoch
-            self.best_epoch, self.best_value = int(epoch), value
-            self._state = copy.deepcopy(model.state_dict())
-
-    def restore(self, model: nn.Module) -> nn.Module:
-        """Load the kept weights into ``model`` (eval mode) and return it."""
-        if self._state is None:
-            raise RuntimeError("no epoch was recorded: train for at least one epoch with a "
-                               "validation part")
-        model.load_state_dict(self._state)
-        return model.eval()
-
-
 def aggregate(values: Iterable[float]) -> dict[str, float]:
     """Mean, sample standard deviation (``ddof=1``), count, min and max of finite values.
 
@@ -506,6 +472,7 @@ def train_one(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int
                      callbacks=[keep, *callbacks])
     seconds = time.perf_counter() - t0
     keep.restore(model)
+    assert keep.best_epoch is not None     # fit ran at least one epoch with validation
     i = hist.epoch.index(keep.best_epoch)
     test = train.evaluate(model, *data.test, loss=loss)
     record = {
@@ -598,7 +565,9 @@ def run_architectures(ctx: _Context) -> dict[str, Any]:
     from bnnlab import analysis
 
     p = ctx.profile
-    runs, datasets, signs = [], {}, {}
+    runs: list[dict[str, Any]] = []
+    datasets: dict[str, Any] = {}
+    signs: dict[str, Any] = {}
     for dname, spec in p.datasets.items():
         for seed in p.seeds:
             split = ctx.dataset(dname, seed)
@@ -720,8 +689,8 @@ def run_regression(ctx: _Context) -> dict[str, Any]:
                       "train_x": split.train[0][:, 0], "train_y": split.train[1][:, 0]}
         for variant in ("float", "binary"):
             torch.manual_seed(seed)
-            model = build_regression_model(variant, r.hidden, domain=r.domain)
-            model, rec = train_one(model, split, epochs=r.epochs, lr=r.lr,
+            reg_model: nn.Module = build_regression_model(variant, r.hidden, domain=r.domain)
+            model, rec = train_one(reg_model, split, epochs=r.epochs, lr=r.lr,
                                    batch_size=r.batch_size, seed=seed, loss="mse",
                                    progress=ctx.progress)
             with torch.no_grad():
@@ -749,7 +718,7 @@ def run_regression(ctx: _Context) -> dict[str, Any]:
             "runs": runs, "curves": curves}
 
 
-def _packed_weight_bytes(model: nn.Module) -> dict[str, int]:
+def _packed_weight_bytes(model: nn.Module) -> dict[str, float]:
     """Bytes of the binary weights as packed by :mod:`bnnlab.kernels` (words with padding),
     and the theoretical 1 bit per binary weight, summed over the binary layers."""
     from bnnlab import analysis, kernels
@@ -760,9 +729,10 @@ def _packed_weight_bytes(model: nn.Module) -> dict[str, int]:
         wq = getattr(layer, "weight_quantizer", None)
         if wq is None or getattr(wq, "precision", 32) != 1:
             continue
+        lay: Any = layer
         with torch.no_grad():
-            planes = layer.weight_bases() if hasattr(layer, "weight_bases") else \
-                layer.weight_quantizer(layer.weight)[None]
+            planes = lay.weight_bases() if hasattr(lay, "weight_bases") else \
+                lay.weight_quantizer(lay.weight)[None]
         for plane in sign(planes.detach().float()):
             if plane.ndim == 2:
                 packed += kernels.pack_signs(plane.contiguous()).nbytes
@@ -775,12 +745,10 @@ def _packed_weight_bytes(model: nn.Module) -> dict[str, int]:
 
 
 def _median_forward_ms(model: nn.Module, x: Tensor, repeats: int) -> float:
-    from bnnlab.bench import _call_times
+    from bnnlab.bench import latency
 
     model.eval()
-    with torch.no_grad():
-        times = _call_times(model, x, repeats, warmup=2)
-    return float(np.median(times) * 1e3)
+    return float(latency(model, x, repeats=repeats, warmup=2) * 1e3)
 
 
 def run_costs(ctx: _Context) -> dict[str, Any]:
@@ -833,6 +801,110 @@ EXPERIMENTS: dict[str, tuple[Callable[[_Context], dict], tuple[str, ...]]] = {
 
 
 # =============================================================================================
+# The paper profile: CIFAR-10 runs as a Dask sweep, tables from the results directory only
+# =============================================================================================
+#: name -> (model builder of :mod:`bnnlab.models`, its keyword arguments, label).
+PAPER_MODELS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "vgg-small-float": ("vgg_small", {"binary": False}, "VGG-small (float)"),
+    "vgg-small": ("vgg_small", {"binary": True}, "BinaryNet VGG-small"),
+    "resnet18-float": ("resnet18_bireal", {"binary": False}, "ResNet-18 (float)"),
+    "bireal-18": ("resnet18_bireal", {"binary": True}, "Bi-Real Net-18"),
+    "reactnet-18": ("resnet18_bireal", {"binary": True, "block": "reactnet"},
+                    "ReActNet-18"),
+}
+
+#: The budget of every ``paper`` run (one budget for all, as in the small profiles): Adam with
+#: a cosine decay, crop/flip augmentation, per-channel normalisation, best validation epoch.
+#: It is this project's choice, not any one paper's schedule (BinaryNet trained 500 epochs).
+PAPER_BUDGET: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
+                                "epochs": 200, "batch_size": 128, "augment": True,
+                                "weight_decay": 0.0}
+
+
+def paper_specs(*, seeds: Iterable[int] = (0, 1, 2), fraction: float = 1.0,
+                epochs: int | None = None, verify: bool = True,
+                models: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Run specs of the ``paper`` profile: :data:`PAPER_MODELS` × ``seeds`` on CIFAR-10.
+
+    The data folder is not part of a spec (the files are verified against the official
+    SHA-256, so every machine reads the same bytes); it is given to :func:`run_paper` or set in
+    ``BNNLAB_DATA_ROOT`` on the workers.
+    """
+    from bnnlab._validation import check_bool, check_int, check_real
+
+    fraction = check_real(fraction, "fraction", min_value=0.0, max_value=1.0,
+                          include_min=False)
+    epochs = check_int(epochs, "epochs", min_value=1, allow_none=True)
+    verify = check_bool(verify, "verify")
+    names = list(PAPER_MODELS) if models is None else list(models)
+    for name in names:
+        if name not in PAPER_MODELS:
+            raise ValueError(f"models: unknown {name!r}; choose from {list(PAPER_MODELS)}")
+    budget = dict(PAPER_BUDGET, **({"epochs": epochs} if epochs is not None else {}))
+    specs = []
+    for seed in seeds:
+        for name in names:
+            builder, kw, _ = PAPER_MODELS[name]
+            specs.append({"runner": "fit", "model": builder, "model_kw": dict(kw),
+                          "data": "cifar10", "data_kw": {"verify": verify},
+                          "fraction": float(fraction), "seed": int(seed), **budget,
+                          "tags": {"profile": "paper", "model": name}})
+    return specs
+
+
+def paper_table(results: str | os.PathLike[str]) -> dict[str, Any]:
+    """Mean ± sd of the test accuracy per model of the ``paper`` records in ``results``
+    (built from the results directory only)."""
+    from bnnlab.runs import ResultStore
+
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for rec in ResultStore(results).records():
+        tags = rec["spec"].get("tags") or {}
+        if tags.get("profile") != "paper":
+            continue
+        rows.setdefault(tags["model"], []).append(rec)
+    table = {}
+    for name in PAPER_MODELS:
+        recs = sorted(rows.get(name, []), key=lambda r: r["spec"]["seed"])
+        if not recs:
+            continue
+        table[name] = {"label": PAPER_MODELS[name][2],
+                       "test_acc": aggregate(r["result"]["test_acc"] for r in recs),
+                       "seeds": [r["spec"]["seed"] for r in recs],
+                       "keys": [r["key"] for r in recs],
+                       "parameters": recs[0]["result"]["parameters"],
+                       "epochs": recs[0]["spec"]["epochs"],
+                       "fraction": recs[0]["spec"]["fraction"],
+                       "run_seconds": aggregate(r["seconds"] for r in recs)}
+    return {"schema": SCHEMA, "experiment": "paper", "profile": "paper",
+            "budget": PAPER_BUDGET, "models": table}
+
+
+def run_paper(out: str | os.PathLike[str], data_root: str | os.PathLike[str], *,
+              client: Any = None, scheduler: str | None = None, workers: int | None = None,
+              progress: bool = True, log: Callable[[str], None] = print,
+              **spec_kw: Any) -> dict[str, Any]:
+    """The ``paper`` profile: sweep :func:`paper_specs` into ``<out>/runs`` on Dask (missing
+    runs only), then write ``<out>/paper.json`` from those records."""
+    from bnnlab.sweep import run_sweep
+
+    out = Path(out)
+    specs = paper_specs(**spec_kw)
+    report = run_sweep(specs, out / "runs", client=client, scheduler=scheduler,
+                       workers=workers, progress=progress, log=log,
+                       env={"BNNLAB_DATA_ROOT": str(Path(data_root).resolve())})
+    if report.failed:
+        raise RuntimeError(f"{len(report.failed)} paper runs failed: "
+                           + "; ".join(report.failed.values()))
+    table = paper_table(out / "runs")
+    table["sweep"] = {"total": report.total, "done": len(report.done),
+                      "skipped": len(report.skipped), "seconds": report.seconds,
+                      "scheduler": report.scheduler}
+    _write_json(out / "paper.json", table)
+    return table
+
+
+# =============================================================================================
 # Runner and CLI
 # =============================================================================================
 def _machine() -> dict[str, Any]:
@@ -854,7 +926,7 @@ def _run_bench(out: Path, quick: bool, log: Callable[[str], None]) -> dict[str, 
         cmd.append("--quick")
     log("[bench] " + " ".join(cmd))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False)
+    proc = subprocess.run(cmd, check=False)  # noqa: S603 - our own interpreter and module
     return {"status": "ok" if proc.returncode == 0 else f"failed (rc={proc.returncode})",
             "command": cmd[1:], "seconds": time.perf_counter() - t0}
 
@@ -977,6 +1049,15 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_const", const="full", dest="profile",
                       help="the report's numbers: 3 seeds, 5,000 Fashion-MNIST training images "
                            "(about 16 minutes on 2 cores)")
+    mode.add_argument("--paper", action="store_const", const="paper", dest="profile",
+                      help="CIFAR-10 (--data-root) with VGG-small and ResNet-18 Bi-Real / "
+                           "ReActNet, as a Dask sweep (a cluster or a GPU)")
+    parser.add_argument("--data-root", type=Path, help="CIFAR-10 binary files (--paper)")
+    parser.add_argument("--fraction", type=float, default=1.0,
+                        help="--paper: fraction of the training images (smoke tests: 0.01)")
+    parser.add_argument("--scheduler", help="--paper: address of a Dask scheduler (default: "
+                        "an embedded LocalCluster)")
+    parser.add_argument("--workers", type=int, help="--paper: LocalCluster workers")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"output directory (default: {DEFAULT_OUT})")
     parser.add_argument("--only", nargs="+", metavar="NAME", choices=list(EXPERIMENTS),
@@ -1001,6 +1082,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be >= 1")
     torch.set_num_threads(args.threads)
+    if args.profile == "paper":
+        if args.data_root is None:
+            parser.error("--paper needs --data-root (the CIFAR-10 binary files)")
+        run_paper(args.out, args.data_root, scheduler=args.scheduler, workers=args.workers,
+                  progress=args.progress, log=lambda s: print(s, flush=True),
+                  seeds=range(args.seeds or 3), fraction=args.fraction, epochs=args.epochs)
+        return 0
+    if args.scheduler or args.workers:
+        parser.error("--scheduler and --workers apply to --paper (the quick and full "
+                     "profiles run in this process)")
     profile = _override(PROFILES[args.profile or "quick"], args)
     run(profile, args.out, only=args.only, progress=args.progress, bench=args.bench,
         log=lambda s: print(s, flush=True))

@@ -319,3 +319,119 @@ def tiny_reactnet(in_channels: int = 1, num_classes: int = 10, *, width: int = 1
               ReActBlock(2 * w, 2 * w, **kw), ReActBlock(2 * w, 4 * w, 2, **kw),
               ReActBlock(4 * w, 4 * w, **kw)]
     return nn.Sequential(*_stem(in_channels, w), *blocks, *_head(4 * w, num_classes))
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-size reference architectures (issue 9): BinaryNet's VGG-small and a ResNet-18 Bi-Real
+# ---------------------------------------------------------------------------------------------
+def vgg_small(in_channels: int = 3, image_size: int = 32, num_classes: int = 10, *,
+              binary: bool = True, width: int = 128, hidden: int = 1024,
+              weight_clip: float | None = 1.0, input_quantizer: Any = "ste_sign",
+              weight_quantizer: Any = "ste_sign", activation: str = "hardtanh") -> nn.Sequential:
+    r"""BinaryNet's CIFAR-10 network (Courbariaux et al. 2016, "VGG-small"), with a float twin.
+
+    Layers (:math:`w` = ``width``; every conv 3×3 with padding 1)::
+
+        Conv2d(in, w) + BN                                        # float first layer
+        BinaryConv2d(w, w),   MaxPool(2), BN
+        BinaryConv2d(w, 2w),  BN,  BinaryConv2d(2w, 2w), MaxPool(2), BN
+        BinaryConv2d(2w, 4w), BN,  BinaryConv2d(4w, 4w), MaxPool(2), BN
+        Flatten, BinaryLinear(4w·s², hidden), BN, BinaryLinear(hidden, hidden), BN,
+        Linear(hidden, num_classes)                               # float last layer
+
+    with :math:`s` = ``image_size // 8``. The paper's sizes are ``width=128, hidden=1024``
+    (about 14 M parameters); smaller widths give the same graph for CPU runs. Binary convs
+    pad with +1 (``pad_value=1.0``, what the packed kernels compute). The float twin replaces
+    each binary layer by ``activation`` and its torch layer.
+
+    Args:
+        in_channels, image_size, num_classes: input channels, side, outputs.
+        binary: ``False`` builds the float twin. Default: ``True``.
+        width: :math:`w`. Default: ``128``. hidden: FC width. Default: ``1024``.
+        weight_clip, input_quantizer, weight_quantizer: of the binary layers.
+        activation: the float twin's activation. Default: ``"hardtanh"``.
+    """
+    in_channels = _check_positive_int(in_channels, "in_channels")
+    image_size = _check_positive_int(image_size, "image_size")
+    num_classes = _check_positive_int(num_classes, "num_classes")
+    w = _check_positive_int(width, "width")
+    hidden = _check_positive_int(hidden, "hidden")
+    side = image_size // 8
+    if side < 1:
+        raise ValueError(f"image_size must be >= 8, got {image_size}")
+
+    def layer(cls: Any, float_cls: Any, *args: Any, **kw: Any) -> list[nn.Module]:
+        if binary:
+            extra = {"pad_value": 1.0} if cls is BinaryConv2d else {}
+            return [cls(*args, **kw, input_quantizer=input_quantizer,
+                        weight_quantizer=weight_quantizer, weight_clip=weight_clip, **extra)]
+        return [_activation(activation), float_cls(*args, **kw)]
+
+    def conv(c_in: int, c_out: int) -> list[nn.Module]:
+        return layer(BinaryConv2d, nn.Conv2d, c_in, c_out, 3, padding=1, bias=False)
+
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, w, 3, padding=1, bias=False),
+                               nn.BatchNorm2d(w)]
+    layers += [*conv(w, w), nn.MaxPool2d(2), nn.BatchNorm2d(w)]
+    layers += [*conv(w, 2 * w), nn.BatchNorm2d(2 * w)]
+    layers += [*conv(2 * w, 2 * w), nn.MaxPool2d(2), nn.BatchNorm2d(2 * w)]
+    layers += [*conv(2 * w, 4 * w), nn.BatchNorm2d(4 * w)]
+    layers += [*conv(4 * w, 4 * w), nn.MaxPool2d(2), nn.BatchNorm2d(4 * w)]
+    layers.append(nn.Flatten())
+    layers += [*layer(BinaryLinear, nn.Linear, 4 * w * side * side, hidden, bias=False),
+               nn.BatchNorm1d(hidden)]
+    layers += [*layer(BinaryLinear, nn.Linear, hidden, hidden, bias=False),
+               nn.BatchNorm1d(hidden)]
+    layers += [_activation(activation), nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def resnet18_bireal(in_channels: int = 3, num_classes: int = 10, *, binary: bool = True,
+                    width: int = 64, block: str = "bireal", weight_clip: float | None = None,
+                    weight_quantizer: Any = "magnitude_aware_sign") -> nn.Sequential:
+    r"""ResNet-18-style binary network for 32×32 images: Bi-Real Net-18 (Liu et al. 2018) or
+    its ReActNet version (Liu et al. 2020), with a float twin.
+
+    Layers (:math:`w` = ``width``; CIFAR stem: one 3×3 conv, no max-pool)::
+
+        Conv2d(in, w, 3) + BN                                      # float stem
+        stage k = 1..4, width w·2^(k-1), stride 2 at the start of stages 2-4:
+            block="bireal":   4 BiRealBlock units (ResNet-18's two basic blocks, each 3×3
+                              conv with its own real shortcut, as in Bi-Real Net)
+            block="reactnet": 2 ReActBlock (binary 3×3 then 1×1, RSign + RPReLU)
+        AdaptiveAvgPool(1), Flatten, Linear(8w, num_classes)       # float head
+
+    ``width=64`` gives ResNet-18's widths (64 … 512). Real: stem, head, BN, shortcuts.
+
+    Args:
+        in_channels, num_classes: input channels and outputs.
+        binary: ``False`` builds the float twin. Default: ``True``.
+        width: :math:`w`. Default: ``64``.
+        block: ``"bireal"`` or ``"reactnet"``. Default: ``"bireal"``.
+        weight_clip, weight_quantizer: of the binary convolutions.
+    """
+    in_channels = _check_positive_int(in_channels, "in_channels")
+    num_classes = _check_positive_int(num_classes, "num_classes")
+    w = _check_positive_int(width, "width")
+    if block not in ("bireal", "reactnet"):
+        raise ValueError(f"block must be 'bireal' or 'reactnet', got {block!r}")
+    layers = _stem(in_channels, w)
+    c = w
+    for stage in range(4):
+        c_out = w * 2 ** stage
+        units = 4 if block == "bireal" else 2
+        for i in range(units):
+            stride = 2 if (stage > 0 and i == 0) else 1
+            if block == "bireal":
+                layers.append(BiRealBlock(c, c_out, stride, binary=binary,
+                                          weight_quantizer=weight_quantizer,
+                                          weight_clip=weight_clip))
+            else:
+                layers.append(ReActBlock(c, c_out, stride, binary=binary,
+                                         weight_quantizer=weight_quantizer,
+                                         weight_clip=weight_clip))
+            c = c_out
+    return nn.Sequential(*layers, *_head(c, num_classes))
+
+
+__all__ += ["vgg_small", "resnet18_bireal"]

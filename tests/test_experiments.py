@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from bnnlab import experiments as E
+from bnnlab.train import History
 
 
 def _strict(path):
@@ -170,3 +173,120 @@ def test_jsonable_writes_strict_json():
     assert got == {"a": 0.5, "b": [None, 3], "c": [1.0, 1.0], "d": [1, None]}
     with pytest.raises(TypeError, match="JSON"):
         E._jsonable(object())
+
+
+# ------------------------------------------------------------------------------ protocol helpers
+def test_function_errors_of_e_equals_x_on_unit_interval():
+    x = np.linspace(0.0, 1.0, 2001)
+    got = E.function_errors(x, x)
+    assert got["sup"] == 1.0
+    assert got["l1"] == pytest.approx(0.5, abs=1e-12)          # trapezoid is exact for |x|
+    assert got["l2"] == pytest.approx(math.sqrt(1.0 / 3.0), abs=1e-6)
+
+
+def test_function_errors_on_a_nonuniform_grid_and_a_jump():
+    x = np.sort(np.concatenate([np.linspace(-1, 1, 4001), [0.123456]]))
+    e = np.where(x < 0, -2.0, 1.0)                            # |e| = 2 on [-1,0), 1 on [0,1]
+    got = E.function_errors(x, e)
+    assert got["sup"] == 2.0
+    assert got["l1"] == pytest.approx(3.0, abs=2e-3)
+    assert got["l2"] == pytest.approx(math.sqrt(5.0), abs=2e-3)
+    with pytest.raises(ValueError, match="increasing"):
+        E.function_errors(x[::-1], e)
+    with pytest.raises(ValueError, match="same length"):
+        E.function_errors(x, e[:-1])
+
+
+def test_aggregate_mean_and_sample_sd():
+    vals = [0.90, 0.92, 0.97]
+    got = E.aggregate(vals)
+    assert got["mean"] == pytest.approx(statistics.mean(vals))
+    assert got["sd"] == pytest.approx(statistics.stdev(vals))      # ddof = 1
+    assert got["n"] == 3 and got["min"] == 0.90 and got["max"] == 0.97
+    one = E.aggregate([0.5, None, math.nan])
+    assert one["n"] == 1 and one["mean"] == 0.5 and math.isnan(one["sd"])
+    assert E.aggregate([])["n"] == 0
+
+
+def test_select_best_takes_the_first_best_and_skips_nan():
+    assert E.select_best([0.5, 0.9, 0.9, 0.7]) == 1
+    assert E.select_best([math.nan, 0.3, 0.2, 0.2], mode="min") == 2
+    with pytest.raises(ValueError, match="finite"):
+        E.select_best([math.nan])
+    with pytest.raises(ValueError, match="mode"):
+        E.select_best([1.0], mode="best")
+
+
+def test_model_selection_uses_validation_not_test():
+    """Validation peaks at epoch 2, test at epoch 4: the kept weights are those of epoch 2."""
+    val_acc = [0.60, 0.80, 0.70, 0.75]
+    test_acc = [0.55, 0.65, 0.70, 0.90]           # what a test-selected protocol would pick
+    model = nn.Linear(1, 1)
+    keep = E.KeepBest("val_acc")
+    hist = History()
+    for epoch, v in enumerate(val_acc, start=1):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))       # the weights "are" the epoch number
+        hist.epoch.append(epoch)
+        hist.val_acc.append(v)
+        hist.val_loss.append(1.0 - v)
+        keep.on_epoch_end(epoch, hist, model)
+    keep.restore(model)
+    assert keep.best_epoch == 2 and float(model.weight.detach()) == 2.0
+    assert keep.best_epoch != 1 + int(np.argmax(test_acc))
+    loss_keep = E.KeepBest("val_loss")
+    for epoch in (1, 2):
+        loss_keep.on_epoch_end(epoch, History(epoch=[1, 2][:epoch], val_loss=[0.3, 0.3][:epoch],
+                                              val_acc=[0.0, 0.0][:epoch]), model)
+    assert loss_keep.best_epoch == 1                       # ties keep the earliest
+    with pytest.raises(RuntimeError, match="epoch"):
+        E.KeepBest().restore(model)
+
+
+def test_train_one_reports_test_at_the_validation_epoch(one_thread):
+    """A real (tiny) fit: the record's epoch is the first argmax of the validation curve and the
+    test accuracy is that of the restored weights."""
+    from bnnlab import data, train
+
+    split = data.load_digits(n_train=200, seed=0)
+    torch.manual_seed(0)
+    model = E.build_model("binary", split.input_shape, 10, hidden=(16, 16))
+    model, rec = E.train_one(model, split, epochs=4, lr=0.01, batch_size=32, seed=0)
+    val = rec["history"]["val_acc"]
+    assert rec["best_epoch"] == 1 + int(np.argmax(val))
+    assert rec["val_acc"] == max(val)
+    assert rec["test_acc"] == train.evaluate(model, *split.test)["accuracy"]
+
+
+# ------------------------------------------------------------------------------ paper profile
+@pytest.mark.slow   # 60-85 s on the shared two-core machine (five full-size CIFAR models)
+def test_paper_profile_smoke_on_generated_cifar_files(tmp_path):
+    """The paper profile end to end at 1 % of the data and 1 epoch, on files in the official
+    binary format (unverified: they are not the official bytes), through Dask in-process."""
+    from distributed import Client
+
+    from bnnlab import data as D
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar"
+    root.mkdir()
+    for name in D.CIFAR10_FILES:
+        D.write_cifar10_bin(root / name, rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8),
+                            rng.integers(0, 10, 40))
+    specs = E.paper_specs(seeds=(0,), fraction=0.01, epochs=1, verify=False)
+    assert len(specs) == len(E.PAPER_MODELS)
+    with Client(processes=False, n_workers=1, threads_per_worker=1,
+                dashboard_address=None) as client:
+        table = E.run_paper(tmp_path / "out", root, client=client, progress=False,
+                            log=lambda s: None, seeds=(0,), fraction=0.01, epochs=1,
+                            verify=False)
+    assert set(table["models"]) == set(E.PAPER_MODELS)
+    row = table["models"]["vgg-small"]
+    assert row["parameters"] == 14_029_706 and row["epochs"] == 1 and row["fraction"] == 0.01
+    assert 0.0 <= row["test_acc"]["mean"] <= 1.0 and row["seeds"] == [0]
+    assert table["sweep"]["done"] == len(E.PAPER_MODELS)
+    again = E.paper_table(tmp_path / "out" / "runs")                  # from the files only
+    written = _strict(tmp_path / "out" / "paper.json")["models"]
+    for name, row in again["models"].items():
+        assert row["keys"] == table["models"][name]["keys"] == written[name]["keys"]
+        assert row["test_acc"]["mean"] == written[name]["test_acc"]["mean"]

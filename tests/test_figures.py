@@ -15,13 +15,10 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-import torch
-from torch import nn
 
 from bnnlab import experiments as E
 from bnnlab import figures as FG
 from bnnlab.summary import summary
-from bnnlab.train import History
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -319,89 +316,6 @@ def test_pm_formats_and_marks_undefined_sd():
     assert FG.pm(0.9734, 0.0042, scale=100) == r"$97.3 \pm 0.4$"
     assert FG.pm(0.5, math.nan, digits=2) == "$0.50$"
     assert FG.pm(math.nan, 0.1) == "--"
-
-
-# ------------------------------------------------------------------------------ protocol helpers
-def test_function_errors_of_e_equals_x_on_unit_interval():
-    x = np.linspace(0.0, 1.0, 2001)
-    got = E.function_errors(x, x)
-    assert got["sup"] == 1.0
-    assert got["l1"] == pytest.approx(0.5, abs=1e-12)          # trapezoid is exact for |x|
-    assert got["l2"] == pytest.approx(math.sqrt(1.0 / 3.0), abs=1e-6)
-
-
-def test_function_errors_on_a_nonuniform_grid_and_a_jump():
-    x = np.sort(np.concatenate([np.linspace(-1, 1, 4001), [0.123456]]))
-    e = np.where(x < 0, -2.0, 1.0)                            # |e| = 2 on [-1,0), 1 on [0,1]
-    got = E.function_errors(x, e)
-    assert got["sup"] == 2.0
-    assert got["l1"] == pytest.approx(3.0, abs=2e-3)
-    assert got["l2"] == pytest.approx(math.sqrt(5.0), abs=2e-3)
-    with pytest.raises(ValueError, match="increasing"):
-        E.function_errors(x[::-1], e)
-    with pytest.raises(ValueError, match="same length"):
-        E.function_errors(x, e[:-1])
-
-
-def test_aggregate_mean_and_sample_sd():
-    vals = [0.90, 0.92, 0.97]
-    got = E.aggregate(vals)
-    assert got["mean"] == pytest.approx(statistics.mean(vals))
-    assert got["sd"] == pytest.approx(statistics.stdev(vals))      # ddof = 1
-    assert got["n"] == 3 and got["min"] == 0.90 and got["max"] == 0.97
-    one = E.aggregate([0.5, None, math.nan])
-    assert one["n"] == 1 and one["mean"] == 0.5 and math.isnan(one["sd"])
-    assert E.aggregate([])["n"] == 0
-
-
-def test_select_best_takes_the_first_best_and_skips_nan():
-    assert E.select_best([0.5, 0.9, 0.9, 0.7]) == 1
-    assert E.select_best([math.nan, 0.3, 0.2, 0.2], mode="min") == 2
-    with pytest.raises(ValueError, match="finite"):
-        E.select_best([math.nan])
-    with pytest.raises(ValueError, match="mode"):
-        E.select_best([1.0], mode="best")
-
-
-def test_model_selection_uses_validation_not_test():
-    """Validation peaks at epoch 2, test at epoch 4: the kept weights are those of epoch 2."""
-    val_acc = [0.60, 0.80, 0.70, 0.75]
-    test_acc = [0.55, 0.65, 0.70, 0.90]           # what a test-selected protocol would pick
-    model = nn.Linear(1, 1)
-    keep = E.KeepBest("val_acc")
-    hist = History()
-    for epoch, (v, t) in enumerate(zip(val_acc, test_acc), start=1):
-        with torch.no_grad():
-            model.weight.fill_(float(epoch))       # the weights "are" the epoch number
-        hist.epoch.append(epoch)
-        hist.val_acc.append(v)
-        hist.val_loss.append(1.0 - v)
-        keep.on_epoch_end(epoch, hist, model)
-    keep.restore(model)
-    assert keep.best_epoch == 2 and float(model.weight.detach()) == 2.0
-    assert keep.best_epoch != 1 + int(np.argmax(test_acc))
-    loss_keep = E.KeepBest("val_loss")
-    for epoch in (1, 2):
-        loss_keep.on_epoch_end(epoch, History(epoch=[1, 2][:epoch], val_loss=[0.3, 0.3][:epoch],
-                                              val_acc=[0.0, 0.0][:epoch]), model)
-    assert loss_keep.best_epoch == 1                       # ties keep the earliest
-    with pytest.raises(RuntimeError, match="epoch"):
-        E.KeepBest().restore(model)
-
-
-def test_train_one_reports_test_at_the_validation_epoch(one_thread):
-    """A real (tiny) fit: the record's epoch is the first argmax of the validation curve and the
-    test accuracy is that of the restored weights."""
-    from bnnlab import data, train
-
-    split = data.load_digits(n_train=200, seed=0)
-    torch.manual_seed(0)
-    model = E.build_model("binary", split.input_shape, 10, hidden=(16, 16))
-    model, rec = E.train_one(model, split, epochs=4, lr=0.01, batch_size=32, seed=0)
-    val = rec["history"]["val_acc"]
-    assert rec["best_epoch"] == 1 + int(np.argmax(val))
-    assert rec["val_acc"] == max(val)
-    assert rec["test_acc"] == train.evaluate(model, *split.test)["accuracy"]
 
 
 # ------------------------------------------------------------------------------ writing

@@ -243,7 +243,7 @@ def test_evaluate_matches_numpy_and_restores_mode(moons):
 # ---------------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("kwargs, exc, match", [
     ({"epochs": -1}, ValueError, "epochs"),
-    ({"epochs": 1.5}, ValueError, "epochs"),
+    ({"epochs": 1.5}, TypeError, "epochs"),
     ({"batch_size": 0}, ValueError, "batch_size"),
     ({"lr": 0}, ValueError, "lr"),
     ({"optimizer": "lamb"}, ValueError, "optimizer"),
@@ -251,6 +251,10 @@ def test_evaluate_matches_numpy_and_restores_mode(moons):
     ({"loss": "hinge"}, ValueError, "loss"),
     ({"schedule": "step"}, ValueError, "schedule"),
     ({"num_threads": 0}, ValueError, "num_threads"),
+    ({"device": 3}, TypeError, "device"),
+    ({"device": "tpu:0"}, ValueError, "device"),
+    ({"resume": True}, ValueError, "checkpoint"),
+    ({"augment": "flip"}, TypeError, "augment"),
 ])
 def test_fit_bad_arguments(moons, kwargs, exc, match):
     kwargs = {"epochs": 1, **kwargs}
@@ -285,3 +289,57 @@ def test_train_reference_digits_one_epoch():
     assert not any(isinstance(m, BinaryLinear) for m in twin.model.modules())
     with pytest.raises(ValueError, match="name"):
         train.train_reference("resnet")
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def _mlp():
+    torch.manual_seed(0)
+    from bnnlab import models
+
+    return models.binary_mlp(2, hidden=(16, 16), num_classes=2)
+
+
+def test_checkpoint_resume_gives_the_uninterrupted_weights(moons, tmp_path, one_thread):
+    """Two epochs straight vs one epoch, a fresh process-like restart (new model and optimiser
+    objects), and a resumed second epoch: same weights, history, schedule and RNG stream."""
+    kw = {"lr": 0.01, "batch_size": 32, "schedule": "cosine", "progress": False, "seed": 3}
+    straight = _mlp()
+    h_straight = train.fit(straight, moons, epochs=2, checkpoint=tmp_path / "a.safetensors", **kw)
+    first = _mlp()
+    ckpt = tmp_path / "b.safetensors"
+    train.fit(first, moons, epochs=2, checkpoint=ckpt,
+        callbacks=[type("Stop", (), {"on_epoch_end": lambda self, *a: True})()], **kw)
+    resumed = _mlp()                                    # starts from scratch, then loads
+    h_resumed = train.fit(resumed, moons, epochs=2, checkpoint=ckpt, resume=True, **kw)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
+                         strict=True):
+        assert torch.equal(a, b), k
+    assert h_resumed.epoch == [1, 2] and h_resumed.train_loss == h_straight.train_loss
+    assert h_resumed.lr == h_straight.lr
+    raw = ckpt.read_bytes()
+    assert b"bnnlab.checkpoint/1" in raw[:4096] and not raw.startswith(b"\x80")  # no pickle
+
+
+def test_load_checkpoint_refuses_foreign_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from bnnlab.train import load_checkpoint
+
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="safetensors"):
+        load_checkpoint(bad, _mlp())
+    save_file({"a": torch.zeros(1)}, str(bad))
+    with pytest.raises(ValueError, match="bnnlab.checkpoint"):
+        load_checkpoint(bad, _mlp())
+
+
+def test_build_model_by_name_and_import_path():
+    from bnnlab.train import build_model
+
+    assert isinstance(build_model("binary_mlp", in_features=4), torch.nn.Sequential)
+    assert isinstance(build_model("torch.nn:Identity"), torch.nn.Identity)
+    with pytest.raises(ValueError, match="model"):
+        build_model("count_parameters")
+    with pytest.raises(TypeError, match="returned"):
+        build_model("builtins:dict", a=1)
