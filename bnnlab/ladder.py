@@ -70,6 +70,7 @@ __all__ = [
     "build_model",
     "load_data",
     "run_rung",
+    "ladder_runner",
     "run_ladder",
     "load_ladder",
     "main",
@@ -484,6 +485,17 @@ def run_rung(spec: Mapping, *, teacher_dir=None, num_threads: int | None = 1) ->
     }
 
 
+def ladder_runner(spec: dict[str, Any]) -> dict[str, Any]:
+    """The runner ``"ladder"`` of :mod:`bnnlab.runs`: :func:`run_rung` on a sweep spec.
+
+    ``spec`` is a ladder spec plus ``"runner"``; the run is on the executor's torch threads
+    (the sweep sets them). Without a shared teacher cache the distill rung trains its float
+    teacher again (same seed, same weights, more time).
+    """
+    rung = {k: v for k, v in spec.items() if k != "runner"}
+    return run_rung(rung, teacher_dir=None, num_threads=None)
+
+
 # =============================================================================================
 # The ladder
 # =============================================================================================
@@ -496,11 +508,19 @@ def _write_json(path: Path, payload: Mapping) -> None:
 
 def run_ladder(profile: str = "quick", out="ladder", seeds: Iterable[int] | None = None, *,
                overrides: Mapping[str, Any] | None = None,
-               log: Callable[[str], None] = print) -> list[dict]:
-    """Run every spec of :func:`ladder_specs` serially, one ``<hash>.json`` per run in ``out``.
+               log: Callable[[str], None] = print, client: Any = None,
+               scheduler: str | None = None, workers: int | None = None) -> list[dict]:
+    """Run every spec of :func:`ladder_specs`, one ``<hash>.json`` per run in ``out/runs``.
 
     Runs whose file exists are loaded, not rerun (resume). Writes ``out/ladder.json`` (profile,
     machine, wall time) at the end.
+
+    By default the runs execute serially in this process (the float twins' weights are cached
+    in ``out/weights`` for the distill rung). With ``client`` (a :class:`distributed.Client`),
+    ``scheduler`` (an address) or ``workers`` (an embedded :class:`~distributed.LocalCluster`),
+    the missing runs are submitted to Dask by :func:`bnnlab.sweep.run_sweep` through the
+    registered runner ``"ladder"``; their records land in the results store ``out/store``
+    (resumable as well) and are copied to ``out/runs``.
 
     Returns:
         The records, in :func:`ladder_specs` order.
@@ -509,6 +529,8 @@ def run_ladder(profile: str = "quick", out="ladder", seeds: Iterable[int] | None
     specs = ladder_specs(profile, seeds, **dict(overrides or {}))
     records = []
     t0 = time.perf_counter()
+    if client is not None or scheduler is not None or workers is not None:
+        _run_on_dask(specs, out, client=client, scheduler=scheduler, workers=workers, log=log)
     for i, spec in enumerate(specs, 1):
         path = out / "runs" / f"{spec_hash(spec)}.json"
         if path.is_file():
@@ -533,6 +555,28 @@ def run_ladder(profile: str = "quick", out="ladder", seeds: Iterable[int] | None
                     "python": platform.python_version(), "torch": torch.__version__},
     })
     return records
+
+
+def _run_on_dask(specs: list[dict], out: Path, *, client: Any, scheduler: str | None,
+                 workers: int | None, log: Callable[[str], None]) -> None:
+    """Submit the specs without a ``runs/<hash>.json`` to Dask; copy their records there."""
+    from bnnlab import runs, sweep
+
+    todo = [s for s in specs if not (out / "runs" / f"{spec_hash(s)}.json").is_file()]
+    if not todo:
+        return
+    store = runs.ResultStore(out / "store")
+    sweep_specs = [{"runner": "ladder", **s} for s in todo]
+    report = sweep.run_sweep(sweep_specs, store, client=client, scheduler=scheduler,
+                             workers=workers, log=log)
+    if report.failed:
+        raise RuntimeError(f"ladder: {len(report.failed)} run(s) failed on Dask: "
+                           + "; ".join(report.failed.values()))
+    for spec, sweep_spec in zip(todo, sweep_specs, strict=True):
+        record = store.get(sweep_spec)
+        if record is None:  # pragma: no cover - run_sweep reports every missing run as failed
+            raise RuntimeError(f"ladder: no record for {spec['rung']} seed {spec['seed']}")
+        _write_json(out / "runs" / f"{spec_hash(spec)}.json", record["result"])
 
 
 def load_ladder(out) -> dict | None:
@@ -561,13 +605,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("paper/generated/results/ladder"))
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--list", action="store_true", help="print the specs and exit")
+    parser.add_argument("--scheduler", default=None,
+                        help="run the missing runs on this Dask scheduler (tcp://host:8786)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="run the missing runs on an embedded Dask LocalCluster of N workers")
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.list:
         for s in ladder_specs(args.profile, args.seeds):
             print(spec_hash(s), json.dumps(s, sort_keys=True))
         return 0
     t0 = time.perf_counter()
-    recs = run_ladder(args.profile, args.out, args.seeds, log=lambda s: print(s, flush=True))
+    recs = run_ladder(args.profile, args.out, args.seeds, log=lambda s: print(s, flush=True),
+                      scheduler=args.scheduler, workers=args.workers)
     print(f"[ladder] {len(recs)} runs in {(time.perf_counter() - t0) / 60:.1f} min -> {args.out}")
     return 0
 

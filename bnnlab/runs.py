@@ -502,3 +502,4 @@ def fit_runner(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 register_runner("fit", "bnnlab.runs:fit_runner", defaults=FIT_DEFAULTS)
+register_runner("ladder", "bnnlab.ladder:ladder_runner")  # the ablation ladder (bnnlab.ladder)

@@ -118,9 +118,14 @@ def test_micro_run_costs(micro):
     assert fl["torch_forward_ms"] > 0 and bn["torch_forward_ms"] > 0
 
 
-def test_figures_read_the_micro_run(micro, tmp_path):
+def test_figures_read_the_micro_run(micro, tmp_path, one_thread):
     from bnnlab import figures
+    from bnnlab import ladder as L
 
+    # the report needs the ablation ladder too: a micro one (one epoch, tiny data, one seed)
+    L.run_ladder("quick", micro / "ladder", seeds=[0], log=lambda s: None,
+                 overrides=dict(n_train=200, val_size=100, n_test=200, width=4, max_epochs=1,
+                                patience=1, lr_patience=1, batch_size=50))
     out = figures.write_all(tmp_path, results_dir=micro, pdf=False, log=lambda s: None)
     assert len(out["tables"]) == len(figures.TABLES)
     tex = (tmp_path / "tables" / "architectures.tex").read_text()

@@ -160,3 +160,18 @@ def test_cli_list(capsys):
     assert L.main(["--profile", "quick", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(L.RUNGS)
+
+
+def test_run_ladder_on_dask_matches_the_serial_ladder(tmp_path, one_thread):
+    """The same specs through the sweep engine (embedded LocalCluster, runner "ladder") give the
+    same records as the serial ladder, land in the results store and resume from it."""
+    kw = dict(TINY, max_epochs=1)
+    serial = L.run_ladder("quick", tmp_path / "serial", seeds=[0], overrides=kw, log=lambda s: None)
+    dask = L.run_ladder("quick", tmp_path / "dask", seeds=[0], overrides=kw, log=lambda s: None,
+                        workers=2)
+    assert [r["hash"] for r in dask] == [r["hash"] for r in serial]
+    assert [r["test_acc"] for r in dask] == [r["test_acc"] for r in serial]
+    assert len(list((tmp_path / "dask" / "store").glob("*.json"))) == len(L.RUNGS)
+    logs: list[str] = []
+    L.run_ladder("quick", tmp_path / "dask", seeds=[0], overrides=kw, log=logs.append, workers=2)
+    assert all("done before" in line for line in logs)
