@@ -287,7 +287,8 @@ def tiny_bireal(in_channels: int = 1, num_classes: int = 10, *, width: int = 16,
 
 def tiny_reactnet(in_channels: int = 1, num_classes: int = 10, *, width: int = 16,
                   binary: bool = True, weight_clip: float | None = None,
-                  weight_quantizer: Any = "magnitude_aware_sign") -> nn.Sequential:
+                  weight_quantizer: Any = "magnitude_aware_sign",
+                  gradients: str = "official") -> nn.Sequential:
     r"""A small ReActNet-A (MobileNet-like, every block binary) for small images.
 
     Layers::
@@ -305,7 +306,8 @@ def tiny_reactnet(in_channels: int = 1, num_classes: int = 10, *, width: int = 1
         num_classes: outputs. Default: ``10``.
         width: :math:`w`. Default: ``16``.
         binary: ``False`` builds the float twin. Default: ``True``.
-        weight_clip, weight_quantizer: see :class:`~bnnlab.blocks.ReActBlock`.
+        weight_clip, weight_quantizer, gradients: see :class:`~bnnlab.blocks.ReActBlock`
+            (``gradients="official"``, the default: the official ReActNet code's surrogates).
 
     Returns:
         :class:`torch.nn.Sequential` (input any :math:`(N, C_{in}, H, W)` with H, W ≥ 4).
@@ -313,7 +315,8 @@ def tiny_reactnet(in_channels: int = 1, num_classes: int = 10, *, width: int = 1
     in_channels = check_int(in_channels, "in_channels", min_value=1)
     num_classes = check_int(num_classes, "num_classes", min_value=1)
     width = check_int(width, "width", min_value=1)
-    kw = dict(binary=binary, weight_quantizer=weight_quantizer, weight_clip=weight_clip)
+    kw = dict(binary=binary, weight_quantizer=weight_quantizer, weight_clip=weight_clip,
+              gradients=gradients)
     w = width
     blocks = [ReActBlock(w, w, **kw), ReActBlock(w, 2 * w, 2, **kw),
               ReActBlock(2 * w, 2 * w, **kw), ReActBlock(2 * w, 4 * w, 2, **kw),

@@ -218,3 +218,10 @@ def test_weight_clip_sentence_follows_the_models():
     assert weight_clip_sentence({"F": binary_mlp(64, (16, 16), binary=False)}) == ""
     with pytest.raises(TypeError, match="models"):
         weight_clip_sentence([clipped])
+
+
+def test_tiny_reactnet_passes_the_gradient_variant_to_its_blocks():
+    official = models.tiny_reactnet(width=4)
+    larq = models.tiny_reactnet(width=4, gradients="larq")
+    assert {b.gradients for b in official.modules() if isinstance(b, ReActBlock)} == {"official"}
+    assert {b.gradients for b in larq.modules() if isinstance(b, ReActBlock)} == {"larq"}
