@@ -139,6 +139,7 @@ def test_crafted_size_declarations_fail_fast_in_little_memory(tmp_path):
     (tmp_path / "valid.json").write_text(json.dumps(valid.hex()))
     growth = _subprocess_json(_MEMORY_SCRIPT, [tmp_path / "files.json", tmp_path / "valid.json"],
                               tmp_path)
+    print("peak RSS growth per crafted file (KiB):", [kib for _, kib in growth])   # pytest -s
     assert [r for r, _ in growth] == ["ValueError"] * len(crafted)
     assert max(kib for _, kib in growth) < 16 * 1024, growth     # KiB of peak RSS growth
 
