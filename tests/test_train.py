@@ -364,3 +364,19 @@ def test_fit_streams_a_dataset_through_a_dataloader(moons, one_thread):
               **kw)
     with pytest.raises(ValueError, match="num_workers"):
         train.fit(mlp(), moons, epochs=1, num_workers=-1, progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fit_on_cuda_moves_model_and_batches_and_clips(moons, tmp_path):
+    from bnnlab import models
+
+    torch.manual_seed(0)
+    net = models.binary_mlp(2, hidden=(16, 16), num_classes=2, weight_clip=1.0)
+    keep = train.KeepBest()
+    hist = train.fit(net, moons, epochs=2, lr=0.05, progress=False, device="cuda",
+                     callbacks=[keep], checkpoint=tmp_path / "c.safetensors")
+    assert next(net.parameters()).device.type == "cuda" and len(hist) == 2
+    binary = [m for m in net.modules() if isinstance(m, BinaryLinear)]
+    assert all(float(m.weight.abs().max()) <= 1.0 for m in binary)
+    keep.restore(net)
+    assert 0.0 <= train.evaluate(net, *moons.test)["accuracy"] <= 1.0
