@@ -41,11 +41,18 @@ minutes on a laptop CPU; every variant sees the same inputs. torch runs on one t
 default (``--threads``): on a shared two-core machine two OpenMP threads slowed training
 down by up to 30× through contention.
 
+The ``paper`` profile (``--paper --data-root DIR``) is different: CIFAR-10 runs of
+:data:`PAPER_MODELS` as specs of :mod:`bnnlab.runs`, swept on Dask (:func:`run_sweep`;
+``--scheduler`` for a cluster) into ``<out>/runs/``; :func:`paper_table` builds ``paper.json``
+from those records only, so an interrupted sweep resumes and records from several machines merge.
+
 Examples::
 
     $ python -m bnnlab experiments --quick --out paper/generated/results
     $ python -m bnnlab experiments --full --bench      # also runs `python -m bnnlab bench --json`
     $ python -m bnnlab experiments --only regression --epochs 5 --seeds 1
+    $ python -m bnnlab experiments --paper --data-root ~/cifar-10-batches-bin --out runs/paper \
+          --scheduler tcp://head:8786
 """
 from __future__ import annotations
 

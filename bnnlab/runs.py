@@ -83,6 +83,7 @@ __all__ = [
     "run_spec",
     "ResultStore",
     "fit_runner",
+    "noop_runner",
     "FIT_DEFAULTS",
     "versions",
     "machine",
@@ -501,5 +502,12 @@ def fit_runner(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def noop_runner(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runner ``"noop"``: returns ``{"echo": spec}`` at once (measures a scheduler's overhead
+    per run; checks that a cluster's workers import bnnlab)."""
+    return {"echo": spec}
+
+
 register_runner("fit", "bnnlab.runs:fit_runner", defaults=FIT_DEFAULTS)
+register_runner("noop", "bnnlab.runs:noop_runner")
 register_runner("ladder", "bnnlab.ladder:ladder_runner")  # the ablation ladder (bnnlab.ladder)

@@ -293,8 +293,10 @@ def _unpack_data(data):
     else:
         raise TypeError("data must be a bnnlab.data.Split (or any object with .train/.val "
                         "(x, y) pairs) or a tuple (x, y) of tensors")
+    from torch.utils.data import Dataset
+
     for name, pair in (("data.train", train), ("data.val", val)):
-        if pair is None:
+        if pair is None or (name == "data.train" and isinstance(pair, Dataset)):
             continue
         if len(pair) != 2 or not all(isinstance(t, Tensor) for t in pair):
             raise TypeError(f"{name} must be a pair (x, y) of tensors")
@@ -302,6 +304,8 @@ def _unpack_data(data):
             raise ValueError(f"{name}: x and y have different lengths")
     if val is not None and val[0].shape[0] == 0:
         val = None
+    if isinstance(train, Dataset) and len(train) == 0:   # type: ignore[arg-type]
+        raise ValueError("data.train is empty")
     return train, val
 
 
@@ -475,6 +479,45 @@ def build_model(name: str, **kwargs) -> nn.Module:
     return model
 
 
+def _batches(train, perm: Tensor, gen: torch.Generator, *, stream: bool, batch_size: int,
+             local_bs: int, rank: int, world: int, augment, num_workers: int, pin: bool):
+    """Yield ``(x_local, y_local, global_batch_size)`` for one epoch (see :func:`fit`)."""
+    n = perm.shape[0]
+    if not stream:
+        x, y = train
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            n_global = idx.shape[0]
+            if augment is not None:     # on the global batch: every rank draws the same
+                xb, yb = augment(x[idx], gen), y[idx]
+                if world > 1:
+                    xb, yb = xb[rank::world], yb[rank::world]
+            else:
+                if world > 1:
+                    idx = idx[rank::world]
+                xb, yb = x[idx], y[idx]
+            yield xb, yb, n_global
+        return
+    from torch.utils.data import DataLoader
+
+    order = perm
+    if world > 1:                       # pad to equal shares, as DistributedSampler does
+        total = math.ceil(n / world) * world
+        order = torch.cat([perm, perm[:total - n]])[rank::world]
+    # augmentation draws from its own stream (seeded from the shared generator), so every
+    # rank's shuffling generator stays in step
+    aug_gen = None
+    if augment is not None:
+        aug_gen = torch.Generator().manual_seed(
+            int(torch.randint(0, 2 ** 62, (1,), generator=gen)) + rank)
+    loader = DataLoader(train, batch_size=local_bs, sampler=order.tolist(),
+                        num_workers=num_workers, pin_memory=pin)
+    for xb, yb in loader:
+        if augment is not None:
+            xb = augment(xb, aug_gen)
+        yield xb, yb, xb.shape[0] * world
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1000,
              loss="cross_entropy") -> dict[str, float]:
@@ -526,7 +569,8 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float = 1e-3, batch_size: in
         clip_weights: bool = True, eval_batch_size: int = 1000,
         num_threads: int | None = None, device: str | torch.device | None = None,
         checkpoint: str | os.PathLike[str] | None = None, resume: bool = False,
-        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None) -> History:
+        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+        num_workers: int = 0) -> History:
     """Train ``model`` on ``data`` for ``epochs`` epochs and return the :class:`History`.
 
     Each epoch shuffles the training part with a generator seeded from ``seed`` (the global
@@ -569,6 +613,15 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float = 1e-3, batch_size: in
         augment: ``(x_batch, generator) -> x_batch`` applied to each training batch, drawing
             from the shuffling generator (e.g. :func:`bnnlab.data.augment_crop_flip`).
             Default: ``None``.
+        num_workers: DataLoader worker processes when ``data.train`` is a Dataset.
+            Default: ``0``.
+
+    When ``data.train`` is a :class:`torch.utils.data.Dataset` (data that do not fit in one
+    tensor), its samples stream through a :class:`~torch.utils.data.DataLoader` with
+    ``num_workers`` worker processes (pinned memory on CUDA), in the order of the same seeded
+    permutation; under DDP the permutation is padded to a multiple of the world size and
+    rank ``r`` takes its ``r``-th share (what ``DistributedSampler`` does), in local batches of
+    ``batch_size // world_size``.
 
     Under ``torchrun`` (an initialised :mod:`torch.distributed` process group with more than
     one process) the model is wrapped in
@@ -595,8 +648,15 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float = 1e-3, batch_size: in
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
     dev = _resolve_device(device, model)
-    (x, y), val = _unpack_data(data)
-    n = x.shape[0]
+    num_workers = check_int(num_workers, "num_workers", min_value=0)
+    train_part, val = _unpack_data(data)
+    stream = not isinstance(train_part, tuple)
+    if stream:                  # a torch Dataset: batches stream through a DataLoader
+        x = y = None
+        n = len(train_part)
+    else:
+        x, y = train_part
+        n = x.shape[0]
     if n == 0:
         raise ValueError("data.train is empty")
     loss_fn, classify = _resolve_loss(loss)
@@ -611,7 +671,8 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float = 1e-3, batch_size: in
                                       else None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _make_optimizer(optimizer, params, float(lr), weight_decay)
-    steps = math.ceil(n / batch_size)
+    local_bs = max(1, batch_size // world) if stream else batch_size
+    steps = math.ceil(math.ceil(n / world) / local_bs) if stream else math.ceil(n / batch_size)
     sched, sched_every = _make_schedule(schedule, opt, epochs, steps)
     gen = torch.Generator().manual_seed(int(seed))
     history = History()
@@ -641,17 +702,12 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float = 1e-3, batch_size: in
             perm = torch.randperm(n, generator=gen)
             loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
             correct = torch.zeros((), dtype=torch.int64, device=dev)
-            for i in range(0, n, batch_size):
-                idx = perm[i:i + batch_size]
-                n_global = idx.shape[0]
-                if augment is not None:     # on the global batch: every rank draws the same
-                    xb, yb = augment(x[idx], gen), y[idx]
-                    if world > 1:
-                        xb, yb = xb[rank::world], yb[rank::world]
-                else:
-                    if world > 1:
-                        idx = idx[rank::world]
-                    xb, yb = x[idx], y[idx]
+            done_batches = 0
+            for xb, yb, n_global in _batches(
+                    train_part, perm, gen, stream=stream, batch_size=batch_size,
+                    local_bs=local_bs, rank=rank, world=world, augment=augment,
+                    num_workers=num_workers, pin=pin):
+                done_batches += 1
                 if pin:
                     xb, yb = xb.pin_memory(), yb.pin_memory()
                 xb, yb = xb.to(dev, non_blocking=pin), yb.to(dev, non_blocking=pin)
@@ -685,7 +741,7 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float = 1e-3, batch_size: in
                     break
             if sched is not None and sched_every == "epoch":
                 sched.step()
-            seen = min(n, (i // batch_size + 1) * batch_size) if stop else n
+            seen = min(n, done_batches * batch_size) if stop else n
             if world > 1:
                 import torch.distributed as dist
 

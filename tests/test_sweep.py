@@ -142,11 +142,31 @@ def test_sweep_survives_a_killed_worker_and_resumes(cluster, tmp_path):
 
 def test_failed_runs_are_reported_and_not_written(tmp_path):
     specs = [{"runner": "_sweep_helper:failing", "seed": s} for s in (0, 1)]
+    from distributed import Client
+
     sys.path.insert(0, str(TESTS))
     try:
-        report = sweep.run_sweep(specs, tmp_path, workers=1, retries=1, progress=False)
+        with Client(processes=False, n_workers=1, threads_per_worker=1,
+                    dashboard_address=None) as client:
+            report = sweep.run_sweep(specs, tmp_path, client=client, retries=1,
+                                     progress=False)
     finally:
         sys.path.remove(str(TESTS))
     assert sorted(report.failed) == sorted(runs.spec_key(s) for s in specs)
     assert "always fails" in next(iter(report.failed.values()))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_expand_grid_and_load_specs(tmp_path):
+    specs = sweep.expand_grid({"runner": "noop", "model_kw": {"a": 1}},
+                              {"seed": [0, 1], "model_kw.b": [2, 3]})
+    assert len(specs) == 4 and specs[3] == {"runner": "noop", "model_kw": {"a": 1, "b": 3},
+                                            "seed": 1}
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(specs))
+    assert sweep.load_specs(path) == specs
+    path.write_text('{"grid": {}}')
+    with pytest.raises(ValueError, match="list of specs"):
+        sweep.load_specs(path)
+    with pytest.raises(ValueError, match="retries"):
+        sweep.run_sweep(specs, tmp_path / "r", retries=-1)

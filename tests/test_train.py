@@ -343,3 +343,40 @@ def test_build_model_by_name_and_import_path():
         build_model("count_parameters")
     with pytest.raises(TypeError, match="returned"):
         build_model("builtins:dict", a=1)
+
+
+def test_fit_streams_a_dataset_through_a_dataloader(moons, one_thread):
+    """A torch Dataset (data that need not fit in one tensor) trains through a DataLoader in
+    the same seeded order as the tensor path: without augmentation the two agree."""
+    from torch.utils.data import TensorDataset
+
+    kw = {"epochs": 2, "lr": 0.01, "batch_size": 32, "progress": False, "seed": 5}
+    a, b = mlp(), mlp()
+    ha = train.fit(a, moons, **kw)
+    streamed = data.Split(moons.train, moons.val, moons.test)
+    ds = TensorDataset(*streamed.train)
+    hb = train.fit(b, type("S", (), {"train": ds, "val": moons.val})(), **kw)
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=k)
+    assert hb.val_acc == pytest.approx(ha.val_acc, abs=1e-6)
+    c = mlp()
+    train.fit(c, type("S", (), {"train": ds, "val": moons.val})(), augment=lambda x, g: x,
+              **kw)
+    with pytest.raises(ValueError, match="num_workers"):
+        train.fit(mlp(), moons, epochs=1, num_workers=-1, progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fit_on_cuda_moves_model_and_batches_and_clips(moons, tmp_path):
+    from bnnlab import models
+
+    torch.manual_seed(0)
+    net = models.binary_mlp(2, hidden=(16, 16), num_classes=2, weight_clip=1.0)
+    keep = train.KeepBest()
+    hist = train.fit(net, moons, epochs=2, lr=0.05, progress=False, device="cuda",
+                     callbacks=[keep], checkpoint=tmp_path / "c.safetensors")
+    assert next(net.parameters()).device.type == "cuda" and len(hist) == 2
+    binary = [m for m in net.modules() if isinstance(m, BinaryLinear)]
+    assert all(float(m.weight.abs().max()) <= 1.0 for m in binary)
+    keep.restore(net)
+    assert 0.0 <= train.evaluate(net, *moons.test)["accuracy"] <= 1.0
