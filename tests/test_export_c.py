@@ -193,6 +193,18 @@ def test_refuses_what_c_cannot_reproduce(model, where, why, tmp_path):
     assert why in str(err.value) and "stage" in str(err.value)
 
 
+def test_refuses_packed_attributes_it_does_not_know(tmp_path):
+    """A packed layer from a newer packed.py (an attribute with a meaning the C code lacks)."""
+    pk = packed.export(_mlp().eval())
+    layer = pk.packed_layers()[0]
+    layer.input_offset = 0.5
+    with pytest.raises(ValueError, match="input_offset") as err:
+        packed_c.to_c(pk, tmp_path, input_shape=(12,))
+    assert "stage 2 (PackedLinear" in str(err.value)
+    layer.input_offset = None                    # a default value is harmless
+    packed_c.to_c(pk, tmp_path, input_shape=(12,))
+
+
 def test_refuses_module_replacement_and_bad_arguments(tmp_path):
     from bnnlab.blocks import BiRealBlock
 
