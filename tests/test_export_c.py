@@ -321,7 +321,7 @@ def _random_model(rng) -> tuple[nn.Sequential, tuple[int, ...]]:
     return nn.Sequential(*mods), shape
 
 
-def _fuzz(n_models: int, tmp_path: Path, seed: int) -> int:
+def _fuzz(n_models: int, tmp_path: Path, seed: int, sanitize: bool = False) -> int:
     rng = np.random.default_rng(seed)
     cases = []
     tried = 0
@@ -364,10 +364,12 @@ def _fuzz(n_models: int, tmp_path: Path, seed: int) -> int:
     lines.append("  return 0; }")
     (tmp_path / "main.c").write_text("\n".join(lines) + "\n")
     exe = tmp_path / "fuzz"
+    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"] if sanitize else []
     srcs = [str(res.source) for res, _ in cases]
     proc = subprocess.run(["gcc", *packed_c.STRICT_CFLAGS[:1], "-O0",
-                           *packed_c.STRICT_CFLAGS[2:], "-o", str(exe), str(tmp_path / "main.c"),
-                           *srcs], timeout=600, capture_output=True, text=True)
+                           *packed_c.STRICT_CFLAGS[2:], *san, "-o", str(exe),
+                           str(tmp_path / "main.c"), *srcs], timeout=600, capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = subprocess.run([str(exe)], capture_output=True, text=True, check=True, timeout=300)
     got: dict[int, list] = {}
@@ -392,7 +394,8 @@ def test_fuzz_c_equals_packed_model_100_models(tmp_path, one_thread):
 
 
 @pytest.mark.slow
-def test_fuzz_c_equals_packed_model_more_seeds(tmp_path):
+def test_fuzz_c_equals_packed_model_more_seeds(tmp_path, one_thread):
+    """300 more models, built with AddressSanitizer and UndefinedBehaviorSanitizer."""
     _need("gcc")
     for seed in (1, 2, 3):
-        assert _fuzz(100, tmp_path / str(seed), seed=seed) == 100
+        assert _fuzz(100, tmp_path / str(seed), seed=seed, sanitize=True) == 100
