@@ -166,9 +166,22 @@ static void bnn_conv(const bnn_word *x, int c, int h, int wd, const bnn_word *w,
             if (obits) {
                 memset(obits + (size_t)pix * (size_t)nwo, 0, sizeof(bnn_word) * (size_t)nwo);
             }
+            int y0 = oy * sy - py, x0 = ox * sx - px;
+            int inside = y0 >= 0 && y0 + kh <= h && x0 >= 0 && x0 + kw <= wd;
             for (oc = 0; oc < o; oc++) {
                 int32_t pop = 0;
                 const bnn_word *wo_ = w + (size_t)oc * (size_t)(kh * kw * nw);
+                if (inside) {       /* no padding: each kernel row is kw * nw contiguous words */
+                    for (ky = 0; ky < kh; ky++) {
+                        const bnn_word *xr = x + (size_t)((y0 + ky) * wd + x0) * (size_t)nw;
+                        const bnn_word *wr = wo_ + ky * kw * nw;
+                        for (j = 0; j < kw * nw; j++) {
+                            pop += bnn_popcount(xr[j] ^ wr[j]);
+                        }
+                    }
+                    bnn_emit(e, oc, pix, ho * wo, nwo, pop, obits, oflt);
+                    continue;
+                }
                 for (ky = 0; ky < kh; ky++) {
                     int iy = oy * sy - py + ky;
                     for (kx = 0; kx < kw; kx++) {

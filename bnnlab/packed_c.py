@@ -173,6 +173,39 @@ def _thresholds(thr: np.ndarray, flip: np.ndarray, k: int) -> np.ndarray:
     return np.where(flip, (k - t - 1) // 2, (k - t) // 2).astype(np.int64)
 
 
+# Public attributes of the packed stages this back end reads (or knows to be caches). A packed
+# stage carrying any other attribute with a non-default value was made by a newer packed.py
+# whose meaning the C code would not reproduce: it is refused by name instead of ignored.
+_KNOWN_ATTRS = {
+    "PackedLinear": {"alpha_q", "alpha_x", "beta", "bias", "d_offset", "flip", "folded_bn",
+                     "gamma", "in_features", "input_mode", "name", "nhwc", "out_features", "tau",
+                     "threshold", "training", "weight"},
+    "PackedConv2d": {"alpha_q", "alpha_x", "beta", "bias", "d_offset", "flip", "folded_bn",
+                     "gamma", "in_channels", "input_mode", "kernel_size", "name", "out_channels",
+                     "pad_value", "padding", "stride", "tau", "threshold", "training", "weight"},
+    "PackedSign": {"channels", "ndim", "negate", "threshold", "training"},
+    "PackedMaxPool2d": {"channels", "kernel_size", "or_channels", "padding", "spec", "stride",
+                        "training"},
+    "PackedFlatten": {"channels", "hw", "training"},
+}
+
+
+def _check_known(m: nn.Module, where: str) -> None:
+    known = _KNOWN_ATTRS.get(type(m).__name__)
+    if known is None:
+        return
+    for key, value in vars(m).items():
+        if key.startswith("_") or key in known:
+            continue
+        if value is None or value is False or (isinstance(value, (int, float)) and value == 0):
+            continue
+        raise _refuse(where, f"attribute {key!r}={value!r} is unknown to the C back end (made "
+                             "by a newer bnnlab.packed); update bnnlab.packed_c")
+    if any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(False)):
+        raise _refuse(where, "the packed stage holds torch parameters or buffers the C back end "
+                             "does not know")
+
+
 class _Builder:
     def __init__(self, em: _Emitter, input_shape: tuple[int, ...]) -> None:
         self.em = em
@@ -207,6 +240,7 @@ class _Builder:
         from bnnlab import packed as P
 
         where = _who(i, m)
+        _check_known(m, where)
         t = self.t
         if isinstance(m, P.PackedSign):
             self._packed_sign(i, m, where)
@@ -618,6 +652,7 @@ def _build(model: nn.Module, input_shape: tuple[int, ...], prefix: str,
         m, nxt = stages[i], stages[i + 1] if i + 1 < len(stages) else None
         if type(m) is nn.Conv2d and isinstance(nxt, P.PackedSign) and nxt.ndim == 4 \
                 and nxt.channels == m.out_channels and not b.t.bits:
+            _check_known(nxt, _who(i + 1, nxt))
             b._float(i, m, _who(i, m), sign=nxt)          # conv + binarisation in one pass
             i += 2
             continue

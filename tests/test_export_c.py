@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from bnnlab import data, layers, models, packed, packed_c, train
+from bnnlab import quantizers as Q
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,6 +174,19 @@ def test_cli_export_c(trained, tmp_path, capsys):
     subprocess.run(["make", "-s", "-C", str(tmp_path / "c")], check=True, timeout=120)
 
 
+# ------------------------------------------------------------------------------ stage kinds
+def test_float_pools_and_unfused_binary_conv(tmp_path):
+    """AvgPool2d / AdaptiveAvgPool2d / LeakyReLU around an unfused binary conv."""
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.AvgPool2d(2), nn.ReLU(),
+                        layers.BinaryConv2d(4, 40, 2, stride=2), nn.AdaptiveAvgPool2d(3),
+                        nn.LeakyReLU(0.2), nn.MaxPool2d(2, 1), nn.Flatten(), nn.Linear(160, 3))
+    pk = packed.export(net.eval())
+    x = torch.randn(16, 1, 10, 10)
+    res = packed_c.to_c(pk, tmp_path, input_shape=(1, 10, 10))
+    pred, logits = packed_c.run_host(res, x.numpy())
+    _assert_same(pred, logits, pk(x).numpy())
+
+
 # ------------------------------------------------------------------------------ refusals
 def _mlp(*mid: nn.Module) -> nn.Sequential:
     return nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16),
@@ -191,6 +205,18 @@ def test_refuses_what_c_cannot_reproduce(model, where, why, tmp_path):
     with pytest.raises(ValueError, match=where) as err:
         packed_c.to_c(pk, tmp_path, input_shape=(12,))
     assert why in str(err.value) and "stage" in str(err.value)
+
+
+def test_refuses_packed_attributes_it_does_not_know(tmp_path):
+    """A packed layer from a newer packed.py (an attribute with a meaning the C code lacks)."""
+    pk = packed.export(_mlp().eval())
+    layer = pk.packed_layers()[0]
+    layer.input_offset = 0.5
+    with pytest.raises(ValueError, match="input_offset") as err:
+        packed_c.to_c(pk, tmp_path, input_shape=(12,))
+    assert "stage 2 (PackedLinear" in str(err.value)
+    layer.input_offset = None                    # a default value is harmless
+    packed_c.to_c(pk, tmp_path, input_shape=(12,))
 
 
 def test_refuses_module_replacement_and_bad_arguments(tmp_path):
@@ -231,6 +257,27 @@ def _quant(rng) -> dict:
             "weight_quantizer": str(rng.choice(["ste_sign", "ste_sign", "magnitude_aware_sign"]))}
 
 
+def _binary(rng, c: int, o: int, conv: bool, **kw) -> nn.Module:
+    """A random binary layer: BinaryNet with sign-like or RSign inputs, XNOR-Net (α only) or
+    XNOR-Net++ (scalar, per-channel or, for convs, factorised Γ)."""
+    k = int(rng.integers(0, 6))
+    bias = bool(rng.random() < 0.3)
+    if k <= 2:
+        q = _quant(rng)
+        if k == 2:
+            q["input_quantizer"] = Q.RSign(c)
+            with torch.no_grad():
+                q["input_quantizer"].threshold.normal_(0, 0.3)
+        cls = layers.BinaryConv2d if conv else layers.BinaryLinear
+        return cls(c, o, bias=bias, **q, **kw)
+    if k == 3:
+        cls = layers.XnorConv2d if conv else layers.XnorLinear
+        return cls(c, o, bias=bias, input_scaling=False, **kw)
+    modes = ["scalar", "channel"] + (["factorised"] if conv and k == 5 else [])
+    cls = layers.XnorPlusConv2d if conv else layers.XnorPlusLinear
+    return cls(c, o, bias=bias, gamma_mode=str(rng.choice(modes)), **kw)
+
+
 def _mids(rng, c: int, conv: bool) -> list[nn.Module]:
     """Random element-wise modules between two binary layers (BN with either sign of scale)."""
     out: list[nn.Module] = []
@@ -263,7 +310,7 @@ def _random_model(rng) -> tuple[nn.Sequential, tuple[int, ...]]:
             c = h
         for _ in range(int(rng.integers(1, 4))):
             h = int(rng.choice(_CH))
-            mods.append(layers.BinaryLinear(c, h, bias=bool(rng.random() < 0.3), **_quant(rng)))
+            mods.append(_binary(rng, c, h, False))
             mods += _mids(rng, h, False)
             c = h
     else:                                            # conv
@@ -284,10 +331,8 @@ def _random_model(rng) -> tuple[nn.Sequential, tuple[int, ...]]:
             st = int(rng.choice((1, 1, 2)))
             if s + 2 * p < k:
                 break
-            mods.append(layers.BinaryConv2d(c, o, k, stride=st, padding=p,
-                                            bias=bool(rng.random() < 0.3),
-                                            pad_value=float(rng.choice((1.0, -1.0))),
-                                            **_quant(rng)))
+            mods.append(_binary(rng, c, o, True, kernel_size=k, stride=st, padding=p,
+                                pad_value=float(rng.choice((1.0, -1.0)))))
             s = (s + 2 * p - k) // st + 1
             c = o
             mods += _mids(rng, o, True)
@@ -302,14 +347,14 @@ def _random_model(rng) -> tuple[nn.Sequential, tuple[int, ...]]:
         c = c * s * s
         if rng.random() < 0.6:
             h = int(rng.choice(_CH))
-            mods.append(layers.BinaryLinear(c, h, bias=bool(rng.random() < 0.3), **_quant(rng)))
+            mods.append(_binary(rng, c, h, False))
             mods += _mids(rng, h, False)
             c = h
     mods.append(nn.Linear(c, int(rng.integers(2, 6))))
     return nn.Sequential(*mods), shape
 
 
-def _fuzz(n_models: int, tmp_path: Path, seed: int) -> int:
+def _fuzz(n_models: int, tmp_path: Path, seed: int, sanitize: bool = False) -> int:
     rng = np.random.default_rng(seed)
     cases = []
     tried = 0
@@ -352,10 +397,12 @@ def _fuzz(n_models: int, tmp_path: Path, seed: int) -> int:
     lines.append("  return 0; }")
     (tmp_path / "main.c").write_text("\n".join(lines) + "\n")
     exe = tmp_path / "fuzz"
+    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"] if sanitize else []
     srcs = [str(res.source) for res, _ in cases]
     proc = subprocess.run(["gcc", *packed_c.STRICT_CFLAGS[:1], "-O0",
-                           *packed_c.STRICT_CFLAGS[2:], "-o", str(exe), str(tmp_path / "main.c"),
-                           *srcs], timeout=600, capture_output=True, text=True)
+                           *packed_c.STRICT_CFLAGS[2:], *san, "-o", str(exe),
+                           str(tmp_path / "main.c"), *srcs], timeout=600, capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = subprocess.run([str(exe)], capture_output=True, text=True, check=True, timeout=300)
     got: dict[int, list] = {}
@@ -380,7 +427,8 @@ def test_fuzz_c_equals_packed_model_100_models(tmp_path, one_thread):
 
 
 @pytest.mark.slow
-def test_fuzz_c_equals_packed_model_more_seeds(tmp_path):
+def test_fuzz_c_equals_packed_model_more_seeds(tmp_path, one_thread):
+    """300 more models, built with AddressSanitizer and UndefinedBehaviorSanitizer."""
     _need("gcc")
     for seed in (1, 2, 3):
-        assert _fuzz(100, tmp_path / str(seed), seed=seed) == 100
+        assert _fuzz(100, tmp_path / str(seed), seed=seed, sanitize=True) == 100
