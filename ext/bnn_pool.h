@@ -57,6 +57,8 @@ static int64_t bnn_pool_stalls = 0;      /* jobs that triggered a back-off      
 static inline void bnn_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
 #endif
 }
 
