@@ -75,12 +75,12 @@ static int64_t bnn_rl_now_ns(void) {
  * plus a value that depends on every result (so nothing is dead code). */
 typedef double (*bnn_rl_fn)(int64_t iters, uint64_t *sink);
 
-/* Best rate (work per second) over many short runs (about 2 ms each) for about `seconds`
+/* Best rate (work per second) over many short runs (about 0.5 ms each) for about `seconds`
  * in total: on a shared machine a short run often escapes preemption, a long one rarely. */
 static double bnn_rl_measure(bnn_rl_fn fn, double seconds) {
     uint64_t sink = 0;
     int64_t iters = 256;
-    const double run = seconds > 0.02 ? 0.002 : (seconds > 0 ? seconds / 10 : 0.001);
+    const double run = seconds > 0.005 ? 0.0005 : (seconds > 0 ? seconds / 10 : 0.0005);
     for (;;) {                                   /* calibrate: one run >= run / 2 */
         const int64_t t0 = bnn_rl_now_ns();
         fn(iters, &sink);
