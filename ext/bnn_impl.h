@@ -337,34 +337,45 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_t)(const int MR, const uint64_t *const *a
 #    define B8_CNTADD(a8, y) vaddq_u8((a8), vcntq_u8(vreinterpretq_u8_u64(y)))
 #    define B8_FOLD(acc, a8) vpadalq_u32((acc), vpaddlq_u16(vpaddlq_u8(a8)))
 #  endif
-    VT acc[P_MR][P_NV];
+    /* The 64-bit sums live in cnt (memory: only touched at a fold), so the inner loop keeps
+     * just the byte accumulators, the B vectors and the constants in registers (16 ymm). */
+    BNN_UNROLL for (int i = 0; i < MR; i++)
+        BNN_UNROLL for (int v = 0; v < P_NV; v++) V_STORE(cnt + i * P_NR + v * VW, V_ZERO());
     B8 a8[P_MR][P_NV];
     BNN_UNROLL for (int i = 0; i < MR; i++)
-        BNN_UNROLL for (int v = 0; v < P_NV; v++) { acc[i][v] = V_ZERO(); a8[i][v] = B8_ZERO(); }
-    int steps = 0;
+        BNN_UNROLL for (int v = 0; v < P_NV; v++) a8[i][v] = B8_ZERO();
+    int pending = 0;   /* words in the byte accumulators (<= 31) */
     for (int64_t s = 0; s < nseg; s++) {
         const uint64_t *pw = pg + s * L * P_NR;
         const uint64_t *as[P_MR];
         BNN_UNROLL for (int i = 0; i < MR; i++) as[i] = ap[i] + s * seg_stride;
-        for (int64_t w = 0; w < L; w++) {
-            VT bv[P_NV];
-            BNN_UNROLL for (int v = 0; v < P_NV; v++) bv[v] = V_LOAD(pw + w * P_NR + v * VW);
-            BNN_UNROLL for (int i = 0; i < MR; i++) {
-                const VT x = V_BCAST(as[i][w]);
-                BNN_UNROLL for (int v = 0; v < P_NV; v++) a8[i][v] = B8_CNTADD(a8[i][v], V_XOR(x, bv[v]));
-            }
-            if (++steps == 31) {
-                steps = 0;
+        for (int64_t w0 = 0; w0 < L; w0 += 31) {
+            const int64_t w1 = bnn_min64(L, w0 + 31);
+            if (pending + (int)(w1 - w0) > 31) {
                 BNN_UNROLL for (int i = 0; i < MR; i++)
                     BNN_UNROLL for (int v = 0; v < P_NV; v++) {
-                        acc[i][v] = B8_FOLD(acc[i][v], a8[i][v]);
+                        uint64_t *c = cnt + i * P_NR + v * VW;
+                        V_STORE(c, B8_FOLD(V_LOAD(c), a8[i][v]));
                         a8[i][v] = B8_ZERO();
                     }
+                pending = 0;
+            }
+            pending += (int)(w1 - w0);
+            for (int64_t w = w0; w < w1; w++) {
+                VT bv[P_NV];
+                BNN_UNROLL for (int v = 0; v < P_NV; v++) bv[v] = V_LOAD(pw + w * P_NR + v * VW);
+                BNN_UNROLL for (int i = 0; i < MR; i++) {
+                    const VT x = V_BCAST(as[i][w]);
+                    BNN_UNROLL for (int v = 0; v < P_NV; v++) a8[i][v] = B8_CNTADD(a8[i][v], V_XOR(x, bv[v]));
+                }
             }
         }
     }
     BNN_UNROLL for (int i = 0; i < MR; i++)
-        BNN_UNROLL for (int v = 0; v < P_NV; v++) acc[i][v] = B8_FOLD(acc[i][v], a8[i][v]);
+        BNN_UNROLL for (int v = 0; v < P_NV; v++) {
+            uint64_t *c = cnt + i * P_NR + v * VW;
+            V_STORE(c, B8_FOLD(V_LOAD(c), a8[i][v]));
+        }
 #  undef B8_ZERO
 #  undef B8_CNTADD
 #  undef B8_FOLD
@@ -385,9 +396,9 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_t)(const int MR, const uint64_t *const *a
             }
         }
     }
-#endif
     BNN_UNROLL for (int i = 0; i < MR; i++)
         BNN_UNROLL for (int v = 0; v < P_NV; v++) V_STORE(cnt + i * P_NR + v * VW, acc[i][v]);
+#endif
 }
 
 static BNN_ATTR void FN(panel_tile)(int mr, const uint64_t *const *ap, int64_t nseg,

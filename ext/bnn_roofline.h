@@ -192,37 +192,40 @@ BNN_RL_SCALAR_K(bnn_rl_bin_portable_k, , bnn_popcount_swar)
 BNN_RL_SCALAR_K(bnn_rl_bin_popcnt_k, BNN_TARGET("popcnt"), BNN_RL_POPCNT)
 #    undef BNN_RL_POPCNT
 
-/* AVX2: 2 broadcast A words x 3 B vectors = 6 byte accumulators (the panel kernel's mix). */
+/* AVX2: the panel kernel's tile and mix -- 4 A words (broadcast loads from a 32-word table in
+ * L1, as the kernel broadcasts them from its rows) x 2 B vectors (registers) = 8 byte
+ * accumulators; every 31 steps all folds go into one 64-bit accumulator (16 ymm, no spills). */
 BNN_TARGET("avx2,avx,popcnt")
 static double bnn_rl_bin_avx2_k(int64_t iters, uint64_t *sink) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256i a[2] = {_mm256_set1_epi64x((long long)(0x0123456789abcdefULL ^ *sink)),
-                    _mm256_set1_epi64x((long long)0xfedcba9876543210ULL)};
-    __m256i b[3] = {_mm256_set1_epi64x(0x5555aaaa3333ccccLL), _mm256_set1_epi64x(0x0f0f0f0ff0f0f0f0LL),
-                    _mm256_set1_epi64x(0x1234567812345678LL)};
-    __m256i acc[6], a8[6];
-    for (int j = 0; j < 6; j++) { acc[j] = _mm256_setzero_si256(); a8[j] = _mm256_setzero_si256(); }
+    uint64_t tab[4 * 32];
+    for (int j = 0; j < 4 * 32; j++) tab[j] = (0x0123456789abcdefULL ^ *sink) * (uint64_t)(2 * j + 1);
+    __m256i b[2] = {_mm256_set1_epi64x(0x5555aaaa3333ccccLL), _mm256_set1_epi64x(0x0f0f0f0ff0f0f0f0LL)};
+    __m256i acc = _mm256_setzero_si256(), a8[8];
+    for (int j = 0; j < 8; j++) a8[j] = _mm256_setzero_si256();
     for (int64_t i = 0; i < iters; i++) {
-        for (int s = 0; s < 31; s++) {
-            BNN_UNROLL for (int j = 0; j < 6; j++) {
-                const __m256i y = _mm256_xor_si256(a[j / 3], b[j % 3]);
-                a8[j] = _mm256_add_epi8(a8[j], _mm256_shuffle_epi8(lut, _mm256_and_si256(y, m4)));
-                a8[j] = _mm256_add_epi8(a8[j], _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(y, 4), m4)));
+        const uint64_t *t = tab;
+        for (int s = 0; s < 31; s++, t += 4) {
+            BNN_UNROLL for (int r = 0; r < 4; r++) {
+                const __m256i x = _mm256_set1_epi64x((long long)t[r]);
+                BNN_UNROLL for (int v = 0; v < 2; v++) {
+                    const __m256i y = _mm256_xor_si256(x, b[v]);
+                    __m256i *q = &a8[r * 2 + v];
+                    *q = _mm256_add_epi8(*q, _mm256_shuffle_epi8(lut, _mm256_and_si256(y, m4)));
+                    *q = _mm256_add_epi8(*q, _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(y, 4), m4)));
+                }
             }
-            BNN_RL_KEEP_X(a[0]); BNN_RL_KEEP_X(a[1]);
-            BNN_RL_KEEP_X(b[0]); BNN_RL_KEEP_X(b[1]); BNN_RL_KEEP_X(b[2]);
+            BNN_RL_KEEP_X(b[0]); BNN_RL_KEEP_X(b[1]);
         }
-        BNN_UNROLL for (int j = 0; j < 6; j++) {
-            acc[j] = _mm256_add_epi64(acc[j], _mm256_sad_epu8(a8[j], _mm256_setzero_si256()));
+        BNN_UNROLL for (int j = 0; j < 8; j++) {
+            acc = _mm256_add_epi64(acc, _mm256_sad_epu8(a8[j], _mm256_setzero_si256()));
             a8[j] = _mm256_setzero_si256();
         }
     }
-    __m256i s = acc[0];
-    for (int j = 1; j < 6; j++) s = _mm256_add_epi64(s, acc[j]);
-    *sink += (uint64_t)_mm256_extract_epi64(s, 0);
-    return 31.0 * 6.0 * 256.0 * (double)iters;
+    *sink += (uint64_t)_mm256_extract_epi64(acc, 0);
+    return 31.0 * 8.0 * 256.0 * (double)iters;
 }
 
 /* AVX-512 VPOPCNTDQ: 3 A x 4 B = 12 accumulators. */
@@ -251,9 +254,9 @@ static double bnn_rl_bin_neon_k(int64_t iters, uint64_t *sink) {
     uint64x2_t a[2] = {vdupq_n_u64(0x0123456789abcdefULL ^ *sink), vdupq_n_u64(0xfedcba9876543210ULL)};
     uint64x2_t b[4] = {vdupq_n_u64(0x5555aaaa3333ccccULL), vdupq_n_u64(0x0f0f0f0ff0f0f0f0ULL),
                        vdupq_n_u64(0x1234567812345678ULL), vdupq_n_u64(0x0ff00ff00ff00ff0ULL)};
-    uint64x2_t acc[8];
+    uint64x2_t acc = vdupq_n_u64(0);
     uint8x16_t a8[8];
-    for (int j = 0; j < 8; j++) { acc[j] = vdupq_n_u64(0); a8[j] = vdupq_n_u8(0); }
+    for (int j = 0; j < 8; j++) a8[j] = vdupq_n_u8(0);
     for (int64_t i = 0; i < iters; i++) {
         for (int s = 0; s < 31; s++) {
             BNN_UNROLL for (int j = 0; j < 8; j++)
@@ -262,13 +265,11 @@ static double bnn_rl_bin_neon_k(int64_t iters, uint64_t *sink) {
             BNN_RL_KEEP_W(b[0]); BNN_RL_KEEP_W(b[1]); BNN_RL_KEEP_W(b[2]); BNN_RL_KEEP_W(b[3]);
         }
         BNN_UNROLL for (int j = 0; j < 8; j++) {
-            acc[j] = vpadalq_u32(acc[j], vpaddlq_u16(vpaddlq_u8(a8[j])));
+            acc = vpadalq_u32(acc, vpaddlq_u16(vpaddlq_u8(a8[j])));
             a8[j] = vdupq_n_u8(0);
         }
     }
-    uint64x2_t s = acc[0];
-    for (int j = 1; j < 8; j++) s = vaddq_u64(s, acc[j]);
-    *sink += vgetq_lane_u64(s, 0);
+    *sink += vgetq_lane_u64(acc, 0);
     return 31.0 * 8.0 * 128.0 * (double)iters;
 }
 #  endif
