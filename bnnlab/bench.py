@@ -86,11 +86,18 @@ def _matches(case: str, token: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- timing
+#: the clock of the timed calls: wall time, or (``--clock cpu``) the calling thread's CPU time,
+#: which leaves out the time other processes hold the core (valid at 1 thread only: every
+#: torch and bnnlab op then runs on the calling thread)
+_CLOCK: dict[str, Callable[[], float]] = {"timer": time.perf_counter}
+
+
 def _time_once(fn: Callable[[], object], inner: int) -> float:
-    t0 = time.perf_counter()
+    clock = _CLOCK["timer"]
+    t0 = clock()
     for _ in range(inner):
         fn()
-    return (time.perf_counter() - t0) / inner
+    return (clock() - t0) / inner
 
 
 def _interleaved(fns: Sequence[Callable[[], object]], repeats: int, warmup: int,
@@ -608,30 +615,40 @@ def main(argv: list[str] | None = None) -> int:
                    help="also write the rows, peaks, CPU model/flags/clock as JSON")
     p.add_argument("--markdown", action="store_true",
                    help="also print a Markdown table (CPU and peaks in the caption)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time (default) or the thread's CPU time, which leaves out time other "
+                        "processes hold the core (a busy shared machine); cpu needs --threads 1")
     args = p.parse_args(argv)
     try:
         threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
+        if args.clock == "cpu" and threads != (1,):
+            raise ValueError("--clock cpu measures the calling thread only: use --threads 1")
         info = kernels.kernel_info()
         load = os.getloadavg() if hasattr(os, "getloadavg") else None
         print(f"bnnlab bench: isa={info['isa']}, openmp={info['openmp']}, cpus={os.cpu_count()}, "
               f"load average={'n/a' if load is None else ', '.join(f'{v:.2f}' for v in load)}, "
               f"torch {torch.__version__}")
         t0 = time.perf_counter()
-        rows = run(args.cases, args.quick, threads, repeats=args.repeats)
+        _CLOCK["timer"] = time.thread_time if args.clock == "cpu" else time.perf_counter
+        try:
+            rows = run(args.cases, args.quick, threads, repeats=args.repeats)
+        finally:
+            _CLOCK["timer"] = time.perf_counter
     except ValueError as exc:
         print(f"bnnlab bench: error: {exc}", file=sys.stderr)
         return 2
     pk, cpu = peaks(), cpu_info()
     print(format_table(rows))
-    print(f"({time.perf_counter() - t0:.1f} s; medians, torch and bnnlab interleaved; ratio = "
-          f"torch / bnnlab; eff. = achieved MAC/s / peak MAC/s)")
+    print(f"({time.perf_counter() - t0:.1f} s; medians of {args.clock} time, torch and bnnlab "
+          f"interleaved; ratio = torch / bnnlab; eff. = achieved MAC/s / peak MAC/s)")
     print(_peak_caption(pk, cpu))
     if args.markdown:
         print()
         print(format_markdown(rows, pk, cpu))
     if args.json:
         doc = {"kernel_info": info, "load_average": load, "torch_version": torch.__version__,
-               "quick": args.quick, "threads": list(threads), "cpu": cpu, "peaks": pk, "rows": rows}
+               "quick": args.quick, "clock": args.clock, "threads": list(threads), "cpu": cpu,
+               "peaks": pk, "rows": rows}
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=2, default=str)
     return 0 if all(r["correct"] for r in rows) else 1

@@ -177,3 +177,13 @@ def test_add_efficiency_and_markdown():
     md = bench.format_markdown(rows, pk, {"model": "Test CPU", "cpus": 2, "torch_capability": "AVX2"})
     assert "Test CPU" in md and "| gemm1000 | 2 | 100 ms | 10 ms | 10.0× | 50% | 50% | avx2 |" in md
     assert "binary avx2 100.0 GMAC/s (50/cycle)" in md
+
+
+def test_cpu_clock_needs_one_thread(tmp_path):
+    assert bench.main(["--clock", "cpu", "--threads", "1,2", "--cases", "gemm512"]) == 2
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--clock", "cpu", "--threads", "1", "--cases", "gemv1", "--repeats", "2",
+                       "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["clock"] == "cpu" and doc["rows"][0]["bnnlab"] > 0
+    assert bench._CLOCK["timer"] is bench.time.perf_counter     # restored
