@@ -248,7 +248,7 @@ def peaks(seconds: float = 0.2, *, refresh: bool = False) -> dict:
 
 def cpu_info() -> dict:
     """CPU model, flags (Linux: /proc/cpuinfo), machine, logical CPUs, torch's capability."""
-    model, flags = platform.processor() or "", list[str]()
+    model, flags, ids = platform.processor() or "", list[str](), dict[str, str]()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -258,8 +258,12 @@ def cpu_info() -> dict:
                     model = val.strip()
                 elif key in ("flags", "Features") and not flags:
                     flags = val.split()
+                elif key in ("cpu family", "model") and val.strip().isdigit():
+                    ids.setdefault(key, val.strip())
     except OSError:
         pass
+    if len(ids) == 2:   # a VM often shows only the brand ("AMD EPYC"): add the family / model
+        model = f"{model} (family {ids['cpu family']}, model {ids['model']})"
     try:
         cap = str(torch.backends.cpu.get_cpu_capability())
     except (AttributeError, RuntimeError):
