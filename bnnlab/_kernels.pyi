@@ -8,7 +8,7 @@ LEVEL_NAMES: tuple[str, ...]  # x86-64: ("portable", "popcnt", "avx2", "avx512")
 
 def level() -> int: ...  # ISA level the next call uses
 def detected_level() -> int: ...  # best level the CPU/OS supports
-def set_level_cap(cap: int) -> None: ...  # use at most this level (clamped to 0..3)
+def set_level_cap(cap: int) -> None: ...  # use at most this level (clamped to 0..len(LEVEL_NAMES) - 1)
 def tiles(lvl: int) -> dict[str, int]: ...  # dot_mr, dot_nr, panel_mr, panel_nr
 def set_grain_scale(scale: float) -> float: ...  # 0: always use n threads; returns old
 def set_backend(backend: int) -> int: ...  # 0 pool, 1 OpenMP; returns old

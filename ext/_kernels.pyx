@@ -86,7 +86,8 @@ LEVEL_NAMES = tuple(bnn_level_names[i].decode() for i in range(BNN_N_LEVELS))
 
 
 def level():
-    """ISA level the next call will use (0 portable, 1 popcnt, 2 avx2, 3 avx512)."""
+    """ISA level the next call will use: an index of LEVEL_NAMES (x86-64: portable, popcnt,
+    avx2, avx512; AArch64: portable, neon)."""
     return bnn_level()
 
 
@@ -96,7 +97,7 @@ def detected_level():
 
 
 def set_level_cap(int cap):
-    """Use at most ISA level ``cap`` (clamped to 0..3) from the next call on."""
+    """Use at most ISA level ``cap`` (clamped to 0..len(LEVEL_NAMES) - 1) from the next call on."""
     bnn_set_level_cap(cap)
 
 
