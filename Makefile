@@ -83,5 +83,12 @@ paper: sysdeps venv
 bench: venv
 	$(PY) -m bnnlab bench
 
+# C-level kernel test (ext/bnn_ctest.c) on host gcc and clang (no OpenMP), aarch64 under
+# qemu-aarch64 (NEON level), MinGW build for Windows; a missing toolchain is skipped with its
+# name. `make test` runs it through tests/test_cross.py.
+.PHONY: test-cross
+test-cross:
+	bash ext/test_cross.sh all
+
 clean:
 	rm -rf build *.egg-info bnnlab/*.so .pytest_cache

@@ -4,11 +4,11 @@
 # "zeroed" outputs are ORed into.  Every function releases the GIL while computing.
 import numpy as np
 
-LEVEL_NAMES: tuple[str, ...]  # ("portable", "popcnt", "avx2", "avx512")
+LEVEL_NAMES: tuple[str, ...]  # x86-64: ("portable", "popcnt", "avx2", "avx512"); AArch64: ("portable", "neon")
 
 def level() -> int: ...  # ISA level the next call uses
 def detected_level() -> int: ...  # best level the CPU/OS supports
-def set_level_cap(cap: int) -> None: ...  # use at most this level (clamped to 0..3)
+def set_level_cap(cap: int) -> None: ...  # use at most this level (clamped to 0..len(LEVEL_NAMES) - 1)
 def tiles(lvl: int) -> dict[str, int]: ...  # dot_mr, dot_nr, panel_mr, panel_nr
 def set_grain_scale(scale: float) -> float: ...  # 0: always use n threads; returns old
 def set_backend(backend: int) -> int: ...  # 0 pool, 1 OpenMP; returns old
@@ -20,6 +20,13 @@ def pool_reset_backoff() -> None: ...
 def set_pool_backoff(enabled: bool) -> bool: ...  # returns old
 def openmp_max_threads() -> int: ...
 def openmp_enabled() -> bool: ...
+
+# Register-only peak kernels (ext/bnn_roofline.h); rates per core, 0.0 where unavailable.
+FP32_KERNELS: tuple[str, ...]  # ("base", "avx2_fma", "avx512_fma", "neon_fma")
+def roofline_supported() -> bool: ...  # False under MSVC (no inline asm)
+def roofline_clock_hz(seconds: float) -> float: ...  # dependent-add chain
+def roofline_fp32(which: int, seconds: float) -> float: ...  # MAC/s of FP32_KERNELS[which]
+def roofline_binary(lvl: int, seconds: float) -> float: ...  # binary MAC/s of ISA level lvl
 
 # x: const {float32|float64|int8|uint8(bool: 0 -> -1)}[:, ::1] (rows, k); out: uint64[:, ::1]
 # (rows, ceil(k/64)), fully written.  Returns True if a float x held NaN or inf.

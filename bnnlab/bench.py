@@ -1,6 +1,6 @@
 r"""Speed and memory benchmarks: torch float32 vs bnnlab's packed kernels.
 
-``python -m bnnlab bench [--quick] [--cases gemm,conv64] [--threads 1,2] [--json FILE]``
+``python -m bnnlab bench [--quick] [--cases gemm,conv64] [--threads 1,2] [--json FILE] [--markdown]``
 
 Every case is **checked before it is timed**: the packed result must equal the torch result
 (integer parts bit-exact, the end-to-end model's logits ``allclose`` with identical
@@ -13,13 +13,22 @@ repetition of a fast call loops it until it lasts at least ``min_time``.
 ``torch.set_num_threads`` and :func:`bnnlab.kernels.set_num_threads` are set to the same value
 for each thread count.
 
+**Roofline.** Before the cases, register-only micro-kernels shipped in ``ext/bnn_roofline.h``
+measure this machine's peaks (:func:`peaks`): fp32 multiply-accumulates per second (FMA at the
+instruction set torch uses) and binary MACs per second (XOR + popcount on 64-bit words) for
+every instruction-set level bnnlab has, plus the core clock (a chain of dependent adds). Every
+timed row with a known MAC count then gets an **efficiency** for each side: achieved MAC/s ÷
+peak MAC/s (the peak times the thread count), torch against the fp32 peak, bnnlab against the
+binary peak of the level it ran at. Efficiencies hold across CPUs where ratios do not.
+
 Cases:
 
 * ``gemm{n}``: torch ``a @ b.T`` on ±1 data, M = N = K = n; bnnlab packs A in the loop and
   runs ``xnor_matmul`` against pre-packed B. ``gemm{n}_prepacked``: A and B both pre-packed.
 * ``gemv{m}x4096``: ``x @ W.T`` with x (m, 4096), W (4096, 4096); bnnlab packs x in the loop,
   W pre-packed.
-* ``conv{c}x{hw}``: 3x3 conv c -> c channels, batch 1, ``F.conv2d(x, w, padding=1)``; bnnlab
+* ``conv{c}x{hw}`` (batch 1), ``conv{c}x{hw}b{n}`` (batch n): 3x3 conv c -> c channels,
+  ``F.conv2d(x, w, padding=1)``; bnnlab
   ``pack_nhwc(x)`` in the loop + ``conv2d_packed`` (+1 padding; checked against torch on the
   +1-padded input).
 * ``e2e_cnn``: ``packed.export(models.binary_cnn())`` vs the float twin
@@ -37,6 +46,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import statistics
 import sys
 import time
@@ -48,18 +58,19 @@ import torch.nn.functional as F
 
 from bnnlab import kernels
 
-__all__ = ["CASES", "run", "format_table", "latency", "model_latency", "main"]
+__all__ = ["CASES", "run", "peaks", "cpu_info", "add_efficiency", "format_table", "format_markdown",
+           "latency", "model_latency", "main"]
 
 #: every case name, in run order (memory rows come last)
 CASES: tuple[str, ...] = (
     "gemm512", "gemm1024", "gemm2048", "gemm4096",
     "gemv1x4096", "gemv8x4096",
-    "conv64x56", "conv128x28", "conv256x14", "conv512x7",
+    "conv64x56", "conv128x28", "conv256x14", "conv512x7", "conv256x14b16",
     "e2e_cnn",
     "threads_gemm2048",
     "mem_gemm4096", "mem_cnn_weights", "mem_cnn_file",
 )
-_QUICK_SKIP = ("gemm4096",)
+_QUICK_SKIP = ("gemm4096", "conv256x14b16")
 
 
 def _group(case: str) -> str:
@@ -75,11 +86,18 @@ def _matches(case: str, token: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- timing
+#: the clock of the timed calls: wall time, or (``--clock cpu``) the calling thread's CPU time,
+#: which leaves out the time other processes hold the core (valid at 1 thread only: every
+#: torch and bnnlab op then runs on the calling thread)
+_CLOCK: dict[str, Callable[[], float]] = {"timer": time.perf_counter}
+
+
 def _time_once(fn: Callable[[], object], inner: int) -> float:
-    t0 = time.perf_counter()
+    clock = _CLOCK["timer"]
+    t0 = clock()
     for _ in range(inner):
         fn()
-    return (time.perf_counter() - t0) / inner
+    return (clock() - t0) / inner
 
 
 def _interleaved(fns: Sequence[Callable[[], object]], repeats: int, warmup: int,
@@ -176,6 +194,106 @@ def model_latency(model: torch.nn.Module, input_shape, *, packed: str = "auto",
     return out
 
 
+# ----------------------------------------------------------------------------- roofline
+_PEAKS: dict = {}
+
+
+def _torch_fp32_kernel() -> str:
+    """The fp32 peak kernel matching the instruction set torch dispatches to."""
+    try:
+        cap = str(torch.backends.cpu.get_cpu_capability()).upper()
+    except (AttributeError, RuntimeError):
+        cap = "DEFAULT"
+    from bnnlab import _kernels
+    names = _kernels.FP32_KERNELS
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "neon_fma"
+    if "AVX512" in cap and _kernels.roofline_fp32(names.index("avx512_fma"), 0.0) > 0:
+        return "avx512_fma"
+    if "AVX2" in cap or "AVX512" in cap:
+        return "avx2_fma"
+    return "base"
+
+
+def peaks(seconds: float = 0.2, *, refresh: bool = False) -> dict:
+    """This machine's register-only peaks, measured once per process (per core).
+
+    Args:
+        seconds: measuring time per kernel (best of many ~2 ms runs).
+        refresh: measure again instead of returning the cached values.
+
+    Returns:
+        ``{"supported": bool, "clock_hz": float, "fp32": {kernel: MAC/s},
+        "binary": {isa level: MAC/s}, "torch_fp32": kernel name torch's peak is taken from,
+        "per_cycle": {"fp32": {...}, "binary": {...}}}``. A kernel the CPU lacks is ``0.0``;
+        without GCC/clang inline asm (an MSVC build) ``supported`` is False and all are 0.
+    """
+    if _PEAKS and not refresh:
+        return _PEAKS
+    from bnnlab import _kernels
+    sec = float(seconds)
+    clock = _kernels.roofline_clock_hz(sec)
+    fp32 = {name: _kernels.roofline_fp32(i, sec) for i, name in enumerate(_kernels.FP32_KERNELS)}
+    binary = {name: _kernels.roofline_binary(i, sec) for i, name in enumerate(_kernels.LEVEL_NAMES)}
+
+    def per_cycle(d: dict) -> dict:
+        return {k: (v / clock if clock else None) for k, v in d.items()}
+
+    _PEAKS.clear()
+    _PEAKS.update(supported=_kernels.roofline_supported(), clock_hz=clock, fp32=fp32, binary=binary,
+                  torch_fp32=_torch_fp32_kernel(),
+                  per_cycle={"fp32": per_cycle(fp32), "binary": per_cycle(binary)})
+    return _PEAKS
+
+
+def cpu_info() -> dict:
+    """CPU model, flags (Linux: /proc/cpuinfo), machine, logical CPUs, torch's capability."""
+    model, flags, ids = platform.processor() or "", list[str](), dict[str, str]()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model", "CPU part") and not model:
+                    model = val.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = val.split()
+                elif key in ("cpu family", "model") and val.strip().isdigit():
+                    ids.setdefault(key, val.strip())
+    except OSError:
+        pass
+    if len(ids) == 2:   # a VM often shows only the brand ("AMD EPYC"): add the family / model
+        model = f"{model} (family {ids['cpu family']}, model {ids['model']})"
+    try:
+        cap = str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        cap = "unknown"
+    return {"model": model or platform.machine(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "flags": flags, "torch_capability": cap,
+            "env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                               "MKL_ENABLE_INSTRUCTIONS", "BNNLAB_ISA")
+                    if k in os.environ}}
+
+
+def add_efficiency(rows: Sequence[dict], pk: dict) -> list[dict]:
+    """Fill ``torch_eff`` / ``bnnlab_eff`` (fractions of the peak) of rows with a MAC count.
+
+    torch: MACs / time / (fp32 peak of ``pk["torch_fp32"]`` x threads); bnnlab: MACs / time /
+    (binary peak of the row's ISA level x threads).
+    """
+    fp = pk["fp32"].get(pk["torch_fp32"], 0.0)
+    for r in rows:
+        if not r.get("macs") or not r.get("correct") or r.get("unit") != "s":
+            continue
+        nt = r.get("threads") or 1
+        bp = pk["binary"].get(r.get("isa", ""), 0.0)
+        if r.get("torch") and fp and r.get("baseline") == "torch float32":
+            r["torch_eff"] = r["macs"] / r["torch"] / (fp * nt)
+        if r.get("bnnlab") and bp:
+            r["bnnlab_eff"] = r["macs"] / r["bnnlab"] / (bp * nt)
+    return list(rows)
+
+
 # ----------------------------------------------------------------------------- cases
 def _pm1(*shape: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -185,7 +303,8 @@ def _pm1(*shape: int, seed: int) -> torch.Tensor:
 def _row(case: str, threads: int | None, **kw) -> dict:
     row = {"case": case, "group": _group(case), "threads": threads, "baseline": "torch float32",
            "torch": None, "bnnlab": None, "ratio": None, "unit": "s", "correct": False,
-           "packing": "", "note": ""}
+           "packing": "", "note": "", "macs": None, "isa": kernels.kernel_info()["isa"],
+           "torch_eff": None, "bnnlab_eff": None}
     row.update(kw)
     if row["torch"] is not None and row["bnnlab"]:
         row["ratio"] = row["torch"] / row["bnnlab"]
@@ -206,9 +325,9 @@ def _gemm(n: int, threads: int, cfg: dict) -> list[dict]:
     t_t, t_b, t_p = _interleaved(
         [lambda: a @ b.T, lambda: kernels.xnor_matmul(kernels.pack_signs(a), pb),
          lambda: kernels.xnor_matmul(pa, pb)], **cfg)
-    return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True,
+    return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True, macs=n ** 3,
                  packing="A packed in the loop, B pre-packed"),
-            _row(name + "_prepacked", threads, torch=t_t, bnnlab=t_p, correct=True,
+            _row(name + "_prepacked", threads, torch=t_t, bnnlab=t_p, correct=True, macs=n ** 3,
                  packing="A and B pre-packed")]
 
 
@@ -222,15 +341,15 @@ def _gemv(m: int, threads: int, cfg: dict) -> list[dict]:
         return [_row(name, threads, note="packed result differs from torch: not timed")]
     t_t, t_b = _interleaved([lambda: x @ w.T,
                              lambda: kernels.xnor_matmul(kernels.pack_signs(x), pw)], **cfg)
-    return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True,
+    return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True, macs=m * k * n,
                  packing="x packed in the loop, W pre-packed")]
 
 
-def _conv(c: int, hw: int, threads: int, cfg: dict) -> list[dict]:
-    x, w = _pm1(1, c, hw, hw, seed=5), _pm1(c, c, 3, 3, seed=6)
+def _conv(c: int, hw: int, threads: int, cfg: dict, batch: int = 1) -> list[dict]:
+    x, w = _pm1(batch, c, hw, hw, seed=5), _pm1(c, c, 3, 3, seed=6)
     pw = kernels.pack_conv_weights(w)
     want = F.conv2d(F.pad(x, (1, 1, 1, 1), value=1.0), w).to(torch.int32).numpy()
-    name = f"conv{c}x{hw}"
+    name = f"conv{c}x{hw}" + (f"b{batch}" if batch != 1 else "")
     got = kernels.conv2d_packed(kernels.pack_nhwc(x), pw, 1, 1, 1.0)
     if not np.array_equal(got, want):
         return [_row(name, threads, note="packed result differs from torch: not timed")]
@@ -238,6 +357,7 @@ def _conv(c: int, hw: int, threads: int, cfg: dict) -> list[dict]:
         [lambda: F.conv2d(x, w, padding=1),
          lambda: kernels.conv2d_packed(kernels.pack_nhwc(x), pw, 1, 1, 1.0)], **cfg)
     return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True,
+                 macs=batch * hw * hw * c * c * 9,
                  packing="x packed in the loop (NHWC), W pre-packed",
                  note="torch zero-pads, bnnlab +1-pads (checked against torch on the "
                       "+1-padded input)")]
@@ -369,7 +489,10 @@ def run(cases: Iterable[str] | str | None = None, quick: bool = False,
         holds), ``torch`` and ``bnnlab`` (median seconds, or bytes for memory rows; ``None`` when
         not measured), ``ratio`` (torch / bnnlab: the speed-up or memory saving), ``unit``
         (``"s"`` or ``"bytes"``), ``correct`` (the packed result was checked equal to torch;
-        ``False`` rows carry no time), ``packing`` and ``note``.
+        ``False`` rows carry no time), ``packing``, ``note``, ``macs`` (multiply-accumulates per
+        call; ``None`` where not counted), ``isa`` (bnnlab's instruction-set level) and
+        ``torch_eff`` / ``bnnlab_eff`` (achieved MAC/s over the peak of :func:`peaks` times the
+        thread count; ``None`` without a MAC count or a peak).
     """
     if isinstance(quick, (int, float)) and not isinstance(quick, bool):
         raise TypeError(f"quick must be a bool, got {type(quick).__name__}")
@@ -379,6 +502,7 @@ def run(cases: Iterable[str] | str | None = None, quick: bool = False,
     chosen = _select(cases, quick)
     cfg = {"repeats": repeats or (5 if quick else 15), "warmup": 1 if quick else 3,
            "min_time": 0.002 if quick else 0.02, "budget": 3.0 if quick else 30.0}
+    pk = peaks(0.05 if quick else 0.2)
     torch_before, bnn_before = torch.get_num_threads(), kernels.get_num_threads()
     rows: list[dict] = []
     try:
@@ -392,7 +516,8 @@ def run(cases: Iterable[str] | str | None = None, quick: bool = False,
                     rows += _gemv(int(case[4:case.index("x")]), t, cfg)
                 elif case.startswith("conv"):
                     c, hw = case[4:].split("x")
-                    rows += _conv(int(c), int(hw), t, cfg)
+                    hw, _, b = hw.partition("b")
+                    rows += _conv(int(c), int(hw), t, cfg, int(b or 1))
                 elif case == "e2e_cnn":
                     rows += _e2e(t, cfg)
         if "threads_gemm2048" in chosen:
@@ -404,7 +529,7 @@ def run(cases: Iterable[str] | str | None = None, quick: bool = False,
         torch.set_num_threads(torch_before)
         # back to "follow torch" when it did, else the explicit value it had
         kernels.set_num_threads(None if bnn_before == torch_before else bnn_before)
-    return rows
+    return add_efficiency(rows, pk)
 
 
 def _fmt(v, unit: str) -> str:
@@ -419,23 +544,64 @@ def _fmt(v, unit: str) -> str:
     return f"{v * 1e6:.3g} us"
 
 
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
 def format_table(rows: Sequence[dict]) -> str:
     """A plain-text table of :func:`run`'s rows (one line per row)."""
-    head = ("case", "thr", "baseline", "torch", "bnnlab", "ratio", "ok", "packing / note")
+    head = ("case", "thr", "baseline", "torch", "bnnlab", "ratio", "t.eff", "b.eff", "ok",
+            "packing / note")
     lines = []
     for r in rows:
         ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.1f}x"
         extra = "; ".join(s for s in (r.get("packing", ""), r.get("note", "")) if s)
         lines.append((str(r["case"]), "-" if r.get("threads") is None else str(r["threads"]),
                       str(r.get("baseline", "")), _fmt(r.get("torch"), r.get("unit", "s")),
-                      _fmt(r.get("bnnlab"), r.get("unit", "s")), ratio,
-                      "yes" if r.get("correct") else "NO", extra))
+                      _fmt(r.get("bnnlab"), r.get("unit", "s")), ratio, _pct(r.get("torch_eff")),
+                      _pct(r.get("bnnlab_eff")), "yes" if r.get("correct") else "NO", extra))
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h)
               for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" if i in (0, 2, 7) else f"{{:>{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:<{w}}}" if i in (0, 2, 9) else f"{{:>{w}}}" for i, w in enumerate(widths))
     out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*l) for l in lines]
     return "\n".join(s.rstrip() for s in out)
+
+
+def _peak_caption(pk: dict, cpu: dict) -> str:
+    def g(v):
+        return "n/a" if not v else f"{v / 1e9:.1f} G"
+
+    pc = pk["per_cycle"]
+    tf = pk["torch_fp32"]
+    parts = [f"fp32 {tf} {g(pk['fp32'].get(tf))}MAC/s"
+             + (f" ({pc['fp32'][tf]:.0f}/cycle)" if pc["fp32"].get(tf) else "")]
+    for lvl, v in pk["binary"].items():
+        if v:
+            parts.append(f"binary {lvl} {g(v)}MAC/s" + (f" ({pc['binary'][lvl]:.0f}/cycle)"
+                                                         if pc["binary"].get(lvl) else ""))
+    clock = f"{pk['clock_hz'] / 1e9:.2f} GHz" if pk.get("clock_hz") else "clock n/a"
+    return (f"CPU: {cpu['model']} ({cpu['cpus']} logical CPUs, measured {clock}); torch capability "
+            f"{cpu['torch_capability']}. Peaks per core: " + ", ".join(parts) + ".")
+
+
+def format_markdown(rows: Sequence[dict], pk: dict | None = None, cpu: dict | None = None) -> str:
+    """A Markdown table of the timed rows (memory rows omitted), with the CPU and the peaks
+    as a caption when ``pk`` and ``cpu`` are given. Efficiency = achieved MAC/s / peak MAC/s."""
+    out = []
+    if pk is not None and cpu is not None:
+        out += [_peak_caption(pk, cpu), ""]
+    out += ["| case | threads | torch | bnnlab | speed-up | torch eff. | bnnlab eff. | bnnlab ISA |",
+            "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if r.get("unit") != "s":
+            continue
+        ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.1f}×"
+        base = "" if r.get("baseline") == "torch float32" else f" (vs {r.get('baseline')})"
+        out.append(f"| {r['case']}{base} | {r.get('threads') or '-'} | {_fmt(r.get('torch'), 's')} | "
+                   f"{_fmt(r.get('bnnlab'), 's')} | {ratio} | {_pct(r.get('torch_eff'))} | "
+                   f"{_pct(r.get('bnnlab_eff'))} | {r.get('isa', '')} |")
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,26 +615,44 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated names or prefixes; known: {', '.join(CASES)}")
     p.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2 (default)")
     p.add_argument("--repeats", type=int, default=None, help="override the repetitions")
-    p.add_argument("--json", metavar="FILE", help="also write the rows (and machine info) as JSON")
+    p.add_argument("--json", metavar="FILE",
+                   help="also write the rows, peaks, CPU model/flags/clock as JSON")
+    p.add_argument("--markdown", action="store_true",
+                   help="also print a Markdown table (CPU and peaks in the caption)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time (default) or the thread's CPU time, which leaves out time other "
+                        "processes hold the core (a busy shared machine); cpu needs --threads 1")
     args = p.parse_args(argv)
     try:
         threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
+        if args.clock == "cpu" and threads != (1,):
+            raise ValueError("--clock cpu measures the calling thread only: use --threads 1")
         info = kernels.kernel_info()
         load = os.getloadavg() if hasattr(os, "getloadavg") else None
         print(f"bnnlab bench: isa={info['isa']}, openmp={info['openmp']}, cpus={os.cpu_count()}, "
               f"load average={'n/a' if load is None else ', '.join(f'{v:.2f}' for v in load)}, "
               f"torch {torch.__version__}")
         t0 = time.perf_counter()
-        rows = run(args.cases, args.quick, threads, repeats=args.repeats)
+        _CLOCK["timer"] = time.thread_time if args.clock == "cpu" else time.perf_counter
+        try:
+            rows = run(args.cases, args.quick, threads, repeats=args.repeats)
+        finally:
+            _CLOCK["timer"] = time.perf_counter
     except ValueError as exc:
         print(f"bnnlab bench: error: {exc}", file=sys.stderr)
         return 2
+    pk, cpu = peaks(), cpu_info()
     print(format_table(rows))
-    print(f"({time.perf_counter() - t0:.1f} s; medians, torch and bnnlab interleaved; ratio = "
-          f"torch / bnnlab)")
+    print(f"({time.perf_counter() - t0:.1f} s; medians of {args.clock} time, torch and bnnlab "
+          f"interleaved; ratio = torch / bnnlab; eff. = achieved MAC/s / peak MAC/s)")
+    print(_peak_caption(pk, cpu))
+    if args.markdown:
+        print()
+        print(format_markdown(rows, pk, cpu))
     if args.json:
         doc = {"kernel_info": info, "load_average": load, "torch_version": torch.__version__,
-               "quick": args.quick, "threads": list(threads), "rows": rows}
+               "quick": args.quick, "clock": args.clock, "threads": list(threads), "cpu": cpu,
+               "peaks": pk, "rows": rows}
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=2, default=str)
     return 0 if all(r["correct"] for r in rows) else 1

@@ -66,6 +66,14 @@ cdef extern from "bnn_kernels.h" nogil:
                  int nhwc, void *out, const float *alpha, const float *bias,
                  const int64_t *lim, const uint64_t *flipw, int nt)
 
+cdef extern from "bnn_roofline.h" nogil:
+    int BNN_RL_FP32_N
+    int bnn_rl_supported()
+    double bnn_rl_clock_hz(double seconds)
+    int bnn_rl_fp32_available(int which)
+    double bnn_rl_fp32(int which, double seconds)
+    double bnn_rl_binary(int level, int detected, double seconds)
+
 ctypedef fused real_t:
     float
     double
@@ -78,7 +86,8 @@ LEVEL_NAMES = tuple(bnn_level_names[i].decode() for i in range(BNN_N_LEVELS))
 
 
 def level():
-    """ISA level the next call will use (0 portable, 1 popcnt, 2 avx2, 3 avx512)."""
+    """ISA level the next call will use: an index of LEVEL_NAMES (x86-64: portable, popcnt,
+    avx2, avx512; AArch64: portable, neon)."""
     return bnn_level()
 
 
@@ -88,7 +97,7 @@ def detected_level():
 
 
 def set_level_cap(int cap):
-    """Use at most ISA level ``cap`` (clamped to 0..3) from the next call on."""
+    """Use at most ISA level ``cap`` (clamped to 0..len(LEVEL_NAMES) - 1) from the next call on."""
     bnn_set_level_cap(cap)
 
 
@@ -178,6 +187,45 @@ cdef extern from *:
 def openmp_enabled():
     """True when the extension was compiled with OpenMP."""
     return bool(BNN_OPENMP_ON)
+
+
+# ---------------------------------------------------------------- roofline
+FP32_KERNELS = ("base", "avx2_fma", "avx512_fma", "neon_fma")
+
+
+def roofline_supported():
+    """True when the register-only peak kernels are compiled in (GCC/clang builds)."""
+    return bool(bnn_rl_supported())
+
+
+def roofline_clock_hz(double seconds):
+    """Core clock (Hz) from a chain of dependent adds; 0.0 when unsupported."""
+    cdef double r
+    with nogil:
+        r = bnn_rl_clock_hz(seconds)
+    return r
+
+
+def roofline_fp32(int which, double seconds):
+    """Peak fp32 MAC/s of FP32_KERNELS[which]; 0.0 when this CPU/build lacks it."""
+    cdef double r
+    if which < 0 or which >= BNN_RL_FP32_N:
+        raise ValueError(f"which must be in 0..{BNN_RL_FP32_N - 1}, got {which}")
+    with nogil:
+        r = bnn_rl_fp32(which, seconds)
+    return r
+
+
+def roofline_binary(int lvl, double seconds):
+    """Peak binary MAC/s (XOR-popcount, 64 MACs per word pair) of ISA level ``lvl``;
+    0.0 when this CPU lacks the level."""
+    cdef double r
+    cdef int det = bnn_detect_level()
+    if lvl < 0 or lvl >= BNN_N_LEVELS:
+        raise ValueError(f"lvl must be in 0..{BNN_N_LEVELS - 1}, got {lvl}")
+    with nogil:
+        r = bnn_rl_binary(lvl, det, seconds)
+    return r
 
 
 # ---------------------------------------------------------------- packing

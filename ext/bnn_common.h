@@ -15,11 +15,26 @@
 #include <string.h>
 #include <math.h>
 #include <float.h>
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64) || defined(_M_IX86)
 #  include <immintrin.h>
 #  define BNN_X86 1
 #else
 #  define BNN_X86 0
+#endif
+#if (defined(__aarch64__) || defined(_M_ARM64)) && (defined(__ARM_NEON) || defined(_M_ARM64))
+#  include <arm_neon.h>
+#  define BNN_NEON 1          /* Advanced SIMD is mandatory on AArch64 */
+#else
+#  define BNN_NEON 0
+#endif
+#if defined(_MSC_VER) && !defined(__clang__)
+#  define BNN_MSVC 1          /* MSVC: no GCC attributes/builtins; intrinsics need no target */
+#  include <intrin.h>
+#else
+#  define BNN_MSVC 0
+#endif
+#if defined(_WIN32)
+#  include <malloc.h>         /* _aligned_malloc / _aligned_free */
 #endif
 #ifdef _OPENMP
 #  include <omp.h>
@@ -29,7 +44,16 @@
 #define BNN_LEVEL_POPCNT   1   /* scalar, hardware POPCNT                      */
 #define BNN_LEVEL_AVX2     2   /* AVX2: vpshufb nibble lookup + vpsadbw        */
 #define BNN_LEVEL_AVX512   3   /* AVX-512F/BW/VL + VPOPCNTDQ                   */
-#define BNN_N_LEVELS       4
+#define BNN_LEVEL_NEON     1   /* AArch64 Advanced SIMD: vcnt + widening adds  */
+/* Levels are indices into bnn_impls[] / bnn_level_names[], which differ per architecture:
+ * x86-64 portable, popcnt, avx2, avx512; AArch64 portable, neon; anything else portable. */
+#if BNN_X86
+#  define BNN_N_LEVELS     4
+#elif BNN_NEON
+#  define BNN_N_LEVELS     2
+#else
+#  define BNN_N_LEVELS     1
+#endif
 
 #define BNN_EPI_I32  0   /* out[p, j] = K - 2 * mismatches (int32)                       */
 #define BNN_EPI_F32  1   /* out[p, j] = (float)dot * alpha[j] + bias[j] (float32)        */
@@ -37,8 +61,22 @@
 
 #define BNN_CAT_(a, b) a##_##b
 #define BNN_CAT(a, b) BNN_CAT_(a, b)
-#define BNN_UNROLL _Pragma("GCC unroll 16")
-#define BNN_INLINE static inline __attribute__((always_inline))
+#if BNN_MSVC
+#  define BNN_UNROLL
+#  define BNN_INLINE static __forceinline
+#  define BNN_ALIGN64 __declspec(align(64))
+#  define BNN_TARGET(s)
+#elif defined(__clang__)
+#  define BNN_UNROLL _Pragma("unroll 16")
+#  define BNN_INLINE static inline __attribute__((always_inline))
+#  define BNN_ALIGN64 __attribute__((aligned(64)))
+#  define BNN_TARGET(s) __attribute__((target(s)))
+#else
+#  define BNN_UNROLL _Pragma("GCC unroll 16")
+#  define BNN_INLINE static inline __attribute__((always_inline))
+#  define BNN_ALIGN64 __attribute__((aligned(64)))
+#  define BNN_TARGET(s) __attribute__((target(s)))
+#endif
 
 /* Where the output of row p, column j goes:
  *   off(p) = (p / P) * rs_outer + (p % P) * rs_inner,   element = out[off(p) + j * cs]
@@ -122,10 +160,30 @@ BNN_INLINE uint64_t bnn_popcount_swar(uint64_t x) {
     return (x * 0x0101010101010101ULL) >> 56;
 }
 
-/* 64-byte aligned scratch; size rounded up as aligned_alloc requires. */
+/* 64-byte aligned scratch; size rounded up as aligned_alloc requires.  Release with
+ * bnn_free (Windows' CRT has no aligned_alloc: _aligned_malloc needs _aligned_free). */
 static inline void *bnn_alloc(size_t bytes) {
     size_t n = (bytes + 63) & ~(size_t)63;
+#if defined(_WIN32)
+    return _aligned_malloc(n ? n : 64, 64);
+#else
     return aligned_alloc(64, n ? n : 64);
+#endif
 }
+
+static inline void bnn_free(void *p) {
+#if defined(_WIN32)
+    _aligned_free(p);
+#else
+    free(p);
+#endif
+}
+
+/* Hardware popcount of one word (POPCNT level; callers run only where the CPU has it). */
+#if BNN_MSVC && BNN_X86
+#  define BNN_POPCNT64(x) ((uint64_t)__popcnt64(x))
+#else
+#  define BNN_POPCNT64(x) ((uint64_t)__builtin_popcountll(x))
+#endif
 
 #endif /* BNN_COMMON_H */

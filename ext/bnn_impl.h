@@ -26,7 +26,7 @@
 #if BNN_LEVEL == 3
 /* ------------------------------------------------------------ AVX-512 VPOPCNTDQ */
 #  define SFX l3
-#  define BNN_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx2,avx,popcnt")))
+#  define BNN_ATTR BNN_TARGET("avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx2,avx,popcnt")
 #  define VT __m512i
 #  define VW 8
 #  define V_ZERO() _mm512_setzero_si512()
@@ -56,7 +56,7 @@ BNN_INLINE BNN_ATTR void bnn_hsum_row_l3(const __m512i *a, uint64_t *out) {
 #elif BNN_LEVEL == 2
 /* ------------------------------------------------------------ AVX2 */
 #  define SFX l2
-#  define BNN_ATTR __attribute__((target("avx2,avx,popcnt")))
+#  define BNN_ATTR BNN_TARGET("avx2,avx,popcnt")
 #  define VT __m256i
 #  define VW 4
 #  define V_ZERO() _mm256_setzero_si256()
@@ -94,10 +94,28 @@ BNN_INLINE BNN_ATTR void bnn_hsum_row_l2(const __m256i *a, uint64_t *out) {
     __m256i r = _mm256_add_epi64(_mm256_permute2x128_si256(t0, t1, 0x20), _mm256_permute2x128_si256(t0, t1, 0x31));
     _mm256_storeu_si256((__m256i *)out, r);
 }
+#elif BNN_LEVEL == 4
+/* ------------------------------------------------------------ AArch64 NEON */
+#  define SFX l4
+#  define BNN_ATTR
+#  define VT uint64x2_t
+#  define VW 2
+#  define V_ZERO() vdupq_n_u64(0)
+#  define V_LOAD(p) vld1q_u64((const uint64_t *)(p))
+#  define V_LOADN(p, n) vcombine_u64(vld1_u64((const uint64_t *)(p)), vdup_n_u64(0))   /* n == 1 */
+#  define V_BCAST(x) vdupq_n_u64((uint64_t)(x))
+#  define V_XOR(a, b) veorq_u64((a), (b))
+#  define V_POPACC(acc, x) vpadalq_u32((acc), vpaddlq_u16(vpaddlq_u8(vcntq_u8(vreinterpretq_u8_u64(x)))))
+#  define V_HSUM(v) (vgetq_lane_u64((v), 0) + vgetq_lane_u64((v), 1))
+#  define V_STORE(p, v) vst1q_u64((uint64_t *)(p), (v))
+#  define D_MR 2
+#  define D_NR 4
+#  define P_MR 4
+#  define P_NV 4
 #elif BNN_LEVEL == 1
 /* ------------------------------------------------------------ scalar, POPCNT */
 #  define SFX l1
-#  define BNN_ATTR __attribute__((target("popcnt")))
+#  define BNN_ATTR BNN_TARGET("popcnt")
 #  define VT uint64_t
 #  define VW 1
 #  define V_ZERO() ((uint64_t)0)
@@ -105,7 +123,7 @@ BNN_INLINE BNN_ATTR void bnn_hsum_row_l2(const __m256i *a, uint64_t *out) {
 #  define V_LOADN(p, n) (*(p))
 #  define V_BCAST(x) ((uint64_t)(x))
 #  define V_XOR(a, b) ((a) ^ (b))
-#  define V_POPACC(acc, x) ((acc) + (uint64_t)__builtin_popcountll(x))
+#  define V_POPACC(acc, x) ((acc) + BNN_POPCNT64(x))
 #  define V_HSUM(v) (v)
 #  define V_STORE(p, v) (*(p) = (v))
 #  define D_MR 2
@@ -300,47 +318,67 @@ static BNN_ATTR void FN(dot_worker)(const bnn_job *job, int t, int T) {
 BNN_INLINE BNN_ATTR void FN(panel_tile_t)(const int MR, const uint64_t *const *ap, int64_t nseg,
                                           int64_t seg_stride, int64_t L, const uint64_t *pg,
                                           uint64_t *cnt) {
-#if BNN_LEVEL == 2
-    /* AVX2: per-byte counts (vpshufb nibble lookup) accumulate in bytes for up to 31 words
-     * (31 * 8 = 248 < 256), then vpsadbw folds them into 64-bit lanes: 8 ops per vector
-     * pair instead of 9. */
+#if BNN_LEVEL == 2 || BNN_LEVEL == 4
+    /* AVX2 / NEON: per-byte counts (AVX2: vpshufb nibble lookup; NEON: vcnt) accumulate
+     * in bytes for up to 31 words (31 * 8 = 248 < 256), then one fold (vpsadbw; NEON:
+     * pairwise widening adds) moves them into 64-bit lanes. */
+#  if BNN_LEVEL == 2
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256i acc[P_MR][P_NV], a8[P_MR][P_NV];
+    typedef __m256i B8;
+#    define B8_ZERO() _mm256_setzero_si256()
+#    define B8_CNTADD(a8, y) _mm256_add_epi8(_mm256_add_epi8((a8), _mm256_shuffle_epi8(lut, _mm256_and_si256((y), m4))), \
+                                             _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16((y), 4), m4)))
+#    define B8_FOLD(acc, a8) _mm256_add_epi64((acc), _mm256_sad_epu8((a8), _mm256_setzero_si256()))
+#  else
+    typedef uint8x16_t B8;
+#    define B8_ZERO() vdupq_n_u8(0)
+#    define B8_CNTADD(a8, y) vaddq_u8((a8), vcntq_u8(vreinterpretq_u8_u64(y)))
+#    define B8_FOLD(acc, a8) vpadalq_u32((acc), vpaddlq_u16(vpaddlq_u8(a8)))
+#  endif
+    /* The 64-bit sums live in cnt (memory: only touched at a fold), so the inner loop keeps
+     * just the byte accumulators, the B vectors and the constants in registers (16 ymm). */
     BNN_UNROLL for (int i = 0; i < MR; i++)
-        BNN_UNROLL for (int v = 0; v < P_NV; v++) { acc[i][v] = V_ZERO(); a8[i][v] = V_ZERO(); }
-    int steps = 0;
+        BNN_UNROLL for (int v = 0; v < P_NV; v++) V_STORE(cnt + i * P_NR + v * VW, V_ZERO());
+    B8 a8[P_MR][P_NV];
+    BNN_UNROLL for (int i = 0; i < MR; i++)
+        BNN_UNROLL for (int v = 0; v < P_NV; v++) a8[i][v] = B8_ZERO();
+    int pending = 0;   /* words in the byte accumulators (<= 31) */
     for (int64_t s = 0; s < nseg; s++) {
         const uint64_t *pw = pg + s * L * P_NR;
         const uint64_t *as[P_MR];
         BNN_UNROLL for (int i = 0; i < MR; i++) as[i] = ap[i] + s * seg_stride;
-        for (int64_t w = 0; w < L; w++) {
-            __m256i bv[P_NV];
-            BNN_UNROLL for (int v = 0; v < P_NV; v++) bv[v] = V_LOAD(pw + w * P_NR + v * VW);
-            BNN_UNROLL for (int i = 0; i < MR; i++) {
-                const __m256i x = V_BCAST(as[i][w]);
-                BNN_UNROLL for (int v = 0; v < P_NV; v++) {
-                    const __m256i y = _mm256_xor_si256(x, bv[v]);
-                    const __m256i lo = _mm256_and_si256(y, m4);
-                    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(y, 4), m4);
-                    a8[i][v] = _mm256_add_epi8(a8[i][v], _mm256_shuffle_epi8(lut, lo));
-                    a8[i][v] = _mm256_add_epi8(a8[i][v], _mm256_shuffle_epi8(lut, hi));
-                }
-            }
-            if (++steps == 31) {
-                steps = 0;
+        for (int64_t w0 = 0; w0 < L; w0 += 31) {
+            const int64_t w1 = bnn_min64(L, w0 + 31);
+            if (pending + (int)(w1 - w0) > 31) {
                 BNN_UNROLL for (int i = 0; i < MR; i++)
                     BNN_UNROLL for (int v = 0; v < P_NV; v++) {
-                        acc[i][v] = _mm256_add_epi64(acc[i][v], _mm256_sad_epu8(a8[i][v], _mm256_setzero_si256()));
-                        a8[i][v] = V_ZERO();
+                        uint64_t *c = cnt + i * P_NR + v * VW;
+                        V_STORE(c, B8_FOLD(V_LOAD(c), a8[i][v]));
+                        a8[i][v] = B8_ZERO();
                     }
+                pending = 0;
+            }
+            pending += (int)(w1 - w0);
+            for (int64_t w = w0; w < w1; w++) {
+                VT bv[P_NV];
+                BNN_UNROLL for (int v = 0; v < P_NV; v++) bv[v] = V_LOAD(pw + w * P_NR + v * VW);
+                BNN_UNROLL for (int i = 0; i < MR; i++) {
+                    const VT x = V_BCAST(as[i][w]);
+                    BNN_UNROLL for (int v = 0; v < P_NV; v++) a8[i][v] = B8_CNTADD(a8[i][v], V_XOR(x, bv[v]));
+                }
             }
         }
     }
     BNN_UNROLL for (int i = 0; i < MR; i++)
-        BNN_UNROLL for (int v = 0; v < P_NV; v++)
-            acc[i][v] = _mm256_add_epi64(acc[i][v], _mm256_sad_epu8(a8[i][v], _mm256_setzero_si256()));
+        BNN_UNROLL for (int v = 0; v < P_NV; v++) {
+            uint64_t *c = cnt + i * P_NR + v * VW;
+            V_STORE(c, B8_FOLD(V_LOAD(c), a8[i][v]));
+        }
+#  undef B8_ZERO
+#  undef B8_CNTADD
+#  undef B8_FOLD
 #else
     VT acc[P_MR][P_NV];
     BNN_UNROLL for (int i = 0; i < MR; i++)
@@ -358,9 +396,9 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_t)(const int MR, const uint64_t *const *a
             }
         }
     }
-#endif
     BNN_UNROLL for (int i = 0; i < MR; i++)
         BNN_UNROLL for (int v = 0; v < P_NV; v++) V_STORE(cnt + i * P_NR + v * VW, acc[i][v]);
+#endif
 }
 
 static BNN_ATTR void FN(panel_tile)(int mr, const uint64_t *const *ap, int64_t nseg,
@@ -412,7 +450,7 @@ static BNN_ATTR void FN(panel_worker)(const bnn_job *job, int t, int T) {
     }
     int64_t blk = (256 * 1024) / bnn_max64(1, wlen * 8 * P_MR);
     if (blk < 1) blk = 1;
-    uint64_t cnt[P_MR * P_NR] __attribute__((aligned(64)));
+    BNN_ALIGN64 uint64_t cnt[P_MR * P_NR];
     for (int64_t b0 = t0; b0 < t1; b0 += blk) {
         const int64_t b1 = bnn_min64(b0 + blk, t1);
         for (int64_t g = 0; g < ngroups; g++) {
@@ -462,7 +500,7 @@ static BNN_ATTR void FN(NAME)(bnn_pack_job *job, int t, int T_) {               
     job->bad[t] = bad;                                                                    \
 }
 
-#if BNN_LEVEL >= 2
+#if BNN_LEVEL == 2 || BNN_LEVEL == 3
 /* float32 rows, explicit SIMD: compare < 0 to a bit mask, 8 or 16 values at a time. */
 static BNN_ATTR void FN(pack_rows_f32)(bnn_pack_job *job, int t, int T_) {
     const int64_t rows = job->rows, k = job->k, nw = job->nw;

@@ -32,20 +32,48 @@
 #  define BNN_LEVEL 3
 #  include "bnn_impl.h"
 static const bnn_impl *const bnn_impls[BNN_N_LEVELS] = {&impl_l0, &impl_l1, &impl_l2, &impl_l3};
-#else
-static const bnn_impl *const bnn_impls[BNN_N_LEVELS] = {&impl_l0, &impl_l0, &impl_l0, &impl_l0};
-#endif
-
 static const char *const bnn_level_names[BNN_N_LEVELS] = {"portable", "popcnt", "avx2", "avx512"};
+#elif BNN_NEON
+#  define BNN_LEVEL 4
+#  include "bnn_impl.h"
+static const bnn_impl *const bnn_impls[BNN_N_LEVELS] = {&impl_l0, &impl_l4};
+static const char *const bnn_level_names[BNN_N_LEVELS] = {"portable", "neon"};
+#else
+static const bnn_impl *const bnn_impls[BNN_N_LEVELS] = {&impl_l0};
+static const char *const bnn_level_names[BNN_N_LEVELS] = {"portable"};
+#endif
 
 /* ----------------------------------------------------------------- dispatch */
 static int bnn_detected = -1;
 static int bnn_cap = BNN_N_LEVELS - 1;
 
+#if BNN_X86 && BNN_MSVC
+/* MSVC has no __builtin_cpu_supports: CPUID bits, and XGETBV for the OS-saved state. */
+static int bnn_detect_x86_msvc(void) {
+    int r[4];
+    __cpuid(r, 0);
+    const int maxleaf = r[0];
+    __cpuid(r, 1);
+    const int popcnt = (r[2] >> 23) & 1, osxsave = (r[2] >> 27) & 1, avx = (r[2] >> 28) & 1;
+    if (!popcnt) return BNN_LEVEL_PORTABLE;
+    if (!osxsave || !avx || maxleaf < 7) return BNN_LEVEL_POPCNT;
+    const unsigned long long xcr0 = _xgetbv(0);
+    if ((xcr0 & 6) != 6) return BNN_LEVEL_POPCNT;                  /* XMM + YMM state */
+    __cpuidex(r, 7, 0);
+    if (!((r[1] >> 5) & 1)) return BNN_LEVEL_POPCNT;                /* AVX2 */
+    const int f512 = (r[1] >> 16) & 1, bw = (r[1] >> 30) & 1, vl = (r[1] >> 31) & 1;
+    const int vpop = (r[2] >> 14) & 1;
+    if (f512 && bw && vl && vpop && (xcr0 & 0xe6) == 0xe6) return BNN_LEVEL_AVX512;
+    return BNN_LEVEL_AVX2;
+}
+#endif
+
 static int bnn_detect_level(void) {
     if (bnn_detected >= 0) return bnn_detected;
     int lvl = BNN_LEVEL_PORTABLE;
-#if BNN_X86 && defined(__GNUC__)
+#if BNN_X86 && BNN_MSVC
+    lvl = bnn_detect_x86_msvc();
+#elif BNN_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("popcnt")) {
         lvl = BNN_LEVEL_POPCNT;
@@ -56,6 +84,8 @@ static int bnn_detect_level(void) {
                 lvl = BNN_LEVEL_AVX512;
         }
     }
+#elif BNN_NEON
+    lvl = BNN_LEVEL_NEON;                       /* Advanced SIMD is part of AArch64 */
 #endif
     bnn_detected = lvl;
     return lvl;
@@ -103,7 +133,11 @@ static int bnn_threads_for(int nt, double work, double grain) {
 /* Threading backend: 0 = bnnlab's pool (bnn_pool.h, default), 1 = OpenMP dynamic loop. */
 #define BNN_BACKEND_POOL 0
 #define BNN_BACKEND_OPENMP 1
-static int bnn_backend = BNN_BACKEND_POOL;
+#if !BNN_HAVE_POOL && defined(_OPENMP)
+static int bnn_backend = BNN_BACKEND_OPENMP;   /* no pthreads (MSVC): OpenMP's threads */
+#else
+static int bnn_backend = BNN_BACKEND_POOL;     /* single-threaded where neither exists */
+#endif
 
 #define BNN_CHUNKS_PER_THREAD 8
 #define BNN_MAX_CHUNKS 256            /* bnn_pack_job keeps one flag per chunk */
@@ -268,7 +302,7 @@ static int bnn_pack_nchw_affine_pool(int level, const float *x, int64_t n, int64
     if (!tmp) return -1;
     int bad = bnn_pack_nchw_affine(level, x, n, c, h * w, scale, offset, tmp, nt);
     if (!bad) bnn_maxpool_bits(tmp, n, h, w, c, kh, kw, sh, sw, ph, pw, OH, OW, orw, out, nt);
-    free(tmp);
+    bnn_free(tmp);
     return bad ? 1 : 0;
 }
 
@@ -316,14 +350,14 @@ static int bnn_alloc_rows(bnn_job *job, int64_t M) {
     job->rowptr = (const uint64_t **)bnn_alloc((size_t)M * sizeof(uint64_t *));
     job->rowoff = (int64_t *)bnn_alloc((size_t)M * sizeof(int64_t));
     if (!job->rowptr || !job->rowoff) {
-        free((void *)job->rowptr); free(job->rowoff);
+        bnn_free((void *)job->rowptr); bnn_free(job->rowoff);
         return -1;
     }
     return 0;
 }
 
 static void bnn_free_rows(bnn_job *job) {
-    free((void *)job->rowptr); free(job->rowoff);
+    bnn_free((void *)job->rowptr); bnn_free(job->rowoff);
 }
 
 /* ------------------------------------------------------------------ GEMM */
@@ -353,11 +387,11 @@ static int bnn_gemm(int level, const uint64_t *a, int64_t M, const uint64_t *b, 
     nt = bnn_threads_for(nt, work, 131072.0);
     uint64_t *panel = bnn_make_panel(b, N, nw, im->p_nr, nt);
     if (!panel) return -1;
-    if (bnn_alloc_rows(&job, M)) { free(panel); return -1; }
+    if (bnn_alloc_rows(&job, M)) { bnn_free(panel); return -1; }
     job.panel = panel;
     bnn_run_job(im->panel, &job, nt, (M + im->p_mr - 1) / im->p_mr);
     bnn_free_rows(&job);
-    free(panel);
+    bnn_free(panel);
     return 0;
 }
 
@@ -409,9 +443,9 @@ static int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t 
     const double work = (double)M * (double)O * (double)wlen;
     nt = bnn_threads_for(nt, work, 131072.0);
     uint64_t *panel = bnn_make_panel(w, O, wlen, im->p_nr, nt);
-    if (!panel) { free(xpad); return -1; }
+    if (!panel) { bnn_free(xpad); return -1; }
     bnn_job job;
-    if (bnn_alloc_rows(&job, M)) { free(panel); free(xpad); return -1; }
+    if (bnn_alloc_rows(&job, M)) { bnn_free(panel); bnn_free(xpad); return -1; }
     job.rows.base = xp; job.rows.M = M; job.rows.nseg = kh; job.rows.seg_stride = Wp * CW;
     job.rows.L = kw * CW; job.rows.P = P; job.rows.OW = OW;
     job.rows.img_stride = Hp * Wp * CW; job.rows.row_stride = sy * Wp * CW; job.rows.col_stride = sx * CW;
@@ -428,8 +462,8 @@ static int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t 
     }
     bnn_run_job(im->panel, &job, nt, (M + im->p_mr - 1) / im->p_mr);
     bnn_free_rows(&job);
-    free(panel);
-    free(xpad);
+    bnn_free(panel);
+    bnn_free(xpad);
     return 0;
 }
 
@@ -449,7 +483,7 @@ static int bnn_conv_pool(int level, const uint64_t *x, int64_t N, int64_t H, int
     int rc = bnn_conv(level, x, N, H, W, C, w, O, kh, kw, sy, sx, py, px, pad_neg, OH, OW,
                       BNN_EPI_BITS, 0, tmp, NULL, NULL, lim, flipw, nt);
     if (!rc) bnn_maxpool_bits(tmp, N, OH, OW, O, qh, qw, qsh, qsw, qph, qpw, PH, PW, orw, out, nt);
-    free(tmp);
+    bnn_free(tmp);
     return rc;
 }
 

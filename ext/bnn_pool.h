@@ -57,6 +57,8 @@ static int64_t bnn_pool_stalls = 0;      /* jobs that triggered a back-off      
 static inline void bnn_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
 #endif
 }
 
@@ -219,9 +221,7 @@ static void bnn_pool_run(bnn_chunk_fn fn, void *ctx, int nchunks, int nthreads) 
     for (int c = 0; c < nchunks; c++) fn(ctx, c, nchunks);
 }
 static int bnn_pool_size(void) { return 0; }
-static int64_t bnn_pool_stalls = 0;
-static int bnn_pool_backoff_enabled = 1;
-static void bnn_pool_reset_backoff(void) {}
+static void bnn_pool_reset_backoff(void) { bnn_pool_backoff_until = 0; }
 
 #endif /* BNN_HAVE_POOL */
 #endif /* BNN_POOL_H */

@@ -8,7 +8,7 @@ import torch
 from bnnlab import bench, kernels
 
 KEYS = {"case", "group", "threads", "baseline", "torch", "bnnlab", "ratio", "unit", "correct",
-        "packing", "note"}
+        "packing", "note", "macs", "isa", "torch_eff", "bnnlab_eff"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,6 +30,12 @@ def test_run_quick_small_case_rows_have_the_schema():
         assert r["correct"] is True
         assert r["torch"] > 0 and r["bnnlab"] > 0
         assert r["ratio"] == pytest.approx(r["torch"] / r["bnnlab"])
+        assert r["macs"] == 512 ** 3 and r["isa"] == kernels.kernel_info()["isa"]
+        pk = bench.peaks()
+        if pk["supported"]:   # efficiency = MAC/s over the measured peak (no bound asserted)
+            assert r["bnnlab_eff"] == pytest.approx(r["macs"] / r["bnnlab"] / pk["binary"][r["isa"]])
+            fp = pk["fp32"][pk["torch_fp32"]]
+            assert r["torch_eff"] == pytest.approx(r["macs"] / r["torch"] / fp)
     assert "pre-packed" in rows[1]["packing"]
 
 
@@ -57,6 +63,8 @@ def test_memory_rows():
 def test_case_selection():
     assert bench._select(["gemm"], quick=True) == ["gemm512", "gemm1024", "gemm2048"]
     assert "gemm4096" in bench._select("gemm", quick=False)
+    assert bench._select("conv256", quick=False) == ["conv256x14", "conv256x14b16"]
+    assert bench._select("conv256", quick=True) == ["conv256x14"]
     assert bench._select("conv64,memory", quick=False) == ["conv64x56", "mem_gemm4096",
                                                            "mem_cnn_weights", "mem_cnn_file"]
     with pytest.raises(ValueError, match="cases"):
@@ -84,12 +92,15 @@ def test_format_table_renders_every_row():
 def test_main_writes_valid_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = bench.main(["--quick", "--cases", "gemm512", "--threads", "1", "--repeats", "2",
-                     "--json", str(out)])
+                     "--json", str(out), "--markdown"])
     assert rc == 0
     doc = json.loads(out.read_text())
     assert [r["case"] for r in doc["rows"]] == ["gemm512", "gemm512_prepacked"]
     assert doc["threads"] == [1] and "isa" in doc["kernel_info"]
-    assert "gemm512_prepacked" in capsys.readouterr().out
+    assert doc["cpu"]["model"] and isinstance(doc["cpu"]["flags"], list)
+    assert set(kernels._available_isas()) <= set(doc["peaks"]["binary"])
+    text = capsys.readouterr().out
+    assert "gemm512_prepacked" in text and "| case | threads |" in text and "Peaks per core" in text
     assert bench.main(["--cases", "bogus"]) == 2
 
 
@@ -134,3 +145,45 @@ def test_model_latency_rejects_bad_arguments():
         bench.model_latency(torch.nn.Linear(2, 2), (2,), packed="maybe")
     with pytest.raises(ValueError, match="input_shape"):
         bench.model_latency(torch.nn.Linear(2, 2), (0,))
+
+
+def test_peaks_are_measured_for_every_level_the_cpu_has():
+    pk = bench.peaks(0.01, refresh=True)
+    from bnnlab import _kernels
+    assert list(pk["binary"]) == list(_kernels.LEVEL_NAMES)
+    if not pk["supported"]:
+        pytest.skip("roofline kernels need GCC/clang inline asm")
+    assert pk["clock_hz"] > 1e8
+    for lvl in kernels._available_isas():
+        assert pk["binary"][lvl] > 0
+    for lvl in set(_kernels.LEVEL_NAMES) - set(kernels._available_isas()):
+        assert pk["binary"][lvl] == 0.0
+    assert pk["fp32"]["base"] > 0 and pk["fp32"][pk["torch_fp32"]] > 0
+    assert pk["per_cycle"]["fp32"]["base"] == pytest.approx(pk["fp32"]["base"] / pk["clock_hz"])
+    bench.peaks(refresh=True)   # leave full-length measurements in the cache
+
+
+def test_add_efficiency_and_markdown():
+    pk = {"supported": True, "clock_hz": 2e9, "fp32": {"base": 1e9, "avx2_fma": 1e10},
+          "binary": {"avx2": 1e11}, "torch_fp32": "avx2_fma",
+          "per_cycle": {"fp32": {"base": 0.5, "avx2_fma": 5.0}, "binary": {"avx2": 50.0}}}
+    rows = [{"case": "gemm1000", "group": "gemm", "threads": 2, "baseline": "torch float32",
+             "torch": 0.1, "bnnlab": 0.01, "ratio": 10.0, "unit": "s", "correct": True,
+             "packing": "", "note": "", "macs": 10 ** 9, "isa": "avx2", "torch_eff": None,
+             "bnnlab_eff": None}]
+    bench.add_efficiency(rows, pk)
+    assert rows[0]["torch_eff"] == pytest.approx(1e9 / 0.1 / 2e10)
+    assert rows[0]["bnnlab_eff"] == pytest.approx(1e9 / 0.01 / 2e11)
+    md = bench.format_markdown(rows, pk, {"model": "Test CPU", "cpus": 2, "torch_capability": "AVX2"})
+    assert "Test CPU" in md and "| gemm1000 | 2 | 100 ms | 10 ms | 10.0× | 50% | 50% | avx2 |" in md
+    assert "binary avx2 100.0 GMAC/s (50/cycle)" in md
+
+
+def test_cpu_clock_needs_one_thread(tmp_path):
+    assert bench.main(["--clock", "cpu", "--threads", "1,2", "--cases", "gemm512"]) == 2
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--clock", "cpu", "--threads", "1", "--cases", "gemv1", "--repeats", "2",
+                       "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["clock"] == "cpu" and doc["rows"][0]["bnnlab"] > 0
+    assert bench._CLOCK["timer"] is bench.time.perf_counter     # restored

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from bnnlab import kernels as bk
 
-ALL_ISAS = ("portable", "popcnt", "avx2", "avx512")
+ALL_ISAS = ("portable", "popcnt", "avx2", "avx512", "neon")   # neon: the AArch64 level
 AVAILABLE = bk._available_isas()
 K_GRID = [1, 63, 64, 65, 127, 128, 129, 200, 1000]
 M_GRID = [1, 2, 3, 8, 9, 17]              # 1..8: small-M (GEMV-like) path; 9, 17: blocked path
@@ -53,6 +53,8 @@ def eager_threads():
 
 @pytest.fixture(params=["pool", "openmp"])
 def backend(request):
+    if request.param == "openmp" and not bk.kernel_info()["openmp"]:
+        pytest.skip("extension built without OpenMP (BNNLAB_OPENMP=0 or no OpenMP compiler)")
     old = bk._set_threading(request.param)
     yield request.param
     bk._set_threading(old)
