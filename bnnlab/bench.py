@@ -502,7 +502,7 @@ def run(cases: Iterable[str] | str | None = None, quick: bool = False,
     chosen = _select(cases, quick)
     cfg = {"repeats": repeats or (5 if quick else 15), "warmup": 1 if quick else 3,
            "min_time": 0.002 if quick else 0.02, "budget": 3.0 if quick else 30.0}
-    pk = peaks(0.05 if quick else 0.2)
+    pk = peaks(0.1 if quick else 0.2)
     torch_before, bnn_before = torch.get_num_threads(), kernels.get_num_threads()
     rows: list[dict] = []
     try:
