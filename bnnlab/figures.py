@@ -844,6 +844,18 @@ def _thousands(n) -> str:
     return f"{int(n):,}".replace(",", r"\,")
 
 
+def weight_clip_text() -> str:
+    """The report's sentence on latent-weight clipping, read from the compared models' layers
+    (:func:`bnnlab.models.weight_clip_sentence` over every binary variant, built as the
+    experiments build them)."""
+    from bnnlab.experiments import build_model
+    from bnnlab.models import weight_clip_sentence
+
+    built = {v.label: build_model(k, (1, 14, 14), 10) for k, v in VARIANTS.items() if v.binary}
+    text = weight_clip_sentence(built)
+    return text[:1].upper() + text[1:]
+
+
 def macros(results: Mapping) -> dict[str, str]:
     r"""Every number the report's text quotes, as ``{macro name: LaTeX text}``.
 
@@ -860,6 +872,7 @@ def macros(results: Mapping) -> dict[str, str]:
     m["ExpCPUs"] = str(mach.get("cpu_count", "n/a"))
     m["ExpTorch"] = _tex(mach.get("torch", "n/a"))
     m["ExpFinished"] = _tex(run.get("finished", "n/a"))
+    m["WeightClipSentence"] = weight_clip_text()
 
     arch = results.get("architectures")
     if arch:

@@ -452,3 +452,11 @@ def test_guards_pass_on_consistent_data_and_fire_on_contradictions(results, tmp_
             (res / f"{name}.json").write_text(json.dumps(payload))
     _write_ladder(res / "ladder", results["ladder"])
     assert FG.main([str(tmp_path), "--no-pdf"]) == 3
+
+
+def test_weight_clip_sentence_is_read_from_the_compared_models():
+    text = FG.weight_clip_text()
+    clipped = [v.label for v in E.VARIANTS.values() if v.binary and v.kind == "mlp"]
+    assert text.startswith("Latent weights are clipped to $[-1, 1]$")
+    assert all(label in text for label in clipped)
+    assert "Bi-Real and ReActNet are trained without clipping" in text
