@@ -354,11 +354,11 @@ def vgg_small(in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
         weight_clip, input_quantizer, weight_quantizer: of the binary layers.
         activation: the float twin's activation. Default: ``"hardtanh"``.
     """
-    in_channels = _check_positive_int(in_channels, "in_channels")
-    image_size = _check_positive_int(image_size, "image_size")
-    num_classes = _check_positive_int(num_classes, "num_classes")
-    w = _check_positive_int(width, "width")
-    hidden = _check_positive_int(hidden, "hidden")
+    in_channels = check_int(in_channels, "in_channels", min_value=1)
+    image_size = check_int(image_size, "image_size", min_value=1)
+    num_classes = check_int(num_classes, "num_classes", min_value=1)
+    w = check_int(width, "width", min_value=1)
+    hidden = check_int(hidden, "hidden", min_value=1)
     side = image_size // 8
     if side < 1:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
@@ -413,9 +413,9 @@ def resnet18_bireal(in_channels: int = 3, num_classes: int = 10, *, binary: bool
         block: ``"bireal"`` or ``"reactnet"``. Default: ``"bireal"``.
         weight_clip, weight_quantizer: of the binary convolutions.
     """
-    in_channels = _check_positive_int(in_channels, "in_channels")
-    num_classes = _check_positive_int(num_classes, "num_classes")
-    w = _check_positive_int(width, "width")
+    in_channels = check_int(in_channels, "in_channels", min_value=1)
+    num_classes = check_int(num_classes, "num_classes", min_value=1)
+    w = check_int(width, "width", min_value=1)
     if block not in ("bireal", "reactnet"):
         raise ValueError(f"block must be 'bireal' or 'reactnet', got {block!r}")
     layers = _stem(in_channels, w)
