@@ -7,7 +7,15 @@ Layers, bottom to top (each imports only from those below it):
 * ``bnnlab.layers``, ``bnnlab.blocks``, ``bnnlab.models`` – binary layers, blocks, reference models.
 * ``bnnlab.convert``, ``bnnlab.summary``, ``bnnlab.packed`` – binarise a float model, count bits
   and ops, run a trained model on the packed kernels.
-* ``bnnlab.data``, ``bnnlab.train``, ``bnnlab.bench`` – data sets, a small fit loop, benchmarks.
+* ``bnnlab.packed_c`` (with ``bnnlab.c_runtime``) – a packed model as self-contained C99.
+* ``bnnlab.data``, ``bnnlab.train``, ``bnnlab.bench`` – data sets, the fit loop (checkpoints,
+  DDP under torchrun), benchmarks with the machine's own roofline.
+* ``bnnlab.runs``, ``bnnlab.sweep`` – runs as pure functions of a JSON spec, the results store,
+  sweeps on Dask.
+* ``bnnlab.analysis``, ``bnnlab.plots``, ``bnnlab.widgets``, ``bnnlab.lessons`` – the lab: sign
+  statistics, figures, dashboards and the notebooks' seeded experiments.
+* ``bnnlab.experiments``, ``bnnlab.ladder``, ``bnnlab.figures`` – the report's experiments, the
+  ablation ladder, and every figure, table and generated sentence of ``paper/report.tex``.
 
 Notation (README, docstrings and paper share it): x, W latent input/weight; x_b, W_b their
 binarised values in {-1, +1}; sign(0) = +1; c the STE clip value; beta SwishSign's sharpness;
@@ -33,8 +41,8 @@ except PackageNotFoundError:  # pragma: no cover - running from an uninstalled t
 
 _SUBMODULES = (
     "kernels", "functional", "quantizers", "layers", "blocks", "models", "convert",
-    "summary", "packed", "data", "train", "bench", "analysis", "plots", "widgets", "figures",
-    "experiments",
+    "summary", "packed", "packed_c", "c_runtime", "data", "train", "bench", "runs", "sweep",
+    "analysis", "plots", "widgets", "lessons", "figures", "experiments", "ladder",
 )
 
 __all__ = ["__version__", *_SUBMODULES]

@@ -39,3 +39,16 @@ def test_lazy_submodules_and_unknown_attribute():
     assert bnnlab.kernels is importlib.import_module("bnnlab.kernels")
     with pytest.raises(AttributeError, match="not_a_module"):
         getattr(bnnlab, "not_a_module")  # noqa: B009 - the lazy __getattr__ under test
+
+
+def test_every_public_module_is_listed_and_documented():
+    """bnnlab/__init__ lists every public module (lazy attribute and the layer docstring)."""
+    from pathlib import Path
+
+    root = Path(bnnlab.__file__).parent
+    public = {p.stem for p in root.glob("*.py") if not p.stem.startswith("_")}
+    public |= {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}
+    public -= {"__main__"}
+    assert public == set(bnnlab._SUBMODULES)
+    for name in public:
+        assert f"``bnnlab.{name}``" in bnnlab.__doc__, name
