@@ -27,6 +27,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import ipywidgets as W
 import numpy as np
@@ -57,13 +58,13 @@ __all__ = [
 def _sync(fw: go.FigureWidget, fig: go.Figure) -> None:
     """Copy the traces and title of a freshly built ``fig`` into ``fw`` (one batch update)."""
     same = len(fw.data) == len(fig.data) and all(
-        a.type == b.type for a, b in zip(fw.data, fig.data))
+        a.type == b.type for a, b in zip(fw.data, fig.data, strict=False))
     if not same:
         fw.data = []
         fw.add_traces(list(fig.data))
     with fw.batch_update():
         if same:
-            for old, new in zip(fw.data, fig.data):
+            for old, new in zip(fw.data, fig.data, strict=True):
                 spec = new.to_plotly_json()
                 spec.pop("type", None)
                 old.update(spec, overwrite=True)
@@ -90,6 +91,9 @@ class _Progress:
 
 class _Runner:
     """Run / Stop buttons, a progress bar and a status line around a ``run()`` method."""
+
+    def run(self) -> Any:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
 
     def _init_runner(self, label: str, background: bool) -> None:
         self.background = bool(background)
@@ -464,7 +468,7 @@ class LiveComparison(_Runner, W.VBox):
         self.models: dict[str, nn.Module] = {}
         self.histories: dict = {}
         self.rows: list[dict] = []
-        self.controls = {}
+        self.controls: dict[str, Any] = {}
         self._init_runner("Train all", background)
         self.curves_figure = go.FigureWidget(self._curves_fig())
         self.bars_figure = go.FigureWidget(P.comparison_figure(self.rows))
