@@ -202,7 +202,7 @@ def _seed_files():
 
 
 _FUZZ_SCRIPT = textwrap.dedent(r'''
-    import json, random, resource, sys, time, hashlib, struct, zlib, gc
+    import copy, json, random, resource, sys, time, hashlib, struct, zlib, gc
     from bnnlab import packed
 
     seeds = [bytes.fromhex(h) for h in json.load(open(sys.argv[1]))]
@@ -212,6 +212,9 @@ _FUZZ_SCRIPT = textwrap.dedent(r'''
               1e308, "x", "<f4", "<u8", "|u1", "<f8", None, True, False, [], [1], [2, 2],
               [0, 0], [1, 2, 3], [2**40, 2**40], {}, {"a": 1}, [[1]], "packed_conv2d",
               "linear", "rsign", "kmap", "dense", float("inf"), float("-inf")]
+
+    def pick():
+        return copy.deepcopy(rng.choice(VALUES))     # fresh lists / dicts: no shared objects
 
     def parts(data):
         _, _, hlen, zlen = struct.unpack("<8sIIQ", data[:24])
@@ -242,13 +245,13 @@ _FUZZ_SCRIPT = textwrap.dedent(r'''
         if r < 0.15 and isinstance(parent, dict):
             del parent[key]
         elif r < 0.25 and isinstance(parent, list):
-            parent.insert(key, rng.choice(VALUES))
+            parent.insert(key, pick())
         elif r < 0.35 and isinstance(parent, dict):
-            parent["k" + str(rng.randrange(5))] = rng.choice(VALUES)
+            parent["k" + str(rng.randrange(5))] = pick()
         elif r < 0.5 and isinstance(node, int) and not isinstance(node, bool):
             parent[key] = node + rng.choice([-1, 1, 2, 64, -64, 2**20, 2**40])
         else:
-            parent[key] = rng.choice(VALUES)
+            parent[key] = pick()
 
     def mutate(data):
         kind = rng.choice(["flip", "flip_resign", "truncate", "insert", "insert_resign", "json",
