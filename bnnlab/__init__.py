@@ -6,8 +6,8 @@ Layers, bottom to top (each imports only from those below it):
 * ``bnnlab.functional``, ``bnnlab.quantizers`` – binarisation ops and their surrogate gradients.
 * ``bnnlab.layers``, ``bnnlab.blocks``, ``bnnlab.models`` – binary layers, blocks, reference models.
 * ``bnnlab.convert``, ``bnnlab.summary``, ``bnnlab.packed`` – binarise a float model, count bits
-  and ops, run a trained model on the packed kernels.
-* ``bnnlab.packed_c`` (with ``bnnlab.c_runtime``) – a packed model as self-contained C99.
+  and ops, run a trained model on the packed kernels, save it without pickle, and write it out
+  as self-contained C99 (``bnnlab.packed.c_export``).
 * ``bnnlab.data``, ``bnnlab.train``, ``bnnlab.bench`` – data sets, the fit loop (checkpoints,
   DDP under torchrun), benchmarks with the machine's own roofline.
 * ``bnnlab.runs``, ``bnnlab.sweep`` – runs as pure functions of a JSON spec, the results store,
@@ -41,7 +41,7 @@ except PackageNotFoundError:  # pragma: no cover - running from an uninstalled t
 
 _SUBMODULES = (
     "kernels", "functional", "quantizers", "layers", "blocks", "models", "convert",
-    "summary", "packed", "packed_c", "c_runtime", "data", "train", "bench", "runs", "sweep",
+    "summary", "packed", "data", "train", "bench", "runs", "sweep",
     "analysis", "plots", "widgets", "lessons", "figures", "experiments", "ladder",
 )
 

@@ -4,7 +4,7 @@ Commands (each module owns its own argument parser, ``--help`` lists the options
 
 * ``bench``        speed and memory benchmarks: torch float32 vs the packed kernels (:mod:`bnnlab.bench`)
 * ``export``       export a trained reference model to a packed file (:mod:`bnnlab.packed`)
-* ``export-c``     write a packed model file as self-contained C99 (:mod:`bnnlab.packed_c`)
+* ``export-c``     write a packed model file as self-contained C99 (:mod:`bnnlab.packed.c_export`)
 * ``experiments``  train and evaluate the model families, write JSON results (:mod:`bnnlab.experiments`)
 * ``ladder``       the ablation ladder: one backbone, one idea per rung (:mod:`bnnlab.ladder`)
 * ``figures``      write the report's figures (PDF) and tables (LaTeX) (:mod:`bnnlab.figures`)
@@ -19,7 +19,7 @@ import sys
 COMMANDS = {
     "bench": ("bnnlab.bench", "speed and memory benchmarks (torch float32 vs packed kernels)"),
     "export": ("bnnlab.packed", "export a model to the pickle-free packed format"),
-    "export-c": ("bnnlab.packed_c", "write a packed model file as self-contained C99"),
+    "export-c": ("bnnlab.packed.c_export", "write a packed model file as self-contained C99"),
     "experiments": ("bnnlab.experiments", "train/evaluate the model families, write JSON results"),
     "ladder": ("bnnlab.ladder", "the ablation ladder (one backbone, one idea per rung)"),
     "figures": ("bnnlab.figures", "write the report's figures and tables"),

@@ -716,9 +716,9 @@ def bench_memory_table(results: Mapping) -> str:
 
 @table("tab:deploy")
 def deploy_table(results: Mapping) -> str:
-    """Flash and RAM of the reference CNN exported as C (bnnlab.packed_c), binary vs float32,
+    """Flash and RAM of the reference CNN exported as C (bnnlab.packed.c_export), binary vs float32,
     and the Cortex-M4 build measured with arm-none-eabi-size (computed here; no result file)."""
-    from bnnlab import packed_c
+    from bnnlab.packed import c_export as packed_c
 
     d = packed_c.reference_deployment()
     m4 = d["cortex_m4"]

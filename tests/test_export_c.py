@@ -1,4 +1,4 @@
-"""The C back end (bnnlab.packed_c): the generated C computes what the PackedModel computes.
+"""The C back end (bnnlab.packed.c_export): the generated C computes what the PackedModel computes.
 
 Every comparison is against the PackedModel's own outputs in Python for the same inputs, so it
 keeps holding when the packed model changes. Proofs on real toolchains (each skipped with the
@@ -21,8 +21,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnnlab import data, layers, models, packed, packed_c, train
+from bnnlab import data, layers, models, packed, train
 from bnnlab import quantizers as Q
+from bnnlab.packed import c_export as packed_c
 
 ROOT = Path(__file__).resolve().parent.parent
 

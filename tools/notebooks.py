@@ -924,7 +924,8 @@ import tempfile
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from bnnlab import bench, data, models, packed, packed_c, plots as P, train
+from bnnlab import bench, data, models, packed, plots as P, train
+from bnnlab.packed import c_export as packed_c
 torch.manual_seed(0)
 if not FULL_RUN:
     torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)

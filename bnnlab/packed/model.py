@@ -211,6 +211,15 @@ class PackedModel(nn.Module):
             fh.write(data)
         return len(data)
 
+    def to_c(self, outdir: str | os.PathLike, *, input_shape: Any = None, prefix: str = "bnn_model",
+             word_bits: int = 32) -> Any:
+        """Write this model as self-contained C99 (``NAME.h``, ``NAME.c``, an example, a Makefile)
+        into ``outdir``: :func:`bnnlab.packed.c_export.to_c`, which documents the arguments and
+        returns a :class:`~bnnlab.packed.c_export.CExport` with the memory report."""
+        from bnnlab.packed.c_export import to_c
+
+        return to_c(self, outdir, input_shape=input_shape, prefix=prefix, word_bits=word_bits)
+
     @staticmethod
     def load(path: str | os.PathLike) -> PackedModel:
         """Same as :func:`load`."""

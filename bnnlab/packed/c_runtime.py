@@ -1,6 +1,6 @@
 """The fixed part of an exported C model: kernels written once, specialised by the emitter.
 
-:mod:`bnnlab.packed_c` pastes the parts of :data:`RUNTIME` a model uses (:func:`runtime`; unused
+:mod:`bnnlab.packed.c_export` pastes the parts of :data:`RUNTIME` a model uses (:func:`runtime`; unused
 ``static`` functions would fail ``-Wall -Werror``) into every generated ``NAME.c`` after
 defining ``BNN_WORD_BITS`` (32 or 64). Everything is ``static`` (several models link into one program),
 C99, no dynamic allocation, no header beyond ``<stdint.h>`` and ``<string.h>``.

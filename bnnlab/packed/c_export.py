@@ -52,8 +52,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bnnlab import c_runtime, kernels
+from bnnlab import kernels
 from bnnlab._validation import check_choice, check_int
+from bnnlab.packed import c_runtime
 
 __all__ = ["CExport", "to_c", "memory_report", "infer_input_shape", "run_host", "run_mps2",
            "cortex_m_size", "host_latency", "reference_deployment", "main"]
@@ -100,7 +101,7 @@ class _Emitter:
         self.flash[kind] += nbytes
         return name
 
-    def floats(self, name: str, arr, kind: str = "parameters") -> str:
+    def floats(self, name: str, arr: Any, kind: str = "parameters") -> str:
         a = np.asarray(arr, np.float32).reshape(-1)
         if not np.isfinite(a).all():
             raise ValueError(f"{name}: non-finite parameter")
@@ -112,7 +113,7 @@ class _Emitter:
         return self.array(name, "bnn_word", [fmt.format(int(v)) for v in w],
                           w.size * self.word_bits // 8, kind)
 
-    def ints(self, name: str, vals, ctype: str = "int32_t", size: int = 4) -> str:
+    def ints(self, name: str, vals: Any, ctype: str = "int32_t", size: int = 4) -> str:
         v = [str(int(x)) for x in np.asarray(vals).reshape(-1)]
         return self.array(name, ctype, v, size * len(v), "parameters")
 
@@ -140,11 +141,11 @@ class _T:
         return -(-self.shape[0] // word_bits)
 
 
-def _pair(v) -> tuple[int, int]:
+def _pair(v: Any) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
-def _out_hw(h: int, w: int, k, s, p, d=(1, 1)) -> tuple[int, int]:
+def _out_hw(h: int, w: int, k: Any, s: Any, p: Any, d: Any = (1, 1)) -> tuple[int, int]:
     return ((h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1,
             (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1)
 
@@ -200,7 +201,7 @@ def _check_known(m: nn.Module, where: str) -> None:
         if value is None or value is False or (isinstance(value, (int, float)) and value == 0):
             continue
         raise _refuse(where, f"attribute {key!r}={value!r} is unknown to the C back end (made "
-                             "by a newer bnnlab.packed); update bnnlab.packed_c")
+                             "by a newer bnnlab.packed); update bnnlab.packed.c_export")
     if any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(False)):
         raise _refuse(where, "the packed stage holds torch parameters or buffers the C back end "
                              "does not know")
@@ -914,7 +915,7 @@ def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
                      "(CLI: --input-shape C,H,W)")
 
 
-def to_c(model: nn.Module, outdir: str | os.PathLike, *, input_shape=None,
+def to_c(model: nn.Module, outdir: str | os.PathLike, *, input_shape: Any = None,
          prefix: str = "bnn_model", word_bits: int = 32) -> CExport:
     """Write ``model`` (a sequential :class:`~bnnlab.packed.PackedModel`) as C into ``outdir``.
 
@@ -976,14 +977,14 @@ def to_c(model: nn.Module, outdir: str | os.PathLike, *, input_shape=None,
 STRICT_CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic")
 
 
-def _inputs(res: CExport, x) -> np.ndarray:
+def _inputs(res: CExport, x: Any) -> np.ndarray:
     arr = np.ascontiguousarray(np.asarray(x, np.float32)).reshape(-1, res.input_size)
     if not np.isfinite(arr).all():
         raise ValueError("x must be finite")
     return arr
 
 
-def _run(cmd: list[str], timeout: float, **kw) -> str:
+def _run(cmd: list[str], timeout: float, **kw: Any) -> str:
     import subprocess
 
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,  # noqa: S603
@@ -1003,8 +1004,8 @@ def _parse(out: str, n: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return pred, logits
 
 
-def run_host(res: CExport, x, *, cc: str = "gcc", cflags=STRICT_CFLAGS, extra=(),
-             emulator=(), timeout: float = 600.0) -> tuple[np.ndarray, np.ndarray]:
+def run_host(res: CExport, x: Any, *, cc: str = "gcc", cflags: Any = STRICT_CFLAGS, extra: Any = (),
+             emulator: Any = (), timeout: float = 600.0) -> tuple[np.ndarray, np.ndarray]:
     """Compile the export's ``example.c`` with ``cc`` and run it on the samples ``x``.
 
     Args:
@@ -1039,7 +1040,7 @@ def cortex_m_size(res: CExport, *, cpu: str = "cortex-m4", timeout: float = 300.
     return {"text": text, "data": data, "bss": bss, "flash": text + data, "ram": data + bss}
 
 
-def host_latency(res: CExport, x, *, repeats: int = 200, cc: str = "gcc",
+def host_latency(res: CExport, x: Any, *, repeats: int = 200, cc: str = "gcc",
                  timeout: float = 600.0) -> float:
     """Median seconds of one ``NAME_predict`` call on the host (``cc -O2``, one core), over
     ``repeats`` calls cycling through the samples ``x`` (a timing program beside the export,
@@ -1135,7 +1136,7 @@ void reset(void)
 """
 
 
-def run_mps2(res: CExport, x, *, timeout: float = 300.0) -> tuple[np.ndarray, np.ndarray]:
+def run_mps2(res: CExport, x: Any, *, timeout: float = 300.0) -> tuple[np.ndarray, np.ndarray]:
     """Run the model on the emulated Cortex-M3 board ``mps2-an385`` (qemu, semihosting).
 
     The samples ``x`` are embedded in the program as ``static const`` floats; it is built with
