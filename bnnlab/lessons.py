@@ -49,6 +49,7 @@ __all__ = [
     "flip_ratio_experiment",
     "FlipResult",
     "dashboard_variants",
+    "build_variant",
     "train_variant",
     "execution_path",
     "measure_latency",
@@ -319,7 +320,7 @@ def flip_ratio_experiment(seed: int = 0, *, hidden: Sequence[int] = (128, 128, 1
 # =============================================================================================
 # 07 · The live dashboard
 # =============================================================================================
-def dashboard_variants(in_features: int = 784, hidden: Sequence[int] = (128, 256, 256)
+def dashboard_variants(in_features: int = 784, hidden: Sequence[int] = (128, 128, 128)
                        ) -> dict[str, Callable[[], nn.Module]]:
     """Notebook 07's variants: ``{name: factory}`` for the float twin (hardtanh), BinaryNet,
     and XNOR-Net and XNOR-Net++ converted from the float twin, all of shape
@@ -336,21 +337,34 @@ def dashboard_variants(in_features: int = 784, hidden: Sequence[int] = (128, 256
     }
 
 
+def build_variant(spec, seed: int = 0, *, name: str = "spec") -> nn.Module:
+    """``spec`` itself if it is a model, else ``spec()`` built under ``torch.manual_seed(seed)``
+    (the initial weights of seed ``seed``); a :class:`TypeError` naming ``name`` otherwise."""
+    seed = check_int(seed, "seed", min_value=0)
+    if isinstance(spec, nn.Module):
+        return spec
+    if not callable(spec):
+        raise TypeError(f"{name} must be an nn.Module or a factory of one, got "
+                        f"{type(spec).__name__}")
+    torch.manual_seed(seed)
+    model = spec()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be an nn.Module or a factory of one; the factory returned "
+                        f"{type(model).__name__}")
+    return model
+
+
 def train_variant(spec, data, *, seed: int = 0, epochs: int = 3, lr: float = 1e-3,
                   batch_size: int = 64, callbacks=(), **fit_kw) -> tuple[nn.Module, Any]:
-    """Build one variant under ``torch.manual_seed(seed)`` and fit it with ``seed``: what the
-    live dashboard does for each variant and seed. ``spec`` is a model or a factory of one.
+    """Build one variant (:func:`build_variant`) and fit it with shuffling seed ``seed``: what
+    the live dashboard does for each variant and seed. ``spec`` is a model or a factory of one.
 
     Returns:
         ``(model, history)``.
     """
     from bnnlab import train
 
-    seed = check_int(seed, "seed", min_value=0)
-    torch.manual_seed(seed)
-    model = spec() if not isinstance(spec, nn.Module) and callable(spec) else spec
-    if not isinstance(model, nn.Module):
-        raise TypeError("spec must be an nn.Module or a factory of one")
+    model = build_variant(spec, seed)
     history = train.fit(model, data, epochs=epochs, lr=lr, batch_size=batch_size,
                         callbacks=list(callbacks), progress=False, seed=seed, **fit_kw)
     return model, history
