@@ -42,6 +42,10 @@ from bnnlab._validation import check_int, check_real
 __all__ = [
     "Table",
     "mean_sd",
+    "report_table",
+    "summary_table",
+    "memory_table",
+    "fashion_subset",
     "ste_vs_no_gradient",
     "SteResult",
     "binarize_and_finetune",
@@ -135,6 +139,46 @@ class Table:
 
     def __repr__(self) -> str:
         return str(self)
+
+
+def report_table(report) -> Table:
+    """A :class:`bnnlab.convert.ConversionReport` as a :class:`Table` (one row per weight layer)."""
+    rows = [{"layer": r.name, "old": r.old_type, "new": r.new_type, "status": r.status,
+             "reason": r.reason or "–"} for r in report]
+    return Table(rows, {"layer": "layer", "old": "was", "new": "is now", "status": "status",
+                        "reason": "reason"},
+                 title=f"binarize(layer={report.layer!r}): {len(report.converted)} of "
+                       f"{len(report)} weight layers binarised")
+
+
+def summary_table(s, *, weights_only: bool = True) -> Table:
+    """A :class:`bnnlab.summary.Summary` as a :class:`Table`: per layer the weights by bit
+    width, the memory (KiB, 1 bit per binary weight) and the MACs split into 1-bit and 32-bit
+    ones, and a total row. ``weights_only`` skips layers without parameters."""
+    rows = [{"layer": r.name, "type": r.type, "w1": r.weight_bits.get(1, 0),
+             "w32": r.weight_bits.get(32, 0), "kib": r.memory_bytes / 1024,
+             "bmacs": r.binary_macs, "fmacs": r.float_macs}
+            for r in s.records if r.name and (r.params or not weights_only)]
+    rows.append({"layer": "total", "type": "", "w1": sum(r["w1"] for r in rows),
+                 "w32": sum(r["w32"] for r in rows), "kib": s.memory_bytes / 1024,
+                 "bmacs": s.binary_macs, "fmacs": s.float_macs})
+    count = "{:,}".format
+    return Table(rows, {"layer": "layer", "type": "type", "w1": "1-bit weights",
+                        "w32": "32-bit parameters", "kib": "memory (KiB)",
+                        "bmacs": "1-bit MACs", "fmacs": "32-bit MACs"},
+                 {"w1": count, "w32": count, "kib": ".2f", "bmacs": count, "fmacs": count})
+
+
+def memory_table(summaries: Mapping[str, Any]) -> Table:
+    """``{name: Summary}`` as a :class:`Table`: memory (KiB, 1 bit per binary weight), how many
+    times smaller than float32, and the 1-bit and 32-bit MACs of each model."""
+    rows = [{"model": n, "kib": s.memory_bytes / 1024, "ratio": s.compression_ratio,
+             "b": s.binary_macs, "f": s.float_macs} for n, s in summaries.items()]
+    count = "{:,}".format
+    return Table(rows, {"model": "model", "kib": "memory (KiB)",
+                        "ratio": "smaller than float32 by", "b": "1-bit MACs",
+                        "f": "32-bit MACs"},
+                 {"kib": ".1f", "ratio": lambda v: f"{v:.2f}×", "b": count, "f": count})
 
 
 def _percent(v: float) -> str:
