@@ -431,17 +431,21 @@ def execution_path(model: nn.Module) -> tuple[str, str, Any]:
         runner = packed.export(model)
     except ValueError as exc:
         msg = str(exc)
-        why = ("no binary layer: float32 torch" if "no binary layer" in msg
-               else f"cannot be packed ({msg.split(':')[0]}): torch")
+        if "no binary layer" in msg:
+            why = "no binary layer to pack"
+        elif "(" in msg and "):" in msg:  # "cannot export layer '4' (AbcLinear): only ..."
+            why = f"no packed kernel for {msg.split('(', 1)[1].split(')', 1)[0]}"
+        else:
+            why = f"not exportable: {msg.split(':')[0]}"
         return "torch", why, model
     finally:
         model.train(was_training)
     unfused = [n.split("not fused (", 1)[1].rsplit(");", 1)[0]
                for n in runner.notes if "not fused (" in n]
     if unfused:
-        why = f"binary layers not fused: {unfused[0]}; float work in between"
+        why = f"binary layers not fused: {unfused[0]}"
     else:
-        why = "binary layers fused: signs stay packed between them"
+        why = "binary layers fused: signs stay packed"
     return "packed", why, runner
 
 
@@ -461,7 +465,7 @@ def measure_latency(model: nn.Module, x) -> dict[str, Any]:
 
 
 def compare_variants(seeds: Sequence[int] = (0,), *, variants=None, data=None,
-                     epochs: int = 3, lr: float = 3e-3, batch_size: int = 64,
+                     epochs: int = 3, lr: float = 3e-3, batch_size: int = 128,
                      n_train: int = 2000, schedule: str | None = "cosine",
                      latency: bool = False) -> dict[str, dict[str, Any]]:
     """Notebook 07 without the widget: train every variant under every seed (as

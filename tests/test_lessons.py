@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bnnlab import analysis as A
+from bnnlab import convert
 from bnnlab import lessons as L
 from bnnlab import quantizers as Q
 from bnnlab.summary import summary
@@ -112,14 +113,17 @@ def dashboard_runs():
 
 def test_07_the_float_twin_is_not_worse_than_any_binary_variant(dashboard_runs):
     # Claim: on the same data and budget the float twin is the most accurate, and the binary
-    # variants stay close. Measured on seeds 0-4: float 80.5 % on average, the binary variants
-    # 78.5-79.6 %, float ahead on every seed.
-    f = _mean(dashboard_runs["float"]["accuracy"])
+    # variants stay within a few points. Measured on seeds 0-4 (1,000 validation images, seed
+    # spread about 1 point): float 80.1 %, the binary variants 76.2-76.7 %, float ahead by at
+    # least 2.6 points on every seed. Asserted: ahead by 1 point on average, behind by at most
+    # 1 point on any seed, and no more than 8 points ahead on average.
+    f = dashboard_runs["float"]["accuracy"]
     for name, r in dashboard_runs.items():
         if name == "float":
             continue
-        assert f >= _mean(r["accuracy"]), (name, f, r["accuracy"])
-        assert f - _mean(r["accuracy"]) <= 0.05, (name, f, r["accuracy"])
+        gaps = [a - b for a, b in zip(f, r["accuracy"], strict=True)]
+        assert 0.01 <= _mean(gaps) <= 0.08, (name, gaps)
+        assert min(gaps) >= -0.01, (name, gaps)
 
 
 def test_07_the_dashboard_runs_each_variant_on_the_path_it_says():
@@ -128,8 +132,10 @@ def test_07_the_dashboard_runs_each_variant_on_the_path_it_says():
     # scaling), else torch; and the binary variants need less memory, bounded by the float
     # first layer and classifier (deterministic).
     paths = {n: L.execution_path(make())[:2] for n, make in L.dashboard_variants().items()}
-    assert paths["float"][0] == "torch"
-    assert paths["BinaryNet"] == ("packed", "binary layers fused: signs stay packed between them")
+    assert paths["float"] == ("torch", "no binary layer to pack")
+    abc = L.execution_path(convert.binarize(L.dashboard_variants()["float"](), layer="abc"))
+    assert abc[:2] == ("torch", "no packed kernel for AbcLinear")
+    assert paths["BinaryNet"] == ("packed", "binary layers fused: signs stay packed")
     assert paths["XNOR-Net++"][0] == "packed" and "fused" in paths["XNOR-Net++"][1]
     assert paths["XNOR-Net"][0] == "packed" and "not fused" in paths["XNOR-Net"][1]
     mem = {n: summary(make(), (784,)).memory_bytes for n, make in L.dashboard_variants().items()}
@@ -143,3 +149,25 @@ def test_07_the_dashboard_is_seeded():
     a = L.compare_variants((3,), data=ds, epochs=1)
     b = L.compare_variants((3,), data=ds, epochs=1)
     assert a == b
+
+
+# ============================================================================================ 03
+# (notebook 03 belongs to the classroom notebooks; its experiment is lessons.flip_ratio_experiment)
+def test_03_flips_are_frequent_early_rare_later_and_grow_with_the_learning_rate():
+    # Claim: flips are frequent at first and become rare; the learning rate sets how many.
+    # Measured on seed 0: 1.05 % of the binary weights per step in epoch 1, 0.22 % in epoch 6.
+    for seed in SEEDS:
+        base = L.flip_ratio_experiment(seed)
+        assert base.epoch_flips[-1] < 0.5 * base.epoch_flips[0], (seed, base.epoch_flips)
+        fast = L.flip_ratio_experiment(seed, lr=3e-2)
+        assert _mean(fast.epoch_flips) > _mean(base.epoch_flips), (seed, fast.epoch_flips)
+
+
+# ============================================================================================ 08
+def test_08_the_binary_cnn_learns_a_few_points_below_its_float_twin():
+    # Claim: a network with ±1 weights and activations in its inner layers still learns to
+    # recognise clothing, a few points below its float twin (seed 0: 79.6 % against 75.9 %).
+    runs = [L.classroom_experiment(seed) for seed in SEEDS]
+    gaps = [r.float_acc - r.binary_acc for r in runs]
+    assert 0.0 < _mean(gaps) <= 0.10, gaps
+    assert min(r.binary_acc for r in runs) >= 0.6
