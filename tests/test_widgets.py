@@ -209,7 +209,7 @@ def test_live_comparison_is_seeded_and_reports_mean_sd_and_the_path(digits):
         assert r["accuracy_sd"] == pytest.approx(float(np.std(r["accuracies"], ddof=1)))
         assert " ± " in r["accuracy_text"] and r["latency_us"] > 0
     assert [(r["path"], r["why"].split(":")[0]) for r in rows1] == [
-        ("torch", "no binary layer"), ("packed", "binary layers fused")]
+        ("torch", "no binary layer to pack"), ("packed", "binary layers fused")]
     assert w1.progress.value == w1.progress.max == 2 * 2 * math.ceil(len(digits.train[0]) / 64)
     assert len(w1.seed_histories["bnn"]) == 2
     with pytest.raises(TypeError, match="seeds"):

@@ -778,8 +778,9 @@ dashboard.results_table()
 - The binary variants need less memory, but the float first layer and classifier bound the
   saving: here they hold most of what is left.
 - Latency is measured, not estimated, on the path the table names. For layers of a hundred units
-  one image takes microseconds on any path, and fixed per-call costs hide the packed kernels'
-  advantage, which shows on large layers ([05](05_bit_packing.ipynb)).
+  one image takes a fraction of a millisecond on any path and fixed per-call costs weigh heavily,
+  so these latencies say little about large layers, where the packed kernels' advantage shows
+  ([05](05_bit_packing.ipynb)).
 
 ## Try this
 
