@@ -62,9 +62,13 @@ SOURCES["01_sign_and_ste"] = r'''
 # %%
 FULL_RUN = False  # True: more epochs (a minute instead of seconds)
 import torch
-from bnnlab import analysis as A, lessons as L, plots as P
+
+from bnnlab import analysis as A
 from bnnlab import functional as BF
+from bnnlab import lessons as L
+from bnnlab import plots as P
 from bnnlab.widgets import quantizer_explorer
+
 torch.manual_seed(0)
 if not FULL_RUN:
     torch.set_num_threads(1)  # networks this small train fastest on one thread
@@ -109,7 +113,7 @@ Their gradients at five points:
 # NBVAL_CHECK_OUTPUT
 grid = torch.tensor([-1.5, -0.5, 0.0, 0.5, 1.5])
 cols = {f"x = {x:g}": x for x in grid.tolist()}
-L.Table([{"surrogate": name, **dict(zip(cols, A.surrogate_curves(name, grid)[1].tolist()))}
+L.Table([{"surrogate": name, **dict(zip(cols, A.surrogate_curves(name, grid)[1].tolist(), strict=True))}
          for name in ("ste_sign", "approx_sign", "swish_sign")],
         formats=dict.fromkeys(cols, ".3f"), title="surrogate gradient ∂q/∂x at five points")
 
@@ -180,10 +184,15 @@ SOURCES["02_binarize_a_model"] = r'''
 # %%
 FULL_RUN = False  # True: more training images and epochs
 import copy
+
 import torch
-from bnnlab import convert, functional as BF, lessons as L, train
+
+from bnnlab import convert
+from bnnlab import functional as BF
+from bnnlab import lessons as L
 from bnnlab.summary import summary
 from bnnlab.widgets import binarize_explorer
+
 torch.manual_seed(0)
 if not FULL_RUN:
     torch.set_num_threads(1)  # networks this small train fastest on one thread
@@ -200,7 +209,7 @@ $\operatorname{sign}(\operatorname{ReLU}(x))$ is always $+1$:
 # NBVAL_CHECK_OUTPUT
 x = torch.tensor([-2.0, -0.5, 0.0, 0.5])
 L.Table([{"x": v, "sign(ReLU(x))": a, "sign(hardtanh(x))": b} for v, a, b in
-         zip(x.tolist(), BF.sign(torch.relu(x)).tolist(), BF.sign(torch.nn.functional.hardtanh(x)).tolist())],
+         zip(x.tolist(), BF.sign(torch.relu(x)).tolist(), BF.sign(torch.nn.functional.hardtanh(x)).tolist(), strict=True)],
         formats={"x": "+.1f", "sign(ReLU(x))": "+.0f", "sign(hardtanh(x))": "+.0f"})
 
 # %% [markdown]
@@ -717,9 +726,11 @@ SOURCES["07_live_dashboard"] = r'''
 # %%
 FULL_RUN = False  # True: more training images, epochs and seeds (minutes)
 import torch
+
 from bnnlab import lessons as L
 from bnnlab.summary import summary
 from bnnlab.widgets import live_comparison
+
 torch.manual_seed(0)
 if not FULL_RUN:
     torch.set_num_threads(1)  # networks this small train fastest on one thread
