@@ -44,6 +44,7 @@ __all__ = [
     "gradient_mismatch_explorer",
     "live_comparison",
     "default_latency_fn",
+    "LIVE_TABLE_COLUMNS",
     "QuantizerExplorer",
     "BinarizeExplorer",
     "SignDistributionExplorer",
@@ -436,16 +437,25 @@ def gradient_mismatch_explorer(results) -> GradientMismatchExplorer:
 # =============================================================================================
 # Live comparison
 # =============================================================================================
-def default_latency_fn(input_shape) -> Callable[[nn.Module], float]:
-    """``model -> seconds`` of one batch-1 inference, as a user would deploy it.
-
-    Uses :func:`bnnlab.bench.model_latency`: the packed kernels (:func:`bnnlab.packed.export`)
-    for a binary model the exporter supports, torch float32 otherwise.
+def default_latency_fn(input_shape) -> Callable[[nn.Module], dict]:
+    """``model -> {"latency_ms", "path", "why"}`` of one batch-1 inference, as a user would
+    deploy it (:func:`bnnlab.lessons.measure_latency`): the packed kernels
+    (:func:`bnnlab.packed.export`) for a binary model the exporter supports, torch float32
+    otherwise, with the reason for the path taken.
     """
-    from bnnlab import bench
+    import torch
 
-    shape = tuple(input_shape)
-    return lambda model: float(bench.model_latency(model, shape)["best"])
+    from bnnlab.lessons import measure_latency
+
+    x = torch.zeros(1, *tuple(input_shape))
+    return lambda model: measure_latency(model, x)
+
+
+#: Columns of the dashboard's table: ``{row key: header with unit}``.
+LIVE_TABLE_COLUMNS = {"name": "variant", "accuracy_text": "validation accuracy (%)",
+                      "latency_us": "latency (µs)", "path": "inference path", "why": "why",
+                      "memory_kib": "memory (KiB)", "compression": "smaller than float32 by",
+                      "epochs": "epochs", "train_s": "training time per seed (s)"}
 
 
 class LiveComparison(_Runner, W.VBox):
@@ -453,13 +463,18 @@ class LiveComparison(_Runner, W.VBox):
 
     def __init__(self, variants: Mapping, data, epochs: int = 3, *, latency_fn=None,
                  input_shape=None, lr: float = 1e-3, batch_size: int = 64,
-                 metric: str = "val_acc", fit_kw: Mapping | None = None,
+                 metric: str = "val_acc", fit_kw: Mapping | None = None, seeds=(0,),
                  background: bool = True) -> None:
+        from bnnlab._validation import check_int
+
         if not isinstance(variants, Mapping) or not variants:
             raise TypeError("variants must be a non-empty dict {name: model or model factory}")
         if metric not in ("val_acc", "val_loss", "train_acc", "train_loss"):
             raise ValueError(f"metric must be 'val_acc', 'val_loss', 'train_acc' or "
                              f"'train_loss', got {metric!r}")
+        if isinstance(seeds, int) or not seeds:
+            raise TypeError("seeds must be a non-empty sequence of ints, e.g. (0, 1, 2)")
+        self.seeds = tuple(check_int(s, "seeds", min_value=0) for s in seeds)
         self.variants, self.data, self.epochs = dict(variants), data, epochs
         self.input_shape = tuple(input_shape or _parts(data)[0][0].shape[1:])
         self.latency_fn = latency_fn or default_latency_fn(self.input_shape)
@@ -467,82 +482,168 @@ class LiveComparison(_Runner, W.VBox):
         self.fit_kw = dict(fit_kw or {})
         self.models: dict[str, nn.Module] = {}
         self.histories: dict = {}
+        self.seed_histories: dict[str, list] = {}
         self.rows: list[dict] = []
         self.controls: dict[str, Any] = {}
         self._init_runner("Train all", background)
         self.curves_figure = go.FigureWidget(self._curves_fig())
-        self.bars_figure = go.FigureWidget(P.comparison_figure(self.rows))
-        self.table_figure = go.FigureWidget(self._table_fig())
-        super().__init__([self._runner_box(), self.curves_figure, self.bars_figure,
-                          self.table_figure])
+        self.bars_figure = go.FigureWidget(self._bars_fig())
+        self.table = W.HTML(self._table_html())
+        super().__init__([self._runner_box(), self.curves_figure, self.bars_figure, self.table])
+
+    _METRIC_LABELS = {"val_acc": "validation accuracy", "val_loss": "validation loss",
+                      "train_acc": "training accuracy", "train_loss": "training loss"}
+
+    def _mean_curve(self, name: str) -> tuple[list, list]:
+        hs = [h for h in self.seed_histories.get(name, []) if len(h)]
+        if not hs:
+            return [], []
+        n = max(len(h) for h in hs)
+        ys = []
+        for i in range(n):
+            vals = [getattr(h, self.metric)[i] for h in hs if len(h) > i]
+            ys.append(float(np.mean(vals)))
+        return list(range(1, n + 1)), ys
 
     def _curves_fig(self) -> go.Figure:
-        series = {n: (self.histories[n].epoch if n in self.histories else [],
-                      getattr(self.histories[n], self.metric) if n in self.histories else [])
-                  for n in self.variants}
-        return P.curves_figure(series, title=f"{self.metric} during training",
-                               yaxis_title=self.metric)
+        series = {n: self._mean_curve(n) for n in self.variants}
+        label = self._METRIC_LABELS[self.metric]
+        over = f", mean over {len(self.seeds)} seeds" if len(self.seeds) > 1 else ""
+        fig = P.curves_figure(series, title=f"{label} during training{over}",
+                              yaxis_title=label)
+        fig.update_xaxes(title_text="epoch", dtick=1)
+        return fig
 
-    def _table_fig(self) -> go.Figure:
-        cols = ["name", "accuracy", "latency_ms", "memory_kib", "compression", "epochs",
-                "train_s"]
-        return P.table_figure(self.rows, cols)
+    def _bars_fig(self) -> go.Figure:
+        metrics = {"accuracy": "validation accuracy (%)", "latency_us": "latency (µs)",
+                   "memory_kib": "memory (KiB)"}
+        fig = P.comparison_figure(self.rows, metrics)
+        if len(fig.data) == 3 and self.rows:
+            acc, lat, mem = fig.data
+            acc.y = [100 * r["accuracy"] for r in self.rows]
+            acc.error_y = dict(type="data", array=[100 * r["accuracy_sd"] for r in self.rows],
+                               visible=len(self.seeds) > 1)
+            acc.text = [r["accuracy_text"] for r in self.rows]
+            lat.text = [_fmt_num(r["latency_us"], 0) for r in self.rows]
+            mem.text = [_fmt_num(r["memory_kib"], 0) for r in self.rows]
+            for tr, unit in ((acc, "%"), (lat, "µs"), (mem, "KiB")):
+                tr.hovertemplate = f"%{{x}}: %{{text}} {unit}<extra></extra>"
+        return fig
+
+    def table_rows(self) -> list[list[str]]:
+        """Header and rows as the table shows them (texts of :meth:`results_table`)."""
+        from bnnlab.lessons import Table
+
+        return Table(self.rows, LIVE_TABLE_COLUMNS, _LIVE_FORMATS).text_rows()
+
+    def results_table(self):
+        """The results as a :class:`bnnlab.lessons.Table` (HTML in a notebook)."""
+        from bnnlab.lessons import Table
+
+        return Table(self.rows, LIVE_TABLE_COLUMNS, _LIVE_FORMATS)
+
+    def _table_html(self) -> str:
+        if not self.rows:
+            return "<i>Press Train all: the results appear here.</i>"
+        return self.results_table()._repr_html_()
 
     def _refresh_results(self) -> None:
-        _sync(self.bars_figure, P.comparison_figure(self.rows))
-        _sync(self.table_figure, self._table_fig())
+        _sync(self.bars_figure, self._bars_fig())
+        self.table.value = self._table_html()
 
-    def _measure(self, name: str, model: nn.Module, seconds: float) -> dict:
+    def _measure(self, name: str, accs: list[float], seconds: list[float]) -> dict:
+        from bnnlab.lessons import mean_sd
         from bnnlab.summary import summary
-        from bnnlab.train import evaluate
 
+        model = self.models[name]
         s = summary(model, self.input_shape)
-        return {"name": name, "accuracy": evaluate(model, *_parts(self.data)[1])["accuracy"],
-                "latency_ms": 1e3 * float(self.latency_fn(model)),
-                "memory_kib": s.memory_bytes / 1024, "compression": s.compression_ratio,
-                "epochs": len(self.histories[name]), "train_s": seconds}
+        lat = self.latency_fn(model)
+        if isinstance(lat, Mapping):
+            latency_ms, path, why = float(lat["latency_ms"]), lat.get("path", "–"), lat.get("why", "–")
+        else:
+            latency_ms, path, why = 1e3 * float(lat), "–", "–"
+        m, sd = mean_sd(accs)
+        text = f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if len(accs) > 1 else "")
+        return {"name": name, "accuracy": m, "accuracy_sd": sd, "accuracies": list(accs),
+                "accuracy_text": text, "seeds": list(self.seeds[:len(accs)]),
+                "latency_ms": latency_ms, "latency_us": 1e3 * latency_ms, "path": path,
+                "why": why, "memory_kib": s.memory_bytes / 1024,
+                "compression": s.compression_ratio, "epochs": len(self.histories[name]),
+                "train_s": float(np.mean(seconds))}
 
     def run(self) -> list[dict]:
-        """Train every variant in turn (curves refresh after each epoch, progress per batch),
-        then measure accuracy (validation part), latency and memory; refresh bars and table.
-        Stopping ends the current variant early, measures it, and skips the rest.
+        """Train every variant under every seed in turn (curves: mean over the seeds, refreshed
+        after each epoch; progress per batch), then measure accuracy (validation part, mean ±
+        sd over the seeds), latency (first seed's model) and memory; refresh bars and table.
+        Stopping ends the current training early, measures the variant on the seeds run so
+        far, and skips the rest. The same press gives the same accuracies (seeded).
 
         Returns:
             The result rows (also in ``.rows``), one dict per trained variant.
         """
-        from bnnlab.train import fit
+        from bnnlab.lessons import build_variant, train_variant
+        from bnnlab.train import evaluate
 
-        self.models, self.histories, self.rows = {}, {}, []
+        self.models, self.histories, self.seed_histories, self.rows = {}, {}, {}, []
         self._refresh_results()
-        self._begin(len(self.variants) * _steps(self.data, self.epochs, self.batch_size))
+        _sync(self.curves_figure, self._curves_fig())
+        steps = _steps(self.data, self.epochs, self.batch_size)
+        self._begin(len(self.variants) * len(self.seeds) * steps)
         for name, spec in self.variants.items():
             if self._stop_requested:
                 break
-            model = spec() if not isinstance(spec, nn.Module) and callable(spec) else spec
-            if not isinstance(model, nn.Module):
-                raise TypeError(f"variants[{name!r}] must be an nn.Module or a factory of one")
-            self.status.value = f"training {name}"
+            if isinstance(spec, nn.Module) and len(self.seeds) > 1:
+                raise TypeError(f"variants[{name!r}] must be a factory (a callable returning a "
+                                f"new nn.Module) to be trained under several seeds")
+            accs, seconds = [], []
+            self.seed_histories[name] = []
+            for seed in self.seeds:
+                if self._stop_requested:
+                    break
+                self.status.value = f"training {name}, seed {seed}"
+                current: list = []
 
-            def on_epoch(epoch, history, name=name):
-                self.histories[name] = history
-                _sync(self.curves_figure, self._curves_fig())
+                def on_epoch(epoch, history, name=name, current=current):
+                    if current:
+                        self.seed_histories[name][-1] = history
+                    else:
+                        current.append(history)
+                        self.seed_histories[name].append(history)
+                    _sync(self.curves_figure, self._curves_fig())
 
-            cb = _Progress(self.progress, lambda: self._stop_requested, on_epoch)
-            t0 = time.perf_counter()
-            self.histories[name] = fit(model, self.data, epochs=self.epochs, lr=self.lr,
-                                       batch_size=self.batch_size, callbacks=[cb],
-                                       progress=False, **self.fit_kw)
-            self.models[name] = model
-            self.rows.append(self._measure(name, model, time.perf_counter() - t0))
+                cb = _Progress(self.progress, lambda: self._stop_requested, on_epoch)
+                t0 = time.perf_counter()
+                model = build_variant(spec, seed, name=f"variants[{name!r}]")
+                model, history = train_variant(model, self.data, seed=seed, epochs=self.epochs,
+                                               lr=self.lr, batch_size=self.batch_size,
+                                               callbacks=[cb], **self.fit_kw)
+                seconds.append(time.perf_counter() - t0)
+                if not current:
+                    self.seed_histories[name].append(history)
+                else:
+                    self.seed_histories[name][-1] = history
+                if name not in self.models:
+                    self.models[name], self.histories[name] = model, history
+                accs.append(evaluate(model, *_parts(self.data)[1])["accuracy"])
+            if accs:
+                self.rows.append(self._measure(name, accs, seconds))
             _sync(self.curves_figure, self._curves_fig())
             self._refresh_results()
         self._end(f"{len(self.rows)} of {len(self.variants)} variants trained")
         return self.rows
 
 
+def _fmt_num(v: float, digits: int) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:,.{digits}f}"
+
+
+_LIVE_FORMATS = {"latency_us": lambda v: _fmt_num(v, 0), "memory_kib": lambda v: _fmt_num(v, 1),
+                 "compression": lambda v: f"{v:.1f}×", "train_s": lambda v: f"{v:.1f}"}
+
+
 def live_comparison(variants: Mapping, data, epochs: int = 3, *, latency_fn=None,
                     input_shape=None, lr: float = 1e-3, batch_size: int = 64,
-                    metric: str = "val_acc", fit_kw: Mapping | None = None,
+                    metric: str = "val_acc", fit_kw: Mapping | None = None, seeds=(0,),
                     background: bool = True) -> LiveComparison:
     """Train several variants (float, BinaryNet, XNOR-Net, Bi-Real, ReActNet ...) on the same data
     and compare them: training curves that grow epoch by epoch, then accuracy, latency and
@@ -552,20 +653,25 @@ def live_comparison(variants: Mapping, data, epochs: int = 3, *, latency_fn=None
         variants: ``{name: model factory (callable) or model}``; factories are called at each run.
         data: a :class:`bnnlab.data.Split` (fits ``train``, reports ``val``).
         epochs: epochs per variant. Default: ``3``.
-        latency_fn: ``model -> seconds`` of one inference; default :func:`default_latency_fn`
-            (:func:`bnnlab.bench.model_latency`: the packed kernels for a binary model the
-            exporter supports, torch float32 otherwise).
+        latency_fn: ``model -> seconds`` of one inference, or ``model -> {"latency_ms",
+            "path", "why"}``; default :func:`default_latency_fn` (the packed kernels for a
+            binary model the exporter supports, torch float32 otherwise, and why).
         input_shape: one sample's shape (summary, latency); default: from ``data``.
         lr, batch_size: for :func:`bnnlab.train.fit`; fit_kw: more of its arguments.
         metric: the curve shown: ``"val_acc"``, ``"val_loss"``, ``"train_acc"``,
             ``"train_loss"``. Default: ``"val_acc"``.
+        seeds: every variant is built under ``torch.manual_seed(seed)`` and trained with
+            shuffling seed ``seed`` for each seed (:func:`bnnlab.lessons.train_variant`); the
+            curves show the mean over seeds, bars and table the mean ± sd. The same press gives
+            the same accuracies. Default: ``(0,)``.
         background: run the button's work in a thread (keeps Stop responsive). Default: ``True``.
 
     Returns:
         A :class:`LiveComparison` widget; ``.run()`` does the work without the button.
-        Figures: ``.curves_figure`` (one trace per variant), ``.bars_figure`` (accuracy,
-        latency (ms), memory (KiB)), ``.table_figure``; results in ``.rows``, ``.models``,
-        ``.histories``.
+        Figures: ``.curves_figure`` (one trace per variant), ``.bars_figure`` (accuracy (%),
+        latency (µs), memory (KiB)); ``.table`` (an HTML widget: every row, with units, the
+        inference path and why); results in ``.rows``, ``.models`` and ``.histories`` (first
+        seed), ``.seed_histories`` (every seed).
 
     Examples::
 
@@ -576,4 +682,4 @@ def live_comparison(variants: Mapping, data, epochs: int = 3, *, latency_fn=None
     """
     return LiveComparison(variants, data, epochs, latency_fn=latency_fn, input_shape=input_shape,
                           lr=lr, batch_size=batch_size, metric=metric, fit_kw=fit_kw,
-                          background=background)
+                          seeds=seeds, background=background)

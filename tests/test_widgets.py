@@ -184,14 +184,36 @@ def test_live_comparison_run_fills_curves_bars_and_table(digits):
         assert list(curves[name].x) == [1, 2]
         assert list(curves[name].y) == w.histories[name].val_acc
     acc, lat, mem = w.bars_figure.data
-    assert list(acc.y) == [r["accuracy"] for r in rows]
-    assert list(lat.y) == [4.0, 4.0]                                     # ms
+    np.testing.assert_allclose(acc.y, [100 * r["accuracy"] for r in rows])   # %
+    assert list(lat.y) == [4000.0, 4000.0]                                 # µs
     expected_kib = [summary(w.models[n], (64,)).memory_bytes / 1024 for n in ("float", "bnn")]
     np.testing.assert_allclose(mem.y, expected_kib)
     assert expected_kib[1] < expected_kib[0]
-    table = [list(col) for col in w.table_figure.data[0].cells.values]
-    assert table[0] == ["float", "bnn"] and table[2] == ["4", "4"]
+    head, *body = w.table_rows()
+    assert head[:3] == ["variant", "validation accuracy (%)", "latency (µs)"]
+    assert [r[0] for r in body] == ["float", "bnn"] and [r[2] for r in body] == ["4,000"] * 2
+    assert "<table" in w.table.value and w.table.value.count("<tr>") == 3   # header + 2 rows
     assert w.progress.value == w.progress.max == 2 * 2 * 2
+
+
+def test_live_comparison_is_seeded_and_reports_mean_sd_and_the_path(digits):
+    def make():
+        return Wd.live_comparison({"float": float_mlp, "bnn": bnn_mlp}, digits, epochs=1,
+                                  batch_size=64, seeds=(0, 1), background=False)
+    w1, w2 = make(), make()
+    rows1, rows2 = w1.run(), w2.run()
+    assert [r["accuracies"] for r in rows1] == [r["accuracies"] for r in rows2]
+    for r in rows1:
+        assert len(r["accuracies"]) == 2 and r["seeds"] == [0, 1]
+        assert r["accuracy"] == pytest.approx(float(np.mean(r["accuracies"])))
+        assert r["accuracy_sd"] == pytest.approx(float(np.std(r["accuracies"], ddof=1)))
+        assert " ± " in r["accuracy_text"] and r["latency_us"] > 0
+    assert [(r["path"], r["why"].split(":")[0]) for r in rows1] == [
+        ("torch", "no binary layer to pack"), ("packed", "binary layers fused")]
+    assert w1.progress.value == w1.progress.max == 2 * 2 * math.ceil(len(digits.train[0]) / 64)
+    assert len(w1.seed_histories["bnn"]) == 2
+    with pytest.raises(TypeError, match="seeds"):
+        Wd.live_comparison({"a": bnn_mlp}, digits, seeds=0)
 
 
 class _StopAfter(nn.Module):
@@ -240,9 +262,12 @@ def test_an_error_in_the_background_is_shown_and_the_buttons_come_back(digits):
     assert not w.run_button.disabled and w.stop_button.disabled
 
 
-def test_default_latency_fn_times_a_forward_pass():
-    seconds = Wd.default_latency_fn((64,))(bnn_mlp())
-    assert isinstance(seconds, float) and seconds > 0 and math.isfinite(seconds)
+def test_default_latency_fn_times_a_forward_pass_and_names_the_path():
+    out = Wd.default_latency_fn((64,))(bnn_mlp())
+    assert out["latency_ms"] > 0 and math.isfinite(out["latency_ms"])
+    assert out["path"] == "packed" and out["why"].startswith("binary layers fused")
+    out = Wd.default_latency_fn((64,))(float_mlp())
+    assert out["path"] == "torch" and out["why"].startswith("no binary layer")
 
 
 def test_live_comparison_rejects_bad_arguments(digits):

@@ -62,12 +62,16 @@ SOURCES["01_sign_and_ste"] = r'''
 # %%
 FULL_RUN = False  # True: more epochs (a minute instead of seconds)
 import torch
-from bnnlab import analysis as A, data, models, plots as P, quantizers as Q, train
+
+from bnnlab import analysis as A
 from bnnlab import functional as BF
+from bnnlab import lessons as L
+from bnnlab import plots as P
 from bnnlab.widgets import quantizer_explorer
+
 torch.manual_seed(0)
 if not FULL_RUN:
-    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+    torch.set_num_threads(1)  # networks this small train fastest on one thread
 
 # %% [markdown]
 ## The forward: a sign with no zero
@@ -108,8 +112,10 @@ Their gradients at five points:
 # %%
 # NBVAL_CHECK_OUTPUT
 grid = torch.tensor([-1.5, -0.5, 0.0, 0.5, 1.5])
-{name: A.surrogate_curves(name, grid)[1].round(3).tolist()
- for name in ("ste_sign", "approx_sign", "swish_sign")}
+cols = {f"x = {x:g}": x for x in grid.tolist()}
+L.Table([{"surrogate": name, **dict(zip(cols, A.surrogate_curves(name, grid)[1].tolist(), strict=True))}
+         for name in ("ste_sign", "approx_sign", "swish_sign")],
+        formats=dict.fromkeys(cols, ".3f"), title="surrogate gradient ∂q/∂x at five points")
 
 # %% [markdown]
 ## Explore the surrogates
@@ -127,28 +133,29 @@ quantizer_explorer()
 ## Does the surrogate matter in training?
 
 A clip value $c = 0$ gives the true gradient of the sign: zero. The same binary MLP on the 8×8
-digits, trained with $c = 0$ and with the STE's $c = 1$ (same seed, same data):
+digits (64-128-128-128-128-10, three binary layers in a row), trained with $c = 0$ and with the
+STE's $c = 1$ (same seed, same data). `bnnlab.lessons.ste_vs_no_gradient` is the whole experiment;
+the test suite runs it under five seeds.
 
 # %%
-ds = data.load_digits(flatten=True)
-EPOCHS = 20 if FULL_RUN else 5
-histories = {}
-for c in (0.0, 1.0):
-    torch.manual_seed(0)
-    net = models.binary_mlp(64, (128, 128), input_quantizer=Q.SteSign(c), weight_quantizer=Q.SteSign(c))
-    histories[f"clip c = {c:g}"] = train.fit(net, ds, epochs=EPOCHS, lr=3e-3, progress=False)
-P.history_figure(histories, "val_acc", title="validation accuracy, binary MLP on digits")
+run = L.ste_vs_no_gradient(seed=0, epochs=20 if FULL_RUN else 5)
+P.history_figure(run.figure_series(), "val_acc", title="validation accuracy, binary MLP on digits")
+
+# %%
+L.Table([{"c": f"clip c = {c:g}", "acc": acc} for c, acc in run.accuracy.items()],
+        {"c": "surrogate", "acc": "validation accuracy (%)"}, {"acc": lambda v: f"{100 * v:.1f}"})
 
 # %% [markdown]
-With $c = 0$ no gradient crosses a sign: the binary layer and the float layer before it never
-change, and only the float classifier on top learns from fixed random binary features. With the
-STE every layer learns.
+With $c = 0$ no gradient crosses a sign: the binary layers and the float layer before them never
+change, and only the float classifier on top learns, from fixed random binary features that three
+random binary layers in a row have made poor. With the STE every layer learns.
 
 ## Summary
 
 - bnnlab's sign is binary: $\operatorname{sign}(0) = +1$; `torch.sign` is not.
 - The true gradient of a sign is zero; a surrogate (STE, ApproxSign, SwishSign) replaces it in
-  the backward pass only.
+  the backward pass only. Without one ($c = 0$) the binary MLP above stays more than 15 points
+  below the STE (about 27 points on average; `tests/test_lessons.py` checks five seeds).
 - The STE with $c = 1$ is exactly the average gradient of a sign under uniform noise on $[-1, 1]$;
   other surrogates match other noises more or less well.
 
@@ -156,7 +163,8 @@ STE every layer learns.
 
 1. In the explorer, set `noise` to `normal`: which quantizer, and which `scale`, gives the smallest mismatch?
 2. Choose `ste_heaviside` ({0, 1} output): why is the dashed curve half as high as for the sign?
-3. Train the MLP above with `input_quantizer="approx_sign"` and compare the curves.
+3. Run `L.ste_vs_no_gradient(hidden=(128, 128))` (one binary layer instead of three): why does
+   $c = 0$ come so much closer to the STE?
 '''
 
 SOURCES["02_binarize_a_model"] = r'''
@@ -168,49 +176,62 @@ SOURCES["02_binarize_a_model"] = r'''
 **You will**
 - convert a float MLP with `binarize_with_report` and read what was replaced and why;
 - count bits, memory and multiply-accumulates (MACs) with `summary`;
+- measure the accuracy before and after a short fine-tune;
 - pick the layers to binarise in an explorer and fine-tune.
 
 **Needs:** [01 · Sign and the STE](01_sign_and_ste.ipynb) · **Next:** [03 · Sign distributions and flip ratio](03_sign_distributions.ipynb) · [Index](00_index.ipynb)
 
 # %%
-FULL_RUN = False  # True: wider network, more epochs
+FULL_RUN = False  # True: more training images and epochs
 import copy
+
 import torch
-from bnnlab import convert, data, functional as BF, models, train
+
+from bnnlab import convert
+from bnnlab import functional as BF
+from bnnlab import lessons as L
 from bnnlab.summary import summary
 from bnnlab.widgets import binarize_explorer
+
 torch.manual_seed(0)
 if not FULL_RUN:
-    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+    torch.set_num_threads(1)  # networks this small train fastest on one thread
 
 # %% [markdown]
 ## A float network to start from
 
-scikit-learn's 1,797 real handwritten 8×8 digits, flattened to 64 inputs (train / validation /
-test parts). The float twin of bnnlab's reference MLP uses `hardtanh` where the binary network will
-take signs. Why not ReLU? Because $\operatorname{sign}(\operatorname{ReLU}(x))$ is always $+1$:
+Fashion-MNIST (real 28×28 photos of clothing, 10 classes), flattened to 784 inputs: 3,000
+training and 1,000 validation images. The float twin of bnnlab's reference MLP (784-256-256-10)
+uses `hardtanh` where the binary network will take signs. Why not ReLU? Because
+$\operatorname{sign}(\operatorname{ReLU}(x))$ is always $+1$:
 
 # %%
 # NBVAL_CHECK_OUTPUT
 x = torch.tensor([-2.0, -0.5, 0.0, 0.5])
-BF.sign(torch.relu(x)), BF.sign(torch.nn.functional.hardtanh(x))
+L.Table([{"x": v, "sign(ReLU(x))": a, "sign(hardtanh(x))": b} for v, a, b in
+         zip(x.tolist(), BF.sign(torch.relu(x)).tolist(), BF.sign(torch.nn.functional.hardtanh(x)).tolist(), strict=True)],
+        formats={"x": "+.1f", "sign(ReLU(x))": "+.0f", "sign(hardtanh(x))": "+.0f"})
+
+# %% [markdown]
+The whole experiment of this notebook is one function, `bnnlab.lessons.binarize_and_finetune`
+(the test suite runs it under five seeds): train the float MLP (Adam, 5 epochs, cosine decay),
+binarise a copy with `convert.binarize_with_report`, measure it, fine-tune it (3 epochs at a
+ten times smaller learning rate), measure again. We run it once and look at each part.
 
 # %%
-ds = data.load_digits(flatten=True)
-HIDDEN, EPOCHS = ((512, 512), 20) if FULL_RUN else ((256, 256), 5)
-float_net = models.binary_mlp(64, HIDDEN, binary=False, activation="hardtanh")
-train.fit(float_net, ds, epochs=EPOCHS, lr=3e-3, progress=False)
+run = L.binarize_and_finetune(seed=0, **({"n_train": 20000, "epochs": 10} if FULL_RUN else {}))
+float_net, bin_net, ds = run.float_model, run.binary_model, run.data
 
 # %% [markdown]
 ## Binarise it
 
 `binarize_with_report` returns a binarised *copy* and a report. By default the first layer (it
-sees the real pixels) and the last one (it produces the logits) stay float, as in most BNN papers.
+sees the real pixels) and the last one (it produces the logits) stay float, as in most BNN papers:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-bin_net, report = convert.binarize_with_report(float_net)
-print(report)
+_, report = convert.binarize_with_report(float_net)
+L.report_table(report)
 
 # %% [markdown]
 ## What did we gain?
@@ -219,57 +240,61 @@ print(report)
 (32 bits per other parameter), and MACs split into 1-bit and 32-bit ones:
 
 # %%
-print(summary(bin_net, ds.input_shape))
+L.summary_table(summary(bin_net, ds.input_shape))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-s_float, s_bin = summary(float_net, ds.input_shape), summary(bin_net, ds.input_shape)
-{"float32 KiB": round(s_float.memory_bytes / 1024, 2), "packed KiB": round(s_bin.memory_bytes / 1024, 2),
- "compression": round(s_bin.compression_ratio, 2), "1-bit MACs": s_bin.binary_macs, "32-bit MACs": s_bin.float_macs}
+L.memory_table({"float": summary(float_net, ds.input_shape), "binarised": summary(bin_net, ds.input_shape)})
 
 # %% [markdown]
+The binarised middle layer shrank 32×, but the whole network only by the factor above: the float
+first layer (784 × 256 weights) holds almost all of what is left.
+
 ## And what did it cost?
 
 The copy computes a different function (signs instead of values in the middle layer). Its
-validation accuracy straight after the conversion, and after a short fine-tune:
+validation accuracy straight after the conversion, and after the short fine-tune:
 
 # %%
-before = train.evaluate(bin_net, *ds.val)["accuracy"]
-train.fit(bin_net, ds, epochs=EPOCHS, lr=3e-3, progress=False)
-print(f"validation accuracy: float {train.evaluate(float_net, *ds.val)['accuracy']:.3f}, "
-      f"binarised {before:.3f}, binarised and fine-tuned {train.evaluate(bin_net, *ds.val)['accuracy']:.3f}")
+run.table()
 
 # %% [markdown]
 ## Choose the layers yourself
 
 Tick the layers to binarise and pick a family (BinaryNet `binary`, XNOR-Net `xnor`, XNOR-Net++
 `xnor++`, ABC-Net `abc`): the memory and MAC bars update at once. **Fine-tune** starts from the
-float weights, trains for a few epochs and adds a bar to the accuracy chart (Stop interrupts it).
+float weights, trains as above and adds a bar to the accuracy chart (Stop interrupts it).
 
 # %%
-explorer = binarize_explorer(lambda: copy.deepcopy(float_net), ds, epochs=EPOCHS)
+explorer = binarize_explorer(lambda: copy.deepcopy(float_net), ds, epochs=3, lr=3e-4,
+                             fit_kw={"schedule": "cosine", "seed": 0})
 explorer
 
 # %%
 explorer.run()  # what the Fine-tune button does, for a top-to-bottom run
+L.Table(explorer.results, {"name": "configuration", "accuracy": "validation accuracy (%)", "memory_kib": "memory (KiB)"},
+        {"accuracy": lambda v: f"{100 * v:.1f}", "memory_kib": ".1f"})
 
 # %% [markdown]
 ## Summary
 
 - `binarize` replaces `nn.Linear`/`nn.Conv*d` layers by binary ones, copying the latent weights;
   the report says which layers changed and why the others did not.
-- Memory shrinks by up to 32× per binarised layer; the float first and last layers and the
-  BatchNorm parameters soon dominate what is left.
-- A binarised copy computes a different function: measure it before trusting it, and
-  fine-tune it. (A float network trained with `hardtanh` often survives the conversion of its
-  middle layers well; one trained with ReLU does not.)
+- Memory shrinks 32× per binarised layer; the float first and last layers and the BatchNorm
+  parameters soon dominate what is left.
+- A binarised copy computes a different function: it loses accuracy straight after the
+  conversion, and a short fine-tune at a small learning rate wins most of it back (tested over
+  five seeds). That holds for a float network trained with `hardtanh`; one trained with ReLU
+  feeds its binary layer a constant $+1$ and falls to chance.
 
 ## Try this
 
-1. In the explorer, binarise the first and the last layer too: what happens to memory and to accuracy?
-2. Rebuild `float_net` with `activation="relu"` and binarise it: read the warning and the report's
-   *Reason* column, then fine-tune it and explain the accuracy.
-3. Compare the families at equal memory: which one is worth its extra scales?
+1. In the explorer, binarise the first layer too: the pixels lie in $[0, 1]$, so what is their
+   sign, and what happens to accuracy?
+2. Run `L.binarize_and_finetune(activation="relu")`: read the warning, compare `.converted_acc`
+   and `.finetuned_acc` with the hardtanh run, and explain them.
+3. Run `L.binarize_and_finetune(finetune_lr=3e-3)`: why does a large fine-tuning step hurt at first?
+4. Compare the families at equal memory: which one is worth its extra scales?
 '''
 
 SOURCES["03_sign_distributions"] = r'''
@@ -690,93 +715,90 @@ SOURCES["07_live_dashboard"] = r'''
 **Question.** Trained side by side on the same data, how do float and binary variants trade accuracy for speed and memory?
 
 **You will**
-- start a dashboard that trains several variants on Fashion-MNIST, with curves that grow epoch by epoch;
-- read accuracy, measured latency (packed where possible) and memory as bars and as a table;
-- stop a run, change a variant, and run it again.
+- start a dashboard that trains several variants on Fashion-MNIST under three seeds, with curves
+  that grow epoch by epoch;
+- read accuracy (mean ± sd over the seeds), measured latency and memory as bars and as a table,
+  with the inference path each variant ran on and why;
+- stop a run, change a variant, and run it again: the same press gives the same numbers.
 
 **Needs:** [05 · Bit packing](05_bit_packing.ipynb), [06 · Binary architectures](06_binary_architectures.ipynb) · **Next:** [08 · Classroom demonstration](08_classroom_demo.ipynb) · [Index](00_index.ipynb)
 
 # %%
-FULL_RUN = False  # True: the whole training set and more epochs (minutes)
-from functools import partial
+FULL_RUN = False  # True: more training images, epochs and seeds (minutes)
 import torch
-from bnnlab import bench, convert, data, models, packed
+
+from bnnlab import lessons as L
 from bnnlab.summary import summary
 from bnnlab.widgets import live_comparison
+
 torch.manual_seed(0)
 if not FULL_RUN:
-    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+    torch.set_num_threads(1)  # networks this small train fastest on one thread
 
 # %% [markdown]
 ## Data and variants
 
 Fashion-MNIST (70,000 real 28×28 images of clothing, 10 classes) from Debian's
-`dataset-fashion-mnist` package, flattened; a subset unless `FULL_RUN`. Four MLPs of the same
-shape 784-128-512-512-512-10: the float twin, BinaryNet, and XNOR-Net and XNOR-Net++ converted
-from the float twin. The first layer (784 × 128) and the classifier stay float in all of them.
+`dataset-fashion-mnist` package, flattened; 2,000 training and 1,000 validation images unless
+`FULL_RUN`. Four MLPs of the same shape 784-128-128-128-10 (`bnnlab.lessons.dashboard_variants`):
+the float twin, BinaryNet, and XNOR-Net and XNOR-Net++ converted from the float twin. The first
+layer (784 × 128) and the classifier stay float in all of them.
 
 # %%
-N_TRAIN, EPOCHS = (None, 10) if FULL_RUN else (3000, 2)
-ds = data.load_fashion_mnist(flatten=True, n_train=N_TRAIN, val_size=1000, n_test=1000)
-HIDDEN = (128, 512, 512, 512)
-float_mlp = partial(models.binary_mlp, 784, HIDDEN, binary=False, activation="hardtanh")
-variants = {
-    "float": float_mlp,
-    "BinaryNet": partial(models.binary_mlp, 784, HIDDEN),
-    "XNOR-Net": lambda: convert.binarize(float_mlp(), layer="xnor"),
-    "XNOR-Net++": lambda: convert.binarize(float_mlp(), layer="xnor++"),
-}
+N_TRAIN, EPOCHS, SEEDS = (20000, 10, (0, 1, 2, 3, 4)) if FULL_RUN else (2000, 3, (0, 1, 2))
+ds = L.fashion_subset(0, n_train=N_TRAIN)
+variants = L.dashboard_variants(784, (128, 128, 128))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-{name: round(summary(make(), ds.input_shape).memory_bytes / 1024, 1) for name, make in variants.items()}
+L.memory_table({name: summary(make(), ds.input_shape) for name, make in variants.items()})
 
 # %% [markdown]
 ## The dashboard
 
-Press **Train all**: each variant trains in turn (progress bar, **Stop** to interrupt), the curves
-grow after every epoch, then validation accuracy, latency of one image (median of repeated
-runs) and memory appear as bars and in the table.
+Press **Train all**: each variant trains once per seed (the seed sets the initial weights and the
+order of the mini-batches), with a progress bar and **Stop**; the curves (mean over the seeds)
+grow after every epoch; then validation accuracy (mean ± sd over the seeds), the latency of one
+image (median of repeated runs) and memory appear as bars and in the table.
 
-# %% [markdown]
-Latency is measured on the fastest path bnnlab has for each model: the packed export
-([05](05_bit_packing.ipynb)) where the layers can be packed, else the torch model itself (the
-float twin; ABC-Net, which has no packed kernel).
-
-# %%
-def packed_if_possible(model):
-    try:
-        return packed.export(model)
-    except ValueError:  # no binary layer, or a layer without a packed kernel
-        return model
+Latency is measured on the fastest path bnnlab has for each model, and the table says which and
+why: the packed export ([05](05_bit_packing.ipynb)) where the layers can be packed, else the torch
+model itself (the float twin; ABC-Net, which has no packed kernel). BinaryNet and XNOR-Net++ keep
+their signs packed from one binary layer to the next; XNOR-Net scales each input by its mean
+$|x|$ (β), which needs the real values, so its packed path does float work between the layers.
 
 # %%
-dashboard = live_comparison(variants, ds, epochs=EPOCHS,
-                            latency_fn=lambda m: bench.latency(packed_if_possible(m), ds.val[0][:1]))
+dashboard = live_comparison(variants, ds, epochs=EPOCHS, lr=3e-3, batch_size=128, seeds=SEEDS,
+                            fit_kw={"schedule": "cosine"})
 dashboard
 
 # %% [markdown]
-Running top to bottom, the next cell does what the button does (the dashboard above fills in):
+Running top to bottom, the next cell does what the button does (the dashboard above fills in),
+and shows the table once more:
 
 # %%
-rows = dashboard.run()
-[{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+dashboard.run()
+dashboard.results_table()
 
 # %% [markdown]
 ## Summary
 
-- On the same data and budget the binary variants stay close in accuracy and need several
-  times less memory; the float first layer and classifier bound the saving.
-- Latency is measured, not estimated. For layers of a few hundred units, one image takes a
-  fraction of a millisecond on either path, and fixed per-call costs hide the packed kernels'
-  advantage, which shows on large layers ([05](05_bit_packing.ipynb)).
-- The dashboard trains and measures every variant the same way, so differences come from the
-  models, not from the protocol.
+- On the same data and budget the float twin is the most accurate on average and the binary
+  variants stay within a few points of it (`tests/test_lessons.py` checks five seeds); on any one
+  seed the ranking of the binary variants can change, which is why the table shows mean ± sd.
+- The binary variants need less memory, but the float first layer and classifier bound the
+  saving: here they hold most of what is left.
+- Latency is measured, not estimated, on the path the table names. For layers of a hundred units
+  one image takes a fraction of a millisecond on any path and fixed per-call costs weigh heavily,
+  so these latencies say little about large layers, where the packed kernels' advantage shows
+  ([05](05_bit_packing.ipynb)).
 
 ## Try this
 
-1. Add `"ABC-Net": lambda: convert.binarize(float_mlp(), layer="abc")` and rerun: why is its latency so different?
-2. Make the hidden layers wider, `HIDDEN = (128, 2048, 2048)`: which numbers move, and by how much?
+1. Add `"ABC-Net": lambda: convert.binarize(variants["float"](), layer="abc")` (after
+   `from bnnlab import convert`) and rerun: which path does it run on, and why?
+2. Make the hidden layers wider, `variants = L.dashboard_variants(784, (128, 1024, 1024))`: which
+   numbers move, and by how much?
 3. Press Stop during the second variant: what does the table show?
 '''
 
