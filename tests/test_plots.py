@@ -70,7 +70,7 @@ def test_flip_ratio_figure_one_line_per_layer_plus_total():
                               every="step")
     assert [t.name for t in fig.data] == ["layer 2", "layer 4", "all layers"]
     assert list(fig.data[2].y) == [0.15, 0.015] and list(fig.data[0].x) == [1, 2]
-    assert fig.layout.yaxis.type == "log" and fig.layout.xaxis.title.text == "step"
+    assert fig.layout.yaxis.type == "log" and fig.layout.xaxis.title.text == "optimiser step"
 
 
 def test_bars_figure_labels_values_and_leaves_nan_empty():
