@@ -592,7 +592,9 @@ def bit_packing_figure(a, b=None, *, words_a: Sequence[int] | None = None,
         add(np.where(bits_b, 1, 0), [str(v) for v in bits_b], "bits of b")
         add(np.where(x, 2, -1), [str(v) for v in x], "a XOR b")
         pc = int(x.sum())
-        title = (f"popcount(a XOR b) = {pc} differing signs → a·b = K − 2·popcount = "
+        words = (f"a: {words_text(words_a)}   b: {words_text(words_b)}<br>"
+                 if words_a is not None and words_b is not None else "")
+        title = (f"{words}popcount(a XOR b) = {pc} differing signs → a·b = K − 2·popcount = "
                  f"{k} − 2·{pc} = {k - 2 * pc}" + (f" (packed kernel: {dot})"
                                                     if dot is not None else ""))
     z = np.array(rows_z, dtype=float)[::-1]
@@ -612,11 +614,9 @@ def bit_packing_figure(a, b=None, *, words_a: Sequence[int] | None = None,
     fig.update_xaxes(title_text="element j → bit j mod 64 of word ⌊j/64⌋ (least significant "
                      "first)", showgrid=False, zeroline=False)
     fig.update_yaxes(showgrid=False, automargin=True)
-    if words_b is not None:
-        title += f"<br>b: {words_text(words_b)}"
     return _layout(fig, title=dict(text=title, font=dict(size=13)),
                    height=height or 110 + 38 * len(names), hovermode="closest",
-                   margin=dict(t=80 if words_b is not None else 64))
+                   margin=dict(t=80 if "<br>" in title else 64))
 
 
 def table_figure(rows: Sequence[Mapping], columns: Sequence[str] | None = None, *,

@@ -153,9 +153,16 @@ def test_gradient_mismatch_explorer_one_line_per_quantizer():
     c["reference"].value = "tanh β=5"
     np.testing.assert_allclose(fig.data[1].y, [0.211, 0.311])
     assert list(fig.data[0].x) == [0, 1]
+    assert fig.layout.yaxis.title.text == "cosine similarity"
+    assert tuple(fig.layout.yaxis.range) == (-1.05, 1.05)
     c["metric"].value = "norm_ratio"
     np.testing.assert_allclose(fig.data[0].y, [4.0, 4.0])
-    assert fig.layout.yaxis.range is None
+    assert fig.layout.yaxis.range is None and fig.layout.yaxis.rangemode == "tozero"
+    c["metric"].value = "rel_error"                    # issue 11: the y title followed too late
+    assert fig.layout.yaxis.title.text == "relative error"
+    assert "relative error" in fig.layout.title.text
+    c["metric"].value = "cosine"
+    assert tuple(fig.layout.yaxis.range) == (-1.05, 1.05)
     with pytest.raises(TypeError, match="results"):
         Wd.gradient_mismatch_explorer({})
 
