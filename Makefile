@@ -1,5 +1,6 @@
 # bnnlab — the two commands of the README are `make lab` and `make test`.
 #   make lab    venv + torch (CPU build) + bnnlab, then JupyterLab on notebooks/ (127.0.0.1 only)
+#   make demo   the classroom demo (notebook 08) as a code-free Voilà page on 127.0.0.1
 #   make test   system packages (apt, as root) + venv + the whole test suite
 #   make bench  the benchmark table on this machine (python -m bnnlab bench)
 #   make paper  the full experiments, the benchmark, every figure and table, then paper/report.pdf
@@ -13,7 +14,7 @@ APT_PKGS := dataset-fashion-mnist chromium texlive-latex-base texlive-latex-reco
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
 
-.PHONY: lab test venv sysdeps bench paper report-quick clean
+.PHONY: lab demo test venv sysdeps bench paper report-quick clean
 
 sysdeps:
 	@missing=""; for p in $(APT_PKGS); do \
@@ -43,6 +44,14 @@ venv: $(VENV)/.installed
 
 lab: venv
 	$(VENV)/bin/jupyter lab --no-browser $(ROOTFLAG) --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=notebooks
+
+# Presentation mode: the classroom demo served by Voilà, widgets and figures only (no code),
+# on 127.0.0.1 only. tests/test_voila.py starts exactly this command (DEMO_CMD).
+DEMO_PORT ?= 8866
+DEMO_NB   ?= notebooks/08_classroom_demo.ipynb
+demo: venv
+	@echo "[make] Voilà: running $(DEMO_NB) (about 30 s), then http://127.0.0.1:$(DEMO_PORT)/ (Ctrl-C stops)"
+	$(VENV)/bin/voila $(DEMO_NB) --no-browser --Voila.ip=127.0.0.1 --port=$(DEMO_PORT) --Voila.port_retries=0 --strip_sources=True --theme=light
 
 LATEXMK  := latexmk -cd -pdf -interaction=nonstopmode -halt-on-error -quiet paper/report.tex
 QUICKDIR := paper/generated/quick

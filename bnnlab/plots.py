@@ -332,7 +332,7 @@ def curves_figure(series: Mapping[str, tuple[Sequence, Sequence]], *, title: str
                                 hovertemplate=f"%{{y:{yformat}}}")
                      for name, (x, y) in series.items()])
     _layout(fig, title=title, xaxis_title=xaxis_title, yaxis_title=yaxis_title, height=height)
-    fig.update_yaxes(tickformat=yformat if yformat.endswith("%") else None)
+    fig.update_yaxes(tickformat=".0%" if yformat.endswith("%") else None, hoverformat=yformat)
     xs = [v for x, _ in series.values() for v in x]
     if "epoch" in xaxis_title or "step" in xaxis_title:
         _integer_ticks(fig, xs)

@@ -127,7 +127,7 @@ def test_history_figure_percent_axis_integer_epochs_and_labels():
     h = {"a": {"epoch": [1, 2, 3], "val_acc": [0.5, 0.6, 0.65]}}
     fig = P.history_figure(h, "val_acc")
     assert fig.layout.yaxis.title.text == "validation accuracy"
-    assert fig.layout.yaxis.tickformat == ".1%" and list(fig.layout.yaxis.range) == [0, 1.02]
+    assert fig.layout.yaxis.tickformat == ".0%" and list(fig.layout.yaxis.range) == [0, 1.02]
     assert fig.layout.xaxis.tickmode == "linear" and fig.layout.xaxis.dtick == 1
     assert fig.data[0].hovertemplate == "%{y:.1%}"
 
