@@ -506,7 +506,7 @@ def image_grid_figure(images, titles: Sequence[str] | None = None, *, cols: int 
                         horizontal_spacing=gap_px / width,
                         vertical_spacing=caption_px / height)
     for i, img in enumerate(arr):
-        fig.add_trace(go.Heatmap(z=img[::-1], colorscale="gray_r", showscale=False,
+        fig.add_trace(go.Heatmap(z=img[::-1].tolist(), colorscale="gray_r", showscale=False,
                                  hoverinfo="skip"), row=i // cols + 1, col=i % cols + 1)
     fig.update_xaxes(visible=False, constrain="domain")
     fig.update_yaxes(visible=False, constrain="domain")
@@ -605,7 +605,7 @@ def bit_packing_figure(a, b=None, *, words_a: Sequence[int] | None = None,
     colorscale = [[0.0, "#EEEEEE"], [0.25, "#EEEEEE"], [0.26, "#56B4E9"], [0.65, "#56B4E9"],
                   [0.66, "#E69F00"], [0.9, "#E69F00"], [0.91, "#D55E00"], [1.0, "#D55E00"]]
     fig = go.Figure(go.Heatmap(
-        z=zz, x=list(range(k)), y=names, text=text, texttemplate="%{text}",
+        z=zz.tolist(), x=list(range(k)), y=names, text=text, texttemplate="%{text}",
         textfont=dict(size=10 if k <= 64 else 8), colorscale=colorscale, zmin=0, zmax=1,
         showscale=False, xgap=1, ygap=3,
         hovertemplate="element %{x} (bit %{x} of its word): %{text}<extra>%{y}</extra>"))

@@ -165,7 +165,7 @@ def test_image_grid_figure_one_square_image_per_cell_with_captions():
     imgs = np.arange(10 * 28 * 28, dtype=float).reshape(10, 1, 28, 28)
     fig = P.image_grid_figure(imgs, [f"c{i}" for i in range(10)], cols=5, cell_px=100)
     assert len(fig.data) == 10 and all(t.type == "heatmap" for t in fig.data)
-    np.testing.assert_array_equal(fig.data[3].z, imgs[3, 0][::-1])
+    np.testing.assert_array_equal(np.asarray(fig.data[3].z), imgs[3, 0][::-1])
     assert [a.text for a in fig.layout.annotations] == [f"c{i}" for i in range(10)]
     assert fig.layout.height >= 2 * 100 and fig.layout.width >= 5 * 100   # not 2×2 px images
     assert fig.layout.yaxis2.scaleanchor == "x2"
@@ -180,7 +180,7 @@ def test_misclassified_figure_shows_only_mistakes():
     y, pred = np.array([0, 1, 2, 0, 1, 2]), np.array([0, 2, 2, 1, 1, 2])
     fig = P.misclassified_figure(imgs, y, pred, ["a", "b", "c"])
     assert [a.text for a in fig.layout.annotations] == ["b → c", "a → b"]
-    np.testing.assert_array_equal(fig.data[1].z, imgs[3][::-1])
+    np.testing.assert_array_equal(np.asarray(fig.data[1].z), imgs[3][::-1])
     assert fig.layout.title.text.startswith("2 of 6 images")
     with pytest.raises(ValueError, match="no image"):
         P.misclassified_figure(imgs, y, y, ["a", "b", "c"])
