@@ -475,49 +475,58 @@ def comparison_figure(rows: Sequence[Mapping],
 def image_grid_figure(images, titles: Sequence[str] | None = None, *, cols: int = 5,
                       cell_px: int = 110, title: str | None = None,
                       title_colors: Sequence[str] | None = None) -> go.Figure:
-    """Grey images in a grid, each under its own title, every image at least ``cell_px`` wide.
+    """Grey images in a grid, each under its own caption, every image ``cell_px`` wide.
+
+    The images are laid out in one mosaic (one ``Heatmap`` on one pair of axes, gaps left
+    blank), so the figure also works as a ``go.FigureWidget`` that is refreshed in place.
 
     Args:
         images: ``(n, h, w)`` or ``(n, 1, h, w)`` array or tensor (any range; each image is
-            shown on its own min–max scale, dark = high).
+            scaled to its own min–max, dark = high).
         titles: one caption per image (e.g. the class name).
         cols: images per row. cell_px: the side of one image, in pixels.
         title_colors: one colour per caption (e.g. red for a mistake).
 
     Returns:
-        One ``Heatmap`` trace per image; the figure's height fits the rows.
+        One ``Heatmap`` trace (the mosaic, ``nan`` in the gaps); captions are annotations.
     """
     arr = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images, dtype=float)
     if arr.ndim == 4 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 3:
         raise ValueError(f"images must have shape (n, h, w) or (n, 1, h, w), got {arr.shape}")
-    n = len(arr)
+    n, h, w = arr.shape
     if n == 0:
         raise ValueError("images is empty")
     if titles is not None and len(titles) != n:
         raise ValueError(f"titles must have one entry per image ({n}), got {len(titles)}")
     cols = max(1, min(int(cols), n))
     rows = math.ceil(n / cols)
-    caption_px, gap_px = 34, 8
-    width = cols * (cell_px + gap_px) + 20
-    height = rows * (cell_px + caption_px) + (56 if title else 16) + 10
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles or [""] * n),
-                        horizontal_spacing=gap_px / width,
-                        vertical_spacing=caption_px / height)
+    gap, cap = max(1, w // 7), max(3, h // 3)          # in image pixels
+    mosaic = np.full((rows * (h + cap), cols * (w + gap) - gap), np.nan)
+    annotations = []
     for i, img in enumerate(arr):
-        fig.add_trace(go.Heatmap(z=img[::-1].tolist(), colorscale="gray_r", showscale=False,
-                                 hoverinfo="skip"), row=i // cols + 1, col=i % cols + 1)
-    fig.update_xaxes(visible=False, constrain="domain")
-    fig.update_yaxes(visible=False, constrain="domain")
-    for i in range(n):
-        suffix = "" if i == 0 else str(i + 1)
-        fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
-    for i, ann in enumerate(fig.layout.annotations):
-        ann.font = dict(size=12, color=(title_colors[i] if title_colors else "#222"))
-    _layout(fig, title=title, width=width, height=height, hovermode=False,
-            margin=dict(l=10, r=10, t=56 if title else 16, b=10))
-    return fig
+        r, c = divmod(i, cols)
+        lo, hi = float(img.min()), float(img.max())
+        y0, x0 = r * (h + cap) + cap, c * (w + gap)
+        mosaic[y0:y0 + h, x0:x0 + w] = (img - lo) / (hi - lo) if hi > lo else 0.0
+        if titles is not None:
+            annotations.append(dict(
+                x=x0 + (w - 1) / 2, y=y0 - 0.6, xref="x", yref="y", text=str(titles[i]),
+                showarrow=False, yanchor="bottom",
+                font=dict(size=12, color=title_colors[i] if title_colors else "#222")))
+    scale = cell_px / w
+    top = 56 if title else 10
+    width = int(mosaic.shape[1] * scale) + 20
+    height = int(mosaic.shape[0] * scale) + top + 10
+    fig = go.Figure(go.Heatmap(z=mosaic.tolist(), colorscale="gray_r", zmin=0, zmax=1,
+                               showscale=False, hoverinfo="skip"))
+    fig.update_xaxes(visible=False, range=[-0.5, mosaic.shape[1] - 0.5], constrain="domain")
+    fig.update_yaxes(visible=False, range=[mosaic.shape[0] - 0.5, -0.5], scaleanchor="x",
+                     constrain="domain")
+    return _layout(fig, title=title, width=width, height=height, hovermode=False,
+                   annotations=annotations, margin=dict(l=10, r=10, t=top, b=10),
+                   plot_bgcolor="white")
 
 
 def misclassified_figure(images, labels, predictions, classes: Sequence[str], *,

@@ -581,10 +581,11 @@ class ClassroomTrainer(_Runner, W.VBox):
                                                continuous_update=False)}
         self._init_runner("Train", background)
         self.curves_figure = go.FigureWidget(self._curves_fig())
-        self.mistakes_figure = go.FigureWidget(layout=dict(height=40, template=P.THEME))
+        self.mistakes_figure: go.FigureWidget | None = None  # built after a run
+        self.mistakes_box = W.VBox([])
         self.scoreboard = W.HTML(value="<i>Click Train: the scoreboard appears here.</i>")
         super().__init__([W.HBox([self.controls["epochs"], *self._runner_box().children]),
-                          self.curves_figure, self.mistakes_figure, self.scoreboard])
+                          self.curves_figure, self.mistakes_box, self.scoreboard])
 
     def _curves_fig(self) -> go.Figure:
         from bnnlab import plots
@@ -624,14 +625,12 @@ class ClassroomTrainer(_Runner, W.VBox):
             pred = model(x).argmax(1)
         try:
             fig = plots.misclassified_figure(x, y, pred, self.data.classes, max_images=10)
-        except ValueError:  # no mistake at all
-            fig = go.Figure(layout=dict(height=40, template=P.THEME))
-        else:
-            fig.update_layout(title=f"{name}, test images: {fig.layout.title.text}; the first ten")
-        with self.mistakes_figure.batch_update():
-            self.mistakes_figure.data = []
-            self.mistakes_figure.add_traces(list(fig.data))
-            self.mistakes_figure.layout = fig.layout
+        except ValueError:  # no mistake at all: nothing to show
+            self.mistakes_figure, self.mistakes_box.children = None, ()
+            return
+        fig.update_layout(title=f"{name}, test images: {fig.layout.title.text}; the first ten")
+        self.mistakes_figure = go.FigureWidget(fig)
+        self.mistakes_box.children = (self.mistakes_figure,)
 
     def run(self) -> list[dict]:
         """Train every model (curves grow per epoch, progress per batch), then show the last

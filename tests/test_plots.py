@@ -164,11 +164,17 @@ def test_table_renders_html_with_units_and_formats():
 def test_image_grid_figure_one_square_image_per_cell_with_captions():
     imgs = np.arange(10 * 28 * 28, dtype=float).reshape(10, 1, 28, 28)
     fig = P.image_grid_figure(imgs, [f"c{i}" for i in range(10)], cols=5, cell_px=100)
-    assert len(fig.data) == 10 and all(t.type == "heatmap" for t in fig.data)
-    np.testing.assert_array_equal(np.asarray(fig.data[3].z), imgs[3, 0][::-1])
+    (hm,) = fig.data
+    z = np.asarray(hm.z, dtype=float)
+    # image 3 (row 0, col 3): min-max scaled, at x = 3 * (28 + gap), below the caption band
+    gap, cap = 28 // 7, 28 // 3
+    block = z[cap:cap + 28, 3 * (28 + gap):3 * (28 + gap) + 28]
+    img = imgs[3, 0]
+    np.testing.assert_allclose(block, (img - img.min()) / (img.max() - img.min()))
+    assert np.isnan(z[cap, 28])                                   # the gap is blank
     assert [a.text for a in fig.layout.annotations] == [f"c{i}" for i in range(10)]
     assert fig.layout.height >= 2 * 100 and fig.layout.width >= 5 * 100   # not 2×2 px images
-    assert fig.layout.yaxis2.scaleanchor == "x2"
+    assert fig.layout.yaxis.scaleanchor == "x"
     with pytest.raises(ValueError, match="titles"):
         P.image_grid_figure(imgs, ["only one"])
     with pytest.raises(ValueError, match="shape"):
@@ -180,7 +186,9 @@ def test_misclassified_figure_shows_only_mistakes():
     y, pred = np.array([0, 1, 2, 0, 1, 2]), np.array([0, 2, 2, 1, 1, 2])
     fig = P.misclassified_figure(imgs, y, pred, ["a", "b", "c"])
     assert [a.text for a in fig.layout.annotations] == ["b → c", "a → b"]
-    np.testing.assert_array_equal(np.asarray(fig.data[1].z), imgs[3][::-1])
+    z = np.asarray(fig.data[0].z, dtype=float)
+    img = imgs[3]
+    np.testing.assert_allclose(z[3:11, 9:17], (img - img.min()) / (img.max() - img.min()))
     assert fig.layout.title.text.startswith("2 of 6 images")
     with pytest.raises(ValueError, match="no image"):
         P.misclassified_figure(imgs, y, y, ["a", "b", "c"])

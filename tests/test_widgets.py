@@ -64,12 +64,12 @@ def test_binarize_explorer_summary_follows_checkboxes_and_family(digits):
     assert [n for n in w.controls if n != "family"] == ["0", "2", "4", "6"]
     assert w.selected == ["2", "4"]                            # first and last stay float
     names = list(w.summary_figure.data[2].x)
-    binary_macs = dict(zip(names, w.summary_figure.data[2].y))
+    binary_macs = dict(zip(names, w.summary_figure.data[2].y, strict=True))
     assert binary_macs["2"] == 256 and binary_macs["4"] == 256 and binary_macs["0"] == 0
     w.controls["4"].value = False
-    binary_macs = dict(zip(w.summary_figure.data[2].x, w.summary_figure.data[2].y))
+    binary_macs = dict(zip(w.summary_figure.data[2].x, w.summary_figure.data[2].y, strict=True))
     assert binary_macs["2"] == 256 and binary_macs["4"] == 0
-    float_macs = dict(zip(w.summary_figure.data[3].x, w.summary_figure.data[3].y))
+    float_macs = dict(zip(w.summary_figure.data[3].x, w.summary_figure.data[3].y, strict=True))
     assert float_macs["4"] == 256
     w.controls["family"].value = "xnor"
     assert type(w.build()[2]).__name__ == "XnorLinear"
@@ -305,5 +305,6 @@ def test_classroom_trainer_trains_shows_mistakes_and_scoreboard():
     assert [t.name for t in w.curves_figure.data] == ["float", "binary"]
     assert len(w.curves_figure.data[0].y) == 1
     assert "<table" in w.scoreboard.value and "execution path" in w.scoreboard.value
-    assert len(w.mistakes_figure.data) >= 1 and "→" in w.mistakes_figure.layout.annotations[0].text
+    assert w.mistakes_box.children == (w.mistakes_figure,)
+    assert "→" in w.mistakes_figure.layout.annotations[0].text
     assert w.progress.value == w.progress.max and w.run_button.disabled is False
