@@ -581,11 +581,12 @@ class ClassroomTrainer(_Runner, W.VBox):
                                                continuous_update=False)}
         self._init_runner("Train", background)
         self.curves_figure = go.FigureWidget(self._curves_fig())
+        self.curves_box = W.VBox([self.curves_figure])
         self.mistakes_figure: go.FigureWidget | None = None  # built after a run
         self.mistakes_box = W.VBox([])
         self.scoreboard = W.HTML(value="<i>Click Train: the scoreboard appears here.</i>")
         super().__init__([W.HBox([self.controls["epochs"], *self._runner_box().children]),
-                          self.curves_figure, self.mistakes_box, self.scoreboard])
+                          self.curves_box, self.mistakes_box, self.scoreboard])
 
     def _curves_fig(self) -> go.Figure:
         from bnnlab import plots
@@ -658,6 +659,10 @@ class ClassroomTrainer(_Runner, W.VBox):
                                        progress=False)
             self.models[name] = model
             _sync(self.curves_figure, self._curves_fig())
+        # a fresh widget holds the final curves in its state: a view opened later (Voilà
+        # renders after the run) shows them, not only views that saw every update
+        self.curves_figure = go.FigureWidget(self._curves_fig())
+        self.curves_box.children = (self.curves_figure,)
         self.status.value = "measuring accuracy, memory and latency"
         for name, model in self.models.items():
             self.rows += self._measure(name, model)
