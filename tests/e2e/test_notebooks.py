@@ -136,7 +136,10 @@ def test_notebook_runs_in_the_browser_without_errors(lab, browser, name):
     stem = name.removesuffix(".ipynb")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(f"{lab}/lab/tree/{name}", timeout=120_000)
+        # a workspace of its own (reset): only this notebook is open, so every check and
+        # screenshot sees this notebook's cells only
+        page.goto(f"{lab}/lab/workspaces/{stem.replace('_', '-')}/tree/{name}?reset",
+                  timeout=120_000)
         page.get_by_text(KERNEL_IDLE).first.wait_for(timeout=120_000)
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
