@@ -456,7 +456,8 @@ def comparison_figure(rows: Sequence[Mapping],
         values = [float(r.get(key, math.nan)) for r in rows]
         spec = _fmt(key)
         fig.add_bar(x=names, y=values, name=metrics[key], marker_color=colors,
-                    text=["" if math.isnan(v) else format(v, spec) for v in values],
+                    text=["" if math.isnan(v) else format(v, ".0%" if key in _PERCENT else spec)
+                          for v in values],
                     textposition="outside", cliponaxis=False,
                     hovertemplate=f"%{{x}}: %{{y:{spec}}}<extra>{metrics[key]}</extra>",
                     row=1, col=col)
@@ -467,7 +468,8 @@ def comparison_figure(rows: Sequence[Mapping],
             fig.update_yaxes(range=[0, 1.2 * max(finite) if finite and max(finite) > 0 else 1],
                              row=1, col=col)
     fig.update_xaxes(tickangle=-35, type="category")
-    _layout(fig, title=title, height=height, showlegend=False, hovermode="closest")
+    _layout(fig, title=title, height=height, showlegend=False, hovermode="closest",
+            uniformtext=dict(minsize=10, mode="show"))  # every bar keeps its value label
     _subplot_top(fig, title)
     return fig
 

@@ -146,7 +146,7 @@ def test_comparison_figure_labels_and_percent_panel():
     fig = P.comparison_figure(rows)
     assert [a.text for a in fig.layout.annotations] == ["accuracy", "latency (ms)",
                                                         "memory (KiB)"]
-    assert list(fig.data[0].text) == ["90.0%", "80.0%"]
+    assert list(fig.data[0].text) == ["90%", "80%"]
     assert fig.layout.yaxis.tickformat == ".0%"
 
 
