@@ -1,5 +1,6 @@
 # bnnlab — the two commands of the README are `make lab` and `make test`.
 #   make lab    venv + torch (CPU build) + bnnlab, then JupyterLab on notebooks/ (127.0.0.1 only)
+#   make demo   the classroom demo (notebook 08) as a code-free Voilà page on 127.0.0.1
 #   make test   system packages (apt, as root) + venv + lint + the whole test suite
 #   make check  contributors' fast loop (no root): lint, types and the unit tests without the
 #               slow, browser, TeX and apt-dependent parts
@@ -11,12 +12,13 @@ PY       := $(VENV)/bin/python
 PORT     ?= 8888
 TORCH    := torch==2.13.0
 APT_PKGS := dataset-fashion-mnist chromium texlive-latex-base texlive-latex-recommended \
-            gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-arm-linux-gnueabihf qemu-user qemu-system-arm \
-            texlive-latex-extra texlive-pictures lmodern latexmk poppler-utils
+            texlive-latex-extra texlive-pictures lmodern latexmk poppler-utils \
+            gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
+            qemu-user qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross mingw-w64 clang
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
 
-.PHONY: lab test venv sysdeps bench paper report-quick clean lint check
+.PHONY: lab demo test venv sysdeps bench paper report-quick clean lint check test-cross
 
 sysdeps:
 	@missing=""; for p in $(APT_PKGS); do \
@@ -46,6 +48,14 @@ venv: $(VENV)/.installed
 
 lab: venv
 	$(VENV)/bin/jupyter lab --no-browser $(ROOTFLAG) --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=notebooks
+
+# Presentation mode: the classroom demo served by Voilà, widgets and figures only (no code),
+# on 127.0.0.1 only. tests/test_voila.py starts exactly this command (DEMO_CMD).
+DEMO_PORT ?= 8866
+DEMO_NB   ?= notebooks/08_classroom_demo.ipynb
+demo: venv
+	@echo "[make] Voilà: running $(DEMO_NB) (about 30 s), then http://127.0.0.1:$(DEMO_PORT)/ (Ctrl-C stops)"
+	$(VENV)/bin/voila $(DEMO_NB) --no-browser --Voila.ip=127.0.0.1 --port=$(DEMO_PORT) --Voila.port_retries=0 --strip_sources=True --theme=light
 
 LATEXMK  := latexmk -cd -pdf -interaction=nonstopmode -halt-on-error -quiet paper/report.tex
 QUICKDIR := paper/generated/quick
@@ -86,7 +96,6 @@ bench: venv
 # C-level kernel test (ext/bnn_ctest.c) on host gcc and clang (no OpenMP), aarch64 under
 # qemu-aarch64 (NEON level), MinGW build for Windows; a missing toolchain is skipped with its
 # name. `make test` runs it through tests/test_cross.py.
-.PHONY: test-cross
 test-cross:
 	bash ext/test_cross.sh all
 

@@ -19,6 +19,8 @@ builder                                    shows
 :func:`sign_distribution_explorer`         latent-value histograms per layer × epoch
 :func:`gradient_mismatch_explorer`         per-layer cosine(STE, reference) over training
 :func:`live_comparison`                    several variants trained side by side
+:func:`bit_packing_explorer`               64 signs in one word; XOR + popcount = dot product
+:func:`classroom_trainer`                  08's demo: train float + binary, mistakes, scoreboard
 =========================================  =================================================
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import ipywidgets as W
 import numpy as np
 import plotly.graph_objects as go
+import torch
 from torch import nn
 
 from bnnlab import analysis as A
@@ -43,6 +46,9 @@ __all__ = [
     "sign_distribution_explorer",
     "gradient_mismatch_explorer",
     "live_comparison",
+    "bit_packing_data",
+    "bit_packing_explorer",
+    "classroom_trainer",
     "default_latency_fn",
     "LIVE_TABLE_COLUMNS",
     "QuantizerExplorer",
@@ -50,6 +56,8 @@ __all__ = [
     "SignDistributionExplorer",
     "GradientMismatchExplorer",
     "LiveComparison",
+    "BitPackingExplorer",
+    "ClassroomTrainer",
 ]
 
 
@@ -70,6 +78,13 @@ def _sync(fw: go.FigureWidget, fig: go.Figure) -> None:
                 spec.pop("type", None)
                 old.update(spec, overwrite=True)
         fw.layout.title = fig.layout.title
+        # axis titles, ranges and formats follow the new figure (a metric change must
+        # retitle the y axis); so do subplot titles (annotations) and marker lines (shapes)
+        for key in fig.layout:
+            if key.startswith(("xaxis", "yaxis")):
+                fw.layout[key] = fig.layout[key]
+        fw.layout.annotations = fig.layout.annotations
+        fw.layout.shapes = fig.layout.shapes
 
 
 class _Progress:
@@ -110,6 +125,9 @@ class _Runner:
 
     def _runner_box(self) -> W.HBox:
         return W.HBox([self.run_button, self.stop_button, self.progress, self.status])
+
+    def run(self):  # pragma: no cover - every widget defines its own
+        raise NotImplementedError
 
     def stop(self) -> None:
         """Ask the running work to stop after the current batch."""
@@ -167,16 +185,18 @@ class QuantizerExplorer(W.VBox):
 
     def __init__(self, x_range=(-3.0, 3.0), n_points: int = 601) -> None:
         self.x = np.linspace(float(x_range[0]), float(x_range[1]), int(n_points))
-        slider = dict(continuous_update=False, readout_format=".2f")
+        slider = dict(continuous_update=False, readout_format=".2f",
+                      style={"description_width": "initial"})
         self.controls = {
             "quantizer": W.Dropdown(options=list(A.EXPLORER_QUANTIZERS), description="quantizer"),
             "clip_value": W.FloatSlider(1.0, min=0.25, max=3.0, step=0.05,
-                                        description="clip_value", **slider),
-            "beta": W.FloatSlider(5.0, min=0.5, max=20.0, step=0.5, description="beta", **slider),
+                                        description="clip_value c", **slider),
+            "beta": W.FloatSlider(5.0, min=0.5, max=20.0, step=0.5, description="SwishSign β",
+                                  **slider),
             "noise": W.Dropdown(options=list(A.NOISES), description="noise"),
-            "scale": W.FloatSlider(1.0, min=0.05, max=3.0, step=0.05, description="scale",
-                                   **slider),
-            "normalize": W.Checkbox(False, description="normalize"),
+            "scale": W.FloatSlider(1.0, min=0.05, max=3.0, step=0.05,
+                                   description="noise scale s", **slider),
+            "normalize": W.Checkbox(False, description="normalize the surrogate"),
         }
         self.figure = go.FigureWidget(P.quantizer_figure(self.curves()))
         for c in self.controls.values():
@@ -234,9 +254,12 @@ class BinarizeExplorer(_Runner, W.VBox):
         self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
         self.fit_kw = dict(fit_kw or {})
         self.results: list[dict] = []
-        names = [n for n, m in model_fn().named_modules() if type(m) in _CANDIDATES]
-        self.controls = {n: W.Checkbox(value=0 < i < len(names) - 1, description=n, indent=False)
-                         for i, n in enumerate(names)}
+        mods = [(n, m) for n, m in model_fn().named_modules() if type(m) in _CANDIDATES]
+        names = [n for n, _ in mods]
+        self.controls = {n: W.Checkbox(value=0 < i < len(names) - 1, indent=False,
+                                       description=_layer_label(i, m),
+                                       layout=W.Layout(width="auto"))
+                         for i, (n, m) in enumerate(mods)}
         self.controls["family"] = W.Dropdown(options=list(families or FAMILIES),
                                              description="family")
         self._init_runner("Fine-tune", background)
@@ -272,7 +295,7 @@ class BinarizeExplorer(_Runner, W.VBox):
         return P.bars_figure([r["name"] for r in self.results],
                              [r["accuracy"] for r in self.results],
                              title="validation accuracy after fine-tuning",
-                             yaxis_title="accuracy")
+                             yaxis_title="validation accuracy", fmt=".1%")
 
     def run(self) -> dict:
         """Binarise, fine-tune for ``epochs`` (progress, stoppable), evaluate on the validation
@@ -290,8 +313,18 @@ class BinarizeExplorer(_Runner, W.VBox):
                "memory_kib": self.summary().memory_bytes / 1024}
         self.results.append(row)
         _sync(self.accuracy_figure, self._accuracy_fig())
-        self._end(f"{row['name']}: accuracy {acc:.3f}")
+        self._end(f"{row['name']}: validation accuracy {acc:.1%}")
         return row
+
+
+def _layer_label(i: int, m: nn.Module) -> str:
+    """``"layer 2: Linear 256→256"``: what a checkbox of the binarize explorer says."""
+    if isinstance(m, nn.Linear):
+        shape = f"{m.in_features}→{m.out_features}"
+    else:
+        k = "×".join(str(v) for v in m.kernel_size)  # type: ignore[union-attr]
+        shape = f"{m.in_channels}→{m.out_channels}, {k}"
+    return f"layer {i + 1}: {type(m).__name__} {shape}"
 
 
 def binarize_explorer(model_fn: Callable[[], nn.Module], data, *, input_shape=None,
@@ -375,6 +408,9 @@ def sign_distribution_explorer(sign_stats_history) -> SignDistributionExplorer:
 # =============================================================================================
 # Gradient-mismatch explorer
 # =============================================================================================
+_GM_METRICS = ("cosine", "rel_error", "norm_ratio")
+
+
 class GradientMismatchExplorer(W.VBox):
     """See :func:`gradient_mismatch_explorer`."""
 
@@ -391,7 +427,7 @@ class GradientMismatchExplorer(W.VBox):
         self.controls = {
             "layer": W.Dropdown(options=["mean over layers", *layers], description="layer"),
             "reference": W.Dropdown(options=refs, description="reference"),
-            "metric": W.Dropdown(options=["cosine", "rel_error", "norm_ratio"],
+            "metric": W.Dropdown(options=[(P.label(m), m) for m in _GM_METRICS],
                                  description="metric"),
         }
         self.figure = go.FigureWidget(self._figure())
@@ -409,14 +445,19 @@ class GradientMismatchExplorer(W.VBox):
 
     def _figure(self) -> go.Figure:
         v = {k: c.value for k, c in self.controls.items()}
-        return P.curves_figure(self.series(), yaxis_title=v["metric"],
-                               title=f"{v['metric']}(STE, {v['reference']}) — {v['layer']}",
-                               yrange=(-1.05, 1.05) if v["metric"] == "cosine" else None)
+        name = P.label(v["metric"])
+        # cosine lives in [-1, 1]: a fixed axis; the ratios start at 0. Either way, noise of
+        # 1e-4 is not magnified into a trend.
+        fig = P.curves_figure(self.series(), yaxis_title=name, yformat=".3f",
+                              title=f"{name} of the STE gradient vs {v['reference']} — "
+                                    f"{v['layer']}",
+                              yrange=(-1.05, 1.05) if v["metric"] == "cosine" else None)
+        if v["metric"] != "cosine":
+            fig.update_yaxes(rangemode="tozero")
+        return fig
 
     def update(self) -> None:
         _sync(self.figure, self._figure())
-        self.figure.layout.yaxis.range = (-1.05, 1.05) if (
-            self.controls["metric"].value == "cosine") else None
 
 
 def gradient_mismatch_explorer(results) -> GradientMismatchExplorer:
@@ -432,6 +473,236 @@ def gradient_mismatch_explorer(results) -> GradientMismatchExplorer:
     (``.figure``): one trace per name, in the order of ``results``.
     """
     return GradientMismatchExplorer(results)
+
+
+# =============================================================================================
+# Bit-packing explorer (05)
+# =============================================================================================
+def bit_packing_data(k: int = 64, seed: int = 0, agreement: float = 0.5) -> dict:
+    """Two random ±1 vectors of length ``k``, their packed words and their dot product, the
+    last computed three ways: by the packed kernel (:func:`bnnlab.kernels.xnor_matmul`), as
+    ``k - 2 * popcount(a XOR b)`` on the words, and in float.
+
+    Args:
+        k: number of signs (1–512). seed: random seed.
+        agreement: probability that ``b[j]`` has the sign of ``a[j]`` (0–1).
+
+    Returns:
+        ``{"a", "b"`` (float32 arrays of ±1), ``"words_a", "words_b"`` (``uint64`` lists),
+        ``"popcount"``, ``"dot_kernel"``, ``"dot_popcount"``, ``"dot_float"``, ``"k"}``.
+    """
+    from bnnlab import kernels
+    from bnnlab._validation import check_int, check_real
+
+    k = check_int(k, "k", min_value=1, max_value=512)
+    agreement = check_real(agreement, "agreement", min_value=0.0, max_value=1.0)
+    rng = np.random.default_rng(check_int(seed, "seed", min_value=0))
+    a = np.where(rng.random(k) < 0.5, -1.0, 1.0).astype(np.float32)
+    b = np.where(rng.random(k) < agreement, a, -a).astype(np.float32)
+    pa, pb = kernels.pack_signs(a[None]), kernels.pack_signs(b[None])
+    wa, wb = pa.words[0].tolist(), pb.words[0].tolist()
+    popcount = sum(bin(x ^ y).count("1") for x, y in zip(wa, wb, strict=True))
+    return {"k": k, "a": a, "b": b, "words_a": wa, "words_b": wb, "popcount": popcount,
+            "dot_kernel": int(kernels.xnor_matmul(pa, pb)[0, 0]),
+            "dot_popcount": k - 2 * popcount, "dot_float": float(a @ b)}
+
+
+class BitPackingExplorer(W.VBox):
+    """See :func:`bit_packing_explorer`."""
+
+    def __init__(self, k: int = 64) -> None:
+        style = {"description_width": "initial"}
+        self.controls = {
+            "k": W.IntSlider(k, min=1, max=128, description="number of signs K",
+                             continuous_update=False, style=style),
+            "agreement": W.FloatSlider(0.5, min=0.0, max=1.0, step=0.05,
+                                       description="share of equal signs",
+                                       continuous_update=False, readout_format=".0%",
+                                       style=style),
+            "seed": W.IntSlider(0, min=0, max=20, description="random draw",
+                                continuous_update=False, style=style),
+            "compare": W.Checkbox(True, description="second vector b: XOR + popcount",
+                                  indent=False),
+        }
+        self.figure = go.FigureWidget(self._figure())
+        for c in self.controls.values():
+            c.observe(lambda _: self.update(), names="value")
+        c = self.controls
+        super().__init__([W.HBox([c["k"], c["agreement"]]), W.HBox([c["seed"], c["compare"]]),
+                          self.figure])
+
+    def data(self) -> dict:
+        """:func:`bit_packing_data` for the current controls."""
+        v = {k: c.value for k, c in self.controls.items()}
+        return bit_packing_data(v["k"], v["seed"], v["agreement"])
+
+    def _figure(self) -> go.Figure:
+        d = self.data()
+        if self.controls["compare"].value:
+            return P.bit_packing_figure(d["a"], d["b"], words_a=d["words_a"],
+                                        words_b=d["words_b"], dot=d["dot_kernel"])
+        return P.bit_packing_figure(d["a"], words_a=d["words_a"])
+
+    def update(self) -> None:
+        fig = self._figure()
+        _sync(self.figure, fig)
+        self.figure.layout.height = fig.layout.height
+
+
+def bit_packing_explorer(k: int = 64) -> BitPackingExplorer:
+    """See ``K`` signs become bits (1 ⇔ −1) in 64-bit words, and the dot product of two sign
+    vectors become ``K − 2·popcount(a XOR b)``: the figure's title compares it with the packed
+    kernel's result (:func:`bnnlab.kernels.xnor_matmul`).
+
+    Controls (``.controls``): ``k`` (1–128 signs; a second word starts at 65), ``agreement``
+    (share of equal signs in ``b``), ``seed``, ``compare`` (show ``b`` and the XOR).
+    Figure (``.figure``): :func:`bnnlab.plots.bit_packing_figure`.
+    """
+    return BitPackingExplorer(k)
+
+
+# =============================================================================================
+# Classroom trainer (08)
+# =============================================================================================
+class ClassroomTrainer(_Runner, W.VBox):
+    """See :func:`classroom_trainer`."""
+
+    def __init__(self, models: Mapping, data, *, epochs: int = 2, lr: float = 2e-3,
+                 batch_size: int = 64, input_shape=None, background: bool = True) -> None:
+        from bnnlab._validation import check_int
+
+        if not isinstance(models, Mapping) or len(models) < 1:
+            raise TypeError("models must be a non-empty dict {name: model factory}")
+        if not all(callable(f) for f in models.values()):
+            raise TypeError("models must map names to callables returning an nn.Module")
+        self.factories, self.data = dict(models), data
+        self.epochs = check_int(epochs, "epochs", min_value=1)
+        self.lr, self.batch_size = lr, batch_size
+        self.input_shape = tuple(input_shape or _parts(data)[0][0].shape[1:])
+        self.models: dict[str, nn.Module] = {}
+        self.histories: dict = {}
+        self.rows: list[dict] = []
+        self.controls = {"epochs": W.IntSlider(self.epochs, min=1, max=10, description="epochs",
+                                               continuous_update=False)}
+        self._init_runner("Train", background)
+        self.curves_figure = go.FigureWidget(self._curves_fig())
+        self.curves_box = W.VBox([self.curves_figure])
+        self.mistakes_figure: go.FigureWidget | None = None  # built after a run
+        self.mistakes_box = W.VBox([])
+        self.scoreboard = W.HTML(value="<i>Click Train: the scoreboard appears here.</i>")
+        super().__init__([W.HBox([self.controls["epochs"], *self._runner_box().children]),
+                          self.curves_box, self.mistakes_box, self.scoreboard])
+
+    def _curves_fig(self) -> go.Figure:
+        from bnnlab import plots
+
+        hist = {n: self.histories.get(n, {"epoch": [], "val_acc": []}) for n in self.factories}
+        return plots.history_figure(hist, "val_acc", title="validation accuracy while training")
+
+    def _measure(self, name: str, model: nn.Module) -> list[dict]:
+        from bnnlab import bench
+        from bnnlab.summary import summary
+        from bnnlab.train import evaluate
+
+        test = self.data.test if hasattr(self.data, "test") else _parts(self.data)[1]
+        acc = evaluate(model, *test)["accuracy"]
+        s = summary(model, self.input_shape)
+        lat = bench.model_latency(model, self.input_shape)
+        rows = [{"name": f"{name} (torch)", "accuracy": acc,
+                 "memory_kib": s.float32_bytes / 1024 if s.binary_mac_ratio == 0
+                 else s.memory_bytes / 1024,
+                 "latency_ms": 1e3 * lat["torch"],
+                 "path": "torch float32" if s.binary_mac_ratio == 0
+                 else "torch (simulates ±1 in float32)"}]
+        if lat["packed"] is not None:
+            rows.append({"name": f"{name} (packed)", "accuracy": acc,
+                         "memory_kib": s.memory_bytes / 1024, "latency_ms": 1e3 * lat["packed"],
+                         "path": "packed kernels (XNOR + popcount)"})
+        elif s.binary_mac_ratio > 0:
+            rows[0]["path"] += f"; packed export refused: {lat['packed_note']}"
+        return rows
+
+    def _show_mistakes(self, name: str) -> None:
+        from bnnlab import plots
+
+        x, y = self.data.test
+        model = self.models[name].eval()
+        with torch.no_grad():
+            pred = model(x).argmax(1)
+        try:
+            fig = plots.misclassified_figure(x, y, pred, self.data.classes, max_images=10)
+        except ValueError:  # no mistake at all: nothing to show
+            self.mistakes_figure, self.mistakes_box.children = None, ()
+            return
+        fig.update_layout(title=f"{name}, test images: {fig.layout.title.text}; the first ten")
+        self.mistakes_figure = go.FigureWidget(fig)
+        self.mistakes_box.children = (self.mistakes_figure,)
+
+    def run(self) -> list[dict]:
+        """Train every model (curves grow per epoch, progress per batch), then show the last
+        model's mistakes and the scoreboard. Returns the scoreboard rows (``.rows``)."""
+        from bnnlab import plots
+        from bnnlab.train import fit
+
+        self.epochs = int(self.controls["epochs"].value)
+        self.models, self.histories, self.rows = {}, {}, []
+        self._begin(len(self.factories) * _steps(self.data, self.epochs, self.batch_size))
+        for name, make in self.factories.items():
+            if self._stop_requested:
+                break
+            torch.manual_seed(0)
+            model = make()
+            self.status.value = f"training {name}"
+
+            def on_epoch(epoch, history, name=name):
+                self.histories[name] = history
+                _sync(self.curves_figure, self._curves_fig())
+
+            cb = _Progress(self.progress, lambda: self._stop_requested, on_epoch)
+            self.histories[name] = fit(model, self.data, epochs=self.epochs, lr=self.lr,
+                                       batch_size=self.batch_size, callbacks=[cb],
+                                       progress=False)
+            self.models[name] = model
+            _sync(self.curves_figure, self._curves_fig())
+        # a fresh widget holds the final curves in its state: a view opened later (Voilà
+        # renders after the run) shows them, not only views that saw every update
+        self.curves_figure = go.FigureWidget(self._curves_fig())
+        self.curves_box.children = (self.curves_figure,)
+        self.status.value = "measuring accuracy, memory and latency"
+        for name, model in self.models.items():
+            self.rows += self._measure(name, model)
+        if self.models:
+            self._show_mistakes(list(self.models)[-1])
+        self.scoreboard.value = plots.table(
+            self.rows, ["name", "accuracy", "memory_kib", "latency_ms", "path"],
+            caption="scoreboard: test accuracy, memory of the weights, batch-1 latency on "
+                    "this CPU")._repr_html_()
+        self._end(f"{len(self.models)} of {len(self.factories)} models trained")
+        return self.rows
+
+
+def classroom_trainer(models: Mapping, data, *, epochs: int = 2, lr: float = 2e-3,
+                      batch_size: int = 64, input_shape=None,
+                      background: bool = True) -> ClassroomTrainer:
+    """The classroom demo's one widget: a Train button with a progress bar, the validation
+    accuracy of each model growing epoch by epoch, the test images the last model gets wrong
+    (:func:`bnnlab.plots.misclassified_figure`), and a scoreboard: test accuracy, memory,
+    measured batch-1 latency and the execution path of each model (torch, or the packed
+    XNOR-popcount kernels of :func:`bnnlab.packed.export` when the model exports).
+
+    Args:
+        models: ``{name: factory}``, e.g. a float CNN and its binary twin; each is built with
+            seed 0 at every run.
+        data: a :class:`bnnlab.data.Split` with ``classes``.
+        epochs: initial value of the epochs slider. lr, batch_size: for
+            :func:`bnnlab.train.fit`.
+        background: run the button's work in a thread. Default: ``True``.
+
+    Returns:
+        A :class:`ClassroomTrainer`; ``.run()`` does the work without the button.
+    """
+    return ClassroomTrainer(models, data, epochs=epochs, lr=lr, batch_size=batch_size,
+                            input_shape=input_shape, background=background)
 
 
 # =============================================================================================

@@ -153,9 +153,16 @@ def test_gradient_mismatch_explorer_one_line_per_quantizer():
     c["reference"].value = "tanh β=5"
     np.testing.assert_allclose(fig.data[1].y, [0.211, 0.311])
     assert list(fig.data[0].x) == [0, 1]
+    assert fig.layout.yaxis.title.text == "cosine similarity"
+    assert tuple(fig.layout.yaxis.range) == (-1.05, 1.05)
     c["metric"].value = "norm_ratio"
     np.testing.assert_allclose(fig.data[0].y, [4.0, 4.0])
-    assert fig.layout.yaxis.range is None
+    assert fig.layout.yaxis.range is None and fig.layout.yaxis.rangemode == "tozero"
+    c["metric"].value = "rel_error"                    # issue 11: the y title followed too late
+    assert fig.layout.yaxis.title.text == "relative error"
+    assert "relative error" in fig.layout.title.text
+    c["metric"].value = "cosine"
+    assert tuple(fig.layout.yaxis.range) == (-1.05, 1.05)
     with pytest.raises(TypeError, match="results"):
         Wd.gradient_mismatch_explorer({})
 
@@ -275,3 +282,54 @@ def test_live_comparison_rejects_bad_arguments(digits):
         Wd.live_comparison({}, digits)
     with pytest.raises(ValueError, match="metric"):
         Wd.live_comparison({"a": bnn_mlp}, digits, metric="f1")
+
+
+# --------------------------------------------------------------------------- bit packing (05)
+def test_bit_packing_data_kernel_equals_popcount_formula_and_float():
+    for k, agreement in ((1, 0.5), (64, 0.0), (65, 1.0), (128, 0.3)):
+        d = Wd.bit_packing_data(k, seed=3, agreement=agreement)
+        assert len(d["words_a"]) == -(-k // 64)
+        assert d["dot_kernel"] == d["dot_popcount"] == d["dot_float"] == float(d["a"] @ d["b"])
+        bits = [(int(d["words_a"][j // 64]) >> (j % 64)) & 1 for j in range(k)]
+        assert bits == [int(v < 0) for v in d["a"]]       # bit 1 <=> -1, LSB first
+    assert Wd.bit_packing_data(64, agreement=1.0)["dot_kernel"] == 64
+    assert Wd.bit_packing_data(64, agreement=0.0)["dot_kernel"] == -64
+    with pytest.raises(ValueError, match="k"):
+        Wd.bit_packing_data(0)
+    with pytest.raises(ValueError, match="agreement"):
+        Wd.bit_packing_data(8, agreement=1.5)
+
+
+def test_bit_packing_explorer_follows_its_controls():
+    w = Wd.bit_packing_explorer()
+    assert len(w.figure.data[0].x) == 64 and len(w.figure.data[0].y) == 5
+    w.controls["k"].value = 100
+    assert len(w.figure.data[0].x) == 100
+    d = w.data()
+    assert f"= {d['dot_kernel']}" in w.figure.layout.title.text
+    w.controls["compare"].value = False
+    assert len(w.figure.data[0].y) == 2 and "2 word(s)" in w.figure.layout.title.text
+
+
+# --------------------------------------------------------------------------- classroom (08)
+@pytest.mark.slow
+def test_classroom_trainer_trains_shows_mistakes_and_scoreboard():
+    from bnnlab import models
+
+    ds = load_digits(n_train=200, val_size=100)
+    w = Wd.classroom_trainer(
+        {"float": lambda: models.binary_cnn(1, 8, channels=(8, 16), hidden=32, binary=False),
+         "binary": lambda: models.binary_cnn(1, 8, channels=(8, 16), hidden=32)},
+        ds, epochs=1, background=False)
+    rows = w.run()
+    assert [r["name"] for r in rows][:2] == ["float (torch)", "binary (torch)"]
+    assert rows[0]["path"] == "torch float32"
+    packed = [r for r in rows if r["name"] == "binary (packed)"]
+    assert packed and packed[0]["path"].startswith("packed kernels")
+    assert rows[1]["memory_kib"] < rows[0]["memory_kib"] / 5
+    assert [t.name for t in w.curves_figure.data] == ["float", "binary"]
+    assert len(w.curves_figure.data[0].y) == 1
+    assert "<table" in w.scoreboard.value and "execution path" in w.scoreboard.value
+    assert w.mistakes_box.children == (w.mistakes_figure,)
+    assert "→" in w.mistakes_figure.layout.annotations[0].text
+    assert w.progress.value == w.progress.max and w.run_button.disabled is False

@@ -10,9 +10,12 @@ string per notebook, as jupytext would write them): edit the sources here, then 
     python tools/notebooks.py check           # exit 1 if a notebook is out of sync with its source
 
 Source format: a line ``# %% [markdown]`` starts a markdown cell, a line ``# %%`` a code cell;
-markdown is written as plain text (not commented). A code cell whose first line is
-``# NBVAL_CHECK_OUTPUT`` gets the cell metadata ``"keep_output": true``: its output is kept in
-git and compared by ``pytest --nbval-lax``; every other output is stripped.
+markdown is written as plain text (not commented). A cell header may carry jupytext's tags,
+``# %% tags=["nbval-check-output"]``: such a cell's output is kept in git and compared by
+``pytest --nbval-lax`` (nbval reads the tag; students see no marker); every other output is
+stripped. A first line ``# NBVAL_CHECK_OUTPUT`` (the older marker) is turned into that tag and
+removed from the cell. Every cell also gets RISE / JupyterLab slide metadata: a markdown cell
+that starts with a heading opens a slide, the other cells appear one by one (fragments).
 
 ``run`` executes with ``jupyter nbconvert --to notebook --execute --inplace
 --ExecutePreprocessor.store_widget_state=False`` (kernel ``python3``, working directory
@@ -26,6 +29,7 @@ import argparse
 import copy
 import json
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -37,6 +41,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
 CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
+CHECK_TAG = "nbval-check-output"
 BUDGET_S = 30.0
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
@@ -317,7 +322,7 @@ from bnnlab import analysis as A, data, models, plots as P, train
 from bnnlab.widgets import sign_distribution_explorer
 torch.manual_seed(0)
 if not FULL_RUN:
-    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+    torch.set_num_threads(1)  # small models: one thread is the fastest
 
 # %% [markdown]
 ## Two numbers
@@ -327,10 +332,10 @@ Only the sign of a latent weight $W$ reaches the forward pass, $W_b = \operatorn
 moments is the share of binary weights whose sign changed (Helwegen et al. 2019; larq's
 `flip_ratio` metric). Zero counts as $+1$:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 before, after = torch.tensor([1.0, -2.0, 0.0, 3.0]), torch.tensor([0.5, 1.0, -1.0, 3.0])
-A.fraction_positive(before), A.flip_ratio(before, after)
+print(f"share of +1 before: {A.fraction_positive(before):.0%}; "
+      f"flip ratio before → after: {A.flip_ratio(before, after):.0%}")
 
 # %% [markdown]
 ## Record them during training
@@ -341,7 +346,7 @@ training and after every epoch (with a probe batch, it records the layers' input
 
 # %%
 ds = data.load_digits(flatten=True)
-EPOCHS = 30 if FULL_RUN else 6
+EPOCHS = 30 if FULL_RUN else 5
 net = models.binary_mlp(64, (128, 128, 128, 128))
 stats, flips = A.SignStats(probe=ds.val[0]), A.FlipRatio(every="step")
 train.fit(net, ds, epochs=EPOCHS, lr=3e-3, callbacks=[stats, flips], progress=False)
@@ -366,13 +371,18 @@ decays as training settles. A binary network has converged when its signs stop f
 when its latent weights stop moving.
 
 # %%
-P.curves_figure({name: (flips.steps, r) for name, r in flips.history.items()},
-                xaxis_title="optimiser step", yaxis_title="flip ratio",
-                title="share of binary weights that changed sign at each step")
+P.flip_ratio_figure(flips.steps, flips.history, every="step",
+                    title="share of binary weights that changed sign at each step")
+
+# %% [markdown]
+After training, per layer: the share of $+1$ signs, and the share of latent weights so close to
+0 ($|W| < 0.01$) that one more step could flip them:
 
 # %%
-{name: {"share of +1": round(st.fraction_positive, 3), "|W| < 0.01": round(st.near_flip, 3)}
- for name, st in A.sign_stats(net).items()}
+P.table({f"layer {name}": {"share": st.fraction_positive, "near": st.near_flip}
+         for name, st in A.sign_stats(net).items()},
+        {"name": "layer", "share": "share of +1", "near": "near a flip (|W| < 0.01)"},
+        formats={"share": ".1%", "near": ".1%"})
 
 # %% [markdown]
 ## Summary
@@ -407,11 +417,11 @@ SOURCES["04_gradient_mismatch"] = r'''
 # %%
 FULL_RUN = False  # True: more epochs and Monte-Carlo samples
 import torch
-from bnnlab import analysis as A, data, models, train
+from bnnlab import analysis as A, data, models, plots as P, train
 from bnnlab.widgets import gradient_mismatch_explorer
 torch.manual_seed(0)
 if not FULL_RUN:
-    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+    torch.set_num_threads(1)  # small models: one thread is the fastest
 
 # %% [markdown]
 ## One function
@@ -421,10 +431,12 @@ $\bar q_s(x) = \mathbb{E}[\operatorname{sign}(x + s\varepsilon)]$ is smooth, wit
 The mismatch $\int |\tilde q'(x) - \bar q_s'(x)|\,dx$ says how far a surrogate $\tilde q'$ is from it
 (Yin et al. 2019 study this "coarse gradient"). With scale 1:
 
-# %%
-# NBVAL_CHECK_OUTPUT
-{q: {noise: round(A.surrogate_mismatch(q, noise, 1.0), 3) for noise in ("uniform", "normal", "logistic")}
- for q in ("ste_sign", "approx_sign", "swish_sign")}
+# %% tags=["nbval-check-output"]
+NOISES = ("uniform", "normal", "logistic")
+P.table({q: {noise: A.surrogate_mismatch(q, noise, 1.0) for noise in NOISES}
+         for q in ("ste_sign", "approx_sign", "swish_sign")},
+        {"name": "surrogate", **{n: f"{n} noise" for n in NOISES}},
+        formats=dict.fromkeys(NOISES, ".3f"), caption="L1 mismatch, noise scale 1")
 
 # %% [markdown]
 The STE is the *exact* gradient for uniform noise; no surrogate fits every noise.
@@ -441,7 +453,7 @@ Three binary MLPs that differ only in the surrogate of their activations:
 
 # %%
 ds = data.load_digits(flatten=True)
-EPOCHS, MC = (20, 256) if FULL_RUN else (4, 16)
+EPOCHS, MC = (20, 256) if FULL_RUN else (3, 16)
 probe, results = (ds.val[0][:128], ds.val[1][:128]), {}
 for q in ("ste_sign", "approx_sign", "swish_sign"):
     torch.manual_seed(0)
@@ -462,8 +474,11 @@ gradient_mismatch_explorer(results)
 The last measurement, layer by layer, for the last network (cosine with each reference):
 
 # %%
-{ref: {layer: round(v["cosine"], 2) for layer, v in per_layer.items()}
- for ref, per_layer in results["swish_sign"].results[-1].items()}
+last = results["swish_sign"].results[-1]
+layers = list(next(iter(last.values())))
+P.table({ref: {layer: v["cosine"] for layer, v in per_layer.items()} for ref, per_layer in last.items()},
+        {"name": "reference", **{layer: f"layer {layer}" for layer in layers}},
+        formats=dict.fromkeys(layers, ".2f"), caption="cosine(STE gradient, reference)")
 
 # %% [markdown]
 ## Summary
@@ -499,10 +514,11 @@ SOURCES["05_bit_packing"] = r'''
 FULL_RUN = False  # True: every benchmark case at 1 and 2 threads (a few minutes)
 import numpy as np
 import torch
-from bnnlab import bench, data, functional as BF, kernels, models, packed, train
+from bnnlab import bench, data, functional as BF, kernels, models, packed, plots as P, train
+from bnnlab.widgets import bit_packing_explorer
 torch.manual_seed(0)
 if not FULL_RUN:
-    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+    torch.set_num_threads(1)  # small models: one thread is the fastest
 
 # %% [markdown]
 ## 64 signs in a word
@@ -511,20 +527,31 @@ Element $j$ of a row goes to bit $j \bmod 64$ of word $\lfloor j / 64 \rfloor$, 
 bit first; a bit is 1 when the value is negative ($-1$) and 0 otherwise, so $\operatorname{sign}(0) = +1$
 (the layout of larq-compute-engine). Five values fill the low bits of one word:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 p = kernels.pack_signs(np.array([[0.5, -2.0, 0.0, -1.0, 3.0]], np.float32))
-p, p.words, bin(int(p.words[0, 0]))
+print(p)
+print(f"word: {int(p.words[0, 0])} = 0b{int(p.words[0, 0]):05b} (bits 1 and 3 are set: the two negatives)")
 
 # %% [markdown]
 A row of $K$ values takes $\lceil K/64 \rceil$ words: 300 float32 values (1,200 bytes) become 5 words (40 bytes).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 g = torch.Generator().manual_seed(0)
 a, b = torch.randn(8, 300, generator=g), torch.randn(16, 300, generator=g)
 pa, pb = kernels.pack_signs(a), kernels.pack_signs(b)
-a.numel() * 4, pa.nbytes, b.numel() * 4, pb.nbytes
+P.table([{"matrix": "a (8 × 300)", "float32 bytes": a.numel() * 4, "packed bytes": pa.nbytes},
+         {"matrix": "b (16 × 300)", "float32 bytes": b.numel() * 4, "packed bytes": pb.nbytes}])
+
+# %% [markdown]
+## See it: signs, bits, words, and a dot product
+
+Each column is one element: its sign, its bit, and (with a second vector $b$) the XOR of the two
+bits, red where the signs differ. Move $K$ past 64 and a second word starts; change the share of
+equal signs and watch the popcount and the dot product follow. The title compares
+$K - 2\,\operatorname{popcount}(a \oplus b)$ with what the packed kernel computed.
+
+# %%
+bit_packing_explorer()
 
 # %% [markdown]
 ## A product of signs is an XNOR, a sum of them a popcount
@@ -534,26 +561,37 @@ $K - 2\,\operatorname{popcount}(a \oplus b)$: one XOR and one popcount per 64 pr
 `xnor_matmul` computes all the dot products of two packed matrices; it equals the float product
 of the signs exactly:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 d = kernels.xnor_matmul(pa, pb)
-d.dtype, d.shape, np.array_equal(d, (BF.sign(a) @ BF.sign(b).T).numpy())
+print(f"{d.dtype} result of shape {d.shape}; equal to the float product of the signs: "
+      f"{np.array_equal(d, (BF.sign(a) @ BF.sign(b).T).numpy())}")
 
 # %% [markdown]
 ## How much faster? Measure it
 
 `bench.run` checks each packed result against torch before timing it, then reports medians of
-interleaved runs (torch float32 vs bnnlab): a GEMM, a matrix-vector product, a 3×3 convolution
-and the whole small CNN (`models.binary_cnn`, packed vs its float twin), here at one thread. The
-`ratio` column is the speed-up; the numbers depend on this machine and its load.
+interleaved runs (torch float32 vs bnnlab): a GEMM, a matrix-vector product and the whole small
+CNN (`models.binary_cnn`, packed vs its float twin), here at one thread (`FULL_RUN` adds the
+convolutions and two threads). The speed-up is torch's time over bnnlab's; the numbers depend on
+this machine and its load.
 
 # %%
-rows = bench.run(None if FULL_RUN else "gemm1024,gemv1x4096,conv128x28,e2e_cnn",
+rows = bench.run(None if FULL_RUN else "gemm1024,gemv1x4096,e2e_cnn",
                  quick=not FULL_RUN, threads=(1, 2) if FULL_RUN else (1,))
-print(bench.format_table(rows))
+timed = [{"case": r["case"], "threads": r["threads"], "torch_us": r["torch"] * 1e6,
+          "bnnlab_us": r["bnnlab"] * 1e6, "ratio": r["ratio"], "correct": "yes" if r["correct"] else "NO"}
+         for r in rows if r["unit"] == "s" and r["torch"] and r["bnnlab"]]
+P.table(timed, {"case": "case", "threads": "threads", "torch_us": "torch float32 (µs)",
+                "bnnlab_us": "bnnlab packed (µs)", "ratio": "speed-up (×)", "correct": "same result"},
+        formats={"torch_us": ",.1f", "bnnlab_us": ",.1f", "ratio": ".1f"})
+
+# %%
+P.bars_figure([f"{r['case']} ({r['threads']} thr)" for r in timed], [r["ratio"] for r in timed],
+              title="speed-up of the packed kernels over torch float32 (higher is better)",
+              yaxis_title="speed-up (×)", fmt=".1f")
 
 # %% [markdown]
-Read the `ratio` column. On a CPU with a fast popcount (AVX2, AVX-512) the kernels alone are
+Read the speed-up column. On a CPU with a fast popcount (AVX2, AVX-512) the kernels alone are
 typically an order of magnitude faster than float32. The whole CNN gains far less: its float first layer, BatchNorm, pooling and classifier are not binary (Amdahl's law), and
 at batch 1 the fixed costs of each call count.
 
@@ -570,30 +608,37 @@ ds = data.load_digits(flatten=True)
 net = models.binary_mlp(64, (256, 256, 256))
 train.fit(net, ds, epochs=20 if FULL_RUN else 3, lr=3e-3, progress=False)
 fast = packed.export(net, ds.val[0])
-fast.notes
+print("\n".join(fast.notes))
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 x = ds.test[0]
 y_fast, y_torch = fast(x), net.eval()(x)
-(torch.equal(y_fast.argmax(1), y_torch.argmax(1)),
- torch.allclose(y_fast, y_torch, rtol=1e-5, atol=1e-5), fast.memory())
+print("same predictions:", torch.equal(y_fast.argmax(1), y_torch.argmax(1)))
+print("same logits up to float32 rounding:", torch.allclose(y_fast, y_torch, rtol=1e-5, atol=1e-5))
+m = fast.memory()
+P.table([{"binary layers": m["binary_layers"], "packed": m["packed_weight_bytes"] / 1024,
+          "float": m["float_weight_bytes"] / 1024, "ratio": m["weight_ratio"]}],
+        {"binary layers": "binary layers", "packed": "packed weights (KiB)",
+         "float": "as float32 (KiB)", "ratio": "smaller by (×)"},
+        formats={"packed": ".1f", "float": ".1f", "ratio": ".1f"})
 
 # %% [markdown]
 With `fold_float_bn=False` that BatchNorm stays a torch stage and the packed network equals the
 torch network bit for bit (BinaryNet layers: the torch layer's output *is* the integer
 $K - 2\,\operatorname{popcount}$):
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 exact = packed.export(net, ds.val[0], fold_float_bn=False)
-torch.equal(exact(x), y_torch)
+print("bit for bit equal:", torch.equal(exact(x), y_torch))
 
 # %%
-one = x[:1]
-{"torch, simulated binary (ms)": round(bench.latency(net, one) * 1e3, 3),
- "packed (ms)": round(bench.latency(fast, one) * 1e3, 3),
- "packed file / float32 state_dict (bytes)": (fast.sizes()["packed_file_bytes"], fast.sizes()["float_state_dict_bytes"])}
+one, sizes = x[:1], fast.sizes()
+P.table([{"name": "torch (simulated binary)", "latency_us": bench.latency(net, one) * 1e6,
+          "file_kib": sizes["float_state_dict_bytes"] / 1024},
+         {"name": "packed", "latency_us": bench.latency(fast, one) * 1e6,
+          "file_kib": sizes["packed_file_bytes"] / 1024}],
+        {"name": "model", "latency_us": "latency per image (µs)", "file_kib": "file size (KiB)"},
+        formats={"latency_us": ",.0f", "file_kib": ",.1f"})
 
 # %% [markdown]
 ## Summary
@@ -633,7 +678,7 @@ from bnnlab import convert, data, models, plots as P, train
 from bnnlab.summary import summary
 torch.manual_seed(0)
 if not FULL_RUN:
-    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+    torch.set_num_threads(1)  # small models: one thread is the fastest
 
 # %% [markdown]
 ## The tricks
@@ -666,11 +711,11 @@ variants = {
 # %% [markdown]
 ## What each one costs (exact counts, no training needed)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 summaries = {name: summary(make(), ds.input_shape) for name, make in variants.items()}
-{name: {"params": s.total_params, "KiB": round(s.memory_bytes / 1024, 1),
-        "binary MACs": round(s.binary_mac_ratio, 3)} for name, s in summaries.items()}
+P.table({name: {"params": s.total_params, "memory_kib": s.memory_bytes / 1024,
+                "binary_macs": s.binary_mac_ratio} for name, s in summaries.items()},
+        ["name", "params", "memory_kib", "binary_macs"])
 
 # %% [markdown]
 ## What each one buys (a short training run)
@@ -679,7 +724,7 @@ Same seed, data, optimiser and epochs for every variant. With so few epochs the 
 noisy: read it as a first look, and use `FULL_RUN = True` for a fairer one.
 
 # %%
-EPOCHS, histories = (30 if FULL_RUN else 3), {}
+EPOCHS, histories = (30 if FULL_RUN else 2), {}
 for name, make in variants.items():
     torch.manual_seed(0)
     histories[name] = train.fit(make(), ds, epochs=EPOCHS, lr=3e-3, progress=False)
@@ -689,7 +734,7 @@ P.history_figure(histories, "val_acc", title="validation accuracy during trainin
 rows = [{"name": n, "accuracy": histories[n].val_acc[-1], "memory_kib": s.memory_bytes / 1024,
          "speedup": s.speedup} for n, s in summaries.items()]
 P.comparison_figure(rows, {"accuracy": "validation accuracy", "memory_kib": "memory (KiB)",
-                           "speedup": "speed-up (cost model)"})
+                           "speedup": "speed-up (×, cost model)"}, height=400)
 
 # %% [markdown]
 ## Summary
@@ -817,13 +862,13 @@ SOURCES["08_classroom_demo"] = r'''
 
 # %%
 FULL_RUN = False  # True: 55,000 training images, 5 epochs, a wider CNN (several minutes)
-import plotly.express as px
 import torch
-from bnnlab import bench, data, functional as BF, models, packed, plots as P, train
+from bnnlab import data, functional as BF, models, packed, plots as P
 from bnnlab.summary import summary
+from bnnlab.widgets import classroom_trainer
 torch.manual_seed(0)
 if not FULL_RUN:
-    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+    torch.set_num_threads(1)  # small models: one thread is the fastest
 
 # %% [markdown]
 ## 1. The data (2 min)
@@ -832,13 +877,10 @@ Fashion-MNIST: 70,000 grey images of 10 kinds of clothing (Zalando, 2017), read 
 `dataset-fashion-mnist` package. Harder than handwritten digits, small enough for a laptop.
 
 # %%
-N_TRAIN, EPOCHS, WIDTHS = (None, 5, (32, 64, 64)) if FULL_RUN else (2000, 2, (16, 32, 32))
-ds = data.load_fashion_mnist(n_train=N_TRAIN, val_size=1000, n_test=1000)
-ds.classes
-
-# %%
-px.imshow(ds.train[0][:10, 0], facet_col=0, binary_string=True, height=180,
-          title=" | ".join(ds.classes[int(y)] for y in ds.train[1][:10]))
+N_TRAIN, EPOCHS, WIDTHS = (None, 5, (32, 64, 64)) if FULL_RUN else (1200, 2, (16, 32, 32))
+ds = data.load_fashion_mnist(n_train=N_TRAIN, val_size=500, n_test=500)
+P.image_grid_figure(ds.train[0][:10], [ds.classes[int(y)] for y in ds.train[1][:10]],
+                    title="ten training images and their labels")
 
 # %% [markdown]
 ## 2. The idea (3 min)
@@ -848,66 +890,62 @@ $\pm 1$. A product of two signs is an XNOR, a sum of 64 of them one popcount: ch
 no useful derivative, so training uses a fake one, the straight-through estimator: gradient 1
 where $|x| \le 1$, else 0.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 x = torch.tensor([-1.5, -0.2, 0.0, 0.7], requires_grad=True)
 BF.ste_sign(x).sum().backward()
-BF.sign(x.detach()), x.grad
+P.table([{"x": f"{v:g}", "sign": f"{s:+g}", "STE gradient": f"{g:g}"}
+         for v, s, g in zip(x.tolist(), BF.sign(x.detach()).tolist(), x.grad.tolist())])
 
 # %% [markdown]
 ## 3. Two networks, one architecture (4 min)
 
 The same small CNN twice: float, and binary (first convolution and classifier float, the rest
-binary, as in most papers). Same data, same seed, same optimiser; test accuracy afterwards:
+binary, as in most papers). Same data, same seed, same optimiser. **Train** trains both (the
+curves grow epoch by epoch), then shows the test images the binary network gets wrong and a
+scoreboard: test accuracy, memory of the weights, measured time per image, and *how* each model
+ran — in torch, or packed into 64-bit words and computed with XNOR and popcount.
 
 # %%
-float_cnn, binary_cnn = models.binary_cnn(channels=WIDTHS, binary=False), models.binary_cnn(channels=WIDTHS)
-for net in (float_cnn, binary_cnn):
-    train.fit(net, ds, epochs=EPOCHS, lr=2e-3, batch_size=64, progress=False)
-{name: round(train.evaluate(net, *ds.test)["accuracy"], 3)
- for name, net in (("float", float_cnn), ("binary", binary_cnn))}
+trainer = classroom_trainer({"float CNN": lambda: models.binary_cnn(channels=WIDTHS, binary=False),
+                             "binary CNN": lambda: models.binary_cnn(channels=WIDTHS)},
+                            ds, epochs=EPOCHS)
+trainer
+
+# %%
+scores = trainer.run()  # what the Train button does
 
 # %% [markdown]
 ## 4. Memory (3 min)
 
-Every binary weight takes 1 bit instead of 32:
+Every binary weight takes 1 bit instead of 32. Per layer, the binary CNN:
 
 # %%
-# NBVAL_CHECK_OUTPUT
+float_cnn, binary_cnn = trainer.models["float CNN"], trainer.models["binary CNN"]
 s_float, s_bin = summary(float_cnn, ds.input_shape), summary(binary_cnn, ds.input_shape)
-{"float KiB": round(s_float.memory_bytes / 1024, 1), "binary KiB": round(s_bin.memory_bytes / 1024, 1),
- "smaller by": round(s_bin.compression_ratio, 1), "binary MACs": round(s_bin.binary_mac_ratio, 3)}
-
-# %%
 P.summary_figure(s_bin)
+
+# %% tags=["nbval-check-output"]
+P.table([{"name": "float CNN", "memory_kib": s_float.memory_bytes / 1024, "binary_macs": s_float.binary_mac_ratio},
+         {"name": "binary CNN", "memory_kib": s_bin.memory_bytes / 1024, "binary_macs": s_bin.binary_mac_ratio}])
 
 # %% [markdown]
 ## 5. Speed (3 min)
 
-Pack the trained binary network into 64-bit words (64 weights per word; products become XNOR
-and popcount) and check that it still makes exactly the same predictions (its scores agree to
-float32 rounding):
+The scoreboard's packed row is the trained binary network exported into 64-bit words (64 weights
+per word; products become XNOR and popcount). It makes exactly the same predictions (its scores
+agree to float32 rounding):
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 fast = packed.export(binary_cnn, ds.val[0][:100])
-y_fast, y_torch = fast(ds.test[0]), binary_cnn(ds.test[0])
-torch.equal(y_fast.argmax(1), y_torch.argmax(1)), torch.allclose(y_fast, y_torch, rtol=1e-5, atol=1e-5)
-
-# %%
-# NBVAL_CHECK_OUTPUT
-fast.memory()
-
-# %%
-one = ds.test[0][:1]
-{name: f"{bench.latency(m, one) * 1e3:.2f} ms per image"
- for name, m in (("float CNN", float_cnn), ("binary CNN in torch", binary_cnn), ("binary CNN packed", fast))}
+y_fast, y_torch = fast(ds.test[0]), binary_cnn.eval()(ds.test[0])
+print("same predictions:", torch.equal(y_fast.argmax(1), y_torch.argmax(1)))
+print("same scores up to float32 rounding:", torch.allclose(y_fast, y_torch, rtol=1e-5, atol=1e-5))
 
 # %% [markdown]
 The packed binary layers are much faster than their float versions ([05](05_bit_packing.ipynb)
 measures them); the whole network gains less, because its first layer, BatchNorm, pooling and
 classifier stay float. Training in torch only *simulates* the binary network, which is why it is
-the slowest of the three.
+the slowest row of the scoreboard.
 
 ## Summary
 
@@ -920,7 +958,9 @@ the slowest of the three.
 ## Try this
 
 1. Set `FULL_RUN = True` and rerun: how much of the accuracy gap closes?
-2. Show the images the binary network gets wrong: `binary_cnn(ds.test[0]).argmax(1) != ds.test[1]`.
+2. Show the images the *float* network gets wrong:
+   `P.misclassified_figure(ds.test[0], ds.test[1], float_cnn(ds.test[0]).argmax(1), ds.classes)`.
+   Are they the same kinds of clothing?
 3. Open [07 · The live dashboard](07_live_dashboard.ipynb) and add the float twin of a wider CNN.
 '''
 
@@ -1083,21 +1123,41 @@ Python, which calls vectorised kernels but pays Python's overhead for every stag
 # =============================================================================================
 # Building
 # =============================================================================================
-_CELL_RE = re.compile(r"^# %%(?: \[(markdown)\])?\s*$")
+_CELL_RE = re.compile(r"^# %%(?: \[(markdown)\])?(?: tags=(\[[^\]]*\]))?\s*$")
 
 
-def parse(source: str) -> list[tuple[str, str]]:
-    """``[(kind, text)]`` of a percent-format source; kind is ``"markdown"`` or ``"code"``."""
-    cells: list[tuple[str, list[str]]] = []
+def parse_cells(source: str) -> list[tuple[str, str, list[str]]]:
+    """``[(kind, text, tags)]`` of a percent-format source (kind ``"markdown"``/``"code"``)."""
+    cells: list[tuple[str, list[str], list[str]]] = []
     for line in source.strip("\n").splitlines():
         m = _CELL_RE.match(line)
         if m:
-            cells.append(("markdown" if m.group(1) else "code", []))
+            tags = json.loads(m.group(2)) if m.group(2) else []
+            cells.append(("markdown" if m.group(1) else "code", [], list(tags)))
         elif cells:
             cells[-1][1].append(line)
         elif line.strip():
             raise ValueError(f"text before the first '# %%' marker: {line!r}")
-    return [(kind, "\n".join(lines).strip("\n")) for kind, lines in cells]
+    out = []
+    for kind, lines, tags in cells:
+        text = "\n".join(lines).strip("\n")
+        if kind == "code" and text.splitlines() and text.splitlines()[0].strip() == CHECK_MARKER:
+            text = "\n".join(text.splitlines()[1:]).strip("\n")
+            tags = [*tags, CHECK_TAG] if CHECK_TAG not in tags else tags
+        out.append((kind, text, tags))
+    return out
+
+
+def parse(source: str) -> list[tuple[str, str]]:
+    """``[(kind, text)]`` of a percent-format source; kind is ``"markdown"`` or ``"code"``."""
+    return [(kind, text) for kind, text, _ in parse_cells(source)]
+
+
+def slide_type(kind: str, text: str, index: int) -> str:
+    """RISE slide type: a heading (or the first cell) opens a slide; the rest are fragments."""
+    if index == 0 or (kind == "markdown" and text.lstrip().startswith("#")):
+        return "slide"
+    return "fragment"
 
 
 def build(name: str, source: str) -> nbformat.NotebookNode:
@@ -1105,14 +1165,13 @@ def build(name: str, source: str) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.metadata = {"kernelspec": dict(KERNELSPEC),
                    "language_info": {"name": "python", "pygments_lexer": "ipython3"}}
-    for kind, text in parse(source):
-        if kind == "markdown":
-            nb.cells.append(nbformat.v4.new_markdown_cell(text))
-        else:
-            cell = nbformat.v4.new_code_cell(text)
-            if text.splitlines()[0].strip() == CHECK_MARKER:
-                cell.metadata["keep_output"] = True
-            nb.cells.append(cell)
+    for i, (kind, text, tags) in enumerate(parse_cells(source)):
+        cell = (nbformat.v4.new_markdown_cell(text) if kind == "markdown"
+                else nbformat.v4.new_code_cell(text))
+        if tags:
+            cell.metadata["tags"] = tags
+        cell.metadata["slideshow"] = {"slide_type": slide_type(kind, text, i)}
+        nb.cells.append(cell)
     for i, cell in enumerate(nb.cells):  # stable ids: clean diffs
         cell.id = f"{name[:2]}-{i:02d}"
     return nb
@@ -1148,16 +1207,11 @@ in 15 minutes.
 
 **How to run them.** `make lab` starts JupyterLab on this folder; choose *Run → Run All Cells*.
 Every notebook is seeded (`torch.manual_seed(0)`), so a rerun gives the same curves on the same
-machine. The cells marked `# NBVAL_CHECK_OUTPUT` print small exact values that the test suite
-compares (`pytest --nbval-lax`); timings and accuracies are printed but never compared.
+machine.
 
-This page is generated by `tools/notebooks.py` from the notebooks' first cells; the cell below
-lists the notebooks in this folder and must match the list above.
-
-# %%
-# NBVAL_CHECK_OUTPUT
-from pathlib import Path
-sorted(p.name for p in Path().glob("[0-9][0-9]_*.ipynb"))
+**For a class.** `make demo` serves [08](08_classroom_demo.ipynb) with Voilà: widgets and
+figures only, no code. Every notebook also carries slide metadata: with the RISE extension
+(`pip install jupyterlab-rise`), *View → Render as slides* presents it cell by cell.
 """
 
 
@@ -1174,7 +1228,7 @@ def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         cell.metadata.pop("execution", None)
         if cell.cell_type != "code":
             continue
-        if not cell.metadata.get("keep_output", False):
+        if CHECK_TAG not in cell.metadata.get("tags", []):
             cell.outputs, cell.execution_count = [], None
         for out in cell.outputs:
             out.get("metadata", {}).pop("application/vnd.jupyter.widget-view+json", None)
@@ -1197,16 +1251,21 @@ def _cell_seconds(nb: nbformat.NotebookNode) -> float:
     return (max(stamps) - min(stamps)).total_seconds() if stamps else float("nan")
 
 
-def execute(path: Path) -> tuple[float, float]:
-    """Execute a notebook in place with nbconvert; ``(wall seconds, kernel seconds)``."""
+def execute(path: Path) -> tuple[float, float, float]:
+    """Execute a notebook in place with nbconvert; ``(wall seconds, kernel seconds, CPU
+    seconds)``. The CPU time (user + system of nbconvert and its kernel) does not grow when
+    other jobs share the machine; wall times do."""
     cmd = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
            "--inplace", "--ExecutePreprocessor.store_widget_state=False",
            "--ExecutePreprocessor.timeout=600", "--ExecutePreprocessor.kernel_name=python3",
            str(path)]
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=path.parent)
     wall = time.perf_counter() - t0
-    return wall, _cell_seconds(nbformat.read(path, as_version=4))
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return wall, _cell_seconds(nbformat.read(path, as_version=4)), cpu
 
 
 def _select(names: list[str]) -> dict[str, str]:
@@ -1236,8 +1295,11 @@ def check() -> int:
             problems.append(f"{path.name}: cells differ from tools/notebooks.py (run it)")
         if json.dumps(strip(copy.deepcopy(nb)), sort_keys=True) != json.dumps(nb, sort_keys=True):
             problems.append(f"{path.name}: not stripped (outputs or widget state)")
-        if any(c.metadata.get("keep_output") and not c.outputs for c in nb.cells):
-            problems.append(f"{path.name}: a {CHECK_MARKER} cell has no stored output (run it)")
+        if [(c.metadata.get("tags"), c.metadata.get("slideshow")) for c in nb.cells] != [
+                (c.metadata.get("tags"), c.metadata.get("slideshow")) for c in want.cells]:
+            problems.append(f"{path.name}: cell tags or slide metadata differ (run it)")
+        if any(CHECK_TAG in c.metadata.get("tags", []) and not c.outputs for c in nb.cells):
+            problems.append(f"{path.name}: a {CHECK_TAG} cell has no stored output (run it)")
     extra = {p.stem for p in NB_DIR.glob("*.ipynb")} - set(all_sources())
     problems += [f"{n}.ipynb: no source in tools/notebooks.py" for n in sorted(extra)]
     print("\n".join(problems) or "notebooks in sync")
@@ -1263,9 +1325,9 @@ def main(argv=None) -> int:
         if args.command == "run":
             times[name] = execute(path)
             write(strip(nbformat.read(path, as_version=4)), path)
-            print(f"{name}: {times[name][0]:.1f} s wall, {times[name][1]:.1f} s in the kernel",
-                  flush=True)
-    slow = [n for n, (_, k) in times.items() if k > BUDGET_S]
+            print(f"{name}: {times[name][0]:.1f} s wall, {times[name][1]:.1f} s in the kernel, "
+                  f"{times[name][2]:.1f} s CPU", flush=True)
+    slow = [n for n, (_, k, _) in times.items() if k > BUDGET_S]
     if times:
         print(f"{len(times)} notebooks; over the {BUDGET_S:.0f} s budget: {', '.join(slow) or 'none'}")
     return 0

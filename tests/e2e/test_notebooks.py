@@ -1,0 +1,192 @@
+"""Real-browser tests of every notebook in JupyterLab, and of the Voilà demo page.
+
+One fresh JupyterLab (loopback, free port, no token, throw-away settings with notebook windowing
+off, so that every output is rendered) serves a temporary copy of ``notebooks/``; Debian's
+chromium, driven by Playwright, opens each notebook, runs all cells and checks that
+
+- no cell shows a traceback or an error output;
+- every plotly figure has a plot area of at least 10 × 10 px;
+- no plotly table hides rows behind a scrollbar;
+
+then saves screenshots under ``artifacts/screenshots/`` (the notebook's first figure in its
+viewport, and each figure alone). The Voilà test serves the classroom demo exactly as
+``make demo`` does and checks, in the browser, that widgets and figures render and no code cell
+is shown. Servers are stopped by process id (their process group).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_lab import CHROMIUM, CHROMIUM_ARGS, KERNEL_IDLE, _free_port, _stop, _wait_ready  # noqa: E402
+from test_voila import start_demo, wait_listening  # noqa: E402
+from test_voila import stop as stop_voila
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+NB_DIR = ROOT / "notebooks"
+SHOTS = ROOT / "artifacts" / "screenshots"
+NOTEBOOKS = sorted(p.name for p in NB_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+# Plot-area size of every plotly figure, and whether a table trace needs its scrollbar.
+_FIGURES_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(gd => {
+    const s = gd._fullLayout && gd._fullLayout._size;
+    const types = (gd.data || []).map(t => t.type || 'scatter');
+    const glyphs = [...gd.querySelectorAll('.scrollbar-glyph')];
+    const scrolls = glyphs.some(g => parseFloat(getComputedStyle(g).strokeOpacity || '0') > 0);
+    const drawn = gd.querySelectorAll(
+        '.cartesianlayer .plot path, .cartesianlayer .plot image, .table .cell-text').length;
+    return {w: s ? s.w : 0, h: s ? s.h : 0, types, scrolls, drawn,
+            title: (gd.layout && gd.layout.title && (gd.layout.title.text || gd.layout.title)) || ''};
+})"""
+_ERRORS_JS = """() => [...document.querySelectorAll(
+    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"], .jp-OutputArea-output')]
+    .map(e => e.innerText).filter(t => /Traceback \\(most recent call last\\)|Error: /.test(t))
+    .map(t => t.slice(0, 300))"""
+_BUSY_JS = """() => [...document.querySelectorAll('.jp-InputPrompt')]
+    .some(e => e.innerText.includes('[*]'))"""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A fresh JupyterLab on a copy of notebooks/; yields its URL."""
+    import subprocess
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: apt-get install --no-install-recommends chromium")
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    base = tmp_path_factory.mktemp("lab_all")
+    root = base / "notebooks"
+    shutil.copytree(NB_DIR, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    env = dict(os.environ, JUPYTER_PLATFORM_DIRS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
+                     ("JUPYTER_DATA_DIR", "data"), ("IPYTHONDIR", "ipython")):
+        env[var] = str(base / sub)
+    settings = base / "config/lab/user-settings/@jupyterlab"
+    (settings / "apputils-extension").mkdir(parents=True)
+    (settings / "apputils-extension/notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false"}')
+    (settings / "notebook-extension").mkdir(parents=True)
+    (settings / "notebook-extension/tracker.jupyterlab-settings").write_text(
+        '{"windowingMode": "none"}')  # render every cell, not only the visible ones
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
+           f"--port={port}", "--ServerApp.port_retries=0", "--IdentityProvider.token=",
+           "--ServerApp.password=", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log = open(base / "jupyter.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, cwd=base, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        _wait_ready(url, proc)
+        yield url
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def check_figures(page, stem: str) -> list[dict]:
+    figs = page.evaluate(_FIGURES_JS)
+    small = [f for f in figs if f["w"] < 10 or f["h"] < 10]
+    assert not small, f"{stem}: plotly figures with an empty or tiny plot area: {small}"
+    hidden = [f for f in figs if "table" in f["types"] and f["scrolls"]]
+    assert not hidden, f"{stem}: a table figure hides rows behind its scrollbar: {hidden}"
+    return figs
+
+
+def shoot(page, stem: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    plots = page.locator(".js-plotly-plot")
+    if plots.count():
+        plots.first.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(SHOTS / f"{stem}.png"))
+    for i in range(min(plots.count(), 12)):
+        plots.nth(i).scroll_into_view_if_needed()
+        page.wait_for_timeout(300)
+        plots.nth(i).screenshot(path=str(SHOTS / f"{stem}_fig{i + 1}.png"))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_in_the_browser_without_errors(lab, browser, name):
+    stem = name.removesuffix(".ipynb")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        # a workspace of its own (reset): only this notebook is open, so every check and
+        # screenshot sees this notebook's cells only
+        page.goto(f"{lab}/lab/workspaces/{stem.replace('_', '-')}/tree/{name}?reset",
+                  timeout=120_000)
+        page.get_by_text(KERNEL_IDLE).first.wait_for(timeout=120_000)
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+        page.wait_for_timeout(1500)
+        page.wait_for_function(f"() => !({_BUSY_JS})()", timeout=300_000, polling=1000)
+        page.get_by_text(KERNEL_IDLE).first.wait_for(timeout=300_000)
+        page.wait_for_timeout(1500)  # late widget views and plotly renders
+        shoot(page, stem)  # scrolls every figure into view (pictures even when a check fails)
+        errors = page.evaluate(_ERRORS_JS)
+        assert not errors, f"{name}: error output in the browser: {errors[:2]}"
+        figs = check_figures(page, stem)
+        prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+        not_run = [p for p in prompts if not re.search(r"\[\d+\]", p)]
+        assert not not_run, f"{name}: code cells without an execution count: {prompts}"
+        if stem.startswith(("03", "04", "05", "06", "08")):
+            assert figs, f"{name}: no figure rendered"
+    finally:
+        page.close()
+
+
+def test_voila_demo_in_the_browser_shows_widgets_and_no_code(browser, tmp_path):
+    proc, url, log_path = start_demo(tmp_path)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        wait_listening(url, proc)
+        page.goto(url + "/", timeout=400_000)
+        page.locator(".widget-button", has_text="Train").first.wait_for(timeout=120_000)
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 4",
+                               timeout=120_000)
+        page.wait_for_timeout(1500)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "voila.png"))
+        plots = page.locator(".js-plotly-plot")
+        for i in range(min(plots.count(), 8)):
+            plots.nth(i).scroll_into_view_if_needed()
+            page.wait_for_timeout(300)
+            plots.nth(i).screenshot(path=str(SHOTS / f"voila_fig{i + 1}.png"))
+        check_figures(page, "voila")
+        assert page.locator(".jp-InputArea-editor, .jp-CodeMirrorEditor, .cm-editor").count() == 0
+        assert page.locator("table.bnnlab-table").count() >= 2  # scoreboard, memory table
+        text = page.inner_text("body")
+        assert "classroom_trainer(" not in text and "Traceback" not in text
+        with urllib.request.urlopen(url + "/", timeout=5):
+            pass  # the server still answers after the page (it was not a one-shot render)
+    except Exception:
+        print(log_path.read_text(errors="replace")[-3000:])
+        raise
+    finally:
+        page.close()
+        stop_voila(proc)
