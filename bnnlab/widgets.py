@@ -276,12 +276,14 @@ class BinarizeExplorer(_Runner, W.VBox):
         """Names of the layers ticked for binarisation."""
         return [n for n, c in self.controls.items() if n != "family" and c.value]
 
-    def build(self) -> nn.Module:
-        """A fresh ``model_fn()`` with the ticked layers binarised in the chosen family."""
+    def build(self, example_input: Any = None) -> nn.Module:
+        """A fresh ``model_fn()`` with the ticked layers binarised in the chosen family
+        (``example_input``: probe it, see :func:`bnnlab.convert.binarize`)."""
         from bnnlab.convert import binarize
 
         return binarize(self.model_fn(), layer=self.controls["family"].value,
-                        include=self.selected, keep_first=False, keep_last=False)
+                        include=self.selected, keep_first=False, keep_last=False,
+                        example_input=example_input)
 
     def summary(self):
         from bnnlab.summary import summary
@@ -302,7 +304,12 @@ class BinarizeExplorer(_Runner, W.VBox):
         part, append a result row and refresh the accuracy bars. Returns the row."""
         from bnnlab.train import evaluate, fit
 
-        model = self.build()
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:   # shown in the row and the status
+            warnings.simplefilter("always")
+            model = self.build(example_input=_parts(self.data)[0][0][:256])
+        notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
         self._begin(_steps(self.data, self.epochs, self.batch_size))
         cb = _Progress(self.progress, lambda: self._stop_requested)
         fit(model, self.data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
@@ -310,10 +317,11 @@ class BinarizeExplorer(_Runner, W.VBox):
         acc = evaluate(model, *_parts(self.data)[1])["accuracy"]
         name = f"{self.controls['family'].value}: {', '.join(self.selected) or 'none'}"
         row = {"name": f"#{len(self.results) + 1} {name}", "accuracy": acc,
-               "memory_kib": self.summary().memory_bytes / 1024}
+               "memory_kib": self.summary().memory_bytes / 1024, "warning": " ".join(notes)}
         self.results.append(row)
         _sync(self.accuracy_figure, self._accuracy_fig())
-        self._end(f"{row['name']}: validation accuracy {acc:.1%}")
+        self._end(f"{row['name']}: validation accuracy {acc:.1%}"
+                  + (f" (warning: {row['warning']})" if notes else ""))
         return row
 
 

@@ -333,3 +333,17 @@ def test_classroom_trainer_trains_shows_mistakes_and_scoreboard():
     assert w.mistakes_box.children == (w.mistakes_figure,)
     assert "→" in w.mistakes_figure.layout.annotations[0].text
     assert w.progress.value == w.progress.max and w.run_button.disabled is False
+
+
+def test_binarize_explorer_warns_when_a_binarised_input_is_never_negative(digits):
+    """Binarising the first layer of a digits model (pixels in [0, 1]: sign = +1 always) is
+    named in the result row and the status line; the default selection is not."""
+    w = Wd.binarize_explorer(float_mlp, digits, epochs=1, batch_size=64, background=False)
+    w.run_button.click()
+    assert w.results[-1]["warning"] == ""
+    w.controls["0"].value = True
+    w.run_button.click()
+    row = w.results[-1]
+    assert "binarised input of layer(s) 0 is constant" in row["warning"]
+    assert "never negative" in row["warning"]
+    assert f"(warning: {row['warning']})" in w.status.value
