@@ -108,9 +108,6 @@ class _Progress:
 class _Runner:
     """Run / Stop buttons, a progress bar and a status line around a ``run()`` method."""
 
-    def run(self) -> Any:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
-
     def _init_runner(self, label: str, background: bool) -> None:
         self.background = bool(background)
         self.run_button = W.Button(description=label, button_style="primary", icon="play")
@@ -302,9 +299,9 @@ class BinarizeExplorer(_Runner, W.VBox):
     def run(self) -> dict:
         """Binarise, fine-tune for ``epochs`` (progress, stoppable), evaluate on the validation
         part, append a result row and refresh the accuracy bars. Returns the row."""
-        from bnnlab.train import evaluate, fit
-
         import warnings
+
+        from bnnlab.train import evaluate, fit
 
         with warnings.catch_warnings(record=True) as caught:   # shown in the row and the status
             warnings.simplefilter("always")
