@@ -93,7 +93,15 @@ def _dense_layer(rng, i, o):
         return cls(i, o)
     if cls is L.BinaryLinear:
         kw["weight_quantizer"] = _wq(rng)
-    return cls(i, o, input_quantizer=_input_quantizer(rng, i), **kw)
+    return cls(i, o, input_quantizer=_xnor_safe(cls, _input_quantizer(rng, i)), **kw)
+
+
+def _xnor_safe(cls, iq):
+    """XNOR-Net layers refuse a magnitude-aware input sign at construction (beta twice, tested
+    in test_layers); the draw is kept, so the random stream and the regression seeds stay."""
+    if cls in (L.XnorLinear, L.XnorConv2d) and isinstance(iq, Q.MagnitudeAwareSign):
+        return "ste_sign"
+    return iq
 
 
 def _conv_layer(rng, c, o, size):
@@ -111,7 +119,7 @@ def _conv_layer(rng, c, o, size):
         kw["dilation"] = 2
         if size + 2 * padding < 2 * k - 1:
             kw.pop("dilation")
-    layer = cls(c, o, k, input_quantizer=_input_quantizer(rng, c), **kw)
+    layer = cls(c, o, k, input_quantizer=_xnor_safe(cls, _input_quantizer(rng, c)), **kw)
     out = (size + 2 * padding - (k - 1) * (2 if "dilation" in kw else 1) - 1) // stride + 1
     return layer, out
 

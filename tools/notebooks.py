@@ -894,7 +894,7 @@ where $|x| \le 1$, else 0.
 x = torch.tensor([-1.5, -0.2, 0.0, 0.7], requires_grad=True)
 BF.ste_sign(x).sum().backward()
 P.table([{"x": f"{v:g}", "sign": f"{s:+g}", "STE gradient": f"{g:g}"}
-         for v, s, g in zip(x.tolist(), BF.sign(x.detach()).tolist(), x.grad.tolist())])
+         for v, s, g in zip(x.tolist(), BF.sign(x.detach()).tolist(), x.grad.tolist(), strict=True)])
 
 # %% [markdown]
 ## 3. Two networks, one architecture (4 min)
