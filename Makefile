@@ -16,9 +16,9 @@ APT_PKGS := dataset-fashion-mnist chromium texlive-latex-base texlive-latex-reco
             gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
             qemu-user qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross mingw-w64 clang
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -m "not long"
 
-.PHONY: lab demo test venv sysdeps bench paper report-quick clean lint check test-cross
+.PHONY: lab demo test test-long venv sysdeps bench paper report-quick clean lint check test-cross
 
 sysdeps:
 	@missing=""; for p in $(APT_PKGS); do \
@@ -64,13 +64,17 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-CHECK_MARKERS := not slow and not e2e and not apt and not lessons
+CHECK_MARKERS := not slow and not long and not e2e and not apt and not lessons
 check: lint
 	$(PY) -m pytest -q -p no:cacheprovider -m "$(CHECK_MARKERS)" tests
 
 test: sysdeps venv lint
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest --durations=20 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory report-quick
+
+# The long fuzz and sweep variants that `make test` leaves out (about 20 minutes here).
+test-long: sysdeps venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -m long
 
 # The report built from the quick experiments (CI): must compile with no undefined reference.
 report-quick: venv

@@ -57,6 +57,7 @@ def _copy_sources(dst: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_clang_wheel_without_openmp_passes_the_kernel_tests(tmp_path):
     missing = _missing(("clang",))
     if missing:

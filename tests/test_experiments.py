@@ -265,6 +265,7 @@ def test_train_one_reports_test_at_the_validation_epoch(one_thread):
 
 # ------------------------------------------------------------------------------ paper profile
 @pytest.mark.slow   # 60-85 s on the shared two-core machine (five full-size CIFAR models)
+@pytest.mark.long
 def test_paper_profile_smoke_on_generated_cifar_files(tmp_path):
     """The paper profile end to end at 1 % of the data and 1 epoch, on files in the official
     binary format (unverified: they are not the official bytes), through Dask in-process."""

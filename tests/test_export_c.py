@@ -428,6 +428,7 @@ def test_fuzz_c_equals_packed_model_100_models(tmp_path, one_thread):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_fuzz_c_equals_packed_model_more_seeds(tmp_path, one_thread):
     """300 more models, built with AddressSanitizer and UndefinedBehaviorSanitizer."""
     _need("gcc")

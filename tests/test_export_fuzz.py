@@ -364,5 +364,6 @@ def test_export_fuzz_300_models():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_export_fuzz_5000_models():
     _run(range(1000, 6000))

@@ -321,5 +321,6 @@ def test_file_fuzzer_mutated_files_load_or_raise_value_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_file_fuzzer_5000_mutations(tmp_path):
     _fuzz_files(5000, 1, tmp_path)
