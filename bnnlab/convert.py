@@ -490,7 +490,7 @@ CONSTANT_PROBE = ("on example_input its binarised input is {value:+g} everywhere
                   "sees the same input for every sample")
 
 
-def _binarised_inputs(module: nn.Module, x: Tensor) -> Tensor | None:
+def _binarized_inputs(module: nn.Module, x: Tensor) -> Tensor | None:
     """What a binary layer multiplies its weights with: the quantised input, or ABC-Net's stacked
     activation bases; ``None`` for a float input."""
     input_bases = getattr(module, "input_bases", None)
@@ -512,7 +512,7 @@ def _probe_constant_inputs(model: nn.Module, args: tuple[Tensor, ...],
         x = inputs[0] if inputs else None
         if not isinstance(x, Tensor) or x.numel() == 0:
             return
-        q = _binarised_inputs(module, x)
+        q = _binarized_inputs(module, x)
         if q is None:
             return
         flat = q.reshape(q.shape[0], -1) if hasattr(module, "input_bases") else q.reshape(1, -1)

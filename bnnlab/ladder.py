@@ -280,7 +280,7 @@ def build_model(spec: Mapping, *, binary_weights: bool = True) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _binarise_weights_(model: nn.Module) -> None:
+def _binarize_weights_(model: nn.Module) -> None:
     """Step 2 of two-step training: give every binary conv its magnitude-aware weight sign."""
     from bnnlab.quantizers import MagnitudeAwareSign
 
@@ -399,7 +399,7 @@ def _train(spec: Mapping, split, teacher: nn.Module | None = None) -> tuple[nn.M
         h1, b1, s1 = _fit_step(model, split, spec, e1, seed, loss)
         steps.append({"step": 1, "history": h1.as_dict(), "best_epoch": b1,
                       "stopped_early": s1, "cap": e1})
-        _binarise_weights_(student)
+        _binarize_weights_(student)
         e2 = max(1, cap - e1)
         h2, b2, s2 = _fit_step(model, split, spec, e2, seed + 1000, loss)
         steps.append({"step": 2, "history": h2.as_dict(), "best_epoch": b2,

@@ -221,14 +221,14 @@ class _BinaryConvMixin(_BinaryMixin, _ConvBase):
                              f"padding_mode={self.padding_mode!r}")
         self.pad_value = value
 
-    def _pad_binarised(self, x: Tensor) -> Tensor:
+    def _pad_binarized(self, x: Tensor) -> Tensor:
         """Pad ``x`` (last dims) with ``pad_value`` by the layer's padding; only when pad_value != 0."""
         return F.pad(x, self._reversed_padding_repeated_twice, mode="constant", value=self.pad_value)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.pad_value == 0.0:
             return super()._conv_forward(input, weight, bias)
-        return self._conv_fn(self._pad_binarised(input), weight, bias, self.stride, 0,
+        return self._conv_fn(self._pad_binarized(input), weight, bias, self.stride, 0,
                              self.dilation, self.groups)
 
     def forward(self, input: Tensor) -> Tensor:
@@ -972,7 +972,7 @@ class AbcConv2d(_AbcMixin, BinaryConv2d):
         if self.pad_value == 0.0:
             return nn.Conv2d._conv_forward(self, self._combine_inputs(bases),
                                            self.effective_weight(), self.bias)
-        x = self._combine_inputs(self._pad_binarised(bases))  # pad each A_n with pad_value
+        x = self._combine_inputs(self._pad_binarized(bases))  # pad each A_n with pad_value
         return F.conv2d(x, self.effective_weight(), self.bias, self.stride, 0, self.dilation,
                         self.groups)
 

@@ -605,7 +605,7 @@ def test_probe_finds_every_layer_after_a_relu_in_a_custom_forward():
     assert len(seen) == len(RESNET_BINARY) and all(bool((q == 1).all()) for q in seen)
 
 
-def test_probe_warns_about_data_in_0_1_reaching_a_binarised_first_layer():
+def test_probe_warns_about_data_in_0_1_reaching_a_binarized_first_layer():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.Hardtanh(),
                           nn.Linear(32, 10))
     pixels = torch.rand(16, 1, 8, 8)  # like load_digits scaled to [0, 1]

@@ -188,7 +188,7 @@ def test_pad_value_matches_numpy_padded_conv1d(pad_value):
     np.testing.assert_allclose(npy(layer(x)), want, rtol=0, atol=1e-12)
 
 
-def test_pad_value_zero_pads_zeros_after_binarising():
+def test_pad_value_zero_pads_zeros_after_binarizing():
     layer = L.BinaryConv2d(1, 1, 3, padding=1, bias=False, dtype=DT)
     with torch.no_grad():
         layer.weight.fill_(1.0)

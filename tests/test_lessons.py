@@ -83,7 +83,7 @@ def test_02_conversion_costs_accuracy_and_finetuning_wins_it_back(binarize_runs)
     assert _mean([r.float_acc - r.finetuned_acc for r in binarize_runs]) <= 0.03
 
 
-def test_02_binarising_after_relu_gives_chance(binarize_runs):
+def test_02_binarizing_after_relu_gives_chance(binarize_runs):
     # Claim: a float network trained with ReLU does not survive the conversion: sign(ReLU(x)) is
     # always +1, so the binary layer sees a constant. Hardtanh does survive (previous test).
     for seed in SEEDS:

@@ -80,7 +80,7 @@ def test_reference_models_are_flat_sequentials_of_allowed_layers(make, binary):
 
 
 @pytest.mark.parametrize("make", FLAT)
-def test_binary_layers_binarise_their_inputs_with_ste_sign(make):
+def test_binary_layers_binarize_their_inputs_with_ste_sign(make):
     model = make(True)
     bins = [m for m in model if isinstance(m, (BinaryLinear, BinaryConv2d))]
     assert bins

@@ -85,8 +85,13 @@ def test_fit_num_threads_is_restored(moons):
     assert seen == [1] and torch.get_num_threads() == before
 
 
-def test_fit_progress_bar_runs(moons, capsys):
-    train.fit(mlp(), moons, epochs=1, progress=True)   # tqdm writes to stderr
+def test_fit_progress_bar_shows_epochs_and_the_last_metrics(moons, capsys):
+    h = train.fit(mlp(), moons, epochs=2, progress=True)   # tqdm writes to stderr
+    err = capsys.readouterr().err
+    assert "fit: 100%" in err and "2/2" in err and "epoch/s" in err
+    assert f"val_acc={h.val_acc[-1]:.3f}" in err.rsplit("\r", 1)[-1]   # the final line
+    train.fit(mlp(), moons, epochs=1, progress=False)
+    assert capsys.readouterr().err == ""
 
 
 # ---------------------------------------------------------------------------------- callbacks

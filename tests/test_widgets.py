@@ -335,7 +335,7 @@ def test_classroom_trainer_trains_shows_mistakes_and_scoreboard():
     assert w.progress.value == w.progress.max and w.run_button.disabled is False
 
 
-def test_binarize_explorer_warns_when_a_binarised_input_is_never_negative(digits):
+def test_binarize_explorer_warns_when_a_binarized_input_is_never_negative(digits):
     """Binarising the first layer of a digits model (pixels in [0, 1]: sign = +1 always) is
     named in the result row and the status line; the default selection is not."""
     w = Wd.binarize_explorer(float_mlp, digits, epochs=1, batch_size=64, background=False)

@@ -296,7 +296,7 @@ class _PackedLayer(nn.Module):
         return self.alpha_x is None and self.beta is None and self.gamma is None \
             and self.d_offset == 0
 
-    def _binarise(self, x: Tensor, channel_shape: tuple[int, ...]) -> Tensor:
+    def _binarize(self, x: Tensor, channel_shape: tuple[int, ...]) -> Tensor:
         if x.dtype != torch.float32:
             raise TypeError(f"{self._who()}: input must be float32, got {x.dtype}")
         if self.input_mode == "rsign":
@@ -453,7 +453,7 @@ class PackedLinear(_PackedLayer):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self._who()}: input must have shape (*, {self.in_features}), "
                              f"got {tuple(x.shape)}")
-        x2 = self._binarise(x.reshape(-1, self.in_features), (1, -1))
+        x2 = self._binarize(x.reshape(-1, self.in_features), (1, -1))
         return kernels.pack_signs(x2, strict=self.input_mode == "binary")
 
     def int_forward(self, x: Any) -> np.ndarray:
@@ -580,7 +580,7 @@ class PackedConv2d(_PackedLayer):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{self._who()}: input must have shape (N, {self.in_channels}, H, W), "
                              f"got {tuple(x.shape)}")
-        xb = self._binarise(x, (1, -1, 1, 1))
+        xb = self._binarize(x, (1, -1, 1, 1))
         return kernels.pack_nhwc(xb, strict=self.input_mode == "binary")
 
     def int_forward(self, x: Any) -> np.ndarray:
