@@ -548,7 +548,8 @@ def _load_idx_split(paths: Mapping[str, Path], *, name, classes, flatten, normal
 
 
 def load_fashion_mnist(*, root=None, download: bool = False, cache_dir=None,
-                       base_url: str | None = None, flatten: bool = False, normalize: str | None = "unit", val_size=5000,
+                       base_url: str | None = None, flatten: bool = False,
+                       normalize: str | None = "unit", val_size=5000,
                        n_train: int | None = None, n_test: int | None = None,
                        seed: int = 0) -> Split:
     """Fashion-MNIST: 70,000 real 28×28 grey images of clothing, 10 classes.

@@ -1,7 +1,8 @@
 """Tests of bnnlab.data: IDX parsing, download + SHA-256 cache, loaders and their splits.
 
 No network: downloads are served from generated files through ``file://`` URLs, a fake
-opener or a local ``http.server`` on 127.0.0.1. IDX files are written here by an independent ``struct``-based writer.
+opener or a local ``http.server`` on 127.0.0.1. IDX files are written here by an independent
+``struct``-based writer.
 """
 import gzip
 import hashlib
