@@ -62,10 +62,13 @@ venv: $(VENV)/.installed
 
 # Notebooks 07 and 08 read Fashion-MNIST from Debian's package; say so before the lab opens.
 labdata:
-	@if ls $(FMNIST_DIR)/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz >/dev/null 2>&1; then \
+	@missing=""; for f in $(FMNIST_DIR)/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz; do \
+	  [ -f "$$f" ] || missing="$$missing $$f"; done; \
+	if [ -z "$$missing" ]; then \
 	  echo "[make] Fashion-MNIST found in $(FMNIST_DIR)"; \
 	else \
-	  echo "[make] WARNING: Fashion-MNIST is missing ($(FMNIST_DIR)); notebooks 07 and 08 need it."; \
+	  echo "[make] WARNING: Fashion-MNIST is missing:$$missing"; \
+	  echo "[make]   notebooks 07 and 08 need it (package dataset-fashion-mnist)."; \
 	  echo "[make]   install it with:  sudo apt-get install -y dataset-fashion-mnist"; \
 	  echo "[make]   or, with internet: bnnlab.data.load_fashion_mnist(download=True) (checked by SHA-256)"; \
 	fi
