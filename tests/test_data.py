@@ -546,6 +546,10 @@ def test_fashion_mnist_download_over_http(tmp_path, local_http, monkeypatch):
     www, url = local_http
     arrays, sums = write_set(www / "fm")
     cache = tmp_path / "cache"
+    # offline by default: the message names both ways to get the files
+    with pytest.raises(FileNotFoundError, match=r"apt-get install dataset-fashion-mnist.*download=True"):
+        data.load_fashion_mnist(root=tmp_path / "none", cache_dir=cache, base_url=url + "fm/")
+    assert not cache.exists()
     # the real table: the generated files do not match it, so the first one is refused
     with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz"):
         data.load_fashion_mnist(root=tmp_path / "none", download=True, cache_dir=cache,
