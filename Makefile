@@ -1,5 +1,5 @@
 # bnnlab — the two commands of the README are `make lab` and `make test`.
-#   make lab    venv + torch (CPU build) + bnnlab, then JupyterLab on notebooks/ (127.0.0.1 only)
+#   make lab    venv + torch + bnnlab[lab], then JupyterLab on notebooks/00_index (127.0.0.1 only)
 #   make demo   the classroom demo (notebook 08) as a code-free Voilà page on 127.0.0.1
 #   make test   system packages (apt, as root) + venv + lint + the whole test suite
 #   make check  contributors' fast loop (no root): lint, types and the unit tests without the
@@ -10,7 +10,11 @@ SHELL    := /bin/bash
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
 PORT     ?= 8888
-TORCH    := torch==2.13.0
+# The torch wheel: `make lab TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU-only
+# build (no CUDA libraries, a ~200 MB instead of a multi-GB download).
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
+FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 APT_PKGS := dataset-fashion-mnist chromium texlive-latex-base texlive-latex-recommended \
             texlive-latex-extra texlive-pictures lmodern latexmk poppler-utils \
             gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
@@ -18,7 +22,7 @@ APT_PKGS := dataset-fashion-mnist chromium texlive-latex-base texlive-latex-reco
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?= -m "not long"
 
-.PHONY: lab demo test test-long venv sysdeps bench paper report-quick clean lint check test-cross
+.PHONY: lab labdata demo test test-long venv sysdeps bench paper report-quick clean lint check test-cross
 
 sysdeps:
 	@missing=""; for p in $(APT_PKGS); do \
@@ -35,19 +39,44 @@ sysdeps:
 	fi
 
 $(PY):
+	@echo "[make] creating the virtual environment $(VENV) ..."
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
+	@echo "[make] installing $(TORCH)$(if $(TORCH_INDEX), from $(TORCH_INDEX)) (the largest download) ..."
+	$(PY) -m pip install --progress-bar on $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-# The stamp re-runs the (isolated) build only when the build inputs change.
-$(VENV)/.installed: $(PY) pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.h ext/*.pxd)
-	$(PY) -m pip install -q -e ".[test]"
+# The stamps re-run the (isolated) build only when the build inputs change. `make lab` installs
+# the lab extra only; the test extra (`make test`, `make check`) includes it.
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.h ext/*.pxd)
+$(VENV)/.installed-lab: $(PY) $(BUILD_INPUTS)
+	@echo "[make] installing bnnlab[lab] (JupyterLab, widgets) and compiling ext/ ..."
+	$(PY) -m pip install --progress-bar on -e ".[lab]"
 	touch $@
+
+$(VENV)/.installed: $(PY) $(BUILD_INPUTS)
+	@echo "[make] installing bnnlab[test] (lab + pytest, playwright, ruff, mypy) and compiling ext/ ..."
+	$(PY) -m pip install --progress-bar on -e ".[test]"
+	touch $@ $(VENV)/.installed-lab
 
 venv: $(VENV)/.installed
 
-lab: venv
-	$(VENV)/bin/jupyter lab --no-browser $(ROOTFLAG) --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=notebooks
+# Notebooks 07 and 08 read Fashion-MNIST from Debian's package; say so before the lab opens.
+labdata:
+	@missing=""; for f in $(FMNIST_DIR)/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz; do \
+	  [ -f "$$f" ] || missing="$$missing $$f"; done; \
+	if [ -z "$$missing" ]; then \
+	  echo "[make] Fashion-MNIST found in $(FMNIST_DIR)"; \
+	else \
+	  echo "[make] WARNING: Fashion-MNIST is missing:$$missing"; \
+	  echo "[make]   notebooks 07 and 08 need it (package dataset-fashion-mnist)."; \
+	  echo "[make]   install it with:  sudo apt-get install -y dataset-fashion-mnist"; \
+	  echo "[make]   or, with internet: bnnlab.data.load_fashion_mnist(download=True) (checked by SHA-256)"; \
+	fi
+
+lab: $(VENV)/.installed-lab labdata
+	@echo "[make] starting JupyterLab on notebooks/00_index.ipynb (Ctrl-C stops)"
+	$(VENV)/bin/jupyter lab --no-browser $(ROOTFLAG) --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=notebooks \
+	  --LabApp.default_url=/lab/tree/00_index.ipynb
 
 # Presentation mode: the classroom demo served by Voilà, widgets and figures only (no code),
 # on 127.0.0.1 only. tests/test_voila.py starts exactly this command (DEMO_CMD).

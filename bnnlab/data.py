@@ -548,7 +548,8 @@ def _load_idx_split(paths: Mapping[str, Path], *, name, classes, flatten, normal
 
 
 def load_fashion_mnist(*, root=None, download: bool = False, cache_dir=None,
-                       flatten: bool = False, normalize: str | None = "unit", val_size=5000,
+                       base_url: str | None = None, flatten: bool = False,
+                       normalize: str | None = "unit", val_size=5000,
                        n_train: int | None = None, n_test: int | None = None,
                        seed: int = 0) -> Split:
     """Fashion-MNIST: 70,000 real 28×28 grey images of clothing, 10 classes.
@@ -563,6 +564,8 @@ def load_fashion_mnist(*, root=None, download: bool = False, cache_dir=None,
         download: if the files are not found, download them into ``cache_dir`` (needs
             internet; checked against :data:`KNOWN_FILES`). Default: ``False``.
         cache_dir: cache root for ``download``. Default: :func:`default_cache_dir`.
+        base_url: URL prefix (ending with ``/``) to download from instead of the official
+            mirrors; the files are still checked against :data:`KNOWN_FILES`.
         flatten: inputs of shape (N, 784) instead of (N, 1, 28, 28). Default: ``False``.
         normalize: ``"unit"`` ([0, 1]), ``"symmetric"`` ([-1, 1]), ``"standard"`` (train
             mean/std) or ``None`` (raw 0..255). Default: ``"unit"``.
@@ -574,6 +577,7 @@ def load_fashion_mnist(*, root=None, download: bool = False, cache_dir=None,
     Raises:
         FileNotFoundError: no files and ``download=False``; the message says
             ``apt-get install dataset-fashion-mnist``.
+        ValueError: a downloaded file does not have its SHA-256 (nothing is kept).
     """
     if root is not None:
         folder = Path(root)
@@ -585,7 +589,7 @@ def load_fashion_mnist(*, root=None, download: bool = False, cache_dir=None,
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         if download:
-            paths = fetch_idx("fashion-mnist", cache_dir=cache_dir)
+            paths = fetch_idx("fashion-mnist", cache_dir=cache_dir, base_url=base_url)
             folder = paths["train_images"].parent
         else:
             raise FileNotFoundError(

@@ -1,7 +1,8 @@
 """Tests of bnnlab.data: IDX parsing, download + SHA-256 cache, loaders and their splits.
 
-No network: downloads are served from generated files through ``file://`` URLs or a fake
-opener. IDX files are written here by an independent ``struct``-based writer.
+No network: downloads are served from generated files through ``file://`` URLs, a fake
+opener or a local ``http.server`` on 127.0.0.1. IDX files are written here by an independent
+``struct``-based writer.
 """
 import gzip
 import hashlib
@@ -505,3 +506,73 @@ def test_augment_crop_flip_is_a_shifted_possibly_flipped_window():
     again = D.augment_crop_flip(x, torch.Generator().manual_seed(0), padding=2)
     assert torch.equal(out, again)
     assert torch.equal(D.augment_crop_flip(x, g, padding=0).abs().sum(), x.sum())
+
+
+# ---------------------------------------------------------------------------------- HTTP download
+@pytest.fixture
+def local_http(tmp_path):
+    """A ``python -m http.server`` on 127.0.0.1 (free port) serving ``tmp_path / "www"``."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    www = tmp_path / "www"
+    www.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                             "127.0.0.1", "--directory", str(www)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("http.server did not start")
+        yield www, url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_fashion_mnist_download_over_http(tmp_path, local_http, monkeypatch):
+    www, url = local_http
+    arrays, sums = write_set(www / "fm")
+    cache = tmp_path / "cache"
+    # offline by default: the message names both ways to get the files
+    with pytest.raises(FileNotFoundError, match=r"apt-get install dataset-fashion-mnist.*download=True"):
+        data.load_fashion_mnist(root=tmp_path / "none", cache_dir=cache, base_url=url + "fm/")
+    assert not cache.exists()
+    # the real table: the generated files do not match it, so the first one is refused
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz"):
+        data.load_fashion_mnist(root=tmp_path / "none", download=True, cache_dir=cache,
+                                base_url=url + "fm/")
+    assert not list((cache / "fashion-mnist").iterdir())      # nothing kept, no .part left
+    # with the generated files' digests the four files arrive and load
+    monkeypatch.setitem(data.KNOWN_FILES["fashion-mnist"], "sha256", sums)
+    ds = data.load_fashion_mnist(root=tmp_path / "none", download=True, cache_dir=cache,
+                                 base_url=url + "fm/", val_size=20)
+    assert ds.sizes == {"train": 100, "val": 20, "test": 30}
+    for fname in data.IDX_FILES.values():
+        assert (cache / "fashion-mnist" / fname).read_bytes() == (www / "fm" / fname).read_bytes()
+    np.testing.assert_array_equal(np.sort(ds.test[1].numpy()), np.sort(arrays["test_labels"]))
+    # one corrupted byte on the server is refused by name, the valid cache copy stays
+    bad = www / "bad"
+    bad.mkdir()
+    for fname in data.IDX_FILES.values():
+        bad.joinpath(fname).write_bytes((www / "fm" / fname).read_bytes())
+    raw = bytearray((bad / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    raw[-1] ^= 0xFF
+    (bad / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(raw))
+    (cache / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz"):
+        data.fetch_idx("fashion-mnist", cache_dir=cache, base_url=url + "bad/")
+    assert sorted(p.name for p in (cache / "fashion-mnist").iterdir()) == sorted(
+        f for f in data.IDX_FILES.values() if f != "t10k-labels-idx1-ubyte.gz")

@@ -5,7 +5,8 @@ off, so that every output is rendered) serves a temporary copy of ``notebooks/``
 chromium, driven by Playwright, opens each notebook, runs all cells and checks that
 
 - no cell shows a traceback or an error output;
-- every plotly figure has a plot area of at least 10 × 10 px;
+- every plotly figure has a plot area of at least 10 × 10 px and draws data (a visible trace
+  and at least one line, marker, bar, heatmap image or table cell in the page);
 - no plotly table hides rows behind a scrollbar;
 
 then saves screenshots under ``artifacts/screenshots/`` (the notebook's first figure in its
@@ -42,9 +43,15 @@ _FIGURES_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(gd 
     const types = (gd.data || []).map(t => t.type || 'scatter');
     const glyphs = [...gd.querySelectorAll('.scrollbar-glyph')];
     const scrolls = glyphs.some(g => parseFloat(getComputedStyle(g).strokeOpacity || '0') > 0);
-    const drawn = gd.querySelectorAll(
-        '.cartesianlayer .plot path, .cartesianlayer .plot image, .table .cell-text').length;
-    return {w: s ? s.w : 0, h: s ? s.h : 0, types, scrolls, drawn,
+    // marks that carry data: a line with a path, a marker, a bar with an area, a heatmap image,
+    // a table cell (an empty trace leaves its <g class="trace"> but none of these)
+    const marks = [...gd.querySelectorAll(
+        '.scatterlayer path.js-line, .scatterlayer path.point, .barlayer .bars path, ' +
+        '.heatmaplayer image, .cartesianlayer .plot image, .table .cell-text')];
+    const drawn = marks.filter(m => m.tagName !== 'path' ||
+        !['', 'M0,0Z'].includes((m.getAttribute('d') || '').trim())).length;
+    const visible = (gd._fullData || []).filter(t => t.visible === true).length;
+    return {w: s ? s.w : 0, h: s ? s.h : 0, types, scrolls, drawn, visible,
             title: (gd.layout && gd.layout.title && (gd.layout.title.text || gd.layout.title)) || ''};
 })"""
 _ERRORS_JS = """() => [...document.querySelectorAll(
@@ -113,6 +120,8 @@ def check_figures(page, stem: str) -> list[dict]:
     figs = page.evaluate(_FIGURES_JS)
     small = [f for f in figs if f["w"] < 10 or f["h"] < 10]
     assert not small, f"{stem}: plotly figures with an empty or tiny plot area: {small}"
+    empty = [f for f in figs if f["drawn"] == 0 or f["visible"] == 0]
+    assert not empty, f"{stem}: plotly figures that draw no data: {empty}"
     hidden = [f for f in figs if "table" in f["types"] and f["scrolls"]]
     assert not hidden, f"{stem}: a table figure hides rows behind its scrollbar: {hidden}"
     return figs
@@ -190,3 +199,32 @@ def test_voila_demo_in_the_browser_shows_widgets_and_no_code(browser, tmp_path):
     finally:
         page.close()
         stop_voila(proc)
+
+
+def test_check_figures_refuses_an_empty_figure(browser, tmp_path):
+    """The figure check itself: an empty scatter, an empty bar chart and a hidden trace fail it;
+    a line, bars, a heatmap and a table pass."""
+    import plotly.graph_objects as go
+
+    good = [go.Figure(go.Scatter(x=[0, 1, 2], y=[1, 0, 2])), go.Figure(go.Bar(x=["a", "b"], y=[2, 3])),
+            go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])),
+            go.Figure(go.Table(cells=dict(values=[[1, 2]])))]
+    bad = [go.Figure(go.Scatter(x=[], y=[])), go.Figure(go.Bar(x=[], y=[])),
+           go.Figure(go.Scatter(x=[0, 1], y=[1, 0], visible=False)), go.Figure()]
+    page = browser.new_page(viewport={"width": 900, "height": 700})
+    try:
+        for label, figs in (("good", good), ("bad", bad)):
+            for i, fig in enumerate(figs):
+                path = tmp_path / f"{label}{i}.html"
+                fig.write_html(path, include_plotlyjs=True, full_html=True)
+                page.goto(path.as_uri())
+                page.wait_for_function("() => document.querySelector('.js-plotly-plot')"
+                                       " && document.querySelector('.js-plotly-plot')._fullLayout")
+                page.wait_for_timeout(200)
+                if label == "good":
+                    check_figures(page, f"{label}{i}")
+                else:
+                    with pytest.raises(AssertionError, match="draw no data"):
+                        check_figures(page, f"{label}{i}")
+    finally:
+        page.close()
