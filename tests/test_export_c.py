@@ -69,6 +69,7 @@ def trained(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------ the files
+@pytest.mark.apt  # Fashion-MNIST (dataset-fashion-mnist) and the cross toolchains
 def test_header_constants_and_files(trained):
     pk, res, *_ = trained
     h = res.header.read_text()
@@ -96,6 +97,7 @@ def test_header_constants_and_files(trained):
 
 
 # ------------------------------------------------------------------------------ host proofs
+@pytest.mark.apt  # Fashion-MNIST (dataset-fashion-mnist) and the cross toolchains
 def test_host_gcc_strict_2000_images(trained):
     pk, res, x, want, _ = trained
     assert x.shape[0] >= 2000
@@ -103,6 +105,7 @@ def test_host_gcc_strict_2000_images(trained):
     _assert_same(pred, logits, want)
 
 
+@pytest.mark.apt  # Fashion-MNIST (dataset-fashion-mnist) and the cross toolchains
 def test_host_gcc_sanitizers_2000_images(trained):
     pk, res, x, want, _ = trained
     pred, logits = packed_c.run_host(
@@ -111,6 +114,7 @@ def test_host_gcc_sanitizers_2000_images(trained):
     _assert_same(pred, logits, want)
 
 
+@pytest.mark.apt  # Fashion-MNIST (dataset-fashion-mnist) and the cross toolchains
 def test_word_bits_64_and_prefix(trained, tmp_path):
     pk, _, x, want, _ = trained
     res = packed_c.to_c(pk, tmp_path, input_shape=(1, 28, 28), word_bits=64, prefix="fmnist")
@@ -119,6 +123,7 @@ def test_word_bits_64_and_prefix(trained, tmp_path):
     _assert_same(pred, logits, want[:300])
 
 
+@pytest.mark.apt  # Fashion-MNIST (dataset-fashion-mnist) and the cross toolchains
 def test_popcount_instruction_path(trained):
     """The default build uses the inline SWAR popcount; -mpopcnt switches to the builtin."""
     if platform.machine() not in ("x86_64", "AMD64"):
@@ -130,6 +135,7 @@ def test_popcount_instruction_path(trained):
 
 
 # ------------------------------------------------------------------------------ ARM proofs
+@pytest.mark.apt  # Fashion-MNIST (dataset-fashion-mnist) and the cross toolchains
 def test_arm_linux_qemu_200_images(trained):
     _need("arm-linux-gnueabihf-gcc", "qemu-arm")
     pk, res, x, want, _ = trained
@@ -138,6 +144,7 @@ def test_arm_linux_qemu_200_images(trained):
     _assert_same(pred, logits, want[:200])
 
 
+@pytest.mark.apt  # Fashion-MNIST (dataset-fashion-mnist) and the cross toolchains
 def test_cortex_m4_build_and_size(trained):
     _need("arm-none-eabi-gcc", "arm-none-eabi-size")
     pk, res, *_ = trained
@@ -149,6 +156,7 @@ def test_cortex_m4_build_and_size(trained):
     assert 0.5 < size["flash"] / m["flash_bytes"] < 1.5
 
 
+@pytest.mark.apt  # Fashion-MNIST (dataset-fashion-mnist) and the cross toolchains
 def test_mps2_an385_semihosting_20_images(trained):
     _need("arm-none-eabi-gcc", "qemu-system-arm")
     pk, res, x, want, _ = trained
@@ -157,6 +165,7 @@ def test_mps2_an385_semihosting_20_images(trained):
 
 
 # ------------------------------------------------------------------------------ CLI
+@pytest.mark.apt  # Fashion-MNIST (dataset-fashion-mnist) and the cross toolchains
 def test_cli_export_c(trained, tmp_path, capsys):
     pk, _, x, want, _ = trained
     f = tmp_path / "model.bnn"
