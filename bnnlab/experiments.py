@@ -479,7 +479,8 @@ def train_one(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int
                      callbacks=[keep, *callbacks])
     seconds = time.perf_counter() - t0
     keep.restore(model)
-    assert keep.best_epoch is not None     # fit ran at least one epoch with validation
+    if keep.best_epoch is None:
+        raise ValueError("train_one: epochs must be >= 1 and data must have a validation part")
     i = hist.epoch.index(keep.best_epoch)
     test = train.evaluate(model, *data.test, loss=loss)
     record = {

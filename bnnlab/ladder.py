@@ -362,7 +362,8 @@ class _Distilled(nn.Module):
 
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
         """ReActNet's distributional loss: KL(p_teacher || p_student), batch mean."""
-        assert self.teacher_logits is not None
+        if self.teacher_logits is None:
+            raise ValueError("distillation loss: call forward() before loss() (no teacher logits)")
         p_t = F.softmax(self.teacher_logits, dim=1)
         return F.kl_div(F.log_softmax(out, dim=1), p_t, reduction="batchmean")
 

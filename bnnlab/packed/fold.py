@@ -263,7 +263,8 @@ def _fold(l1: Any, segment: list[Any], l2: Any) -> Any:
             thr[ch] = d[len(col) - 1 - np.argmax(col[::-1])]
     pool = None
     if pool_at is not None:
-        assert e1 is not None, "the max-pool's input was recorded"
+        if e1 is None:
+            raise ValueError("fold: the max-pool's input epilogue was not recorded")
         s1 = _monotone(e1)
         if s1 is None:
             return None, "the function before the max-pool is not monotone"

@@ -266,7 +266,8 @@ class _PackedLayer(nn.Module):
         self._prepared = None
 
     def _kernel_threshold(self) -> np.ndarray:
-        assert self.threshold is not None, "only fused layers have thresholds"
+        if self.threshold is None:
+            raise ValueError(f"{self._who()}: only fused layers have thresholds")
         return self.threshold + self.d_offset
 
     def _reduction_length(self) -> int:
@@ -300,7 +301,8 @@ class _PackedLayer(nn.Module):
         if x.dtype != torch.float32:
             raise TypeError(f"{self._who()}: input must be float32, got {x.dtype}")
         if self.input_mode == "rsign":
-            assert self.tau is not None, "input 'rsign' has a threshold"
+            if self.tau is None:
+                raise ValueError(f"{self._who()}: input mode 'rsign' needs its threshold tau")
             return x - self.tau.reshape(channel_shape)
         return x
 
@@ -329,7 +331,8 @@ class _PackedLayer(nn.Module):
         if self.alpha_x is not None:
             y = y * self.alpha_x.reshape(view)
         if self.beta is not None:
-            assert x is not None, "XNOR-Net input scaling needs the real input"
+            if x is None:
+                raise ValueError(f"{self._who()}: XNOR-Net input scaling needs the real input x")
             y = y * self._input_scale(x)
         if self.gamma is not None:
             y = y * self.gamma
