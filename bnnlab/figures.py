@@ -1397,15 +1397,21 @@ def _guard_ste_cosine(results: Mapping) -> str | None:
     return None
 
 
-@guard("binary-slower-in-torch")
-def _guard_binary_slower(results: Mapping) -> str | None:
-    """'In PyTorch ... the binary models are *slower* than their float twins' (Discussion)."""
+def _cost_variants(results: Mapping) -> dict | None:
+    """The ``costs`` variants of Fashion-MNIST (else the first data set), or ``None``."""
     costs = results.get("costs")
     if not costs or not costs.get("datasets"):
         return None
     cd = costs["datasets"]
-    dname = "fashion-mnist" if "fashion-mnist" in cd else next(iter(cd))
-    v = cd[dname]["variants"]
+    return cd["fashion-mnist" if "fashion-mnist" in cd else next(iter(cd))]["variants"]
+
+
+@guard("binary-slower-in-torch")
+def _guard_binary_slower(results: Mapping) -> str | None:
+    """'In PyTorch ... the binary models are *slower* than their float twins' (Discussion)."""
+    v = _cost_variants(results)
+    if v is None:
+        return None
     fl, bn = v.get("float", {}).get("torch_forward_ms"), v.get("binary", {}).get("torch_forward_ms")
     if fl and bn and not bn > fl:
         return f"the binary MLP is not slower than the float MLP in torch ({bn} vs {fl} ms)"
@@ -1415,12 +1421,9 @@ def _guard_binary_slower(results: Mapping) -> str | None:
 @guard("cnns-compress-more")
 def _guard_cnns_compress(results: Mapping) -> str | None:
     """'The small CNNs ... come closer [to 32]' than the BinaryNet MLP (Discussion, memory)."""
-    costs = results.get("costs")
-    if not costs or not costs.get("datasets"):
+    v = _cost_variants(results)
+    if v is None:
         return None
-    cd = costs["datasets"]
-    dname = "fashion-mnist" if "fashion-mnist" in cd else next(iter(cd))
-    v = cd[dname]["variants"]
 
     def ratio(k):
         return v[k]["summary"]["totals"]["compression_ratio"] if k in v else None
