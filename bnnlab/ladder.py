@@ -70,6 +70,7 @@ __all__ = [
     "build_model",
     "load_data",
     "run_rung",
+    "markdown_table",
     "ladder_runner",
     "run_ladder",
     "load_ladder",
@@ -530,6 +531,8 @@ def run_ladder(profile: str = "quick", out="ladder", seeds: Iterable[int] | None
     specs = ladder_specs(profile, seeds, **dict(overrides or {}))
     records = []
     t0 = time.perf_counter()
+    missing = sum(not (out / "runs" / f"{spec_hash(s)}.json").is_file() for s in specs)
+    earlier = _earlier_wall_seconds(out, specs)
     if client is not None or scheduler is not None or workers is not None:
         _run_on_dask(specs, out, client=client, scheduler=scheduler, workers=workers, log=log)
     for i, spec in enumerate(specs, 1):
@@ -550,12 +553,26 @@ def run_ladder(profile: str = "quick", out="ladder", seeds: Iterable[int] | None
         "settings": {k: v for k, v in specs[0].items()
                      if k not in ("rung", "seed", "kind", "teacher")},
         "runs": [spec_hash(s) for s in specs],
-        "wall_seconds": time.perf_counter() - t0,
+        # the wall time of the invocations that ran something (a resume that runs nothing
+        # keeps the time of the ladder it found)
+        "wall_seconds": earlier + (time.perf_counter() - t0 if missing else 0.0),
         "run_seconds": sum(r["seconds"] for r in records),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__},
     })
     return records
+
+
+def _earlier_wall_seconds(out: Path, specs: Sequence[Mapping]) -> float:
+    """The wall time recorded by an earlier invocation on the same runs (0 when none)."""
+    try:
+        meta = json.loads((out / "ladder.json").read_text())
+    except (OSError, ValueError):
+        return 0.0
+    if not isinstance(meta, dict) or not set(meta.get("runs", [])) <= {spec_hash(s) for s in specs}:
+        return 0.0
+    wall = meta.get("wall_seconds", 0.0)
+    return float(wall) if isinstance(wall, (int, float)) and math.isfinite(wall) else 0.0
 
 
 def _run_on_dask(specs: list[dict], out: Path, *, client: Any, scheduler: str | None,
@@ -598,6 +615,47 @@ def load_ladder(out) -> dict | None:
     return {"meta": meta, "runs": runs}
 
 
+def markdown_table(out) -> str:
+    """The finished ladder in ``out`` as a Markdown table (the README's): per rung the test
+    accuracy (mean ± sd over seeds), the step from the rung before (paired by seed, 95 %
+    t-interval) with its verdict, the stopped-early / hit-cap counts and the mean best epoch,
+    followed by one line naming the profile, the seeds and the wall time.
+
+    Raises:
+        ValueError: ``out`` holds no finished ladder (no ``ladder.json``).
+    """
+    from bnnlab import figures
+
+    lad = load_ladder(out)
+    if lad is None:
+        raise ValueError(f"out: {out} holds no finished ladder (no ladder.json)")
+    rows = figures.ladder_stats({"ladder": lad})
+    lines = ["| rung | test accuracy (%) | step (points, 95 % CI) | verdict | stopped / capped "
+             "| best epoch |", "|---|---:|---|---|---:|---:|"]
+    for r in rows:
+        d = r["diff"]
+        if r["verdict"] == "first":
+            step = "–"
+        else:
+            ci = "" if math.isnan(d["lo"]) else f" [{d['lo'] * 100:+.1f}, {d['hi'] * 100:+.1f}]"
+            step = f"{d['mean'] * 100:+.1f}{ci}"
+        acc = f"{r['mean'] * 100:.1f}" + ("" if r["n"] < 2 else f" ± {r['sd'] * 100:.1f}")
+        flag = " †" if r["under_trained"] else ""
+        lines.append(f"| {r['label']}{flag} | {acc} | {step} | "
+                     f"{'reference' if r['verdict'] == 'first' else r['verdict']} | "
+                     f"{r['stopped']} / {r['capped']} | {r['best_epoch']:.1f} |")
+    meta = lad["meta"]
+    s = meta["settings"]
+    lines.append("")
+    lines.append(f"Profile `{meta['profile']}`: {len(meta['seeds'])} seed(s) per rung, "
+                 f"{'all' if s['n_train'] is None else s['n_train']} training images "
+                 f"({28 // int(s['pool'])}×{28 // int(s['pool'])}), at most {s['max_epochs']} "
+                 f"epochs (patience {s['patience']}); {len(lad['runs'])} runs, "
+                 f"{meta['wall_seconds'] / 60:.1f} min wall time on {meta['machine']['cpus']} "
+                 f"CPU(s). † under-trained: most seeds hit the epoch cap.")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bnnlab ladder [--profile quick|full|paper] [--out DIR] [--seeds N ...]``."""
     parser = argparse.ArgumentParser(prog="python -m bnnlab ladder",
@@ -606,6 +664,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("paper/generated/results/ladder"))
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--list", action="store_true", help="print the specs and exit")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the finished ladder in --out as a Markdown table and exit")
     parser.add_argument("--scheduler", default=None,
                         help="run the missing runs on this Dask scheduler (tcp://host:8786)")
     parser.add_argument("--workers", type=int, default=None,
@@ -614,6 +674,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         for s in ladder_specs(args.profile, args.seeds):
             print(spec_hash(s), json.dumps(s, sort_keys=True))
+        return 0
+    if args.markdown:
+        try:
+            print(markdown_table(args.out), end="")
+        except ValueError as e:
+            parser.error(str(e))
         return 0
     t0 = time.perf_counter()
     recs = run_ladder(args.profile, args.out, args.seeds, log=lambda s: print(s, flush=True),

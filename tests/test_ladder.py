@@ -147,6 +147,28 @@ def test_run_ladder_writes_one_file_per_run_and_resumes(tmp_path, one_thread):
                          log=logs.append)
     assert all("done before" in line for line in logs)
     assert [r["test_acc"] for r in again] == [r["test_acc"] for r in recs]
+    # a resume that runs nothing keeps the wall time of the ladder it found
+    assert L.load_ladder(tmp_path)["meta"]["wall_seconds"] == loaded["meta"]["wall_seconds"] > 0
+
+    # the README's table: one row per rung, the numbers of the records
+    md = L.markdown_table(tmp_path)
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(L.RUNGS)
+    for row, rec in zip(rows, recs, strict=True):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0].rstrip(" †") == rec["label"]
+        assert cells[1] == f"{rec['test_acc'] * 100:.1f}"      # one seed: no sd
+        assert cells[4] == f"{int(rec['stopped_early'])} / {int(rec['hit_cap'])}"
+    assert cells[3] == "one seed" and "Profile `quick`: 1 seed(s)" in md
+    assert L.main(["--markdown", "--out", str(tmp_path)]) == 0
+
+
+def test_markdown_table_refuses_an_unfinished_ladder(tmp_path, capsys):
+    with pytest.raises(ValueError, match="out: .* no finished ladder"):
+        L.markdown_table(tmp_path)
+    with pytest.raises(SystemExit):
+        L.main(["--markdown", "--out", str(tmp_path)])
+    assert "no finished ladder" in capsys.readouterr().err
 
 
 def test_load_ladder_missing_and_wrong_schema(tmp_path):
