@@ -7,6 +7,15 @@ experiment writes one JSON file into the output directory (default
 tables and ``macros.tex``. No number of the report is typed by hand: they all come from these
 files.
 
+Every training is a run of :mod:`bnnlab.runs` (runner ``"experiment"``,
+:func:`experiment_runner`, a pure function of its JSON spec: :func:`experiment_specs`). Its
+record, and for architecture runs the selected weights (``<key>.weights.safetensors``), go to
+the results store ``<out>/store``; a rerun executes only the missing runs (resume). The runs
+execute serially in this process by default, or as tasks of Dask with ``--workers N`` (an
+embedded ``LocalCluster``) or ``--scheduler tcp://host:8786`` (an existing cluster). The JSON
+files are then built from the store alone (:func:`assemble`): ``noise`` and ``costs`` load the
+stored weights into models rebuilt from the specs.
+
 ==================  ===========================================================================
 experiment          what it measures (file ``<name>.json``)
 ==================  ===========================================================================
@@ -49,6 +58,8 @@ from those records only, so an interrupted sweep resumes and records from severa
 Examples::
 
     $ python -m bnnlab experiments --quick --out paper/generated/results
+    $ python -m bnnlab experiments --full --workers 2          # the runs on a LocalCluster
+    $ python -m bnnlab experiments --full --scheduler tcp://head:8786
     $ python -m bnnlab experiments --full --bench      # also runs `python -m bnnlab bench --json`
     $ python -m bnnlab experiments --only regression --epochs 5 --seeds 1
     $ python -m bnnlab experiments --paper --data-root ~/cifar-10-batches-bin --out runs/paper \
@@ -1364,7 +1375,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bnnlab experiments",
         description="Train and evaluate the model families; write JSON results for "
-                    "`python -m bnnlab figures`.")
+                    "`python -m bnnlab figures`. Every training is a run stored in OUT/store "
+                    "(record + weights); a rerun executes only the missing runs, serially here "
+                    "or on Dask (--workers N: an embedded LocalCluster; --scheduler ADDRESS: "
+                    "an existing cluster).")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_const", const="quick", dest="profile",
                       help="CI profile: digits + a 1,500-image Fashion-MNIST subset, 2 seeds, "

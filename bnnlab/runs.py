@@ -48,6 +48,10 @@ The record written for each run::
      "versions": {"bnnlab": ..., "torch": ..., "numpy": ..., "python": ...},
      "machine": {"host": ..., "platform": ..., "processor": ..., "cpu_count": ..., "pid": ...}}
 
+Other registered runners: ``"ladder"`` (:func:`bnnlab.ladder.ladder_runner`) and
+``"experiment"`` (:func:`bnnlab.experiments.experiment_runner`, the report's trainings; its
+architecture runs return their weights as a :class:`RunOutput`).
+
 Built-in runner ``"fit"`` (:func:`fit_runner`): a model of :mod:`bnnlab.models` (or a variant
 of :data:`bnnlab.experiments.VARIANTS`) trained by :func:`bnnlab.train.fit` on a data set of
 :mod:`bnnlab.data`; the weights of the best validation epoch are evaluated once on the test part.
