@@ -7,6 +7,15 @@ experiment writes one JSON file into the output directory (default
 tables and ``macros.tex``. No number of the report is typed by hand: they all come from these
 files.
 
+Every training is a run of :mod:`bnnlab.runs` (runner ``"experiment"``,
+:func:`experiment_runner`, a pure function of its JSON spec: :func:`experiment_specs`). Its
+record, and for architecture runs the selected weights (``<key>.weights.safetensors``), go to
+the results store ``<out>/store``; a rerun executes only the missing runs (resume). The runs
+execute serially in this process by default, or as tasks of Dask with ``--workers N`` (an
+embedded ``LocalCluster``) or ``--scheduler tcp://host:8786`` (an existing cluster). The JSON
+files are then built from the store alone (:func:`assemble`): ``noise`` and ``costs`` load the
+stored weights into models rebuilt from the specs.
+
 ==================  ===========================================================================
 experiment          what it measures (file ``<name>.json``)
 ==================  ===========================================================================
@@ -49,6 +58,8 @@ from those records only, so an interrupted sweep resumes and records from severa
 Examples::
 
     $ python -m bnnlab experiments --quick --out paper/generated/results
+    $ python -m bnnlab experiments --full --workers 2          # the runs on a LocalCluster
+    $ python -m bnnlab experiments --full --scheduler tcp://head:8786
     $ python -m bnnlab experiments --full --bench      # also runs `python -m bnnlab bench --json`
     $ python -m bnnlab experiments --only regression --epochs 5 --seeds 1
     $ python -m bnnlab experiments --paper --data-root ~/cifar-10-batches-bin --out runs/paper \
@@ -58,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -77,7 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnnlab.runs import ResultStore
+from bnnlab.runs import ResultStore, spec_key
 from bnnlab.sweep import run_sweep
 from bnnlab.train import KeepBest
 
@@ -531,32 +543,296 @@ def _header(name: str, profile: Profile) -> dict[str, Any]:
 
 
 # =============================================================================================
-# The experiments
+# Runs: every training of the experiments is a spec of the runner "experiment"
+# =============================================================================================
+#: Name of the runner of :mod:`bnnlab.runs` that trains one model of the experiments.
+RUNNER = "experiment"
+#: File of an architecture run's trained weights (safetensors), next to its record.
+WEIGHTS = "weights.safetensors"
+#: Kinds of ``experiment`` runs.
+RUN_KINDS = ("architecture", "ablation", "regression")
+#: Keys of a training record that a payload row copies (``train_one``'s record).
+_FIT_KEYS = ("epochs", "best_epoch", "val_acc", "val_loss", "test_acc", "test_loss",
+             "fit_seconds", "history")
+
+
+def _dataset_spec(d: Mapping[str, Any]) -> DatasetSpec:
+    return DatasetSpec(**{**d, "hidden": tuple(d["hidden"])})
+
+
+def _regression_spec(d: Mapping[str, Any]) -> RegressionSpec:
+    return RegressionSpec(**{**d, "hidden": tuple(d["hidden"]), "domain": tuple(d["domain"])})
+
+
+def architecture_spec(profile: Profile, dataset: str, variant: str, seed: int) -> dict[str, Any]:
+    """Spec of one architecture run: ``variant`` trained on ``dataset`` with ``seed``.
+
+    The first seed's binary variants on ``profile.signs_dataset`` also record the flip ratio
+    (and, for ``"binary"``, sign statistics and gradient mismatch on a probe batch of
+    ``profile.probe_size`` training images): ``record_signs`` is part of the spec.
+    """
+    if dataset not in profile.datasets:
+        raise ValueError(f"dataset must be one of {list(profile.datasets)}, got {dataset!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
+    record_signs = (dataset == profile.signs_dataset and seed == profile.seeds[0]
+                    and VARIANTS[variant].binary)
+    spec = {"runner": RUNNER, "kind": "architecture",
+            "data": _jsonable(dataclasses.asdict(profile.datasets[dataset])),
+            "variant": variant, "seed": int(seed), "record_signs": record_signs}
+    if record_signs:
+        spec["probe_size"] = int(profile.probe_size)
+    return spec
+
+
+def ablation_spec(profile: Profile, quantizer: str, seed: int) -> dict[str, Any]:
+    """Spec of one ablation run: the BinaryNet MLP with the activation binariser ``quantizer``.
+
+    ``"ste_sign"`` is the architecture run of ``"binary"`` (the same spec, so the same
+    record: it is trained once).
+    """
+    if quantizer not in ABLATION_QUANTIZERS:
+        raise ValueError(f"quantizer must be one of {list(ABLATION_QUANTIZERS)}, "
+                         f"got {quantizer!r}")
+    if quantizer == "ste_sign":
+        return architecture_spec(profile, profile.ablation_dataset, "binary", seed)
+    return {"runner": RUNNER, "kind": "ablation",
+            "data": _jsonable(dataclasses.asdict(profile.datasets[profile.ablation_dataset])),
+            "quantizer": quantizer, "seed": int(seed)}
+
+
+def regression_spec(profile: Profile, variant: str, seed: int) -> dict[str, Any]:
+    """Spec of one regression run (``"float"`` or ``"binary"``); the first seed also records
+    the fitted curve."""
+    if variant not in ("float", "binary"):
+        raise ValueError(f"variant must be 'float' or 'binary', got {variant!r}")
+    return {"runner": RUNNER, "kind": "regression",
+            "regression": _jsonable(dataclasses.asdict(profile.regression)),
+            "variant": variant, "seed": int(seed), "curve": seed == profile.seeds[0]}
+
+
+def _arch_runs(p: Profile, datasets: Iterable[str] | None = None,
+               seeds: Iterable[int] | None = None) -> list[tuple[str, str, int, dict]]:
+    out = []
+    for dname in (p.datasets if datasets is None else datasets):
+        for seed in (p.seeds if seeds is None else seeds):
+            for variant in p.variants:
+                out.append((dname, variant, seed, architecture_spec(p, dname, variant, seed)))
+    return out
+
+
+def _needed_specs(p: Profile, name: str) -> list[dict[str, Any]]:
+    if name == "architectures":
+        return [s for *_, s in _arch_runs(p)]
+    if name == "ablation":
+        return [ablation_spec(p, q, seed) for seed in p.seeds for q in p.ablation_quantizers]
+    if name == "noise":
+        return [s for *_, s in _arch_runs(p, [p.noise_dataset])]
+    if name == "regression":
+        return [regression_spec(p, v, seed) for seed in p.seeds for v in ("float", "binary")]
+    if name == "costs":
+        return [s for *_, s in _arch_runs(p, seeds=p.seeds[:1])]
+    raise ValueError(f"unknown experiment {name!r}")
+
+
+def experiment_specs(profile: Profile | str = "quick",
+                     only: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Every run the experiments of ``profile`` need (distinct, in order): the specs of
+    runner ``"experiment"`` that :func:`run` executes (or that a sweep can run elsewhere)."""
+    p = _profile(profile)
+    seen: set[str] = set()
+    out = []
+    for name in _names(only):
+        for spec in _needed_specs(p, name):
+            key = spec_key(spec)
+            if key not in seen:
+                seen.add(key)
+                out.append(spec)
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _split(data_json: str, seed: int):
+    """The data of a run (cached: the runs of one data set and seed share it; read only)."""
+    return load_dataset(_dataset_spec(json.loads(data_json)), seed)
+
+
+def _run_split(data: Mapping[str, Any], seed: int):
+    return _split(json.dumps(data, sort_keys=True), int(seed))
+
+
+def _weights_bytes(model: nn.Module) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+
+
+def _signs_recorder(variant: str, split, probe_size: int) -> dict[str, Any]:
+    from bnnlab import analysis
+
+    probe_x, probe_y = split.train[0][:probe_size], split.train[1][:probe_size]
+    cbs: dict[str, Any] = {"flip": analysis.FlipRatio(every="epoch")}
+    if variant == "binary":
+        cbs["signs"] = analysis.SignStats(probe_x)
+        cbs["mismatch"] = analysis.GradientMismatch(probe_x, probe_y, betas=(1.0, 3.0, 10.0))
+    return cbs
+
+
+def _signs_record(variant: str, cbs: Mapping[str, Any]) -> dict[str, Any]:
+    fr = cbs["flip"]
+    out: dict[str, Any] = {"flip_ratio": {"epochs": fr.steps, "total": fr.total,
+                                          "layers": fr.history}}
+    if "signs" in cbs:
+        out["sign_stats"] = {"variant": variant, **_sign_history_dict(cbs["signs"].history)}
+        gm = cbs["mismatch"]
+        out["gradient_mismatch"] = {"variant": variant, "epochs": gm.epochs,
+                                    "results": gm.results}
+    return out
+
+
+def experiment_runner(spec: dict[str, Any]) -> Any:
+    """Runner ``"experiment"`` of :mod:`bnnlab.runs`: one training of the experiments.
+
+    ``spec["kind"]`` is ``"architecture"`` (:func:`architecture_spec`), ``"ablation"``
+    (:func:`ablation_spec`) or ``"regression"`` (:func:`regression_spec`). The result is
+    :func:`train_one`'s record (history, best epoch, validation and test metrics at it,
+    ``fit_seconds``) plus, for classifiers, ``sizes``, ``input_shape`` and ``num_classes``;
+    ``signs`` (flip ratio, sign statistics, gradient mismatch) when ``record_signs``;
+    regression: ``sup``/``l1``/``l2`` of the selected fit against :func:`regression_target`
+    and, for the first seed, ``curve``. An architecture run returns a
+    :class:`bnnlab.runs.RunOutput` whose file ``weights.safetensors`` holds the selected
+    weights (:func:`load_model` rebuilds the model from them).
+    """
+    from bnnlab._validation import check_bool, check_choice, check_int
+    from bnnlab.runs import RunOutput
+
+    kind = check_choice(spec.get("kind"), "spec['kind']", RUN_KINDS)
+    seed = check_int(spec.get("seed"), "spec['seed']", min_value=0)
+    if kind == "regression":
+        return _regression_run(spec, seed)
+    ds = _dataset_spec(spec["data"])
+    split = _run_split(spec["data"], seed)
+    variant, quantizer = "binary", "ste_sign"
+    if kind == "architecture":
+        variant = check_choice(spec.get("variant"), "spec['variant']", tuple(VARIANTS))
+    else:
+        qkey = check_choice(spec.get("quantizer"), "spec['quantizer']",
+                            tuple(ABLATION_QUANTIZERS))
+        quantizer = ABLATION_QUANTIZERS[qkey][1]
+    record_signs = kind == "architecture" and check_bool(spec.get("record_signs", False),
+                                                         "spec['record_signs']")
+    torch.manual_seed(seed)
+    model = build_model(variant, split.input_shape, split.num_classes, hidden=ds.hidden,
+                        width=ds.width, input_quantizer=quantizer)
+    cbs = _signs_recorder(variant, split, check_int(spec.get("probe_size"),
+                                                    "spec['probe_size']", min_value=1)) \
+        if record_signs else {}
+    model, rec = train_one(model, split, epochs=ds.epochs, lr=ds.lr, batch_size=ds.batch_size,
+                           seed=seed, callbacks=list(cbs.values()))
+    result = {**rec, "sizes": split.sizes, "input_shape": list(split.input_shape),
+              "num_classes": int(split.num_classes)}
+    if cbs:
+        result["signs"] = _signs_record(variant, cbs)
+    result = _jsonable(result)
+    if kind == "architecture":
+        return RunOutput(result, {WEIGHTS: _weights_bytes(model)})
+    return result
+
+
+def _regression_run(spec: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    from bnnlab import data as D
+    from bnnlab._validation import check_bool, check_choice
+
+    r = _regression_spec(spec["regression"])
+    variant = check_choice(spec.get("variant"), "spec['variant']", ("float", "binary"))
+    split = D.make_regression(r.n_samples, noise=r.noise, seed=seed)
+    torch.manual_seed(seed)
+    reg_model: nn.Module = build_regression_model(variant, r.hidden, domain=r.domain)
+    model, rec = train_one(reg_model, split, epochs=r.epochs, lr=r.lr, batch_size=r.batch_size,
+                           seed=seed, loss="mse")
+    grid = np.linspace(*r.domain, r.grid_points)
+    with torch.no_grad():
+        pred = model(torch.as_tensor(grid, dtype=torch.float32)[:, None])[:, 0]
+    errs = function_errors(grid, pred.double().numpy() - regression_target(grid))
+    for k in ("test_acc", "val_acc"):
+        rec.pop(k)
+    result: dict[str, Any] = {**errs, **rec}
+    if check_bool(spec.get("curve", False), "spec['curve']"):
+        plot_x = np.linspace(*r.domain, r.plot_points)
+        with torch.no_grad():
+            fit = model(torch.as_tensor(plot_x, dtype=torch.float32)[:, None])[:, 0]
+        result["curve"] = {"x": plot_x, "fit": fit, "train_x": split.train[0][:, 0],
+                           "train_y": split.train[1][:, 0]}
+    return _jsonable(result)
+
+
+def load_model(store: ResultStore, spec: Mapping[str, Any]) -> nn.Module:
+    """The trained model of an architecture run, rebuilt from its spec and record and loaded
+    from the store's ``weights.safetensors`` (eval mode).
+
+    Raises:
+        ValueError: the run is not in the store, or its weights are missing or altered.
+    """
+    from safetensors.torch import load
+
+    rec = _record(store, spec)
+    res = rec["result"]
+    ds = _dataset_spec(rec["spec"]["data"])
+    torch.manual_seed(int(rec["spec"]["seed"]))
+    model = build_model(rec["spec"]["variant"], res["input_shape"], res["num_classes"],
+                        hidden=ds.hidden, width=ds.width)
+    model.load_state_dict(load(store.read_file(rec["key"], WEIGHTS)))
+    return model.eval()
+
+
+def _record(store: ResultStore, spec: Mapping[str, Any]) -> dict[str, Any]:
+    rec = store.get(spec)
+    if rec is None:
+        raise ValueError(f"{store.root}: no record of run {spec_key(spec)} "
+                         f"({_describe(spec)}); run the experiments first")
+    return rec
+
+
+def _describe(spec: Mapping[str, Any]) -> str:
+    kind = spec.get("kind")
+    if kind == "regression":
+        return f"regression {spec['variant']} seed {spec['seed']}"
+    what = spec.get("variant") if kind == "architecture" else spec.get("quantizer")
+    return f"{kind} {spec['data']['name']} {what} seed {spec['seed']}"
+
+
+# =============================================================================================
+# The experiments: payloads assembled from the results store only
 # =============================================================================================
 @dataclass
 class _Context:
-    """State shared by the experiments of one run (trained models are reused, not retrained)."""
+    """What the assemblers of one profile share: the results store (records and weights)."""
 
     profile: Profile
-    out: Path
-    progress: bool = False
+    store: ResultStore
     log: Callable[[str], None] = print
-    models: dict[tuple[str, str, int], nn.Module] = field(default_factory=dict)
-    data: dict[tuple[str, int], Any] = field(default_factory=dict)
-    records: dict[tuple[str, str, int], dict] = field(default_factory=dict)
     extra_outputs: dict[str, dict] = field(default_factory=dict)
 
-    def dataset(self, name: str, seed: int):
-        key = (name, seed)
-        if key not in self.data:
-            self.data[key] = load_dataset(self.profile.datasets[name], seed)
-        return self.data[key]
+    def record(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return _record(self.store, spec)
+
+    def result(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return self.record(spec)["result"]
+
+    def run_seconds(self, keys: Iterable[str]) -> float:
+        return float(sum(self.record_of_key(k)["seconds"] for k in keys))
+
+    def record_of_key(self, key: str) -> dict[str, Any]:
+        rec = self.store.get(key)
+        if rec is None:
+            raise ValueError(f"{self.store.root}: no record of run {key}")
+        return rec
 
 
-def _protocol(spec: DatasetSpec, split) -> dict[str, Any]:
+def _protocol(spec: DatasetSpec, res: Mapping[str, Any]) -> dict[str, Any]:
     return {"optimizer": "adam", "lr": spec.lr, "schedule": "cosine", "epochs": spec.epochs,
             "batch_size": spec.batch_size, "selection": "best validation accuracy",
-            "sizes": split.sizes, "input_shape": list(split.input_shape), "pool": spec.pool,
+            "sizes": res["sizes"], "input_shape": list(res["input_shape"]), "pool": spec.pool,
             "hidden": list(spec.hidden), "width": spec.width}
 
 
@@ -568,54 +844,28 @@ def _sign_history_dict(h) -> dict[str, Any]:
                        for name, rec in h.layers.items()}}
 
 
-def run_architectures(ctx: _Context) -> dict[str, Any]:
-    """Train every variant on every data set for every seed; record signs on the first seed."""
-    from bnnlab import analysis
+def _fit_row(res: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: res[k] for k in _FIT_KEYS}
 
+
+def run_architectures(ctx: _Context) -> dict[str, Any]:
+    """Every variant on every data set for every seed; ``signs.json`` from the first seed."""
     p = ctx.profile
     runs: list[dict[str, Any]] = []
     datasets: dict[str, Any] = {}
     signs: dict[str, Any] = {}
-    for dname, spec in p.datasets.items():
-        for seed in p.seeds:
-            split = ctx.dataset(dname, seed)
-            datasets.setdefault(dname, _protocol(spec, split))
-            for variant in p.variants:
-                torch.manual_seed(seed)
-                model = build_model(variant, split.input_shape, split.num_classes,
-                                    hidden=spec.hidden, width=spec.width)
-                record_signs = (dname == p.signs_dataset and seed == p.seeds[0]
-                                and VARIANTS[variant].binary)
-                cbs: dict[str, Any] = {}
-                if record_signs:
-                    probe_x = split.train[0][:p.probe_size]
-                    probe_y = split.train[1][:p.probe_size]
-                    cbs["flip"] = analysis.FlipRatio(every="epoch")
-                    if variant == "binary":
-                        cbs["signs"] = analysis.SignStats(probe_x)
-                        cbs["mismatch"] = analysis.GradientMismatch(probe_x, probe_y,
-                                                                    betas=(1.0, 3.0, 10.0))
-                model, rec = train_one(model, split, epochs=spec.epochs, lr=spec.lr,
-                                       batch_size=spec.batch_size, seed=seed,
-                                       callbacks=list(cbs.values()), progress=ctx.progress)
-                rec = {"dataset": dname, "variant": variant, "seed": seed, **rec}
-                runs.append(rec)
-                ctx.models[(dname, variant, seed)] = model
-                ctx.records[(dname, variant, seed)] = rec
-                if cbs:
-                    fr = cbs["flip"]
-                    entry = signs.setdefault(dname, {"seed": seed, "flip_ratio": {}})
-                    entry["flip_ratio"][variant] = {"epochs": fr.steps, "total": fr.total,
-                                                    "layers": fr.history}
-                    if "signs" in cbs:
-                        entry["sign_stats"] = {"variant": variant,
-                                               **_sign_history_dict(cbs["signs"].history)}
-                        gm = cbs["mismatch"]
-                        entry["gradient_mismatch"] = {"variant": variant, "epochs": gm.epochs,
-                                                      "results": gm.results}
-                ctx.log(f"[architectures] {dname:<13} {variant:<9} seed {seed}: "
-                        f"test acc {rec['test_acc']:.4f} (epoch {rec['best_epoch']}/"
-                        f"{rec['epochs']} by val {rec['val_acc']:.4f}, {rec['fit_seconds']:.1f} s)")
+    for dname, variant, seed, spec in _arch_runs(p):
+        rec = ctx.record(spec)
+        res = rec["result"]
+        datasets.setdefault(dname, _protocol(p.datasets[dname], res))
+        runs.append({"dataset": dname, "variant": variant, "seed": seed, **_fit_row(res),
+                     "key": rec["key"]})
+        if "signs" in res:
+            entry = signs.setdefault(dname, {"seed": seed, "flip_ratio": {}})
+            entry["flip_ratio"][variant] = res["signs"]["flip_ratio"]
+            for k in ("sign_stats", "gradient_mismatch"):
+                if k in res["signs"]:
+                    entry[k] = res["signs"][k]
     ctx.extra_outputs = {"signs": {**_header("signs", p), "datasets": signs}}
     return {**_header("architectures", p), "variants": {k: dataclasses.asdict(VARIANTS[k])
                                                         for k in p.variants},
@@ -626,93 +876,68 @@ def run_ablation(ctx: _Context) -> dict[str, Any]:
     """The activation binariser of the BinaryNet MLP, everything else equal."""
     p = ctx.profile
     dname = p.ablation_dataset
-    spec = p.datasets[dname]
+    arch_keys = {spec_key(s) for s in _needed_specs(p, "architectures")}
     runs = []
     for seed in p.seeds:
-        split = ctx.dataset(dname, seed)
         for qkey in p.ablation_quantizers:
-            reused = (qkey == "ste_sign" and (dname, "binary", seed) in ctx.records)
-            if reused:   # the same model, seed and budget as the architecture run
-                rec = {k: v for k, v in ctx.records[(dname, "binary", seed)].items()
-                       if k not in ("dataset", "variant", "seed")}
-            else:
-                torch.manual_seed(seed)
-                model = build_model("binary", split.input_shape, split.num_classes,
-                                    hidden=spec.hidden,
-                                    input_quantizer=ABLATION_QUANTIZERS[qkey][1])
-                _, rec = train_one(model, split, epochs=spec.epochs, lr=spec.lr,
-                                   batch_size=spec.batch_size, seed=seed, progress=ctx.progress)
-            runs.append({"quantizer": qkey, "seed": seed, "reused_from_architectures": reused,
-                         **rec})
-            ctx.log(f"[ablation] {qkey:<15} seed {seed}: test acc {rec['test_acc']:.4f}")
+            rec = ctx.record(ablation_spec(p, qkey, seed))
+            runs.append({"quantizer": qkey, "seed": seed,
+                         "reused_from_architectures": rec["key"] in arch_keys,
+                         **_fit_row(rec["result"]), "key": rec["key"]})
+    first = ctx.result(ablation_spec(p, p.ablation_quantizers[0], p.seeds[0]))
     return {**_header("ablation", p), "dataset": dname, "model": "binary",
             "quantizers": {k: ABLATION_QUANTIZERS[k][0] for k in p.ablation_quantizers},
-            "protocol": _protocol(spec, ctx.dataset(dname, p.seeds[0])), "runs": runs}
+            "protocol": _protocol(p.datasets[dname], first), "runs": runs}
 
 
 @torch.no_grad()
 def run_noise(ctx: _Context) -> dict[str, Any]:
-    r"""Test accuracy of the selected models under :math:`x + \sigma\varepsilon`,
-    :math:`\varepsilon \sim \mathcal N(0, I)` drawn once per seed (the same for every variant
-    and every :math:`\sigma`: common random numbers)."""
+    r"""Test accuracy of the selected models (loaded from the store) under
+    :math:`x + \sigma\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, I)` drawn once per seed
+    (the same for every variant and every :math:`\sigma`: common random numbers)."""
     from bnnlab import train
 
     p = ctx.profile
     dname = p.noise_dataset
     runs = []
+    n_test = 0
     for seed in p.seeds:
-        split = ctx.dataset(dname, seed)
+        split = load_dataset(p.datasets[dname], seed)
         x, y = split.test
         if p.noise_n_test is not None:
             x, y = x[:p.noise_n_test], y[:p.noise_n_test]
+        n_test = int(x.shape[0])
         eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(10_000 + seed))
         for variant in p.variants:
-            model = ctx.models.get((dname, variant, seed))
-            if model is None:
-                raise RuntimeError("run_noise needs the models of run_architectures")
+            model = load_model(ctx.store, architecture_spec(p, dname, variant, seed))
             acc = [train.evaluate(model, x + s * eps, y)["accuracy"] for s in p.noise_sigmas]
             runs.append({"variant": variant, "seed": seed, "accuracy": acc})
         ctx.log(f"[noise] {dname} seed {seed}: {len(p.variants)} variants x "
                 f"{len(p.noise_sigmas)} sigmas")
     return {**_header("noise", p), "dataset": dname, "sigmas": list(p.noise_sigmas),
-            "n_test": int(x.shape[0]),
+            "n_test": n_test,
             "noise": "gaussian, added to the normalised test inputs, not clipped",
             "runs": runs}
 
 
 def run_regression(ctx: _Context) -> dict[str, Any]:
     """Float vs binary MLP on the 1-D curve; errors of the selected model against f."""
-    from bnnlab import data as D
-
     p = ctx.profile
     r = p.regression
-    grid = np.linspace(*r.domain, r.grid_points)
-    plot_x = np.linspace(*r.domain, r.plot_points)
-    truth = regression_target(grid)
-    runs, curves = [], {}
+    runs: list[dict[str, Any]] = []
+    curves: dict[str, Any] = {}
     for seed in p.seeds:
-        split = D.make_regression(r.n_samples, noise=r.noise, seed=seed)
-        if seed == p.seeds[0]:
-            curves = {"x": plot_x, "truth": regression_target(plot_x), "fits": {},
-                      "train_x": split.train[0][:, 0], "train_y": split.train[1][:, 0]}
         for variant in ("float", "binary"):
-            torch.manual_seed(seed)
-            reg_model: nn.Module = build_regression_model(variant, r.hidden, domain=r.domain)
-            model, rec = train_one(reg_model, split, epochs=r.epochs, lr=r.lr,
-                                   batch_size=r.batch_size, seed=seed, loss="mse",
-                                   progress=ctx.progress)
-            with torch.no_grad():
-                pred = model(torch.as_tensor(grid, dtype=torch.float32)[:, None])[:, 0]
-                pred = pred.double().numpy()
-                if seed == p.seeds[0]:
-                    curves["fits"][variant] = model(
-                        torch.as_tensor(plot_x, dtype=torch.float32)[:, None])[:, 0]
-            errs = function_errors(grid, pred - truth)
-            for k in ("test_acc", "val_acc"):
-                rec.pop(k)
-            runs.append({"variant": variant, "seed": seed, **errs, **rec})
-            ctx.log(f"[regression] {variant:<6} seed {seed}: sup {errs['sup']:.3f} "
-                    f"L1 {errs['l1']:.4f} L2 {errs['l2']:.4f}")
+            rec = ctx.record(regression_spec(p, variant, seed))
+            res = dict(rec["result"])
+            curve = res.pop("curve", None)
+            if curve is not None:
+                if not curves:
+                    curves = {"x": curve["x"], "truth": regression_target(curve["x"]),
+                              "fits": {}, "train_x": curve["train_x"],
+                              "train_y": curve["train_y"]}
+                curves["fits"][variant] = curve["fit"]
+            runs.append({"variant": variant, "seed": seed, **res, "key": rec["key"]})
     return {**_header("regression", p),
             "target": "sin(3x) + 0.3x", "domain": list(r.domain), "noise": r.noise,
             "n_samples": r.n_samples, "grid_points": r.grid_points,
@@ -760,23 +985,20 @@ def _median_forward_ms(model: nn.Module, x: Tensor, repeats: int) -> float:
 
 
 def run_costs(ctx: _Context) -> dict[str, Any]:
-    """Cost model (summary) and measured packed bytes per variant; simulated forward time."""
+    """Cost model (summary) and measured packed bytes of the first seed's trained models (loaded
+    from the store); their simulated forward time, measured here."""
     from bnnlab import kernels
     from bnnlab.summary import summary
 
     p = ctx.profile
     out: dict[str, Any] = {}
-    for dname, spec in p.datasets.items():
-        split = ctx.dataset(dname, p.seeds[0])
+    for dname in p.datasets:
+        split = load_dataset(p.datasets[dname], p.seeds[0])
         shape = split.input_shape
         x = split.test[0][:p.timing_batch]
         rows, models = {}, {}
         for variant in p.variants:
-            torch.manual_seed(0)
-            model = ctx.models.get((dname, variant, p.seeds[0]))
-            if model is None:   # the counts and byte sizes do not depend on the weights
-                model = build_model(variant, shape, split.num_classes, hidden=spec.hidden,
-                                    width=spec.width)
+            model = load_model(ctx.store, architecture_spec(p, dname, variant, p.seeds[0]))
             s = summary(model, shape)
             rows[variant] = {"summary": s.to_dict(), **_packed_weight_bytes(model)}
             models[variant] = model
@@ -798,14 +1020,35 @@ def run_costs(ctx: _Context) -> dict[str, Any]:
             "kernel_info": kernels.kernel_info(), "datasets": out}
 
 
-#: name -> (function, names of the experiments whose trained models it reuses).
-EXPERIMENTS: dict[str, tuple[Callable[[_Context], dict], tuple[str, ...]]] = {
-    "architectures": (run_architectures, ()),
-    "ablation": (run_ablation, ()),
-    "noise": (run_noise, ("architectures",)),
-    "regression": (run_regression, ()),
-    "costs": (run_costs, ()),
+#: name -> the function that assembles its payload from the results store
+#: (:func:`experiment_specs` lists the runs each needs).
+EXPERIMENTS: dict[str, Callable[[_Context], dict]] = {
+    "architectures": run_architectures,
+    "ablation": run_ablation,
+    "noise": run_noise,
+    "regression": run_regression,
+    "costs": run_costs,
 }
+
+
+def _profile(profile: Profile | str) -> Profile:
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {list(PROFILES)}, got {profile!r}")
+        return PROFILES[profile]
+    if not isinstance(profile, Profile):
+        raise TypeError(f"profile must be a Profile or a name, got {type(profile).__name__}")
+    return profile
+
+
+def _names(only: Iterable[str] | None) -> list[str]:
+    if isinstance(only, str):
+        raise TypeError("only must be a list of experiment names, not a string")
+    names = list(EXPERIMENTS) if only is None else list(only)
+    for n in names:
+        if n not in EXPERIMENTS:
+            raise ValueError(f"only: unknown experiment {n!r}; choose from {list(EXPERIMENTS)}")
+    return [n for n in EXPERIMENTS if n in names]
 
 
 # =============================================================================================
@@ -948,71 +1191,154 @@ def _previous_run(path: Path, profile: Profile) -> dict | None:
     return old if same else None
 
 
-def run(profile: Profile | str = "quick", out: str | os.PathLike = DEFAULT_OUT, *,
-        only: Iterable[str] | None = None, progress: bool = False, bench: bool = False,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the experiments of ``profile`` and write ``<out>/<name>.json`` plus ``run.json``.
+def _execute(specs: list[dict[str, Any]], store: ResultStore, *, client: Any,
+             scheduler: str | None, workers: int | None, threads: int, progress: bool,
+             log: Callable[[str], None]) -> dict[str, Any]:
+    """Run the specs whose record is missing: on Dask when an executor is given, else here."""
+    from bnnlab.runs import run_spec
 
-    Args:
-        profile: a :class:`Profile` or a key of :data:`PROFILES`.
-        out: output directory (created).
-        only: names of :data:`EXPERIMENTS` to run (those whose models they reuse are added).
-            Default: all.
-        progress: tqdm bars while training.
-        bench: also run ``python -m bnnlab bench --json <out>/bench.json``.
-        log: where progress lines go.
+    missing = store.missing(specs)
+    info: dict[str, Any] = {"total": len(specs), "skipped": len(specs) - len(missing),
+                            "done": 0, "seconds": 0.0, "executor": "none",
+                            "store": str(store.root)}
+    log(f"[experiments] {len(specs)} runs: {info['skipped']} already in {store.root}, "
+        f"{len(missing)} to run")
+    if not missing:
+        return info
+    t0 = time.perf_counter()
+    if client is not None or scheduler is not None or workers is not None:
+        report = run_sweep(missing, store, client=client, scheduler=scheduler, workers=workers,
+                           threads=threads, progress=progress, log=log)
+        if report.failed:
+            raise RuntimeError(f"experiments: {len(report.failed)} run(s) failed on Dask: "
+                               + "; ".join(report.failed.values()))
+        info.update(executor=report.scheduler, done=len(report.done))
+    else:
+        for i, spec in enumerate(missing, 1):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                rec = run_spec(spec, threads=threads)
+            store.put(rec)
+            res = rec["result"]
+            metric = (f"test acc {res['test_acc']:.4f} (epoch {res['best_epoch']}/"
+                      f"{res['epochs']})" if "test_acc" in res else
+                      f"sup {res['sup']:.3f} L1 {res['l1']:.4f} L2 {res['l2']:.4f}")
+            log(f"[run {i}/{len(missing)}] {_describe(spec)}: {metric}, "
+                f"{rec['seconds']:.1f} s")
+        info.update(executor="serial (this process)", done=len(missing))
+    info["seconds"] = time.perf_counter() - t0
+    return info
 
-    ``run.json`` records the machine, the configuration and the seconds of each experiment;
-    ``total_seconds`` is their sum. A rerun with ``only`` and the same configuration keeps the
-    seconds of the experiments it did not rerun.
+
+def assemble(profile: Profile | str = "quick", out: str | os.PathLike = DEFAULT_OUT, *,
+             only: Iterable[str] | None = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build and write ``<out>/<name>.json`` of each experiment from the results store
+    ``<out>/store`` only (records and weights; no run is executed).
+
+    Each payload's ``seconds`` is the run time of its runs (those not already counted by an
+    experiment before it: the ablation's STE runs are architecture runs) plus the time of
+    assembling it (noise evaluation, forward timings).
+
+    Raises:
+        ValueError: a run the experiments need is not in the store.
 
     Returns:
-        ``{name: payload}`` as written.
+        ``{name: payload}`` as written (``signs`` included with ``architectures``).
     """
-    if isinstance(profile, str):
-        if profile not in PROFILES:
-            raise ValueError(f"profile must be one of {list(PROFILES)}, got {profile!r}")
-        profile = PROFILES[profile]
-    if not isinstance(profile, Profile):
-        raise TypeError(f"profile must be a Profile or a name, got {type(profile).__name__}")
-    names = list(EXPERIMENTS) if only is None else list(only)
-    for n in names:
-        if n not in EXPERIMENTS:
-            raise ValueError(f"only: unknown experiment {n!r}; choose from {list(EXPERIMENTS)}")
-    todo = [n for n in EXPERIMENTS if n in names or any(
-        n in EXPERIMENTS[m][1] for m in names)]
+    p = _profile(profile)
+    todo = _names(only)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = _Context(profile=profile, out=out, progress=progress, log=log)
-    t_start = time.perf_counter()
+    store = ResultStore(out / "store")
+    for spec in experiment_specs(p, todo):
+        _record(store, spec)                 # every run is there before anything is written
+    ctx = _Context(profile=p, store=store, log=log)
     results: dict[str, Any] = {}
-    seconds: dict[str, float] = {}
+    counted: set[str] = set()
     for name in todo:
         t0 = time.perf_counter()
         ctx.extra_outputs = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            payload = EXPERIMENTS[name][0](ctx)
-        seconds[name] = time.perf_counter() - t0
-        payload["seconds"] = seconds[name]
+            payload = EXPERIMENTS[name](ctx)
+        keys = {spec_key(s) for s in _needed_specs(p, name)} - counted
+        counted |= keys
+        payload["seconds"] = ctx.run_seconds(keys) + time.perf_counter() - t0
         for extra_name, extra in {name: payload, **ctx.extra_outputs}.items():
             _write_json(out / f"{extra_name}.json", extra)
             results[extra_name] = extra
-        log(f"[{name}] done in {seconds[name]:.1f} s -> {out / (name + '.json')}")
-    bench_info = _run_bench(out, profile.name != "full", log) if bench else {"status": "skipped"}
+        log(f"[{name}] {payload['seconds']:.1f} s of runs -> {out / (name + '.json')}")
+    return results
+
+
+def run(profile: Profile | str = "quick", out: str | os.PathLike = DEFAULT_OUT, *,
+        only: Iterable[str] | None = None, progress: bool = False, bench: bool = False,
+        log: Callable[[str], None] = print, scheduler: str | None = None,
+        workers: int | None = None, client: Any = None, threads: int = 1) -> dict[str, Any]:
+    """Run the experiments of ``profile``: execute the missing runs, then write
+    ``<out>/<name>.json`` plus ``run.json`` from the results store ``<out>/store``.
+
+    Every training is a run of :mod:`bnnlab.runs` (:func:`experiment_specs`); its record (and,
+    for architecture runs, its weights) is stored as ``<out>/store/<key>.json``, so a rerun
+    executes only the missing runs and an interrupted one resumes. By default they run
+    serially in this process; with ``client`` (a :class:`distributed.Client`), ``scheduler``
+    (an address) or ``workers`` (an embedded :class:`~distributed.LocalCluster` of that many
+    processes) they are tasks of Dask (:func:`bnnlab.sweep.run_sweep`). The payloads are then
+    built from the store alone (:func:`assemble`).
+
+    Args:
+        profile: a :class:`Profile` or a key of :data:`PROFILES`.
+        out: output directory (created).
+        only: names of :data:`EXPERIMENTS` to write. Default: all.
+        progress: the sweep's progress bar (Dask only).
+        bench: also run ``python -m bnnlab bench --json <out>/bench.json``.
+        log: where progress lines go.
+        scheduler, workers, client: the Dask executor (at most one). Default: none (serial).
+        threads: torch threads inside each run. Default: ``1``.
+
+    ``run.json`` records the machine, the configuration, how the runs were executed
+    (``execution``) and the seconds of each experiment; ``total_seconds`` is their sum. A rerun
+    with ``only`` and the same configuration keeps the seconds of the experiments it did not
+    rerun.
+
+    Returns:
+        ``{name: payload}`` as written.
+    """
+    from bnnlab._validation import check_bool, check_int
+
+    p = _profile(profile)
+    todo = _names(only)
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise TypeError(f"scheduler must be an address string, got {type(scheduler).__name__}")
+    workers = check_int(workers, "workers", min_value=1, allow_none=True)
+    threads = check_int(threads, "threads", min_value=1)
+    progress = check_bool(progress, "progress")
+    given = [n for n, v in (("client", client), ("scheduler", scheduler), ("workers", workers))
+             if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give at most one of client, scheduler and workers, got {given}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    store = ResultStore(out / "store")
+    execution = _execute(experiment_specs(p, todo), store, client=client, scheduler=scheduler,
+                         workers=workers, threads=threads, progress=progress, log=log)
+    results = assemble(p, out, only=todo, log=log)
+    seconds = {name: results[name]["seconds"] for name in todo}
+    bench_info = _run_bench(out, p.name != "full", log) if bench else {"status": "skipped"}
     wall = time.perf_counter() - t_start
-    previous = _previous_run(out / "run.json", profile) if only is not None else None
+    previous = _previous_run(out / "run.json", p) if only is not None else None
     if previous:   # a partial rerun of the same profile: keep the times of the other experiments
         seconds = {**previous.get("seconds", {}), **seconds}
         todo = [n for n in EXPERIMENTS if n in seconds]
     total = float(sum(seconds.values()))
-    meta = {**_header("run", profile), "experiments": todo, "seconds": seconds,
-            "total_seconds": total, "wall_seconds": wall, "bench": bench_info,
-            "machine": _machine(), "config": profile.to_dict(), "argv": sys.argv,
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta = {**_header("run", p), "experiments": todo, "seconds": seconds,
+            "total_seconds": total, "wall_seconds": wall, "execution": execution,
+            "bench": bench_info, "machine": _machine(), "config": p.to_dict(),
+            "argv": sys.argv, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     _write_json(out / "run.json", meta)
     results["run"] = meta
-    log(f"[experiments] {profile.name}: {', '.join(todo)} in {wall:.1f} s ({wall / 60:.1f} min)")
+    log(f"[experiments] {p.name}: {', '.join(todo)} in {wall:.1f} s ({wall / 60:.1f} min)")
     return results
 
 
@@ -1049,7 +1375,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bnnlab experiments",
         description="Train and evaluate the model families; write JSON results for "
-                    "`python -m bnnlab figures`.")
+                    "`python -m bnnlab figures`. Every training is a run stored in OUT/store "
+                    "(record + weights); a rerun executes only the missing runs, serially here "
+                    "or on Dask (--workers N: an embedded LocalCluster; --scheduler ADDRESS: "
+                    "an existing cluster).")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_const", const="quick", dest="profile",
                       help="CI profile: digits + a 1,500-image Fashion-MNIST subset, 2 seeds, "
@@ -1063,9 +1392,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, help="CIFAR-10 binary files (--paper)")
     parser.add_argument("--fraction", type=float, default=1.0,
                         help="--paper: fraction of the training images (smoke tests: 0.01)")
-    parser.add_argument("--scheduler", help="--paper: address of a Dask scheduler (default: "
-                        "an embedded LocalCluster)")
-    parser.add_argument("--workers", type=int, help="--paper: LocalCluster workers")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="run the missing runs as tasks of this Dask scheduler "
+                             "(tcp://host:8786); --paper always uses Dask (default there: an "
+                             "embedded LocalCluster)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="run the missing runs on an embedded Dask LocalCluster of N "
+                             "worker processes (default for --quick/--full: serially here)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"output directory (default: {DEFAULT_OUT})")
     parser.add_argument("--only", nargs="+", metavar="NAME", choices=list(EXPERIMENTS),
@@ -1081,7 +1414,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench", action="store_true",
                         help="also run `python -m bnnlab bench --json OUT/bench.json` "
                              "(--quick unless --full)")
-    parser.add_argument("--progress", action="store_true", help="tqdm bars while training")
+    parser.add_argument("--progress", action="store_true",
+                        help="a progress bar of the Dask runs (done / total, ETA)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
@@ -1089,6 +1423,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds must be >= 1")
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be >= 1")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be >= 1")
+    if args.workers is not None and args.scheduler is not None:
+        parser.error("--workers starts an embedded LocalCluster; it does not go with "
+                     "--scheduler")
     torch.set_num_threads(args.threads)
     if args.profile == "paper":
         if args.data_root is None:
@@ -1097,12 +1436,10 @@ def main(argv: list[str] | None = None) -> int:
                   progress=args.progress, log=lambda s: print(s, flush=True),
                   seeds=range(args.seeds or 3), fraction=args.fraction, epochs=args.epochs)
         return 0
-    if args.scheduler or args.workers:
-        parser.error("--scheduler and --workers apply to --paper (the quick and full "
-                     "profiles run in this process)")
     profile = _override(PROFILES[args.profile or "quick"], args)
     run(profile, args.out, only=args.only, progress=args.progress, bench=args.bench,
-        log=lambda s: print(s, flush=True))
+        log=lambda s: print(s, flush=True), scheduler=args.scheduler, workers=args.workers,
+        threads=args.threads)
     return 0
 
 

@@ -31,6 +31,11 @@ process or on another machine imports it; nothing is pickled)::
 * It is deterministic for a given spec and torch thread count: the executor sets torch to
   ``threads`` threads (default 1) and seeds nothing itself (seed from ``spec["seed"]``).
 * It raises on failure: the sweep retries it, then reports it; no record is written.
+* A run that also produces files (trained weights, pickle-free: safetensors) returns
+  ``RunOutput(result, files={"weights.safetensors": b"..."})``. The bytes travel back with
+  the record (no shared file system needed) and :meth:`ResultStore.put` writes each one
+  atomically as ``<key>.<name>`` next to the record, *before* the record, so a record on disk
+  means its files are there; the record lists them under ``"files"`` with size and SHA-256.
 
 A spec may also name a runner directly by import path (``"runner": "pkg.module:function"``),
 which needs no registration (used by tests and one-off scripts).
@@ -42,6 +47,10 @@ The record written for each run::
      "started": "2026-12-03T07:30:00Z", "finished": "...", "threads": 1,
      "versions": {"bnnlab": ..., "torch": ..., "numpy": ..., "python": ...},
      "machine": {"host": ..., "platform": ..., "processor": ..., "cpu_count": ..., "pid": ...}}
+
+Other registered runners: ``"ladder"`` (:func:`bnnlab.ladder.ladder_runner`) and
+``"experiment"`` (:func:`bnnlab.experiments.experiment_runner`, the report's trainings; its
+architecture runs return their weights as a :class:`RunOutput`).
 
 Built-in runner ``"fit"`` (:func:`fit_runner`): a model of :mod:`bnnlab.models` (or a variant
 of :data:`bnnlab.experiments.VARIANTS`) trained by :func:`bnnlab.train.fit` on a data set of
@@ -64,10 +73,12 @@ import json
 import math
 import os
 import platform
+import re
 import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +93,7 @@ __all__ = [
     "spec_key",
     "run_spec",
     "ResultStore",
+    "RunOutput",
     "fit_runner",
     "noop_runner",
     "FIT_DEFAULTS",
@@ -94,6 +106,38 @@ RECORD_SCHEMA = "bnnlab.run/1"
 
 #: name -> (import path "module:function", defaults)
 _RUNNERS: dict[str, tuple[str, dict[str, Any]]] = {}
+
+#: Names of the files a run may store next to its record: ``weights.safetensors`` and the like.
+_FILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\.(safetensors|npy|bin|txt)")
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """What a runner returns when the run also produces files.
+
+    Attributes:
+        result: the record's ``"result"`` (plain JSON, as a runner's plain return value).
+        files: ``{name: bytes}``; names like ``"weights.safetensors"`` (lower case letters,
+            digits, ``_``/``-``, one suffix of ``.safetensors``, ``.npy``, ``.bin``, ``.txt``).
+            Store only pickle-free formats.
+    """
+
+    result: Mapping[str, Any]
+    files: Mapping[str, bytes] = field(default_factory=dict)
+
+
+def _check_files(files: Any) -> dict[str, bytes]:
+    if not isinstance(files, Mapping):
+        raise TypeError(f"files must be a mapping of name -> bytes, got {type(files).__name__}")
+    out = {}
+    for name, data in files.items():
+        if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
+            raise ValueError(f"files: bad file name {name!r} (expected e.g. "
+                             "'weights.safetensors')")
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"files[{name!r}] must be bytes, got {type(data).__name__}")
+        out[name] = bytes(data)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,9 +218,13 @@ def _resolve(target: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 # Canonical specs and keys
 # ---------------------------------------------------------------------------------------------
 def _jsonable(obj: Any, name: str) -> Any:
-    """Round-trip through strict JSON: tuples become lists, NaN/Infinity and objects refused."""
+    """Round-trip through strict JSON: tuples become lists, NaN/Infinity and objects refused.
+
+    The order of dict keys is kept (a result's per-layer histories stay in layer order);
+    :func:`canonical_json` sorts them for hashing.
+    """
     try:
-        text = json.dumps(obj, sort_keys=True, allow_nan=False)
+        text = json.dumps(obj, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be plain JSON (str keys, numbers, lists, dicts, no "
                          f"NaN): {exc}") from None
@@ -252,7 +300,10 @@ def run_spec(spec: Mapping[str, Any], *, threads: int | None = 1) -> dict[str, A
             machine, and what makes records of different executors equal).
 
     Returns:
-        The record (see the module docstring).
+        The record (see the module docstring). When the runner returned a :class:`RunOutput`,
+        the record lists its files under ``"files"`` (``{name: {"bytes", "sha256"}}``) and
+        carries their contents under ``"_files"`` (``{name: bytes}``, not JSON), which
+        :meth:`ResultStore.put` writes next to the record and drops.
     """
     import torch
 
@@ -265,30 +316,40 @@ def run_spec(spec: Mapping[str, Any], *, threads: int | None = 1) -> dict[str, A
     started = _utc()
     t0 = time.perf_counter()
     try:
-        result = fn(copy.deepcopy(canon))
+        result: Any = fn(copy.deepcopy(canon))
     finally:
         if threads is not None:
             torch.set_num_threads(old)
     seconds = time.perf_counter() - t0
+    files: dict[str, bytes] = {}
+    if isinstance(result, RunOutput):
+        files = _check_files(result.files)
+        result = result.result
     if not isinstance(result, Mapping):
         raise TypeError(f"runner {canon['runner']!r} returned {type(result).__name__}, "
                         "not a dict")
-    return {"schema": RECORD_SCHEMA, "key": spec_key(canon), "spec": canon,
-            "result": _jsonable(dict(result), "the runner's result"), "seconds": seconds,
-            "started": started, "finished": _utc(),
-            "threads": threads if threads is not None else old,
-            "versions": versions(), "machine": machine()}
+    record = {"schema": RECORD_SCHEMA, "key": spec_key(canon), "spec": canon,
+              "result": _jsonable(dict(result), "the runner's result"), "seconds": seconds,
+              "started": started, "finished": _utc(),
+              "threads": threads if threads is not None else old,
+              "versions": versions(), "machine": machine()}
+    if files:
+        record["files"] = {name: {"bytes": len(data),
+                                  "sha256": hashlib.sha256(data).hexdigest()}
+                           for name, data in files.items()}
+        record["_files"] = files
+    return record
 
 
 # ---------------------------------------------------------------------------------------------
 # Results store
 # ---------------------------------------------------------------------------------------------
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, fsync, then rename onto ``path``."""
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, fsync, then rename onto ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -305,7 +366,9 @@ class ResultStore:
 
     Files are written atomically (temporary name, then rename), so a reader or a killed
     writer never leaves half a record; records from several machines merge by copying the
-    files into one directory. Temporary files (``.*.tmp``) are ignored.
+    files into one directory. Temporary files (``.*.tmp``) are ignored. A run's files
+    (:class:`RunOutput`) sit next to its record as ``<key>.<name>`` (:meth:`file`,
+    :meth:`read_file`).
 
     Args:
         root: the directory (created).
@@ -367,16 +430,55 @@ class ResultStore:
     def put(self, record: Mapping[str, Any]) -> Path:
         """Write ``record`` (as returned by :func:`run_spec`) atomically; return its path.
 
-        The key is recomputed from the record's spec and must match ``record["key"]``.
+        The key is recomputed from the record's spec and must match ``record["key"]``. The
+        run's files (``record["_files"]``) are written first, each atomically, then the record
+        (without ``"_files"``): a record on disk always has its files.
         """
         if not isinstance(record, Mapping) or record.get("schema") != RECORD_SCHEMA:
             raise ValueError(f"record must be a {RECORD_SCHEMA} record")
         key = spec_key(record["spec"])
         if record.get("key") != key:
             raise ValueError(f"record key {record.get('key')!r} does not match its spec ({key})")
+        record = dict(record)
+        files = _check_files(record.pop("_files", {}))
+        listed = record.get("files") or {}
+        if sorted(files) != sorted(listed):
+            raise ValueError(f"record lists files {sorted(listed)} but carries {sorted(files)}")
+        for name, data in files.items():
+            if hashlib.sha256(data).hexdigest() != listed[name]["sha256"]:
+                raise ValueError(f"record: the SHA-256 of file {name!r} does not match")
+            _write_atomic(self.file(key, name), data)
         path = self.path(key)
-        _write_atomic(path, json.dumps(dict(record), indent=1, allow_nan=False) + "\n")
+        _write_atomic(path, json.dumps(record, indent=1, allow_nan=False) + "\n")
         return path
+
+    def file(self, spec_or_key: Mapping[str, Any] | str, name: str) -> Path:
+        """Path of the file ``name`` of a run (``<key>.<name>``; it may not exist)."""
+        if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
+            raise ValueError(f"name: bad file name {name!r} (expected e.g. 'weights.safetensors')")
+        return self.path(spec_or_key).with_name(f"{self.path(spec_or_key).stem}.{name}")
+
+    def read_file(self, spec_or_key: Mapping[str, Any] | str, name: str) -> bytes:
+        """Contents of the file ``name`` of a stored run, checked against its record's SHA-256.
+
+        Raises:
+            ValueError: no record, the record lists no such file, the file is missing, or its
+                bytes do not match the record (a partial copy, a record of another run).
+        """
+        rec = self.get(spec_or_key)
+        if rec is None:
+            raise ValueError(f"{self.root}: no record for {spec_or_key!r}")
+        meta = (rec.get("files") or {}).get(name)
+        if meta is None:
+            raise ValueError(f"{self.root}: record {rec['key']} has no file {name!r}")
+        path = self.file(rec["key"], name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ValueError(f"{path}: missing (listed by record {rec['key']})") from None
+        if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            raise ValueError(f"{path}: contents do not match the SHA-256 of record {rec['key']}")
+        return data
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record, in key order."""
@@ -511,3 +613,5 @@ def noop_runner(spec: dict[str, Any]) -> dict[str, Any]:
 register_runner("fit", "bnnlab.runs:fit_runner", defaults=FIT_DEFAULTS)
 register_runner("noop", "bnnlab.runs:noop_runner")
 register_runner("ladder", "bnnlab.ladder:ladder_runner")  # the ablation ladder (bnnlab.ladder)
+# the trainings of the report's experiments (bnnlab.experiments)
+register_runner("experiment", "bnnlab.experiments:experiment_runner")

@@ -4,6 +4,7 @@
 ``BNNLAB_TEST_MARKERS``, by an empty marker file ``<pid>-<seed>`` in that folder and a pause of
 ``BNNLAB_TEST_PAUSE`` seconds: the test sees which worker process started which run, and can
 kill it while the run is in flight. The result does not depend on either variable.
+``with_file`` returns a :class:`bnnlab.runs.RunOutput` with one small file.
 """
 from __future__ import annotations
 
@@ -26,3 +27,8 @@ def marked_fit(spec: dict[str, Any]) -> dict[str, Any]:
 
 def failing(spec: dict[str, Any]) -> dict[str, Any]:
     raise RuntimeError(f"run {spec['seed']} always fails")
+
+
+def with_file(spec: dict[str, Any]) -> runs.RunOutput:
+    """A run that also produces a file (as the experiments' architecture runs store weights)."""
+    return runs.RunOutput({"seed": spec["seed"]}, {"data.bin": bytes([spec["seed"]]) * 4})

@@ -296,3 +296,173 @@ def test_paper_profile_smoke_on_generated_cifar_files(tmp_path):
     for name, row in again["models"].items():
         assert row["keys"] == table["models"][name]["keys"] == written[name]["keys"]
         assert row["test_acc"]["mean"] == written[name]["test_acc"]["mean"]
+
+
+# ------------------------------------------------------------------------------ runs and the store
+#: A profile small enough for unit tests: digits only, 1-2 epochs, small MLPs and CNNs.
+TINY = E.Profile(
+    name="tiny", seeds=(0, 1),
+    datasets={"digits": E.DatasetSpec("digits", epochs=2, batch_size=64, lr=3e-3, n_train=300,
+                                      hidden=(16, 16), width=4)},
+    variants=("float", "binary", "abc", "bireal"), ablation_dataset="digits",
+    ablation_quantizers=("ste_sign", "approx_sign"), noise_dataset="digits",
+    noise_sigmas=(0.0, 0.3), noise_n_test=100, signs_dataset="digits", probe_size=32,
+    regression=E.RegressionSpec(n_samples=64, epochs=2, hidden=(16, 16), grid_points=201,
+                                plot_points=21),
+    timing_batch=16, timing_repeats=1)
+#: what may differ between two runs of one spec
+TIMING_KEYS = ("fit_seconds", "time")
+
+
+def _untimed(obj):
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+def _store_results(out):
+    """key -> (result without timings, files) of every record in <out>/store."""
+    from bnnlab.runs import ResultStore
+
+    return {r["key"]: (_untimed(r["result"]), r.get("files")) for r in
+            ResultStore(out / "store").records()}
+
+
+def _quiet(s):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny profile, run serially in this process."""
+    out = tmp_path_factory.mktemp("tiny")
+    before = torch.get_num_threads()
+    E.run(TINY, out, log=_quiet)
+    torch.set_num_threads(before)
+    return out
+
+
+def test_every_training_is_a_stored_run(tiny):
+    specs = E.experiment_specs(TINY)
+    # 1 data set x 4 variants x 2 seeds, + 1 ablation binariser x 2 seeds (STE is the
+    # architecture run of "binary"), + float/binary regression x 2 seeds
+    assert len(specs) == 8 + 2 + 4
+    got = _store_results(tiny)
+    assert len(got) == len(specs)
+    run = _strict(tiny / "run.json")
+    assert run["execution"]["done"] == len(specs) and run["execution"]["skipped"] == 0
+    assert run["execution"]["executor"].startswith("serial")
+    arch = _strict(tiny / "architectures.json")
+    for row in arch["runs"]:                     # architecture runs keep their weights
+        assert got[row["key"]][1] == {"weights.safetensors": got[row["key"]][1][
+            "weights.safetensors"]}
+    ab = _strict(tiny / "ablation.json")
+    assert [r["reused_from_architectures"] for r in ab["runs"]] == [True, False] * 2
+    assert ab["runs"][0]["key"] == next(r["key"] for r in arch["runs"]
+                                        if (r["variant"], r["seed"]) == ("binary", 0))
+
+
+def test_rerun_executes_nothing_and_a_deleted_record_reruns_alone(tiny, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(tiny, out)
+    before = _store_results(out)
+    E.run(TINY, out, log=_quiet)
+    assert _strict(out / "run.json")["execution"]["done"] == 0
+    victim = E.ablation_spec(TINY, "approx_sign", 1)
+    from bnnlab.runs import spec_key
+
+    (out / "store" / f"{spec_key(victim)}.json").unlink()
+    E.run(TINY, out, log=_quiet)
+    ex = _strict(out / "run.json")["execution"]
+    assert ex["done"] == 1 and ex["skipped"] == len(before) - 1
+    assert _store_results(out) == before          # the same record again (timings aside)
+
+
+def test_payloads_assemble_from_the_results_directory_alone(tiny, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny / "store", tmp_path / "store")      # nothing but the store
+    got = E.assemble(TINY, tmp_path, log=_quiet)
+    assert set(got) == {"architectures", "signs", "ablation", "noise", "regression", "costs"}
+    for name in ("architectures", "signs", "ablation", "noise", "regression"):
+        want = {k: v for k, v in _strict(tiny / f"{name}.json").items() if k != "seconds"}
+        assert {k: v for k, v in _strict(tmp_path / f"{name}.json").items()
+                if k != "seconds"} == want
+    costs = _strict(tmp_path / "costs.json")["datasets"]["digits"]["variants"]
+    old = _strict(tiny / "costs.json")["datasets"]["digits"]["variants"]
+    for v in TINY.variants:
+        assert costs[v]["summary"] == old[v]["summary"]
+        assert costs[v]["packed_bytes"] == old[v]["packed_bytes"]
+    # the loaded weights are the trained ones: noise-free accuracy is the test accuracy
+    arch = _strict(tmp_path / "architectures.json")["runs"]
+    noise = _strict(tmp_path / "noise.json")
+    assert noise["n_test"] == 100
+    split = E.load_dataset(TINY.datasets["digits"], 0)
+    for r in (r for r in arch if r["seed"] == 0):
+        model = E.load_model(E.ResultStore(tmp_path / "store"), E.architecture_spec(
+            TINY, "digits", r["variant"], 0))
+        from bnnlab import train
+
+        assert train.evaluate(model, *split.test)["accuracy"] == r["test_acc"]
+    signs = _strict(tmp_path / "signs.json")["datasets"]["digits"]
+    assert list(signs["flip_ratio"]) == ["binary", "abc", "bireal"]
+    assert signs["sign_stats"]["variant"] == "binary"
+
+
+def test_a_missing_run_or_altered_weights_are_refused(tiny, tmp_path):
+    import shutil
+
+    with pytest.raises(ValueError, match="no record"):
+        E.assemble(TINY, tmp_path / "empty", log=_quiet)
+    shutil.copytree(tiny / "store", tmp_path / "store")
+    spec = E.architecture_spec(TINY, "digits", "binary", 0)
+    store = E.ResultStore(tmp_path / "store")
+    path = store.file(spec, E.WEIGHTS)
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ValueError, match="SHA-256"):
+        E.load_model(store, spec)
+
+
+@pytest.mark.slow   # about 70 s on the shared two-core machine at load 4 (a LocalCluster starts)
+def test_records_of_a_two_worker_localcluster_equal_the_serial_ones(tiny, tmp_path):
+    E.run(TINY, tmp_path, workers=2, log=_quiet)
+    ex = _strict(tmp_path / "run.json")["execution"]
+    assert ex["executor"].endswith("(LocalCluster)") and ex["done"] == len(_store_results(tiny))
+    assert _store_results(tmp_path) == _store_results(tiny)   # weights' SHA-256 included
+    for name in ("architectures", "ablation", "noise", "regression", "signs"):
+        assert _untimed({k: v for k, v in _strict(tmp_path / f"{name}.json").items()
+                         if k != "seconds"}) == \
+            _untimed({k: v for k, v in _strict(tiny / f"{name}.json").items() if k != "seconds"})
+
+
+def test_run_and_the_runner_refuse_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="workers"):
+        E.run(TINY, tmp_path, workers=0)
+    with pytest.raises(ValueError, match="at most one"):
+        E.run(TINY, tmp_path, workers=2, scheduler="tcp://127.0.0.1:1")
+    with pytest.raises(TypeError, match="scheduler"):
+        E.run(TINY, tmp_path, scheduler=8786)
+    with pytest.raises(ValueError, match="threads"):
+        E.run(TINY, tmp_path, threads=0)
+    with pytest.raises(TypeError, match="only"):
+        E.run(TINY, tmp_path, only="noise")
+    with pytest.raises(ValueError, match="kind"):
+        E.experiment_runner({"kind": "everything", "seed": 0})
+    with pytest.raises(ValueError, match="seed"):
+        E.experiment_runner({"kind": "regression", "seed": -1})
+    with pytest.raises(ValueError, match="quantizer"):
+        E.ablation_spec(TINY, "sign", 0)
+    with pytest.raises(ValueError, match="variant"):
+        E.architecture_spec(TINY, "digits", "mlp", 0)
+    with pytest.raises(ValueError, match="dataset"):
+        E.architecture_spec(TINY, "cifar10", "float", 0)
+    with pytest.raises(ValueError, match="variant"):
+        E.regression_spec(TINY, "xnor", 0)
+    for argv in (["--workers", "0"], ["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]):
+        with pytest.raises(SystemExit):
+            E.main([*argv, "--out", str(tmp_path)])
+    assert not (tmp_path / "store").exists()       # nothing ran

@@ -87,3 +87,37 @@ def test_fit_runner_is_a_pure_function_of_its_spec():
     assert half["sizes"]["train"] == 100
     with pytest.raises(ValueError, match="fraction"):
         runs.run_spec({**SPEC, "fraction": 0.0})
+
+
+def test_a_runs_files_are_written_before_its_record_and_checked(tmp_path):
+    import hashlib
+
+    store = runs.ResultStore(tmp_path)
+    spec = {"runner": "_sweep_helper:with_file", "seed": 3}
+    record = runs.run_spec(spec)
+    assert record["_files"] == {"data.bin": b"\x03" * 4}
+    assert record["files"] == {"data.bin": {"bytes": 4,
+                                            "sha256": hashlib.sha256(b"\x03" * 4).hexdigest()}}
+    path = store.put(record)
+    key = runs.spec_key(spec)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key}.data.bin", f"{key}.json"]
+    assert "_files" not in json.loads(path.read_text())         # the bytes never go to JSON
+    assert store.keys() == [key] and store.read_file(spec, "data.bin") == b"\x03" * 4
+    store.file(spec, "data.bin").write_bytes(b"\x04" * 4)        # altered after the run
+    with pytest.raises(ValueError, match="SHA-256"):
+        store.read_file(spec, "data.bin")
+    store.file(spec, "data.bin").unlink()
+    with pytest.raises(ValueError, match="missing"):
+        store.read_file(spec, "data.bin")
+    with pytest.raises(ValueError, match="no file"):
+        store.read_file(spec, "other.bin")
+    with pytest.raises(ValueError, match="no record"):
+        store.read_file({**spec, "seed": 4}, "data.bin")
+    with pytest.raises(ValueError, match="file name"):
+        store.file(spec, "../x.json")
+    with pytest.raises(ValueError, match="carries"):
+        store.put({k: v for k, v in record.items() if k != "_files"})
+    with pytest.raises(ValueError, match="SHA-256"):
+        store.put({**record, "_files": {"data.bin": b"\x05" * 4}})
+    with pytest.raises(ValueError, match="file name"):
+        store.put({**record, "_files": {"x.json": b""}, "files": {"x.json": {}}})

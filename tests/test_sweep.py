@@ -170,3 +170,23 @@ def test_expand_grid_and_load_specs(tmp_path):
         sweep.load_specs(path)
     with pytest.raises(ValueError, match="retries"):
         sweep.run_sweep(specs, tmp_path / "r", retries=-1)
+
+
+def test_a_runs_files_travel_back_with_its_record(tmp_path):
+    """Workers need no shared file system: a run's files come back with the record and the
+    client writes them next to it."""
+    specs = [{"runner": "_sweep_helper:with_file", "seed": s} for s in (1, 2)]
+    from distributed import Client
+
+    sys.path.insert(0, str(TESTS))
+    try:
+        with Client(processes=False, n_workers=1, threads_per_worker=1,
+                    dashboard_address=None) as client:
+            report = sweep.run_sweep(specs, tmp_path, client=client, progress=False)
+    finally:
+        sys.path.remove(str(TESTS))
+    assert len(report.done) == 2
+    store = runs.ResultStore(tmp_path)
+    for s in specs:
+        assert store.read_file(s, "data.bin") == bytes([s["seed"]]) * 4
+    assert len(list(tmp_path.iterdir())) == 4
