@@ -26,7 +26,7 @@ import torch
 
 from bnnlab import lessons as L
 from bnnlab.summary import summary
-from bnnlab.widgets import live_comparison
+from bnnlab.widgets import live_comparison, load_or_offer_download
 
 torch.manual_seed(0)
 if not FULL_RUN:
@@ -36,14 +36,15 @@ if not FULL_RUN:
 # ## Data and variants
 #
 # Fashion-MNIST (70,000 real 28×28 images of clothing, 10 classes) from Debian's
-# `dataset-fashion-mnist` package, flattened; 2,000 training and 1,000 validation images unless
+# `dataset-fashion-mnist` package (where it is missing, the next cell says how to install it or
+# offers to download it), flattened; 2,000 training and 1,000 validation images unless
 # `FULL_RUN`. Four MLPs of the same shape 784-128-128-128-10 (`bnnlab.lessons.dashboard_variants`):
 # the float twin, BinaryNet, and XNOR-Net and XNOR-Net++ converted from the float twin. The first
 # layer (784 × 128) and the classifier stay float in all of them.
 
 # %% slideshow={"slide_type": "fragment"}
 N_TRAIN, EPOCHS, SEEDS = (20000, 10, (0, 1, 2, 3, 4)) if FULL_RUN else (2000, 3, (0, 1, 2))
-ds = L.fashion_subset(0, n_train=N_TRAIN)
+ds = load_or_offer_download(L.fashion_subset, 0, n_train=N_TRAIN)
 variants = L.dashboard_variants(784, (128, 128, 128))
 
 # %% slideshow={"slide_type": "fragment"} tags=["nbval-check-output"]

@@ -23,7 +23,7 @@ FULL_RUN = False  # True: 55,000 training images, 5 epochs, a wider CNN (several
 import torch
 from bnnlab import data, functional as BF, models, packed, plots as P
 from bnnlab.summary import summary
-from bnnlab.widgets import classroom_trainer
+from bnnlab.widgets import classroom_trainer, load_or_offer_download
 torch.manual_seed(0)
 if not FULL_RUN:
     torch.set_num_threads(1)  # small models: one thread is the fastest
@@ -32,11 +32,12 @@ if not FULL_RUN:
 # ## 1. The data (2 min)
 #
 # Fashion-MNIST: 70,000 grey images of 10 kinds of clothing (Zalando, 2017), read from Debian's
-# `dataset-fashion-mnist` package. Harder than handwritten digits, small enough for a laptop.
+# `dataset-fashion-mnist` package (where it is missing, the next cell says how to install it or
+# offers to download it). Harder than handwritten digits, small enough for a laptop.
 
 # %% slideshow={"slide_type": "fragment"}
 N_TRAIN, EPOCHS, WIDTHS = (None, 5, (32, 64, 64)) if FULL_RUN else (1200, 2, (16, 32, 32))
-ds = data.load_fashion_mnist(n_train=N_TRAIN, val_size=500, n_test=500)
+ds = load_or_offer_download(data.load_fashion_mnist, n_train=N_TRAIN, val_size=500, n_test=500)
 P.image_grid_figure(ds.train[0][:10], [ds.classes[int(y)] for y in ds.train[1][:10]],
                     title="ten training images and their labels")
 

@@ -29,9 +29,10 @@ import plotly.graph_objects as go
 import torch
 from bnnlab import bench, data, models, packed, plots as P, train
 from bnnlab.packed import c_export as packed_c
+from bnnlab.widgets import load_or_offer_download
 torch.manual_seed(0)
 if not FULL_RUN:
-    torch.set_num_threads(1)  # small runs: one thread is fastest (CI shares two cores)
+    torch.set_num_threads(1)  # small runs: one thread is fastest
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Train and pack
@@ -41,7 +42,7 @@ if not FULL_RUN:
 
 # %% slideshow={"slide_type": "fragment"}
 N_TRAIN, EPOCHS, WIDTHS = (None, 3, (16, 64, 64)) if FULL_RUN else (2000, 1, (8, 32, 32))
-ds = data.load_fashion_mnist(n_train=N_TRAIN, val_size=1000, n_test=1000 if FULL_RUN else 500)
+ds = load_or_offer_download(data.load_fashion_mnist, n_train=N_TRAIN, val_size=1000, n_test=1000 if FULL_RUN else 500)
 net = models.binary_cnn(channels=WIDTHS, hidden=64)
 train.fit(net, ds, epochs=EPOCHS, lr=3e-3, progress=False)
 pk = packed.export(net.eval(), ds.val[0][:64])
