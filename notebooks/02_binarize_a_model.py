@@ -29,7 +29,7 @@ from bnnlab import convert
 from bnnlab import functional as BF
 from bnnlab import lessons as L
 from bnnlab.summary import summary
-from bnnlab.widgets import binarize_explorer
+from bnnlab.widgets import binarize_explorer, load_or_offer_download
 
 torch.manual_seed(0)
 if not FULL_RUN:
@@ -38,8 +38,9 @@ if not FULL_RUN:
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## A float network to start from
 #
-# Fashion-MNIST (real 28×28 photos of clothing, 10 classes), flattened to 784 inputs: 3,000
-# training and 1,000 validation images. The float twin of bnnlab's reference MLP (784-256-256-10)
+# Fashion-MNIST (real 28×28 photos of clothing, 10 classes, from Debian's `dataset-fashion-mnist`
+# package; where it is missing, the cell that loads it says how to install it or offers to
+# download it), flattened to 784 inputs: 3,000 training and 1,000 validation images. The float twin of bnnlab's reference MLP (784-256-256-10)
 # uses `hardtanh` where the binary network will take signs. Why not ReLU? Because
 # $\operatorname{sign}(\operatorname{ReLU}(x))$ is always $+1$:
 
@@ -56,8 +57,9 @@ L.Table([{"x": v, "sign(ReLU(x))": a, "sign(hardtanh(x))": b} for v, a, b in
 # ten times smaller learning rate), measure again. We run it once and look at each part.
 
 # %% slideshow={"slide_type": "fragment"}
-run = L.binarize_and_finetune(seed=0, **({"n_train": 20000, "epochs": 10} if FULL_RUN else {}))
-float_net, bin_net, ds = run.float_model, run.binary_model, run.data
+ds = load_or_offer_download(L.fashion_subset, 0, n_train=20000 if FULL_RUN else 3000)
+run = L.binarize_and_finetune(seed=0, data=ds, epochs=10 if FULL_RUN else 5)
+float_net, bin_net = run.float_model, run.binary_model
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Binarise it

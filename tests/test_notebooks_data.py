@@ -1,4 +1,4 @@
-"""Notebooks 07, 08 and 09 on a machine without Fashion-MNIST: a rendered message (what is missing,
+"""Notebooks 02 and 07–09 on a machine without Fashion-MNIST: a rendered message (what is missing,
 the apt command) and a Download button instead of a ``FileNotFoundError`` traceback.
 
 No network: ``$BNNLAB_FASHION_MNIST`` (:func:`bnnlab.data.fashion_mnist_dir`) points the system
@@ -87,10 +87,11 @@ def test_a_failed_download_is_reported_in_the_panel(no_fashion_mnist):
 
 
 @pytest.mark.parametrize("name", ["07_live_dashboard", "08_classroom_demo",
-                                  pytest.param("09_deploy_to_c", marks=pytest.mark.slow)])
+                                  *(pytest.param(n, marks=pytest.mark.slow)
+                                    for n in ("02_binarize_a_model", "09_deploy_to_c"))])
 def test_notebook_shows_the_download_offer_when_the_data_are_missing(no_fashion_mnist, name):
     """The notebook stops at its data cell with the panel and one line, not a traceback
-    (a kernel start and the imports: about 10 s each)."""
+    (a kernel start and the imports: 7 to 14 s each here)."""
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     client = NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True,
                             resources={"metadata": {"path": str(NB_DIR)}})
