@@ -22,11 +22,11 @@ Commands (``python tools/notebooks.py COMMAND [NN ...]``, notebooks by number or
 list of notebooks in ``00_index.py`` is rewritten from the titles and questions of the others on
 every build.
 
-The two files are not paired through jupytext metadata on purpose: a paired notebook opened in a
-JupyterLab that has jupytext would take its inputs from whichever file is newer on disk (after a
-``git clone``, an accident of checkout order) and rewrite the ``.py`` when a student saves. Here
-the ``.py`` is the only source, and ``check`` (run by ``tests/test_notebooks_meta.py``) catches
-any drift.
+The two files are not paired through jupytext metadata on purpose: JupyterLab with jupytext
+refuses to open a paired notebook whose ``.ipynb`` is more than a second newer than its ``.py``
+(after a ``git clone`` or ``git pull``, an accident of file times), and rewrites the ``.py`` when a
+student saves. Here the ``.py`` is the only source, and ``check`` (run by
+``tests/test_notebooks_meta.py``) catches any drift.
 """
 from __future__ import annotations
 
