@@ -998,8 +998,9 @@ class DataDownload(W.VBox):
             "<p><b>Install it</b> (administrator rights): "
             "<code>sudo apt-get install dataset-fashion-mnist</code></p>"
             "<p><b>Or download it</b> (needs internet; each file is checked by SHA-256) into "
-            f"<code>{html.escape(str(self.cache_dir / 'fashion-mnist'))}</code>: press the button, "
-            "or run <code>bnnlab.data.load_fashion_mnist(download=True)</code> in a cell.</p>"
+            f"<code>{html.escape(str(self.cache_dir / 'fashion-mnist'))}</code>: press the button "
+            "below, or run <code>from bnnlab import data; data.load_fashion_mnist(download=True)</code> "
+            "in a cell.</p>"
             "<p>Then run the notebook again (<i>Run → Run All Cells</i>; in Voilà, reload the page).</p>"
             "</div>")
         self.button = W.Button(description="Download Fashion-MNIST", button_style="primary",
