@@ -68,9 +68,10 @@ labdata:
 	  echo "[make] Fashion-MNIST found in $(FMNIST_DIR)"; \
 	else \
 	  echo "[make] WARNING: Fashion-MNIST is missing:$$missing"; \
-	  echo "[make]   notebooks 07 and 08 need it (package dataset-fashion-mnist)."; \
+	  echo "[make]   notebooks 02 and 07-09 need it (package dataset-fashion-mnist)."; \
 	  echo "[make]   install it with:  sudo apt-get install -y dataset-fashion-mnist"; \
-	  echo "[make]   or, with internet: bnnlab.data.load_fashion_mnist(download=True) (checked by SHA-256)"; \
+	  echo "[make]   or, with internet: the notebooks' Download button, or"; \
+	  echo "[make]   bnnlab.data.load_fashion_mnist(download=True) (checked by SHA-256)"; \
 	fi
 
 lab: $(VENV)/.installed-lab labdata

@@ -59,6 +59,7 @@ __all__ = [
     "IDX_FILES",
     "FASHION_MNIST_CLASSES",
     "DEBIAN_FASHION_MNIST",
+    "fashion_mnist_dir",
     "default_cache_dir",
     "DATASETS",
     "load",
@@ -72,6 +73,14 @@ __all__ = [
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the four IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def fashion_mnist_dir() -> Path:
+    """The system's Fashion-MNIST folder: ``$BNNLAB_FASHION_MNIST`` if set, else
+    :data:`DEBIAN_FASHION_MNIST`. Setting the variable to an empty folder shows what a machine
+    without the Debian package sees (the notebooks' download offer is tested that way)."""
+    return Path(os.environ.get("BNNLAB_FASHION_MNIST") or DEBIAN_FASHION_MNIST)
+
 
 #: The four files of an (Fashion-)MNIST release: role -> file name.
 IDX_FILES = {
@@ -555,7 +564,8 @@ def load_fashion_mnist(*, root=None, download: bool = False, cache_dir=None,
     """Fashion-MNIST: 70,000 real 28×28 grey images of clothing, 10 classes.
 
     By default reads the files of Debian's ``dataset-fashion-mnist`` package
-    (``/usr/share/datasets/fashion-mnist``). The official 10,000-image test files are the
+    (``/usr/share/datasets/fashion-mnist``, or ``$BNNLAB_FASHION_MNIST``: :func:`fashion_mnist_dir`),
+    else the download cache. The official 10,000-image test files are the
     test part; validation is carved from the 60,000 training images.
 
     Args:
@@ -581,8 +591,8 @@ def load_fashion_mnist(*, root=None, download: bool = False, cache_dir=None,
     """
     if root is not None:
         folder = Path(root)
-    elif all((DEBIAN_FASHION_MNIST / f).is_file() for f in IDX_FILES.values()):
-        folder = DEBIAN_FASHION_MNIST
+    elif all((fashion_mnist_dir() / f).is_file() for f in IDX_FILES.values()):
+        folder = fashion_mnist_dir()
     else:
         folder = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "fashion-mnist"
     paths = {role: folder / f for role, f in IDX_FILES.items()}

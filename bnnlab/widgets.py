@@ -21,14 +21,17 @@ builder                                    shows
 :func:`live_comparison`                    several variants trained side by side
 :func:`bit_packing_explorer`               64 signs in one word; XOR + popcount = dot product
 :func:`classroom_trainer`                  08's demo: train float + binary, mistakes, scoreboard
+:func:`load_or_offer_download`             a missing data set: what, the apt command, Download
 =========================================  =================================================
 """
 from __future__ import annotations
 
+import html
 import math
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
@@ -58,6 +61,9 @@ __all__ = [
     "LiveComparison",
     "BitPackingExplorer",
     "ClassroomTrainer",
+    "load_or_offer_download",
+    "DataDownload",
+    "DataMissing",
 ]
 
 
@@ -959,3 +965,94 @@ def live_comparison(variants: Mapping, data, epochs: int = 3, *, latency_fn=None
     return LiveComparison(variants, data, epochs, latency_fn=latency_fn, input_shape=input_shape,
                           lr=lr, batch_size=batch_size, metric=metric, fit_kw=fit_kw,
                           seeds=seeds, background=background)
+
+
+# =============================================================================================
+# A data set that is not installed: say what is missing, offer the download
+# =============================================================================================
+class DataMissing(FileNotFoundError):
+    """Raised by :func:`load_or_offer_download` once its panel is shown. It stops a notebook's
+    *Run All* with one line instead of a traceback (IPython prints ``_render_traceback_``)."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+class DataDownload(W.VBox):
+    """Fashion-MNIST is missing: which files, the apt command, and a Download button that
+    fetches the files into the cache (:func:`bnnlab.data.fetch_idx`, SHA-256 checked), where
+    :func:`bnnlab.data.load_fashion_mnist` finds them on the next run."""
+
+    def __init__(self, *, cache_dir=None, base_url: str | None = None) -> None:
+        from bnnlab import data as D
+
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else D.default_cache_dir()
+        self.base_url = base_url
+        system = D.fashion_mnist_dir()
+        self.missing = [str(system / f) for f in D.IDX_FILES.values() if not (system / f).is_file()]
+        files = "".join(f"<li><code>{html.escape(p)}</code></li>" for p in self.missing)
+        self.message = W.HTML(
+            "<div style='border-left: 4px solid #d9822b; padding: 4px 12px'>"
+            "<p><b>Fashion-MNIST is not installed on this computer.</b> This notebook reads it from "
+            f"Debian's package <code>dataset-fashion-mnist</code>; missing:</p><ul>{files}</ul>"
+            "<p><b>Install it</b> (administrator rights): "
+            "<code>sudo apt-get install dataset-fashion-mnist</code></p>"
+            "<p><b>Or download it</b> (needs internet; each file is checked by SHA-256) into "
+            f"<code>{html.escape(str(self.cache_dir / 'fashion-mnist'))}</code>: press the button "
+            "below, or run <code>from bnnlab import data; data.load_fashion_mnist(download=True)</code> "
+            "in a cell.</p>"
+            "<p>Then run the notebook again (<i>Run → Run All Cells</i>; in Voilà, reload the page).</p>"
+            "</div>")
+        self.button = W.Button(description="Download Fashion-MNIST", button_style="primary",
+                               icon="download", layout=W.Layout(width="auto"))
+        self.status = W.Label(value="")
+        self.button.on_click(lambda _: self._click())
+        super().__init__([self.message, W.HBox([self.button, self.status])])
+
+    def download(self) -> dict[str, Path]:
+        """What the button does: fetch the four files into the cache; their paths."""
+        from bnnlab import data as D
+
+        self.button.disabled = True
+        self.status.value = "downloading ..."
+        try:
+            paths = D.fetch_idx("fashion-mnist", cache_dir=self.cache_dir, base_url=self.base_url)
+        finally:
+            self.button.disabled = False
+        self.status.value = (f"done: {len(paths)} files in {paths['train_images'].parent}; "
+                             "run the notebook again")
+        return paths
+
+    def _click(self) -> None:
+        try:
+            self.download()
+        except (OSError, ValueError) as exc:  # shown in the widget: a click has nowhere else to report
+            self.status.value = f"download failed: {exc}"
+
+
+def load_or_offer_download(load: Callable, /, *args, cache_dir=None, base_url: str | None = None,
+                           **kwargs):
+    """``load(*args, **kwargs)`` (a Fashion-MNIST loader); if the data are not installed, show
+    a :class:`DataDownload` panel and raise :class:`DataMissing` instead of a long
+    ``FileNotFoundError`` traceback.
+
+    Args:
+        load: :func:`bnnlab.data.load_fashion_mnist` or a function that calls it
+            (:func:`bnnlab.lessons.fashion_subset`); ``args`` and ``kwargs`` go to it.
+        cache_dir, base_url: where the button downloads to (default: the cache the loaders
+            read, :func:`bnnlab.data.default_cache_dir`) and from (default: the official mirrors).
+
+    Examples::
+
+        >>> ds = load_or_offer_download(data.load_fashion_mnist, n_train=1200, val_size=500)
+    """
+    try:
+        return load(*args, **kwargs)
+    except FileNotFoundError as exc:
+        if "Fashion-MNIST" not in str(exc):
+            raise
+    from IPython.display import display
+
+    display(DataDownload(cache_dir=cache_dir, base_url=base_url))
+    raise DataMissing("Fashion-MNIST is not installed: install or download it as shown above, "
+                      "then run the notebook again")

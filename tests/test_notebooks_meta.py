@@ -2,7 +2,7 @@
 
 Executing the notebooks is nbval's job (``pytest --nbval-lax ... notebooks/``); this file checks
 what nbval does not: structure, stripped outputs, guarded cells, links, the index, and that the
-notebooks are in sync with their sources in ``tools/notebooks.py``.
+notebooks are in sync with their jupytext sources ``notebooks/NN_slug.py`` (``tools/notebooks.py``).
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_only_guarded_cells_keep_outputs(path):
             assert all(o.get("name") != "stderr" for o in cell.outputs), f"cell {i}: stderr kept"
         else:
             assert cell.outputs == [] and cell.execution_count is None, (
-                f"cell {i}: unguarded output left in git (run tools/notebooks.py)")
+                f"cell {i}: unguarded output left in git (run `python tools/notebooks.py strip`)")
     if path in NUMBERED:
         assert guarded >= 1, f"each notebook needs at least one {TAG} cell"
 
@@ -168,32 +168,78 @@ def test_slide_metadata_for_rise(path):
         assert (kind == "slide") == (heading or c is cells[0])
 
 
+def test_each_notebook_has_a_jupytext_source():
+    assert sorted(p.stem for p in NB_DIR.glob("[0-9][0-9]_*.py")) == [p.stem for p in NOTEBOOKS]
+
+
 def test_notebooks_are_in_sync_with_their_sources():
-    tools = _tools()
-    sources = tools.all_sources()
-    assert sorted(sources) == [p.stem for p in NOTEBOOKS]
-    for name, source in sources.items():
-        want = tools.build(name, source)
-        got = _read(NB_DIR / f"{name}.ipynb")
-        assert [(c.cell_type, c.source) for c in got.cells] == [
-            (c.cell_type, c.source) for c in want.cells], (
-            f"{name}.ipynb differs from tools/notebooks.py: run `python tools/notebooks.py run {name[:2]}`")
+    """Cells, ids, tags, slide types, stripped outputs and the index list: `tools/notebooks.py check`."""
+    assert _tools().problems() == []
 
 
-def test_tools_parser_tags_guarded_cells_and_hides_the_old_marker():
+def _copy_notebooks(tmp_path: Path) -> Path:
+    for p in [*NB_DIR.glob("[0-9][0-9]_*.py"), *NOTEBOOKS]:
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    return tmp_path
+
+
+def test_check_fails_when_a_source_and_its_notebook_drift(tmp_path):
     tools = _tools()
-    nb = tools.build("99_demo", "# %% [markdown]\n# 99 · T\n\n# %%\nx = 1\n\n"
-                     f"# %% tags=[\"{TAG}\"]\nx + 1\n\n# %%\n{MARKER}\nx + 2\n")
-    assert [c.cell_type for c in nb.cells] == ["markdown", "code", "code", "code"]
-    assert [c.metadata.get("tags", []) for c in nb.cells[1:]] == [[], [TAG], [TAG]]
-    assert [c.source for c in nb.cells[1:]] == ["x = 1", "x + 1", "x + 2"]
-    assert [c.metadata["slideshow"]["slide_type"] for c in nb.cells] == [
-        "slide", "fragment", "fragment", "fragment"]
+    base = _copy_notebooks(tmp_path)
+    src = base / "01_sign_and_ste.py"
+    src.write_text(src.read_text(encoding="utf-8").replace("torch.manual_seed(0)", "torch.manual_seed(1)", 1),
+                   encoding="utf-8")
+    assert tools.problems(base) == ["01_sign_and_ste.ipynb differs from 01_sign_and_ste.py "
+                                    "(run `python tools/notebooks.py run 01`)"]
+
+
+def test_check_fails_when_only_a_tag_or_slide_type_drifts(tmp_path):
+    tools = _tools()
+    base = _copy_notebooks(tmp_path)
+    src = base / "03_sign_distributions.py"
+    text = src.read_text(encoding="utf-8")
+    src.write_text(text.replace(' tags=["nbval-check-output"]', "", 1), encoding="utf-8")
+    assert any("03_sign_distributions.ipynb differs" in p for p in tools.problems(base))
+    src.write_text(text.replace('slideshow={"slide_type": "fragment"}', 'slideshow={"slide_type": "skip"}', 1),
+                   encoding="utf-8")
+    assert any("03_sign_distributions.ipynb differs" in p for p in tools.problems(base))
+
+
+def test_check_fails_on_a_stale_index_and_a_notebook_without_source(tmp_path):
+    tools = _tools()
+    base = _copy_notebooks(tmp_path)
+    (base / "02_binarize_a_model.py").unlink()
+    found = tools.problems(base)
+    assert "00_index.py: its list of notebooks is stale (run `python tools/notebooks.py build`)" in found
+    assert "02_binarize_a_model.ipynb: no source 02_binarize_a_model.py" in found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_round_trip_ipynb_to_source_to_ipynb(path):
+    """The committed .ipynb written back as percent text is its source, byte for byte, and the
+    source read again gives the same cells, tags and slide metadata."""
+    tools = _tools()
+    text = path.with_suffix(".py").read_text(encoding="utf-8")
+    nb = _read(path)
+    assert tools.to_text(nb) == text
+    again = tools.from_text(path.stem, text)
+    assert [(c.cell_type, c.source, c.metadata) for c in again.cells] == [
+        (c.cell_type, c.source, c.metadata) for c in nb.cells]
+
+
+def test_build_keeps_guarded_outputs_only_while_their_source_is_unchanged():
+    tools = _tools()
+    path = NB_DIR / "01_sign_and_ste.ipynb"
+    text, old = path.with_suffix(".py").read_text(encoding="utf-8"), _read(path)
+    assert tools.build(path.stem, text, old) == old
+    changed = tools.build(path.stem, text.replace("x.grad = None", "x.grad = None  # reset", 1), old)
+    guarded = [c for c in changed.cells if TAG in c.metadata.get("tags", [])]
+    assert sum(not c.outputs for c in guarded) == 1
 
 
 def test_tools_strip_keeps_only_guarded_outputs():
     tools = _tools()
-    nb = tools.build("99_demo", f"# %%\nprint(1)\n\n# %% tags=[\"{TAG}\"]\n2\n")
+    nb = tools.from_text("99_demo", '# %%\nprint(1)\n\n# %% tags=["nbval-check-output"]\n2\n')
     out = nbformat.v4.new_output("stream", name="stdout", text="1\n")
     nb.cells[0].outputs, nb.cells[0].execution_count = [out], 1
     nb.cells[1].outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "2"},

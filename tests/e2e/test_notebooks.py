@@ -7,7 +7,9 @@ chromium, driven by Playwright, opens each notebook, runs all cells and checks t
 - no cell shows a traceback or an error output;
 - every plotly figure has a plot area of at least 10 × 10 px and draws data (a visible trace
   and at least one line, marker, bar, heatmap image or table cell in the page);
-- no plotly table hides rows behind a scrollbar;
+- no table hides rows: no plotly table needs its scrollbar, and no row of an HTML table (a
+  rendered ``bnnlab`` table, the dashboards' table widgets) lies outside a box that clips it
+  (``overflow`` hidden, auto or scroll, up to the cell), such as a widget of fixed height;
 
 then saves screenshots under ``artifacts/screenshots/`` (the notebook's first figure in its
 viewport, and each figure alone). The Voilà test serves the classroom demo exactly as
@@ -37,12 +39,16 @@ NB_DIR = ROOT / "notebooks"
 SHOTS = ROOT / "artifacts" / "screenshots"
 NOTEBOOKS = sorted(p.name for p in NB_DIR.glob("[0-9][0-9]_*.ipynb"))
 
-# Plot-area size of every plotly figure, and whether a table trace needs its scrollbar.
+# Plot-area size of every plotly figure, and whether a table trace hides rows (needs its scrollbar).
 _FIGURES_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(gd => {
     const s = gd._fullLayout && gd._fullLayout._size;
     const types = (gd.data || []).map(t => t.type || 'scatter');
-    const glyphs = [...gd.querySelectorAll('.scrollbar-glyph')];
-    const scrolls = glyphs.some(g => parseFloat(getComputedStyle(g).strokeOpacity || '0') > 0);
+    // a table trace scrolls when its rows are taller than its area (plotly's own state, bound to
+    // the view by d3; the scrollbar glyph itself is drawn transparent until hovered)
+    const scrolls = [...gd.querySelectorAll('.table-control-view')].some(v => {
+        const st = v.__data__ && v.__data__.scrollbarState;
+        return !!st && st.totalHeight > st.scrollableAreaHeight + 1;
+    });
     // marks that carry data: a line with a path, a marker, a bar with an area, a heatmap image,
     // a table cell (an empty trace leaves its <g class="trace"> but none of these)
     const marks = [...gd.querySelectorAll(
@@ -54,6 +60,24 @@ _FIGURES_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(gd 
     return {w: s ? s.w : 0, h: s ? s.h : 0, types, scrolls, drawn, visible,
             title: (gd.layout && gd.layout.title && (gd.layout.title.text || gd.layout.title)) || ''};
 })"""
+# Rows of HTML tables that a clipping box hides: for every <table> outside plotly, the rows whose
+# box is empty or lies (partly) outside the visible area of an ancestor with overflow other than
+# visible, up to the notebook cell (the page and the notebook panel may scroll: not hiding).
+_TABLES_JS = """() => [...document.querySelectorAll('table')].filter(t => !t.closest('.js-plotly-plot'))
+  .map(t => {
+    const rows = [...t.rows];
+    const hidden = rows.filter(r => {
+        const rr = r.getBoundingClientRect();
+        if (rr.height < 1) return true;
+        for (let a = t.parentElement; a && !a.matches('.jp-Cell, body'); a = a.parentElement) {
+            if (getComputedStyle(a).overflowY === 'visible') continue;
+            const top = a.getBoundingClientRect().top + a.clientTop;
+            if (rr.top < top - 1 || rr.bottom > top + a.clientHeight + 1) return true;
+        }
+        return false;
+    }).length;
+    return {rows: rows.length, hidden, text: (t.innerText || '').slice(0, 80)};
+  })"""
 _ERRORS_JS = """() => [...document.querySelectorAll(
     '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"], .jp-OutputArea-output')]
     .map(e => e.innerText).filter(t => /Traceback \\(most recent call last\\)|Error: /.test(t))
@@ -127,6 +151,14 @@ def check_figures(page, stem: str) -> list[dict]:
     return figs
 
 
+def check_tables(page, stem: str) -> list[dict]:
+    """Every HTML table shows all its rows (see ``_TABLES_JS``); the tables found."""
+    tables = page.evaluate(_TABLES_JS)
+    clipped = [t for t in tables if t["hidden"]]
+    assert not clipped, f"{stem}: a table widget hides rows: {clipped}"
+    return tables
+
+
 def shoot(page, stem: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     plots = page.locator(".js-plotly-plot")
@@ -160,6 +192,7 @@ def test_notebook_runs_in_the_browser_without_errors(lab, browser, name):
         errors = page.evaluate(_ERRORS_JS)
         assert not errors, f"{name}: error output in the browser: {errors[:2]}"
         figs = check_figures(page, stem)
+        check_tables(page, stem)
         prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
         not_run = [p for p in prompts if not re.search(r"\[\d+\]", p)]
         assert not not_run, f"{name}: code cells without an execution count: {prompts}"
@@ -187,6 +220,7 @@ def test_voila_demo_in_the_browser_shows_widgets_and_no_code(browser, tmp_path):
             page.wait_for_timeout(300)
             plots.nth(i).screenshot(path=str(SHOTS / f"voila_fig{i + 1}.png"))
         check_figures(page, "voila")
+        check_tables(page, "voila")
         assert page.locator(".jp-InputArea-editor, .jp-CodeMirrorEditor, .cm-editor").count() == 0
         assert page.locator("table.bnnlab-table").count() >= 2  # scoreboard, memory table
         text = page.inner_text("body")
@@ -226,5 +260,55 @@ def test_check_figures_refuses_an_empty_figure(browser, tmp_path):
                 else:
                     with pytest.raises(AssertionError, match="draw no data"):
                         check_figures(page, f"{label}{i}")
+    finally:
+        page.close()
+
+
+def test_the_table_checks_fire_on_clipped_tables_and_pass_the_real_ones(browser, tmp_path):
+    """A table in a box of fixed small height (overflow hidden, or scrolled), and a plotly table
+    too short for its rows, fail the checks; the tables bnnlab renders (plots.table,
+    lessons.Table as the dashboard's table widget shows it, plots.table_figure) pass."""
+    from bnnlab import lessons as L
+    from bnnlab import models
+    from bnnlab import plots as P
+    from bnnlab.summary import summary
+
+    nets = {"float": models.binary_mlp(64, (32, 32), binary=False), "BinaryNet": models.binary_mlp(64, (32, 32))}
+    sums = {name: summary(net, (64,)) for name, net in nets.items()}
+    rows = [{"layer": r.name, "type": r.type, "params": r.params} for r in sums["BinaryNet"].records]
+    real_html = [L.memory_table(sums)._repr_html_(), P.table(rows)._repr_html_(), L.Table(rows)._repr_html_()]
+    long_table = P.table([{"i": i, "square": i * i} for i in range(12)])._repr_html_()
+
+    def page_with(body: str, name: str) -> None:
+        path = tmp_path / f"{name}.html"
+        path.write_text(f"<!doctype html><html><body><div class='jp-Cell'>{body}</div></body></html>",
+                        encoding="utf-8")
+        page.goto(path.as_uri())
+
+    page = browser.new_page(viewport={"width": 900, "height": 700})
+    try:
+        for i, html in enumerate(real_html):  # as a cell output, and inside a widget of auto height
+            page_with(f"<div class='jp-OutputArea-output' style='overflow-x:auto'>{html}</div>"
+                      f"<div class='widget-html' style='overflow:hidden'>{html}</div>", f"real{i}")
+            found = check_tables(page, f"real{i}")
+            assert len(found) == 2 and all(t["rows"] >= 3 for t in found), found
+        for style in ("height:60px; overflow:hidden", "height:60px; overflow:auto",
+                      "max-height:60px; overflow-y:scroll"):
+            page_with(f"<div class='widget-html' style='{style}'>{long_table}</div>", "clipped")
+            with pytest.raises(AssertionError, match="a table widget hides rows"):
+                check_tables(page, "clipped")
+            assert 0 < page.evaluate(_TABLES_JS)[0]["hidden"] < 13
+        for name, height, fire in (("short", 160, True), ("fits", None, False)):
+            fig = P.table_figure([{"i": i, "square": i * i} for i in range(12)], height=height)
+            fig.write_html(tmp_path / f"{name}.html", include_plotlyjs=True, full_html=True)
+            page.goto((tmp_path / f"{name}.html").as_uri())
+            page.wait_for_function("() => document.querySelector('.js-plotly-plot')"
+                                   " && document.querySelector('.js-plotly-plot')._fullLayout")
+            page.wait_for_timeout(300)
+            if fire:
+                with pytest.raises(AssertionError, match="hides rows behind its scrollbar"):
+                    check_figures(page, name)
+            else:
+                check_figures(page, name)
     finally:
         page.close()
