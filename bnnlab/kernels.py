@@ -1403,12 +1403,12 @@ def _epilogue_mode(threshold: Any, flip: Any, alpha: Any, bias: Any, pool: Any,
             raise ValueError("bias needs alpha (pass alpha=1.0 for a bias alone)")
         return "int", None, None
     if isinstance(alpha, Affine):
-        if bias is not None:
-            raise ValueError("bias must be None when alpha is a prepared Affine")
-        if alpha.channels != n:
-            raise ValueError(f"alpha was prepared for {alpha.channels} channels, expected {n}")
+        _affine(alpha, bias, n)                   # checks channels and bias=None
         return "affine", None, alpha
-    return "affine", None, prepare_affine(alpha, bias, channels=n)
+    al, bi = (v.copy() for v in _affine(alpha, bias, n))
+    al.flags.writeable = False
+    bi.flags.writeable = False
+    return "affine", None, Affine(al, bi, n)
 
 
 class Conv2dPlan:
