@@ -1379,6 +1379,11 @@ def binary_conv2d(x: Any, w: Any, stride: IntPair = 1, padding: IntPair = 0, pad
 
 
 # ----------------------------------------------------------------------------- plans
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
 def _epilogue_mode(threshold: Any, flip: Any, alpha: Any, bias: Any, pool: Any,
                    n: int, k: int) -> tuple[str, Thresholds | None, Affine | None]:
     """Validate the epilogue arguments of a plan: ("int" | "threshold" | "affine", ...)."""
@@ -1405,9 +1410,7 @@ def _epilogue_mode(threshold: Any, flip: Any, alpha: Any, bias: Any, pool: Any,
     if isinstance(alpha, Affine):
         _affine(alpha, bias, n)                   # checks channels and bias=None
         return "affine", None, alpha
-    al, bi = (v.copy() for v in _affine(alpha, bias, n))
-    al.flags.writeable = False
-    bi.flags.writeable = False
+    al, bi = (_frozen(v.copy()) for v in _affine(alpha, bias, n))
     return "affine", None, Affine(al, bi, n)
 
 
@@ -1429,14 +1432,20 @@ class Conv2dPlan:
     """
 
     __slots__ = ("weights", "stride", "padding", "pad_value", "epilogue", "thresholds",
-                 "affine", "pool", "layout", "strict", "_neg", "_nhwc", "_shapes")
+                 "affine", "post", "post_fma", "pool", "layout", "strict", "_neg", "_nhwc",
+                 "_shapes", "_post_id")
 
     def __init__(self, weights: PackedConvWeights, stride: tuple[int, int], padding: tuple[int, int],
                  pad_value: float, epilogue: str, thresholds: Thresholds | None,
-                 affine: Affine | None, pool: MaxPoolSpec | None, layout: str, strict: bool) -> None:
+                 affine: Affine | None, pool: MaxPoolSpec | None, layout: str, strict: bool,
+                 post: Affine | None = None, post_fma: bool = False) -> None:
         self.weights, self.stride, self.padding, self.pad_value = weights, stride, padding, pad_value
         self.epilogue, self.thresholds, self.affine, self.pool = epilogue, thresholds, affine, pool
-        self.layout, self.strict = layout, strict
+        self.layout, self.strict, self.post, self.post_fma = layout, strict, post, post_fma
+        # the identity post-op for a residual without one: v * 1 + (-0.0) == v for every v
+        self._post_id = post if post is not None else \
+            Affine(_frozen(np.ones(weights.out_channels, np.float32)),
+                   _frozen(np.full(weights.out_channels, -0.0, np.float32)), weights.out_channels)
         self._neg = _pad_value(pad_value)
         self._nhwc = layout == "nhwc"
         self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -1472,9 +1481,41 @@ class Conv2dPlan:
             self._shapes[key] = shape
         return shape
 
-    def __call__(self, x: Any, *, n_threads: int | None = None) -> Any:
+    def epilogue_values(self, *, post: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        r"""Every value the affine epilogue can produce, computed by the kernels' own
+        arithmetic: ``(d, v)`` with ``d`` the ``K + 1`` attainable dot products
+        (``-K, -K + 2, ..., K``, int32) and ``v[o, i]`` (float32 ``(O, K + 1)``) the output
+        for ``d[i]`` in channel ``o``, before the residual; ``post=False`` leaves out the
+        post-op.  For proving a fused epilogue equal to another implementation (e.g. torch's
+        BatchNorm) on all its inputs."""
+        if self.epilogue != "affine":
+            raise ValueError(f"epilogue_values needs the affine epilogue, this plan's is "
+                             f"{self.epilogue!r}")
+        k = self.weights.in_channels * self.weights.kernel_size[0] * self.weights.kernel_size[1]
+        d = np.arange(-k, k + 1, 2, dtype=np.int32)
+        aff, pa = self.affine, self._post_id
+        out = np.empty((self.weights.out_channels, d.shape[0]), np.float32)
+        _kernels.affine_values(d, aff.scale, aff.offset, pa.scale, pa.offset,  # type: ignore[union-attr]
+                               bool(post and self.post is not None), self.post_fma, out)
+        return d, out
+
+    def _residual(self, residual: Any, shape: tuple[int, ...]) -> np.ndarray:
+        if self.epilogue != "affine":
+            raise ValueError(f"residual needs the affine epilogue (alpha), this plan's is "
+                             f"{self.epilogue!r}")
+        if self._neg == _ZERO_PAD:
+            raise ValueError("residual is not supported with pad_value=0.0 (zero padding); "
+                             "use pad_value=+1.0 or -1.0")
+        arr = _as_f32_input(residual, "residual", 4, "(N, O, H_o, W_o)")
+        if arr.shape != shape:
+            raise ValueError(f"residual has shape {arr.shape}, the conv output is {shape}")
+        return arr
+
+    def __call__(self, x: Any, *, residual: Any = None, n_threads: int | None = None) -> Any:
         """Run the conv on ``x``: :class:`PackedActivations` ``(N, C, H, W)``, or a real
         ``(N, C, H, W)`` array / CPU tensor (packed by sign first, as :func:`pack_nhwc`).
+        ``residual`` (affine epilogue only): float32 array / tensor of the output's shape
+        and layout, added last: ``out = post(alpha * d + bias) + residual``.
 
         Returns:
             int32 / float32 ``np.ndarray`` (NCHW or NHWC), or :class:`PackedActivations`
@@ -1494,6 +1535,14 @@ class Conv2dPlan:
                              f"in_channels={self.weights.in_channels}")
         shape = self._out_shape(x)
         w, (sy, sx), (py, px), neg = self.weights, self.stride, self.padding, self._neg
+        if residual is not None or self.post is not None:
+            res = np.zeros(shape, np.float32) if residual is None else self._residual(residual, shape)
+            aff, pa = self.affine, self._post_id
+            out = np.empty(shape, np.float32)
+            _kernels.conv_affine_res(x.words, x.channels, w.words, sy, sx, py, px, neg == 1,
+                                     aff.scale, aff.offset, pa.scale, pa.offset,  # type: ignore[union-attr]
+                                     self.post_fma, res, out, self._nhwc, nt)
+            return out
         if neg == _ZERO_PAD:                                # the corrected (numpy) path
             if self.epilogue == "threshold":
                 return conv2d_threshold(x, w, self.thresholds, None, self.stride, self.padding,
@@ -1531,8 +1580,10 @@ class Conv2dPlan:
 
 def prepare_conv2d(weights: Any, *, stride: IntPair = 1, padding: IntPair = 0,
                    pad_value: float = 1.0, threshold: Any = None, flip: Any = None,
-                   alpha: Any = None, bias: Any = None, pool: MaxPoolSpec | None = None,
-                   layout: str = "nchw", strict: bool = False) -> Conv2dPlan:
+                   alpha: Any = None, bias: Any = None, post_scale: Any = None,
+                   post_offset: Any = None, post_fma: bool = False,
+                   pool: MaxPoolSpec | None = None, layout: str = "nchw",
+                   strict: bool = False) -> Conv2dPlan:
     r"""Validate a binary convolution and its epilogue once; returns a callable :class:`Conv2dPlan`.
 
     The epilogue is chosen by the arguments given:
@@ -1541,7 +1592,11 @@ def prepare_conv2d(weights: Any, *, stride: IntPair = 1, padding: IntPair = 0,
     - ``threshold`` (and ``flip``, ``pool``): the next layer's packed bits
       (:func:`conv2d_threshold`); ``threshold`` may be a prepared :class:`Thresholds`;
     - ``alpha`` (and ``bias``): float32 ``alpha[o] * d + bias[o]`` (:func:`conv2d_affine`);
-      ``alpha`` may be a prepared :class:`Affine`.
+      ``alpha`` may be a prepared :class:`Affine`.  With ``post_scale`` / ``post_offset``
+      a second per-channel affine map follows, ``v * s + t`` in float32 with two roundings,
+      or one (``fmaf``) with ``post_fma=True`` (e.g. an eval BatchNorm computed as torch
+      computes it); the plan's call then also takes a ``residual`` added last
+      (``conv -> BN -> + shortcut`` in one pass over the output).
 
     Args:
         weights: :class:`PackedConvWeights`, or real ``(O, C, k_h, k_w)`` weights (packed by
@@ -1549,6 +1604,8 @@ def prepare_conv2d(weights: Any, *, stride: IntPair = 1, padding: IntPair = 0,
         stride, padding, pad_value: as :func:`conv2d_packed`.
         threshold, flip: as :func:`conv2d_threshold`.
         alpha, bias: as :func:`conv2d_affine`.
+        post_scale, post_offset, post_fma: the post-op (affine epilogue, ``pad_value`` ±1);
+            ``post_scale`` may be a prepared :class:`Affine` (then ``post_offset=None``).
         pool: a :class:`MaxPoolSpec` for ``O`` channels (threshold epilogue only).
         layout: ``"nchw"`` or ``"nhwc"`` of int32 / float32 outputs.
         strict: real inputs passed to the plan must hold only ±1.
@@ -1590,8 +1647,28 @@ def prepare_conv2d(weights: Any, *, stride: IntPair = 1, padding: IntPair = 0,
     if mode == "threshold" and nhwc:
         raise ValueError("layout applies to int32 / float32 outputs; the threshold epilogue "
                          "always emits packed NHWC bits (leave layout='nchw')")
+    if not isinstance(post_fma, (bool, np.bool_)):
+        raise TypeError(f"post_fma must be a bool, got {type(post_fma).__name__}")
+    post: Affine | None = None
+    if post_scale is not None:
+        if mode != "affine":
+            raise ValueError("post_scale needs the affine epilogue (alpha)")
+        if neg == _ZERO_PAD:
+            raise ValueError("pad_value=0.0 (zero padding) has no post-op / residual epilogue; "
+                             "use pad_value=+1.0 or -1.0")
+        if isinstance(post_scale, Affine):
+            _affine(post_scale, post_offset, o, ("post_scale", "post_offset"))
+            post = post_scale
+        else:
+            ps, po = (_frozen(v.copy()) for v in _affine(post_scale, post_offset, o,
+                                                          ("post_scale", "post_offset")))
+            post = Affine(ps, po, o)
+    elif post_offset is not None:
+        raise ValueError("post_offset needs post_scale (pass post_scale=1.0 for an offset alone)")
+    elif post_fma:
+        raise ValueError("post_fma needs post_scale")
     return Conv2dPlan(weights, (sy, sx), (py, px), pv, mode, th, aff, pool,
-                      "nhwc" if nhwc else "nchw", bool(strict))
+                      "nhwc" if nhwc else "nchw", bool(strict), post, bool(post_fma))
 
 
 class MatmulPlan:

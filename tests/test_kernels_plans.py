@@ -200,3 +200,47 @@ def test_packed_inference_uses_only_the_public_kernel_api():
     for path in sorted(root.glob("*.py")):
         text = path.read_text(encoding="utf-8")
         assert "_kernels" not in text and "kernels._" not in text, path.name
+
+
+@pytest.mark.parametrize("fma", [False, True])
+def test_conv_plan_post_affine_and_residual(isa, eager_threads, fma):
+    """out = post(alpha * d + bias) + residual: the dot products through the plan's own value
+    table, plus the residual (float32 add); the table is NumPy's float32 arithmetic (two
+    roundings) or a single-rounding FMA."""
+    rng = np.random.default_rng(400 + fma)
+    for c, o, hw, stride, pad_value in [(64, 64, 8, 1, 1.0), (65, 70, 7, 2, -1.0), (3, 129, 5, 1, 1.0)]:
+        x, w = _real(rng, (2, c, hw, hw)), _real(rng, (o, c, 3, 3))
+        alpha = (rng.random(o) + 0.5).astype(np.float32)
+        bias = rng.standard_normal(o).astype(np.float32)
+        a = rng.standard_normal(o).astype(np.float32)
+        b = rng.standard_normal(o).astype(np.float32)
+        geo = {"stride": stride, "padding": 1, "pad_value": pad_value}
+        plan = bk.prepare_conv2d(w, **geo, alpha=alpha, bias=bias, post_scale=a, post_offset=b,
+                                 post_fma=fma)
+        d_vals, table = plan.epilogue_values()
+        pre = plan.epilogue_values(post=False)[1]
+        np.testing.assert_array_equal(pre, d_vals[None, :].astype(np.float32) * alpha[:, None]
+                                      + bias[:, None])
+        if fma:
+            want_t = (pre.astype(np.float64) * a[:, None] + b[:, None]).astype(np.float32)
+        else:
+            want_t = pre * a[:, None] + b[:, None]
+        np.testing.assert_array_equal(table, want_t)
+        k = c * 9
+        d = ref.conv_signs(x, w, stride, 1, pad_value)                    # (n, o, h, w)
+        res = rng.standard_normal(d.shape).astype(np.float32)
+        post = np.take_along_axis(table[None], ((d + k) // 2).reshape(d.shape[0], o, -1),
+                                  axis=2).reshape(d.shape)                 # post(alpha d + bias)
+        want = post + res
+        for nt in (1, 2):
+            np.testing.assert_array_equal(plan(bk.pack_nhwc(x), residual=res, n_threads=nt), want)
+        nhwc = bk.prepare_conv2d(w, **geo, alpha=alpha, bias=bias, post_scale=a, post_offset=b,
+                                 post_fma=fma, layout="nhwc")
+        res_l = np.ascontiguousarray(np.moveaxis(res, 1, -1))
+        np.testing.assert_array_equal(nhwc(x, residual=torch.from_numpy(res_l)),
+                                      np.moveaxis(want, 1, -1))
+        # a residual alone (no post-op) adds to the plain affine output exactly
+        plain = bk.prepare_conv2d(w, **geo, alpha=alpha, bias=bias)
+        np.testing.assert_array_equal(plain(x, residual=res), plain(x) + res)
+        # a post-op alone: no residual added
+        np.testing.assert_array_equal(plan(x), post)
