@@ -63,6 +63,15 @@ def conv(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int, px: in
 def conv_affine(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int, px: int,
                 pad_neg: bool, alpha: np.ndarray, bias: np.ndarray, out: np.ndarray, nhwc: bool,
                 nt: int) -> None: ...  # float32 out
+# conv_affine then out = post(out) + res, post(v) = fmaf(v, a2, b2) if fma2 else v * a2 + b2
+# (per channel); res: const float32 with out's shape and layout.
+def conv_affine_res(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int, px: int,
+                    pad_neg: bool, alpha: np.ndarray, bias: np.ndarray, a2: np.ndarray,
+                    b2: np.ndarray, fma2: bool, res: np.ndarray, out: np.ndarray, nhwc: bool,
+                    nt: int) -> None: ...
+# out float32[:, ::1] (O, L) = [post](float(d[i]) * alpha[o] + bias[o]); d const int32[::1] (L,)
+def affine_values(d: np.ndarray, alpha: np.ndarray, bias: np.ndarray, a2: np.ndarray,
+                  b2: np.ndarray, post: bool, fma2: bool, out: np.ndarray) -> None: ...
 def conv_threshold_pack(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int, px: int,
                         pad_neg: bool, lim: np.ndarray, flipw: np.ndarray, out: np.ndarray,
                         nt: int) -> None: ...  # uint64[:, :, :, ::1] (N, OH, OW, ceil(O/64)) zeroed

@@ -66,7 +66,7 @@ CASES: tuple[str, ...] = (
     "gemm512", "gemm1024", "gemm2048", "gemm4096",
     "gemv1x4096", "gemv8x4096",
     "conv64x56", "conv128x28", "conv256x14", "conv512x7", "conv256x14b16",
-    "e2e_cnn",
+    "e2e_cnn", "e2e_vgg_small", "e2e_resnet18",
     "threads_gemm2048",
     "mem_gemm4096", "mem_cnn_weights", "mem_cnn_file",
 )
@@ -520,6 +520,9 @@ def run(cases: Iterable[str] | str | None = None, quick: bool = False,
                     rows += _conv(int(c), int(hw), t, cfg, int(b or 1))
                 elif case == "e2e_cnn":
                     rows += _e2e(t, cfg)
+                elif case in ("e2e_vgg_small", "e2e_resnet18"):   # bnnlab/bench_models.py
+                    from bnnlab import bench_models
+                    rows += bench_models.rows(case, t, cfg, _interleaved, _row)
         if "threads_gemm2048" in chosen:
             rows += _threads_gemm(cfg)
         for case in chosen:

@@ -84,6 +84,12 @@ __all__ = [
     "conv2d_affine",
     "binary_conv2d",
     "zero_padding_correction",
+    "Conv2dPlan",
+    "prepare_conv2d",
+    "MatmulPlan",
+    "prepare_matmul",
+    "PackPlan",
+    "prepare_pack_nhwc",
     "set_num_threads",
     "get_num_threads",
     "kernel_info",
@@ -677,6 +683,11 @@ def pack_nhwc(x: Any, *, strict: bool = False, n_threads: int | None = None) -> 
     arr = _as_real(x, "x", 4, "(N, C, H, W)")
     if strict:
         _check_strict(arr, "x")
+    return _pack_nchw(arr, nt)
+
+
+def _pack_nchw(arr: np.ndarray, nt: int) -> PackedActivations:
+    """Pack a validated (N, C, H, W) array (output of _as_real) into NHWC words."""
     n, c, h, w = arr.shape
     out = np.empty((n, h, w, n_words(c)), np.uint64)
     if _kernels.pack_nchw(arr.reshape(n, c, h * w), out.reshape(n, h * w, n_words(c)), nt):
@@ -832,11 +843,16 @@ def pack_conv_weights(w: Any, *, strict: bool = False) -> PackedConvWeights:
     arr = _as_real(w, "w", 4, "(O, C, kh, kw)")
     if strict:
         _check_strict(arr, "w")
+    return _pack_conv_weights(arr, "w")
+
+
+def _pack_conv_weights(arr: np.ndarray, name: str) -> PackedConvWeights:
+    """Pack a validated (O, C, kh, kw) array (output of _as_real)."""
     o, c, kh, kw = arr.shape
     rows = np.ascontiguousarray(arr.transpose(0, 2, 3, 1)).reshape(o * kh * kw, c)
     out = np.empty((o * kh * kw, n_words(c)), np.uint64)
     if _kernels.pack_rows(rows, out, 1):
-        raise _nonfinite_error("w")
+        raise _nonfinite_error(name)
     return PackedConvWeights(out.reshape(o, kh, kw, n_words(c)), c)
 
 
@@ -1360,6 +1376,499 @@ def binary_conv2d(x: Any, w: Any, stride: IntPair = 1, padding: IntPair = 0, pad
     if not isinstance(w, PackedConvWeights):
         w = pack_conv_weights(w)
     return conv2d_packed(x, w, stride, padding, pad_value, layout=layout, n_threads=nt)
+
+
+# ----------------------------------------------------------------------------- plans
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+def _epilogue_mode(threshold: Any, flip: Any, alpha: Any, bias: Any, pool: Any,
+                   n: int, k: int) -> tuple[str, Thresholds | None, Affine | None]:
+    """Validate the epilogue arguments of a plan: ("int" | "threshold" | "affine", ...)."""
+    if threshold is not None:
+        if alpha is not None:
+            raise ValueError("alpha must be None when threshold is given (one epilogue: "
+                             "threshold -> packed bits, alpha/bias -> float32)")
+        if bias is not None:
+            raise ValueError("bias must be None when threshold is given")
+        if isinstance(threshold, Thresholds):
+            _limits(threshold, flip, n, k)        # checks channels, k and flip=None
+            th = threshold
+        else:
+            th = prepare_thresholds(threshold, flip, channels=n, k=k)
+        return "threshold", th, None
+    if flip is not None:
+        raise ValueError("flip needs a threshold")
+    if pool is not None:
+        raise ValueError("pool needs a threshold (the max-pool runs on the packed output bits)")
+    if alpha is None:
+        if bias is not None:
+            raise ValueError("bias needs alpha (pass alpha=1.0 for a bias alone)")
+        return "int", None, None
+    if isinstance(alpha, Affine):
+        _affine(alpha, bias, n)                   # checks channels and bias=None
+        return "affine", None, alpha
+    al, bi = (_frozen(v.copy()) for v in _affine(alpha, bias, n))
+    return "affine", None, Affine(al, bi, n)
+
+
+class Conv2dPlan:
+    r"""A binary conv with its geometry and epilogue validated once: call it on each input.
+
+    Built by :func:`prepare_conv2d`.  ``plan(x)`` equals the one-shot function of its
+    epilogue (:func:`conv2d_packed`, :func:`conv2d_threshold` or :func:`conv2d_affine`) on
+    the same arguments, bit for bit; the output sizes are worked out once per input shape, so
+    a call on :class:`PackedActivations` goes straight to the compiled kernel.
+
+    Attributes:
+        weights: :class:`PackedConvWeights`.  stride, padding: int pairs.  pad_value: +1.0,
+        -1.0 or 0.0.  epilogue: ``"int"`` (int32 dot products), ``"threshold"`` (packed bits,
+        :class:`PackedActivations`) or ``"affine"`` (float32).  thresholds: the
+        :class:`Thresholds` (threshold epilogue) or None.  affine: the :class:`Affine`
+        (affine epilogue) or None.  pool: :class:`MaxPoolSpec` or None.  layout: "nchw" or
+        "nhwc" (int / affine outputs).  strict: real inputs must be ±1.
+    """
+
+    __slots__ = ("weights", "stride", "padding", "pad_value", "epilogue", "thresholds",
+                 "affine", "post", "post_fma", "pool", "layout", "strict", "_neg", "_nhwc",
+                 "_shapes", "_post_id")
+
+    def __init__(self, weights: PackedConvWeights, stride: tuple[int, int], padding: tuple[int, int],
+                 pad_value: float, epilogue: str, thresholds: Thresholds | None,
+                 affine: Affine | None, pool: MaxPoolSpec | None, layout: str, strict: bool,
+                 post: Affine | None = None, post_fma: bool = False) -> None:
+        self.weights, self.stride, self.padding, self.pad_value = weights, stride, padding, pad_value
+        self.epilogue, self.thresholds, self.affine, self.pool = epilogue, thresholds, affine, pool
+        self.layout, self.strict, self.post, self.post_fma = layout, strict, post, post_fma
+        # the identity post-op for a residual without one: v * 1 + (-0.0) == v for every v
+        self._post_id = post if post is not None else \
+            Affine(_frozen(np.ones(weights.out_channels, np.float32)),
+                   _frozen(np.full(weights.out_channels, -0.0, np.float32)), weights.out_channels)
+        self._neg = _pad_value(pad_value)
+        self._nhwc = layout == "nhwc"
+        self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    @property
+    def in_channels(self) -> int:
+        return self.weights.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.weights.out_channels
+
+    def __repr__(self) -> str:
+        return (f"Conv2dPlan(weights={self.weights!r}, stride={self.stride}, "
+                f"padding={self.padding}, pad_value={self.pad_value}, epilogue={self.epilogue!r}"
+                f"{', pool' if self.pool is not None else ''})")
+
+    def _out_shape(self, x: PackedActivations) -> tuple[int, ...]:
+        """Output array shape for the input words' shape (validated once per shape)."""
+        key = x.words.shape
+        shape = self._shapes.get(key)
+        if shape is None:
+            _, (n, o, oh, ow) = _conv_setup(x, self.weights, self.stride, self.padding,
+                                            self.pad_value)
+            if self.epilogue == "threshold":
+                if self.pool is not None:
+                    oh, ow = _pool_shape(self.pool, o, oh, ow, "the conv output")
+                shape = (n, oh, ow, n_words(o))
+            else:
+                shape = (n, oh, ow, o) if self._nhwc else (n, o, oh, ow)
+            if len(self._shapes) > 64:
+                self._shapes.clear()
+            self._shapes[key] = shape
+        return shape
+
+    def epilogue_values(self, *, post: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        r"""Every value the affine epilogue can produce, computed by the kernels' own
+        arithmetic: ``(d, v)`` with ``d`` the ``K + 1`` attainable dot products
+        (``-K, -K + 2, ..., K``, int32) and ``v[o, i]`` (float32 ``(O, K + 1)``) the output
+        for ``d[i]`` in channel ``o``, before the residual; ``post=False`` leaves out the
+        post-op.  For proving a fused epilogue equal to another implementation (e.g. torch's
+        BatchNorm) on all its inputs."""
+        if self.epilogue != "affine":
+            raise ValueError(f"epilogue_values needs the affine epilogue, this plan's is "
+                             f"{self.epilogue!r}")
+        k = self.weights.in_channels * self.weights.kernel_size[0] * self.weights.kernel_size[1]
+        d = np.arange(-k, k + 1, 2, dtype=np.int32)
+        aff, pa = self.affine, self._post_id
+        out = np.empty((self.weights.out_channels, d.shape[0]), np.float32)
+        _kernels.affine_values(d, aff.scale, aff.offset, pa.scale, pa.offset,  # type: ignore[union-attr]
+                               bool(post and self.post is not None), self.post_fma, out)
+        return d, out
+
+    def _residual(self, residual: Any, shape: tuple[int, ...]) -> np.ndarray:
+        if self.epilogue != "affine":
+            raise ValueError(f"residual needs the affine epilogue (alpha), this plan's is "
+                             f"{self.epilogue!r}")
+        if self._neg == _ZERO_PAD:
+            raise ValueError("residual is not supported with pad_value=0.0 (zero padding); "
+                             "use pad_value=+1.0 or -1.0")
+        arr = _as_f32_input(residual, "residual", 4, "(N, O, H_o, W_o)")
+        if arr.shape != shape:
+            raise ValueError(f"residual has shape {arr.shape}, the conv output is {shape}")
+        return arr
+
+    def __call__(self, x: Any, *, residual: Any = None, n_threads: int | None = None) -> Any:
+        """Run the conv on ``x``: :class:`PackedActivations` ``(N, C, H, W)``, or a real
+        ``(N, C, H, W)`` array / CPU tensor (packed by sign first, as :func:`pack_nhwc`).
+        ``residual`` (affine epilogue only): float32 array / tensor of the output's shape
+        and layout, added last: ``out = post(alpha * d + bias) + residual``.
+
+        Returns:
+            int32 / float32 ``np.ndarray`` (NCHW or NHWC), or :class:`PackedActivations`
+            for the threshold epilogue.
+        """
+        nt = _threads(n_threads)
+        if type(x) is not PackedActivations:
+            if isinstance(x, PackedActivations):
+                pass
+            elif isinstance(x, (PackedBits, PackedConvWeights)):
+                raise TypeError(f"x must be a PackedActivations or a real (N, C, H, W) array, "
+                                f"got {type(x).__name__}")
+            else:
+                x = pack_nhwc(x, strict=self.strict, n_threads=nt)
+        if x.channels != self.weights.in_channels:
+            raise ValueError(f"x has {x.channels} channels but the plan's weights expect "
+                             f"in_channels={self.weights.in_channels}")
+        shape = self._out_shape(x)
+        w, (sy, sx), (py, px), neg = self.weights, self.stride, self.padding, self._neg
+        if residual is not None or self.post is not None:
+            res = np.zeros(shape, np.float32) if residual is None else self._residual(residual, shape)
+            aff, pa = self.affine, self._post_id
+            out = np.empty(shape, np.float32)
+            _kernels.conv_affine_res(x.words, x.channels, w.words, sy, sx, py, px, neg == 1,
+                                     aff.scale, aff.offset, pa.scale, pa.offset,  # type: ignore[union-attr]
+                                     self.post_fma, res, out, self._nhwc, nt)
+            return out
+        if neg == _ZERO_PAD:                                # the corrected (numpy) path
+            if self.epilogue == "threshold":
+                return conv2d_threshold(x, w, self.thresholds, None, self.stride, self.padding,
+                                        0.0, pool=self.pool, n_threads=nt)
+            if self.epilogue == "affine":
+                return conv2d_affine(x, w, self.affine, None, self.stride, self.padding, 0.0,
+                                     layout=self.layout, n_threads=nt)
+            return conv2d_packed(x, w, self.stride, self.padding, 0.0, layout=self.layout,
+                                 n_threads=nt)
+        if self.epilogue == "threshold":
+            th = self.thresholds
+            pool = self.pool
+            if pool is None:
+                out = np.zeros(shape, np.uint64)
+                _kernels.conv_threshold_pack(x.words, x.channels, w.words, sy, sx, py, px,
+                                             neg == 1, th.lim, th.flipw, out, nt)  # type: ignore[union-attr]
+            else:
+                out = np.empty(shape, np.uint64)
+                (qh, qw), (qsh, qsw), (qph, qpw) = pool.kernel_size, pool.stride, pool.padding
+                _kernels.conv_threshold_pack_pool(
+                    x.words, x.channels, w.words, sy, sx, py, px, neg == 1,
+                    th.lim, th.flipw, qh, qw, qsh, qsw, qph, qpw,  # type: ignore[union-attr]
+                    pool.or_words, out, nt)
+            return PackedActivations.trusted(out, w.out_channels)
+        if self.epilogue == "affine":
+            aff = self.affine
+            out = np.empty(shape, np.float32)
+            _kernels.conv_affine(x.words, x.channels, w.words, sy, sx, py, px, neg == 1,
+                                 aff.scale, aff.offset, out, self._nhwc, nt)  # type: ignore[union-attr]
+            return out
+        out = np.empty(shape, np.int32)
+        _kernels.conv(x.words, x.channels, w.words, sy, sx, py, px, neg == 1, out, self._nhwc, nt)
+        return out
+
+
+def prepare_conv2d(weights: Any, *, stride: IntPair = 1, padding: IntPair = 0,
+                   pad_value: float = 1.0, threshold: Any = None, flip: Any = None,
+                   alpha: Any = None, bias: Any = None, post_scale: Any = None,
+                   post_offset: Any = None, post_fma: bool = False,
+                   pool: MaxPoolSpec | None = None, layout: str = "nchw",
+                   strict: bool = False) -> Conv2dPlan:
+    r"""Validate a binary convolution and its epilogue once; returns a callable :class:`Conv2dPlan`.
+
+    The epilogue is chosen by the arguments given:
+
+    - none: int32 dot products (:func:`conv2d_packed`);
+    - ``threshold`` (and ``flip``, ``pool``): the next layer's packed bits
+      (:func:`conv2d_threshold`); ``threshold`` may be a prepared :class:`Thresholds`;
+    - ``alpha`` (and ``bias``): float32 ``alpha[o] * d + bias[o]`` (:func:`conv2d_affine`);
+      ``alpha`` may be a prepared :class:`Affine`.  With ``post_scale`` / ``post_offset``
+      a second per-channel affine map follows, ``v * s + t`` in float32 with two roundings,
+      or one (``fmaf``) with ``post_fma=True`` (e.g. an eval BatchNorm computed as torch
+      computes it); the plan's call then also takes a ``residual`` added last
+      (``conv -> BN -> + shortcut`` in one pass over the output).
+
+    Args:
+        weights: :class:`PackedConvWeights`, or real ``(O, C, k_h, k_w)`` weights (packed by
+            sign, :func:`pack_conv_weights`).
+        stride, padding, pad_value: as :func:`conv2d_packed`.
+        threshold, flip: as :func:`conv2d_threshold`.
+        alpha, bias: as :func:`conv2d_affine`.
+        post_scale, post_offset, post_fma: the post-op (affine epilogue, ``pad_value`` ±1);
+            ``post_scale`` may be a prepared :class:`Affine` (then ``post_offset=None``).
+        pool: a :class:`MaxPoolSpec` for ``O`` channels (threshold epilogue only).
+        layout: ``"nchw"`` or ``"nhwc"`` of int32 / float32 outputs.
+        strict: real inputs passed to the plan must hold only ±1.
+
+    Raises:
+        TypeError / ValueError naming the argument.
+
+    Examples::
+
+        >>> w = np.ones((2, 3, 3, 3), np.float32)
+        >>> plan = prepare_conv2d(w, padding=1, threshold=0.0)
+        >>> plan(np.ones((1, 3, 4, 4), np.float32)).shape
+        (1, 2, 4, 4)
+    """
+    if not isinstance(weights, PackedConvWeights):
+        if isinstance(weights, (PackedBits, PackedActivations)):
+            raise TypeError(f"weights must be a PackedConvWeights or real (O, C, kh, kw) "
+                            f"weights, got {type(weights).__name__}")
+        weights = _pack_conv_weights(_as_real(weights, "weights", 4, "(O, C, kh, kw)"), "weights")
+    sy, sx = _pair(stride, "stride", 1)
+    py, px = _pair(padding, "padding", 0)
+    neg = _pad_value(pad_value)
+    pv = (1.0, -1.0, 0.0)[neg]
+    nhwc = _layout(layout)
+    if not isinstance(strict, (bool, np.bool_)):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    o, c, kh, kw = weights.shape
+    k = c * kh * kw
+    if k > _MAX_K:
+        raise ValueError("weights: C_in * kh * kw must be < 2**31")
+    mode, th, aff = _epilogue_mode(threshold, flip, alpha, bias, pool, o, k)
+    if pool is not None:
+        if not isinstance(pool, MaxPoolSpec):
+            raise TypeError(f"pool must be a MaxPoolSpec (see prepare_maxpool2d) or None, "
+                            f"got {type(pool).__name__}")
+        if pool.channels != o:
+            raise ValueError(f"pool was prepared for {pool.channels} channels, the conv has "
+                             f"{o} output channels")
+    if mode == "threshold" and nhwc:
+        raise ValueError("layout applies to int32 / float32 outputs; the threshold epilogue "
+                         "always emits packed NHWC bits (leave layout='nchw')")
+    if not isinstance(post_fma, (bool, np.bool_)):
+        raise TypeError(f"post_fma must be a bool, got {type(post_fma).__name__}")
+    post: Affine | None = None
+    if post_scale is not None:
+        if mode != "affine":
+            raise ValueError("post_scale needs the affine epilogue (alpha)")
+        if neg == _ZERO_PAD:
+            raise ValueError("pad_value=0.0 (zero padding) has no post-op / residual epilogue; "
+                             "use pad_value=+1.0 or -1.0")
+        if isinstance(post_scale, Affine):
+            _affine(post_scale, post_offset, o, ("post_scale", "post_offset"))
+            post = post_scale
+        else:
+            ps, po = (_frozen(v.copy()) for v in _affine(post_scale, post_offset, o,
+                                                          ("post_scale", "post_offset")))
+            post = Affine(ps, po, o)
+    elif post_offset is not None:
+        raise ValueError("post_offset needs post_scale (pass post_scale=1.0 for an offset alone)")
+    elif post_fma:
+        raise ValueError("post_fma needs post_scale")
+    return Conv2dPlan(weights, (sy, sx), (py, px), pv, mode, th, aff, pool,
+                      "nhwc" if nhwc else "nchw", bool(strict), post, bool(post_fma))
+
+
+class MatmulPlan:
+    r"""A binary matmul ``x_b W_b^T`` with its epilogue validated once: call it on each input.
+
+    Built by :func:`prepare_matmul`.  ``plan(a)`` equals the one-shot function of its
+    epilogue (:func:`xnor_matmul` / :func:`binary_matmul`, :func:`matmul_threshold` or
+    :func:`matmul_affine`) bit for bit.
+
+    Attributes:
+        weights: :class:`PackedBits` ``(N, K)``.  epilogue: ``"int"``, ``"threshold"`` or
+        ``"affine"``.  thresholds / affine: as :class:`Conv2dPlan`.  strict: real inputs
+        must be ±1.
+    """
+
+    __slots__ = ("weights", "epilogue", "thresholds", "affine", "strict")
+
+    def __init__(self, weights: PackedBits, epilogue: str, thresholds: Thresholds | None,
+                 affine: Affine | None, strict: bool) -> None:
+        self.weights, self.epilogue, self.thresholds, self.affine, self.strict = \
+            weights, epilogue, thresholds, affine, strict
+
+    @property
+    def in_features(self) -> int:
+        return self.weights.k
+
+    @property
+    def out_features(self) -> int:
+        return self.weights.rows
+
+    def __repr__(self) -> str:
+        return f"MatmulPlan(weights={self.weights!r}, epilogue={self.epilogue!r})"
+
+    def __call__(self, a: Any, *, n_threads: int | None = None) -> Any:
+        """Run on ``a``: :class:`PackedBits` ``(M, K)`` or a real ``(M, K)`` array / CPU
+        tensor (packed by sign first, as :func:`pack_signs`).
+
+        Returns:
+            int32 / float32 ``np.ndarray`` ``(M, N)``, or :class:`PackedBits` ``(M, N)`` for
+            the threshold epilogue.
+        """
+        nt = _threads(n_threads)
+        if not isinstance(a, PackedBits):
+            if isinstance(a, (PackedActivations, PackedConvWeights)):
+                raise TypeError(f"a must be a PackedBits or a real (M, K) array, got "
+                                f"{type(a).__name__} (see flatten_nhwc)")
+            arr = _as_real(a, "a", 2, "(rows, k)")
+            if self.strict:
+                _check_strict(arr, "a")
+            a = _pack_rows(arr, "a", nt)
+        b = self.weights
+        if a.k != b.k:
+            raise ValueError(f"a has k={a.k} columns but the plan's weights have k={b.k}")
+        m = a.words.shape[0]
+        if self.epilogue == "threshold":
+            th = self.thresholds
+            out = np.zeros((m, n_words(b.rows)), np.uint64)
+            _kernels.gemm_threshold_pack(a.words, b.words, a.k, th.lim, th.flipw, out, nt)  # type: ignore[union-attr]
+            return PackedBits.trusted(out, b.rows)
+        if self.epilogue == "affine":
+            aff = self.affine
+            out = np.empty((m, b.rows), np.float32)
+            _kernels.gemm_affine(a.words, b.words, a.k, aff.scale, aff.offset, out, nt)  # type: ignore[union-attr]
+            return out
+        out = np.empty((m, b.rows), np.int32)
+        _kernels.gemm(a.words, b.words, a.k, out, nt)
+        return out
+
+
+def prepare_matmul(weights: Any, *, threshold: Any = None, flip: Any = None, alpha: Any = None,
+                   bias: Any = None, strict: bool = False) -> MatmulPlan:
+    r"""Validate a binary matmul and its epilogue once; returns a callable :class:`MatmulPlan`.
+
+    Epilogues as :func:`prepare_conv2d`: none (int32, :func:`xnor_matmul`), ``threshold``
+    / ``flip`` (packed bits, :func:`matmul_threshold`) or ``alpha`` / ``bias`` (float32,
+    :func:`matmul_affine`).
+
+    Args:
+        weights: :class:`PackedBits` ``(N, K)`` (one row per output), or real ``(N, K)``
+            weights (packed by sign, :func:`pack_signs`).
+        threshold, flip, alpha, bias: the epilogue (see above).
+        strict: real inputs passed to the plan must hold only ±1.
+
+    Examples::
+
+        >>> plan = prepare_matmul(np.array([[1.0, -1.0, 1.0]], np.float32), alpha=0.5)
+        >>> plan(np.array([[1.0, 1.0, 1.0]], np.float32))
+        array([[0.5]], dtype=float32)
+    """
+    if not isinstance(weights, PackedBits):
+        if isinstance(weights, (PackedActivations, PackedConvWeights)):
+            raise TypeError(f"weights must be a PackedBits or real (N, K) weights, got "
+                            f"{type(weights).__name__}")
+        weights = _pack_rows(_as_real(weights, "weights", 2, "(N, K)"), "weights", 1)
+    if not isinstance(strict, (bool, np.bool_)):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    mode, th, aff = _epilogue_mode(threshold, flip, alpha, bias, None, weights.rows, weights.k)
+    return MatmulPlan(weights, mode, th, aff, bool(strict))
+
+
+class PackPlan:
+    r"""Sign packing of an NCHW batch into NHWC words, with an optional per-channel affine
+    map before the sign and a bit max-pool after it, validated once.
+
+    Built by :func:`prepare_pack_nhwc`; ``plan(x)`` equals :func:`pack_nhwc` (no affine) or
+    :func:`pack_nhwc_affine` (with ``pool``) bit for bit.
+
+    Attributes:
+        channels: ``C``.  affine: :class:`Affine` or None.  pool: :class:`MaxPoolSpec` or
+        None.  strict: (no affine) refuse values other than ±1.
+    """
+
+    __slots__ = ("channels", "affine", "pool", "strict", "_shapes")
+
+    def __init__(self, channels: int, affine: Affine | None, pool: MaxPoolSpec | None,
+                 strict: bool) -> None:
+        self.channels, self.affine, self.pool, self.strict = channels, affine, pool, strict
+        self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    def __repr__(self) -> str:
+        return (f"PackPlan(channels={self.channels}, affine={self.affine is not None}, "
+                f"pool={self.pool is not None})")
+
+    def __call__(self, x: Any, *, n_threads: int | None = None) -> PackedActivations:
+        """Pack the real ``(N, C, H, W)`` array / CPU tensor ``x`` (float32 with an affine map)."""
+        nt = _threads(n_threads)
+        c = self.channels
+        if self.affine is None:
+            arr = _as_real(x, "x", 4, "(N, C, H, W)")
+            if self.strict:
+                _check_strict(arr, "x")
+        else:
+            arr = _as_f32_input(x, "x", 4, "(N, C, H, W)")
+        if arr.shape[1] != c:
+            raise ValueError(f"x has {arr.shape[1]} channels (dim 1), the plan expects {c}")
+        n, _, h, w = arr.shape
+        key = arr.shape
+        shape = self._shapes.get(key)
+        if shape is None:
+            oh, ow = (h, w) if self.pool is None else _pool_shape(self.pool, c, h, w, "x")
+            shape = (n, oh, ow, n_words(c))
+            if len(self._shapes) > 64:
+                self._shapes.clear()
+            self._shapes[key] = shape
+        if self.pool is not None and self.affine is None:
+            return maxpool2d_packed(_pack_nchw(arr, nt), self.pool, n_threads=nt)
+        out = np.empty(shape, np.uint64)
+        if self.pool is not None:
+            pool, aff = self.pool, self.affine
+            (kh, kw), (sh, sw), (ph, pw) = pool.kernel_size, pool.stride, pool.padding
+            bad = _kernels.pack_nchw_affine_pool(arr, aff.scale, aff.offset, kh, kw, sh, sw,  # type: ignore[union-attr]
+                                                 ph, pw, pool.or_words, out, nt)
+        elif self.affine is not None:
+            bad = _kernels.pack_nchw_affine(arr.reshape(n, c, h * w), self.affine.scale,
+                                            self.affine.offset, out.reshape(n, h * w, shape[3]), nt)
+        else:
+            bad = _kernels.pack_nchw(arr.reshape(n, c, h * w), out.reshape(n, h * w, shape[3]), nt)
+        if bad:
+            raise _nonfinite_error("x")
+        return PackedActivations.trusted(out, c)
+
+
+def prepare_pack_nhwc(channels: int, *, scale: Any = None, offset: Any = None,
+                      pool: MaxPoolSpec | None = None, strict: bool = False) -> PackPlan:
+    r"""Validate a sign packer for NCHW batches once; returns a callable :class:`PackPlan`.
+
+    Args:
+        channels: ``C``, >= 1.
+        scale, offset: ``None`` (plain sign, any real dtype), or a per-channel affine map
+            applied before the sign as in :func:`pack_nhwc_affine` (float32 inputs);
+            ``scale`` may be a prepared :class:`Affine` (then ``offset=None``).
+        pool: ``None`` or a :class:`MaxPoolSpec` for ``C`` channels (max-pool on the bits,
+            in the same call).
+        strict: without an affine map, refuse values other than ±1.
+    """
+    c = check_int(channels, "channels", min_value=1)
+    if not isinstance(strict, (bool, np.bool_)):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    aff: Affine | None = None
+    if scale is not None:
+        if strict:
+            raise ValueError("strict applies to plain sign packing; leave it False with scale")
+        if isinstance(scale, Affine):
+            if offset is not None:
+                raise ValueError("offset must be None when scale is a prepared Affine")
+            if scale.channels != c:
+                raise ValueError(f"scale was prepared for {scale.channels} channels, "
+                                 f"expected {c}")
+            aff = scale
+        else:
+            aff = prepare_affine(scale, offset, channels=c)
+    elif offset is not None:
+        raise ValueError("offset needs scale (pass scale=1.0 for an offset alone)")
+    if pool is not None:
+        if not isinstance(pool, MaxPoolSpec):
+            raise TypeError(f"pool must be a MaxPoolSpec (see prepare_maxpool2d) or None, "
+                            f"got {type(pool).__name__}")
+        if pool.channels != c:
+            raise ValueError(f"pool was prepared for {pool.channels} channels, expected {c}")
+    return PackPlan(c, aff, pool, bool(strict))
 
 
 # ----------------------------------------------------------------------------- info / ISA

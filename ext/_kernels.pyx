@@ -60,6 +60,15 @@ cdef extern from "bnn_kernels.h" nogil:
     int bnn_gemm(int level, const uint64_t *a, int64_t M, const uint64_t *b, int64_t N,
                  int64_t nw, int64_t K, int mode, void *out, const float *alpha,
                  const float *bias, const int64_t *lim, const uint64_t *flipw, int nt)
+    int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
+                    const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
+                    int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode,
+                    int nhwc, void *out, const float *alpha, const float *bias,
+                    const int64_t *lim, const uint64_t *flipw, const float *a2,
+                    const float *b2, const float *res, int fma2, int nt)
+    void bnn_affine_values(const int32_t *d, int64_t L, int64_t O, const float *alpha,
+                           const float *bias, const float *a2, const float *b2, int fma2,
+                           float *out)
     int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
                  const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
                  int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode,
@@ -451,6 +460,47 @@ def conv_affine(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, 
                       &alpha[0], &bias[0], NULL, NULL, nt)
     if rc:
         raise MemoryError("conv_affine: could not allocate scratch memory")
+
+
+def conv_affine_res(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, :, ::1] w,
+                    int64_t sy, int64_t sx, int64_t py, int64_t px, bint pad_neg,
+                    const float[::1] alpha, const float[::1] bias, const float[::1] a2,
+                    const float[::1] b2, bint fma2, const float[:, :, :, ::1] res,
+                    float[:, :, :, ::1] out, bint nhwc, int nt):
+    """conv_affine followed by out = post(out) + res (post: a2, b2, fma2 per channel; res
+    with out's shape, not aliasing out)."""
+    cdef int64_t oh, ow
+    _check_conv(x, c, w, sy, sx, py, px, nt, &oh, &ow)
+    if out.shape[0] != x.shape[0] or out.shape[1 if not nhwc else 3] != w.shape[0] or \
+            out.shape[2 if not nhwc else 1] != oh or out.shape[3 if not nhwc else 2] != ow or \
+            alpha.shape[0] != w.shape[0] or bias.shape[0] != w.shape[0] or \
+            a2.shape[0] != w.shape[0] or b2.shape[0] != w.shape[0] or \
+            res.shape[0] != out.shape[0] or res.shape[1] != out.shape[1] or \
+            res.shape[2] != out.shape[2] or res.shape[3] != out.shape[3]:
+        raise ValueError("conv_affine_res: inconsistent shapes")
+    cdef int rc, lvl = bnn_level()
+    with nogil:
+        rc = bnn_conv_ex(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
+                         &w[0, 0, 0, 0], w.shape[0], w.shape[1], w.shape[2], sy, sx, py, px,
+                         pad_neg, oh, ow, BNN_EPI_F32, nhwc, &out[0, 0, 0, 0],
+                         &alpha[0], &bias[0], NULL, NULL, &a2[0], &b2[0], &res[0, 0, 0, 0],
+                         fma2, nt)
+    if rc:
+        raise MemoryError("conv_affine_res: could not allocate scratch memory")
+
+
+def affine_values(const int32_t[::1] d, const float[::1] alpha, const float[::1] bias,
+                  const float[::1] a2, const float[::1] b2, bint post, bint fma2,
+                  float[:, ::1] out):
+    """out[o, i] = post(float(d[i]) * alpha[o] + bias[o]): the F32 epilogue's arithmetic
+    (post only when post is True)."""
+    cdef int64_t o = alpha.shape[0], n = d.shape[0]
+    if bias.shape[0] != o or a2.shape[0] != o or b2.shape[0] != o or out.shape[0] != o \
+            or out.shape[1] != n or n < 1 or o < 1:
+        raise ValueError("affine_values: inconsistent shapes")
+    with nogil:
+        bnn_affine_values(&d[0], n, o, &alpha[0], &bias[0], &a2[0] if post else NULL, &b2[0],
+                          fma2, &out[0, 0])
 
 
 def conv_threshold_pack(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, :, ::1] w,

@@ -89,7 +89,17 @@ typedef struct {
     const float *alpha, *bias;       /* F32: per column                              */
     const int64_t *lim;              /* BITS: per column                             */
     const uint64_t *flipw;           /* BITS: packed flags, bit j = flip of column j */
+    /* F32 post-op (res != NULL): v = post(v) + res[element], post(v) = fma2 ?
+     * fmaf(v, a2[j], b2[j]) : v * a2[j] + b2[j] (two roundings); res has out's layout.
+     * Reproduces "conv -> BatchNorm -> + shortcut" in the order torch runs it. */
+    const float *a2, *b2, *res;
+    int fma2;
 } bnn_epi;
+
+BNN_INLINE float bnn_post(const bnn_epi *e, float v, int64_t j, int64_t at) {
+    const float u = e->fma2 ? fmaf(v, e->a2[j], e->b2[j]) : v * e->a2[j] + e->b2[j];
+    return u + e->res[at];
+}
 
 /* The "A" operand: M rows; row p is nseg segments of L words, segment s at
  * ptr(p) + s * seg_stride, with

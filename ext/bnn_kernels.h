@@ -343,6 +343,7 @@ static void bnn_epi_init(bnn_epi *e, int mode, int64_t K, void *out, const float
                          const float *bias, const int64_t *lim, const uint64_t *flipw) {
     e->mode = mode; e->K = K; e->out = out;
     e->alpha = alpha; e->bias = bias; e->lim = lim; e->flipw = flipw;
+    e->a2 = NULL; e->b2 = NULL; e->res = NULL; e->fma2 = 0;
 }
 
 /* Row pointer / output offset lists of the panel path. */
@@ -402,11 +403,30 @@ static int bnn_gemm(int level, const uint64_t *a, int64_t M, const uint64_t *b, 
  * pad_neg, -1 (bits set for the first C channels only).  K = C * kh * kw.
  * I32/F32 out: NCHW (nhwc = 0) or NHWC (nhwc = 1); BITS out: N x OH x OW x ceil(O/64)
  * words, zeroed by the caller.  Returns 0, or -1 on allocation failure. */
+static int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
+                       const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
+                       int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode,
+                       int nhwc, void *out, const float *alpha, const float *bias,
+                       const int64_t *lim, const uint64_t *flipw, const float *a2,
+                       const float *b2, const float *res, int fma2, int nt);
+
 static int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
                     const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
                     int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode, int nhwc,
                     void *out, const float *alpha, const float *bias, const int64_t *lim,
                     const uint64_t *flipw, int nt) {
+    return bnn_conv_ex(level, x, N, H, W, C, w, O, kh, kw, sy, sx, py, px, pad_neg, OH, OW, mode,
+                       nhwc, out, alpha, bias, lim, flipw, NULL, NULL, NULL, 0, nt);
+}
+
+/* bnn_conv with the F32 post-op of bnn_epi (a2, b2, fma2; res: out's shape and layout, or
+ * NULL for none). */
+static int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
+                       const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
+                       int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode,
+                       int nhwc, void *out, const float *alpha, const float *bias,
+                       const int64_t *lim, const uint64_t *flipw, const float *a2,
+                       const float *b2, const float *res, int fma2, int nt) {
     const bnn_impl *im = bnn_impls[level];
     const int64_t CW = (C + 63) / 64, Hp = H + 2 * py, Wp = W + 2 * px;
     const int64_t P = OH * OW, M = N * P, wlen = kh * kw * CW;
@@ -451,6 +471,9 @@ static int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t 
     job.rows.img_stride = Hp * Wp * CW; job.rows.row_stride = sy * Wp * CW; job.rows.col_stride = sx * CW;
     job.b = NULL; job.panel = panel; job.N = O;
     bnn_epi_init(&job.epi, mode, C * kh * kw, out, alpha, bias, lim, flipw);
+    if (mode == BNN_EPI_F32 && res) {
+        job.epi.a2 = a2; job.epi.b2 = b2; job.epi.res = res; job.epi.fma2 = fma2;
+    }
     job.epi.P = P;
     if (mode == BNN_EPI_BITS) {
         const int64_t ow = (O + 63) / 64;
@@ -485,6 +508,21 @@ static int bnn_conv_pool(int level, const uint64_t *x, int64_t N, int64_t H, int
     if (!rc) bnn_maxpool_bits(tmp, N, OH, OW, O, qh, qw, qsh, qsw, qph, qpw, PH, PW, orw, out, nt);
     bnn_free(tmp);
     return rc;
+}
+
+/* The F32 epilogue on given dot values: out[o, i] = post(float(d[i]) * alpha[o] + bias[o])
+ * (post as bnn_epi when a2 != NULL, without the residual), the same arithmetic as the
+ * kernels' epilogue, for checking it against another implementation. */
+static void bnn_affine_values(const int32_t *d, int64_t L, int64_t O, const float *alpha,
+                              const float *bias, const float *a2, const float *b2, int fma2,
+                              float *out) {
+    for (int64_t o = 0; o < O; o++) {
+        for (int64_t i = 0; i < L; i++) {
+            float v = (float)d[i] * alpha[o] + bias[o];
+            if (a2) v = fma2 ? fmaf(v, a2[o], b2[o]) : v * a2[o] + b2[o];
+            out[o * L + i] = v;
+        }
+    }
 }
 
 #endif /* BNN_KERNELS_H */

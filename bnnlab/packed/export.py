@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from bnnlab import quantizers as Q
+from bnnlab.blocks import BiRealBlock
 from bnnlab.layers import (
     BinaryConv2d,
     BinaryLinear,
@@ -31,6 +32,7 @@ from bnnlab.packed.layers import (
     _refuse,
 )
 from bnnlab.packed.model import PackedModel
+from bnnlab.packed.residual import PackedResidualConv
 
 # =============================================================================== export
 
@@ -86,27 +88,35 @@ def _check_binary_inputs(model: nn.Module) -> None:
                                          "the output of a ±1 quantizer module")
 
 
-def _replace(module: nn.Module, prefix: str) -> nn.Module:
-    """Module replacement, in place on a (copied) module tree."""
+def _replace(module: nn.Module, prefix: str, fuse: bool = False,
+             notes: list[str] | None = None) -> nn.Module:
+    """Module replacement, in place on a (copied) module tree; with ``fuse``, Bi-Real units
+    become :class:`PackedResidualConv` where that is proved exact (``notes`` says which)."""
     if _is_binary(module):
         return _convert(module, prefix)
+    if fuse and isinstance(module, BiRealBlock):
+        unit, note = PackedResidualConv.from_block(module, name=prefix)
+        if notes is not None:
+            notes.append(note if unit is not None else f"{prefix}: BiRealBlock not fused ({note})")
+        if unit is not None:
+            return unit
     for name, child in list(module.named_children()):
         full = f"{prefix}.{name}" if prefix else name
         if _is_binary(child) or _contains_binary(child):
-            module._modules[name] = _replace(child, full)
+            module._modules[name] = _replace(child, full, fuse, notes)
     return module
 
 
 def _plan_sequential(seq: nn.Sequential, fuse: bool) -> tuple[list[Any], list[str]]:
     items: list[Any] = []
+    notes: list[str] = []
     for name, child in seq.named_children():
         if _is_binary(child):
             items.append(_convert(child, name))
         elif _contains_binary(child):
-            items.append(_replace(child, name))
+            items.append(_replace(child, name, fuse, notes))
         else:
             items.append(child)
-    notes: list[str] = []
     stages: list[nn.Module] = []
     i = 0
     while i < len(items):
@@ -292,9 +302,10 @@ def export(model: nn.Module, example_input: Tensor | None = None, *, fuse: bool 
         packed = PackedModel(nn.Sequential(*stages), kind="sequential",
                              source_state_dict_bytes=src_bytes, notes=notes)
     else:
-        body = _replace(work, "")
+        notes = ["module replacement (no fusion of flat chains)"]
+        body = _replace(work, "", fuse, notes)
         packed = PackedModel(body, kind="modules", source_state_dict_bytes=src_bytes,
-                             notes=["module replacement (no fusion)"])
+                             notes=notes)
     if example_input is not None:
         packed.check_against(model, example_input, rtol=rtol, atol=atol)
     return packed

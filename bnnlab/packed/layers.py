@@ -292,6 +292,29 @@ class _PackedLayer(nn.Module):
             self._prepared = (kernels.prepare_affine(alpha, bias, channels=n), None)
         return self._prepared
 
+    def _geometry(self) -> tuple:
+        """The kernel geometry the plan depends on (conv: stride, padding, pad value)."""
+        return ()
+
+    def _make_plan(self, prepared: Any, pool: kernels.MaxPoolSpec | None) -> Any:
+        raise NotImplementedError  # pragma: no cover
+
+    def _kernel_plan(self, pool: kernels.MaxPoolSpec | None = None) -> Any:
+        """The :mod:`bnnlab.kernels` plan of this layer's fast epilogue (fused threshold or
+        affine-only float), validated once and rebuilt whenever the weight, geometry,
+        epilogue or ``pool`` changes (the key holds them by identity)."""
+        prepared = self._thresholds() if self.fused else \
+            (self._affine_args()[0] if self._affine_only else None)
+        key = (prepared, self.weight, self._geometry(), pool)
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(key)
+        if plan is None:
+            if len(plans) >= 8:
+                plans.clear()
+            plan = self._make_plan(prepared, pool)
+            plans[key] = plan
+        return plan
+
     @property
     def _affine_only(self) -> bool:
         return self.alpha_x is None and self.beta is None and self.gamma is None \
@@ -464,24 +487,25 @@ class PackedLinear(_PackedLayer):
         d = kernels.xnor_matmul(self._pack(x), self.weight)
         return d - np.int32(self.d_offset) if self.d_offset else d
 
+    def _make_plan(self, prepared: Any, pool: kernels.MaxPoolSpec | None) -> Any:
+        if isinstance(prepared, kernels.Thresholds):
+            return kernels.prepare_matmul(self.weight, threshold=prepared)
+        return kernels.prepare_matmul(self.weight, alpha=prepared)
+
     def forward(self, x: Any) -> Any:
         if type(x) is kernels.PackedBits and not self.fused and self._affine_only \
                 and x.k == self.weight.k:
             # packed input (a PackedFlatten's output): straight to the kernel
-            aff = self._affine_args()[0]
-            out = np.empty((x.words.shape[0], self.out_features), np.float32)
-            kernels._kernels.gemm_affine(x.words, self.weight.words, x.k, aff.scale, aff.offset,
-                                         out, kernels.get_num_threads())
-            return torch.from_numpy(out)
+            return torch.from_numpy(self._kernel_plan()(x))
         lead = tuple(x.shape[:-1]) if isinstance(x, Tensor) else None
         if self.folded_bn and lead is not None and len(lead) != 1:
             raise ValueError(f"{self._who()}: a BatchNorm1d folded into this layer normalises "
                              f"dim 1, so the input must be 2-D, got {tuple(x.shape)}")
         a = self._pack(x)
         if self.fused:
-            return kernels.matmul_threshold(a, self.weight, self._thresholds())
+            return self._kernel_plan()(a)
         if self._affine_only:
-            y = torch.from_numpy(kernels.matmul_affine(a, self.weight, *self._affine_args()))
+            y = torch.from_numpy(self._kernel_plan()(a))
         else:
             d = kernels.xnor_matmul(a, self.weight)
             if self.d_offset:
@@ -593,45 +617,31 @@ class PackedConv2d(_PackedLayer):
         return kernels.conv2d_packed(self._pack(x), self.weight, self.stride, self.padding,
                                      self.pad_value)
 
-    def _fast_pooled(self, x: Any, pool: kernels.MaxPoolSpec) -> Any:
-        """:meth:`_forward_pooled` with the argument checks and output sizes cached per input
-        shape and layer geometry (batch-1 latency); anything unusual takes the checked path."""
-        if type(x) is kernels.PackedActivations and x.channels == self.in_channels \
-                and self.pad_value != 0.0:
-            words = x.words
-            key = (words.shape, pool, self.weight, self.stride, self.padding, self.pad_value)
-            plan: Any = self.__dict__.get("_plan")
-            if plan is None or plan[0] != key:
-                (sy, sx, py, px, neg), (n, o, oh, ow) = kernels._conv_setup(
-                    x, self.weight, self.stride, self.padding, self.pad_value)
-                qh, qw = kernels._pool_shape(pool, o, oh, ow, "the conv output")
-                plan = (key, (n, qh, qw, kernels.n_words(o)), (sy, sx, py, px, neg),
-                        (*pool.kernel_size, *pool.stride, *pool.padding))
-                self.__dict__["_plan"] = plan
-            th = self._thresholds()
-            out = np.empty(plan[1], np.uint64)
-            kernels._kernels.conv_threshold_pack_pool(  # type: ignore[call-arg]
-                words, self.in_channels, self.weight.words, *plan[2], th.lim, th.flipw, *plan[3],
-                pool.or_words, out, kernels.get_num_threads())
-            return kernels.PackedActivations.trusted(out, self.out_channels)
-        return self._forward_pooled(x, pool)
+    def _geometry(self) -> tuple:
+        return (self.stride, self.padding, self.pad_value)
 
-    def _forward_pooled(self, x: Any, pool: kernels.MaxPoolSpec) -> Any:
-        """Fused forward followed by a :class:`PackedMaxPool2d` (its ``spec``), one kernel call."""
-        return kernels.conv2d_threshold(self._pack(x), self.weight, self._thresholds(), None,
-                                        self.stride, self.padding, self.pad_value, pool=pool)
+    def _make_plan(self, prepared: Any, pool: kernels.MaxPoolSpec | None) -> Any:
+        if isinstance(prepared, kernels.Thresholds):
+            return kernels.prepare_conv2d(self.weight, stride=self.stride, padding=self.padding,
+                                          pad_value=self.pad_value, threshold=prepared, pool=pool)
+        return kernels.prepare_conv2d(self.weight, stride=self.stride, padding=self.padding,
+                                      pad_value=self.pad_value, alpha=prepared)
+
+    def _fast_pooled(self, x: Any, pool: kernels.MaxPoolSpec) -> Any:
+        """Fused forward followed by a :class:`PackedMaxPool2d` (its ``spec``), one kernel
+        call through the cached plan."""
+        return self._kernel_plan(pool)(self._pack(x))
+
+    _forward_pooled = _fast_pooled
 
     def forward(self, x: Any) -> Any:
         if isinstance(x, Tensor) and x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
         px = self._pack(x)
         if self.fused:
-            return kernels.conv2d_threshold(px, self.weight, self._thresholds(), None,
-                                            self.stride, self.padding, self.pad_value)
+            return self._kernel_plan()(px)
         if self._affine_only:
-            y = kernels.conv2d_affine(px, self.weight, *self._affine_args(), self.stride,
-                                      self.padding, self.pad_value)
-            return torch.from_numpy(y)
+            return torch.from_numpy(self._kernel_plan()(px))
         d = kernels.conv2d_packed(px, self.weight, self.stride, self.padding, self.pad_value)
         return self._epilogue(torch.from_numpy(d).to(torch.float32),
                               x if self.beta else None, (1, -1, 1, 1))
@@ -751,42 +761,29 @@ class PackedSign(nn.Module):
                              f"{self.channels} channels in dim 1")
         # x * s + o in float32 inside the packer (no temporary): x - u, -x - u or ±1
         if self.ndim == 4:
-            return kernels.pack_nhwc_affine(x, self._affine)
+            return self._pack_plan(None)(x)
         return kernels.pack_rows_affine(x, self._affine)
 
-    def _fast_pooled(self, x: Any, pool: kernels.MaxPoolSpec) -> Any:
-        """:meth:`_forward_pooled` with the argument checks and output sizes cached per input
-        shape (batch-1 latency); anything unusual takes the checked path."""
-        if type(x) is Tensor and x.dtype is torch.float32 and x.dim() == 4 \
-                and x.shape[1] == self.channels and x.is_contiguous():
-            try:
-                arr = x.numpy()          # raises for non-CPU / grad / conj / neg tensors
-            except (RuntimeError, TypeError):
-                arr = None
-            if arr is not None:
-                key = (arr.shape, pool)
-                plan: Any = self.__dict__.get("_plan")
-                if plan is None or plan[0] != key:
-                    oh, ow = kernels._pool_shape(pool, self.channels, arr.shape[2],
-                                                 arr.shape[3], "x")
-                    plan = (key, (arr.shape[0], oh, ow, kernels.n_words(self.channels)),
-                            (*pool.kernel_size, *pool.stride, *pool.padding))
-                    self.__dict__["_plan"] = plan
-                out = np.empty(plan[1], np.uint64)
-                if kernels._kernels.pack_nchw_affine_pool(  # type: ignore[call-arg]
-                        arr, self._affine.scale, self._affine.offset, *plan[2], pool.or_words,
-                        out, kernels.get_num_threads()):
-                    raise kernels._nonfinite_error("x")
-                return kernels.PackedActivations.trusted(out, self.channels)
-        return self._forward_pooled(x, pool)
+    def _pack_plan(self, pool: kernels.MaxPoolSpec | None) -> kernels.PackPlan:
+        """The packer plan (affine sign, optional bit max-pool), cached per ``pool``."""
+        plans = self.__dict__.setdefault("_plans", {})
+        key = (self._affine, pool)
+        plan = plans.get(key)
+        if plan is None:
+            if len(plans) >= 8:
+                plans.clear()
+            plan = kernels.prepare_pack_nhwc(self.channels, scale=self._affine, pool=pool)
+            plans[key] = plan
+        return plan
 
     def _forward_pooled(self, x: Tensor, pool: kernels.MaxPoolSpec) -> Any:
         """forward followed by a :class:`PackedMaxPool2d` (its ``spec``), in one kernel call."""
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"PackedSign expects a 4-D float tensor with {self.channels} "
                              "channels in dim 1")
-        return kernels.pack_nhwc_affine(x, self._affine, pool=pool)
+        return self._pack_plan(pool)(x)
 
+    _fast_pooled = _forward_pooled
 
 
 def _pair2(v: Any) -> tuple[int, int]:
