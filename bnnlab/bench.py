@@ -1,6 +1,6 @@
 r"""Speed and memory benchmarks: torch float32 vs bnnlab's packed kernels.
 
-``python -m bnnlab bench [--quick] [--cases gemm,conv64] [--threads 1,2] [--json FILE] [--markdown]``
+``python -m bnnlab bench [--quick] [--cases gemm,conv64] [--threads 1,2] [--peers] [--json FILE] [--markdown]``
 
 Every case is **checked before it is timed**: the packed result must equal the torch result
 (integer parts bit-exact, the end-to-end model's logits ``allclose`` with identical
@@ -34,8 +34,28 @@ Cases:
 * ``e2e_cnn``: ``packed.export(models.binary_cnn())`` vs the float twin
   ``models.binary_cnn(binary=False)``; ``e2e_cnn_vs_torch_bnn``: the same packed model vs the
   torch BNN it came from.
-* ``threads_gemm2048``: bnnlab at 2 threads vs bnnlab at 1 thread (the baseline column).
+* ``threads_gemm2048``, ``threads_conv{c}x{hw}[b16]``: bnnlab at 2 threads vs bnnlab at 1
+  thread (the baseline column), with torch's own 2-vs-1 speed-up (``torch_2v1``), the four
+  calls interleaved, always on the wall clock. Targets (:func:`threads_target`): >= 1.85x for
+  GEMM 2048 and the batch-16 convs, >= 1x (never slower) for batch-1 convs.
 * ``mem_*``: float32 bytes vs packed bytes (ratio = float / packed).
+
+**Peers** (``--peers``, :data:`PEERS`), timed in the same interleaved run, each checked first:
+
+* ``openvino``: OpenVINO's ``BinaryConvolution`` (:func:`openvino_conv2d`; weights a packed
+  ``u1`` constant, ``mode="xnor-popcount"``, +1 padding), on every conv case, bit-exact against
+  torch or not timed. Without OpenVINO (``pip install bnnlab[peers]``) the entry says
+  ``"not installed"``.
+* ``torch_int8``: torch's int8 paths, where 1 bit competes with 8: a dynamic-quantised
+  ``Linear`` (:func:`int8_linear`) on the GEMM / GEMV cases, a statically quantised conv with
+  the x86 backend (:func:`int8_conv2d`) on the conv cases, each within :data:`INT8_TOLERANCE`
+  (relative L2 error) of float32 or not timed.
+
+A peer's ``ratio`` is its time over bnnlab's (bnnlab's speed-up over the peer).
+
+**README**: ``--update-readme README.md`` (with ``--json`` or ``--from-json``) rewrites the
+generated block between ``<!-- bench:begin ... -->`` and ``<!-- bench:end -->``; a test checks
+that the README's block equals what the stored JSON gives, so no typed figure can drift.
 
 bnnlab outputs are int32 (exact); torch's are float32. ``n = 4096`` is skipped with
 ``--quick``. The end-to-end models run on one 28x28 image under ``torch.inference_mode``.
@@ -43,6 +63,7 @@ bnnlab outputs are int32 (exact); torch's are float32. ``n = 4096`` is skipped w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -50,7 +71,9 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,19 +81,29 @@ import torch.nn.functional as F
 
 from bnnlab import kernels
 
-__all__ = ["CASES", "run", "peaks", "cpu_info", "add_efficiency", "format_table", "format_markdown",
-           "latency", "model_latency", "main"]
+__all__ = ["CASES", "PEERS", "INT8_TOLERANCE", "run", "peaks", "peak_ratio", "cpu_info", "add_efficiency",
+           "format_table", "format_markdown", "format_threads_markdown", "threads_target",
+           "openvino_version", "openvino_conv2d", "int8_linear", "int8_conv2d", "readme_block",
+           "update_readme", "latency", "model_latency", "main"]
 
 #: every case name, in run order (memory rows come last)
 CASES: tuple[str, ...] = (
     "gemm512", "gemm1024", "gemm2048", "gemm4096",
     "gemv1x4096", "gemv8x4096",
-    "conv64x56", "conv128x28", "conv256x14", "conv512x7", "conv256x14b16",
+    "conv64x56", "conv128x28", "conv256x14", "conv512x7",
+    "conv64x56b16", "conv128x28b16", "conv256x14b16", "conv512x7b16",
     "e2e_cnn", "e2e_vgg_small", "e2e_resnet18",
     "threads_gemm2048",
+    "threads_conv64x56", "threads_conv128x28", "threads_conv256x14", "threads_conv512x7",
+    "threads_conv64x56b16", "threads_conv128x28b16", "threads_conv256x14b16", "threads_conv512x7b16",
     "mem_gemm4096", "mem_cnn_weights", "mem_cnn_file",
 )
-_QUICK_SKIP = ("gemm4096", "conv256x14b16")
+_QUICK_SKIP = ("gemm4096", "conv64x56b16", "conv128x28b16", "conv256x14b16", "conv512x7b16",
+               "threads_conv64x56b16", "threads_conv128x28b16", "threads_conv256x14b16",
+               "threads_conv512x7b16")
+#: peers ``bench --peers`` adds (row key ``peers``): OpenVINO's BinaryConvolution on the conv
+#: cases, torch's int8 paths on the GEMM, GEMV and conv cases
+PEERS: tuple[str, ...] = ("openvino", "torch_int8")
 
 
 def _group(case: str) -> str:
@@ -294,6 +327,205 @@ def add_efficiency(rows: Sequence[dict], pk: dict) -> list[dict]:
     return list(rows)
 
 
+# ----------------------------------------------------------------------------- peers
+def openvino_version() -> str | None:
+    """The installed OpenVINO's version (``"2026.4.1"``), or ``None`` when it is not installed."""
+    try:
+        import openvino
+    except (ImportError, OSError):    # absent, or its shared libraries do not load
+        return None
+    return str(openvino.__version__).split("-")[0]
+
+
+def openvino_conv2d(weight, input_shape: Sequence[int], *, padding: int = 1, pad_value: float = 1.0,
+                    n_threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """OpenVINO's ``BinaryConvolution`` (opset1, ``mode="xnor-popcount"``), compiled for the CPU.
+
+    The weights become a little-endian packed ``u1`` constant (bit 1 = +1: ``weight >= 0``);
+    stride 1, square ``padding`` filled with ``pad_value`` (±1).
+
+    Args:
+        weight: ``(O, C, k_h, k_w)`` real tensor or array (its signs are used).
+        input_shape: the static ``(N, C, H, W)`` the graph is compiled for (the CPU plugin
+            refuses dynamic shapes).
+        padding: pixels of padding on every side, >= 0.
+        pad_value: +1.0 or -1.0.
+        n_threads: ``INFERENCE_NUM_THREADS`` (one stream).
+
+    Returns:
+        ``f(x)``: ``x`` a C-contiguous float32 ``(N, C, H, W)`` array of ±1 (OpenVINO binarises
+        its input as ``x > 0``, so an exact 0 counts as -1, unlike ``bnnlab``'s sign(0) = +1);
+        returns the float32 output (a view of OpenVINO's buffer, overwritten by the next call).
+
+    Raises:
+        ImportError: OpenVINO is not installed (``pip install bnnlab[peers]``).
+
+    OpenVINO 2026.4's CPU plugin gives wrong sums when ``C`` is not a multiple of 8 (seen here);
+    the bench checks every result against torch before timing it.
+    """
+    import openvino as ov
+    from openvino import opset1
+
+    from bnnlab._validation import check_choice, check_int
+
+    w = np.asarray(weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else weight)
+    if w.ndim != 4:
+        raise ValueError(f"weight must be 4-D (O, C, k_h, k_w), got shape {w.shape}")
+    shape = [check_int(v, "input_shape", min_value=1) for v in input_shape]
+    if len(shape) != 4 or shape[1] != w.shape[1]:
+        raise ValueError(f"input_shape must be (N, {w.shape[1]}, H, W), got {tuple(input_shape)!r}")
+    padding = check_int(padding, "padding", min_value=0)
+    pad_value = check_choice(float(pad_value), "pad_value", (1.0, -1.0))
+    n_threads = check_int(n_threads, "n_threads", min_value=1)
+    const = ov.Tensor(ov.Type.u1, ov.Shape(list(w.shape)))
+    const.data[:] = np.packbits((w >= 0).astype(np.uint8).ravel(), bitorder="little")
+    x = opset1.parameter(shape, np.float32, name="x")
+    y = opset1.binary_convolution(x, ov.op.Constant(const), [1, 1], [padding, padding],
+                                  [padding, padding], [1, 1], "xnor-popcount", pad_value)
+    compiled = ov.Core().compile_model(ov.Model([y], [x]), "CPU",
+                                       {"INFERENCE_NUM_THREADS": n_threads, "NUM_STREAMS": 1})
+    request = compiled.create_infer_request()
+
+    def run(xs: np.ndarray) -> np.ndarray:
+        request.infer({0: xs}, share_inputs=True, share_outputs=True)
+        return request.get_output_tensor(0).data
+    return run
+
+
+@contextlib.contextmanager
+def _quiet_ao():
+    """torch.ao.quantization warns on every use (deprecation, reduce_range): silence it here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def int8_linear(weight) -> torch.nn.Module:
+    """torch's dynamic-quantised ``Linear`` (``torch.ao.quantization.quantize_dynamic``, qint8).
+
+    Weights int8 (per tensor), activations quantised per call to uint8 from their own range,
+    int32 accumulation, float32 output; the engine torch has selected (x86 / fbgemm on x86).
+    ``weight`` is ``(N, K)``; the module maps ``(M, K)`` float32 to ``(M, N)``.
+    """
+    from torch.ao import quantization as Q
+    w = torch.as_tensor(weight, dtype=torch.float32)
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    with _quiet_ao():
+        return Q.quantize_dynamic(torch.nn.Sequential(lin).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def int8_conv2d(weight, calibration: torch.Tensor, *, padding: int = 1) -> torch.nn.Module:
+    """torch's statically quantised ``Conv2d`` with the x86 backend (eager mode).
+
+    ``QuantStub`` -> quantised conv: the input is quantised inside the call (uint8, per tensor),
+    weights int8 per channel, output uint8 (not dequantised, as bnnlab's int32 output is not
+    repacked); ``get_default_qconfig("x86")``, calibrated on ``calibration``. Sets
+    ``torch.backends.quantized.engine = "x86"``.
+    """
+    from torch.ao import quantization as Q
+    w = torch.as_tensor(weight, dtype=torch.float32)
+    torch.backends.quantized.engine = "x86"
+    conv = torch.nn.Conv2d(w.shape[1], w.shape[0], (w.shape[2], w.shape[3]), padding=padding, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+    model = torch.nn.Sequential(Q.QuantStub(), conv).eval()
+    with _quiet_ao():
+        model.qconfig = Q.get_default_qconfig("x86")
+        Q.prepare(model, inplace=True)
+        with torch.no_grad():
+            model(calibration)
+        Q.convert(model, inplace=True)
+    return model
+
+
+#: relative L2 error ||int8 - fp32|| / ||fp32|| up to which a torch int8 result counts as correct
+INT8_TOLERANCE = 0.05
+
+
+def _peer(name: str, time_s: float | None = None, *, correct: bool = False, note: str = "") -> dict:
+    return {"name": name, "time": time_s, "ratio": None, "correct": correct, "note": note}
+
+
+def _int8_check(got: torch.Tensor, want: torch.Tensor) -> tuple[bool, str]:
+    got = got.dequantize() if got.is_quantized else got
+    err = float((got.float() - want.float()).norm() / max(float(want.float().norm()), 1e-30))
+    ok = err <= INT8_TOLERANCE
+    return ok, (f"relative L2 error vs fp32 {err:.2%}" + ("" if ok else
+                f" > {INT8_TOLERANCE:.0%}: not timed"))
+
+
+_OV_MODELS: dict = {}
+
+
+def _conv_peers(x: torch.Tensor, w: torch.Tensor, want: np.ndarray, want_zero: torch.Tensor,
+                threads: int, peers: Sequence[str]) -> tuple[dict, list[Callable[[], object]]]:
+    """Peer entries and their timed calls (in the entries' order) for a 3x3 conv case."""
+    entries: dict = {}
+    calls: list[Callable[[], object]] = []
+    if "openvino" in peers:
+        ver = openvino_version()
+        if ver is None:
+            entries["openvino"] = _peer("OpenVINO BinaryConvolution", note="not installed")
+        else:
+            name = f"OpenVINO {ver} BinaryConvolution"
+            key = (tuple(x.shape), tuple(w.shape), threads)
+            try:
+                if key not in _OV_MODELS:
+                    _OV_MODELS[key] = openvino_conv2d(w, tuple(x.shape), padding=1, pad_value=1.0,
+                                                      n_threads=threads)
+            except RuntimeError as exc:     # the CPU plugin refused the graph
+                _OV_MODELS[key] = str(exc).strip().splitlines()[-1][:200]
+            ov_run, xs = _OV_MODELS[key], np.ascontiguousarray(x.numpy(), dtype=np.float32)
+            if isinstance(ov_run, str):
+                entries["openvino"] = _peer(name, note=f"OpenVINO refused the graph: {ov_run}")
+            elif np.array_equal(ov_run(xs), want):
+                entries["openvino"] = _peer(name, correct=True,
+                                            note="u1 weights, xnor-popcount, +1 padding; bit-exact")
+                calls.append(lambda: ov_run(xs))
+            else:
+                entries["openvino"] = _peer(name, note="differs from torch: not timed")
+    if "torch_int8" in peers:
+        q = int8_conv2d(w, x)
+        with torch.inference_mode():
+            ok, note = _int8_check(q(x), want_zero)
+        entries["torch_int8"] = _peer("torch int8", correct=ok,
+                                      note="static conv, x86 backend, x quantised in the call; " + note)
+        if ok:
+            def q_call():
+                with torch.inference_mode():
+                    return q(x)
+            calls.append(q_call)
+    return entries, calls
+
+
+def _linear_int8_peer(x: torch.Tensor, w: torch.Tensor, want: torch.Tensor,
+                      peers: Sequence[str]) -> tuple[dict, list[Callable[[], object]]]:
+    if "torch_int8" not in peers:
+        return {}, []
+    q = int8_linear(w)
+    with torch.inference_mode():
+        ok, note = _int8_check(q(x), want)
+
+    def call():
+        with torch.inference_mode():
+            return q(x)
+    entry = _peer("torch int8", correct=ok, note="dynamic-quantised Linear; " + note)
+    return {"torch_int8": entry}, ([call] if ok else [])
+
+
+def _fill_peers(entries: dict, times: Sequence[float], bnnlab_time: float) -> dict:
+    """Put the measured times (in order) into the correct entries; ratio = peer / bnnlab."""
+    it = iter(times)
+    for e in entries.values():
+        if e["correct"]:
+            e["time"] = next(it)
+            e["ratio"] = e["time"] / bnnlab_time if bnnlab_time else None
+    return entries
+
+
 # ----------------------------------------------------------------------------- cases
 def _pm1(*shape: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -304,14 +536,14 @@ def _row(case: str, threads: int | None, **kw) -> dict:
     row = {"case": case, "group": _group(case), "threads": threads, "baseline": "torch float32",
            "torch": None, "bnnlab": None, "ratio": None, "unit": "s", "correct": False,
            "packing": "", "note": "", "macs": None, "isa": kernels.kernel_info()["isa"],
-           "torch_eff": None, "bnnlab_eff": None}
+           "torch_eff": None, "bnnlab_eff": None, "peers": {}, "torch_2v1": None}
     row.update(kw)
     if row["torch"] is not None and row["bnnlab"]:
         row["ratio"] = row["torch"] / row["bnnlab"]
     return row
 
 
-def _gemm(n: int, threads: int, cfg: dict) -> list[dict]:
+def _gemm(n: int, threads: int, cfg: dict, peers: Sequence[str] = ()) -> list[dict]:
     a, b = _pm1(n, n, seed=1), _pm1(n, n, seed=2)
     pb = kernels.pack_signs(b)
     pa = kernels.pack_signs(a)
@@ -322,16 +554,18 @@ def _gemm(n: int, threads: int, cfg: dict) -> list[dict]:
     if not (ok and ok_pre):
         bad = "packed result differs from torch: not timed"
         return [_row(name, threads, note=bad), _row(name + "_prepacked", threads, note=bad)]
-    t_t, t_b, t_p = _interleaved(
+    entries, calls = _linear_int8_peer(a, b, torch.from_numpy(want).float(), peers)
+    t_t, t_b, t_p, *t_peers = _interleaved(
         [lambda: a @ b.T, lambda: kernels.xnor_matmul(kernels.pack_signs(a), pb),
-         lambda: kernels.xnor_matmul(pa, pb)], **cfg)
+         lambda: kernels.xnor_matmul(pa, pb), *calls], **cfg)
     return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True, macs=n ** 3,
-                 packing="A packed in the loop, B pre-packed"),
+                 packing="A packed in the loop, B pre-packed",
+                 peers=_fill_peers(entries, t_peers, t_b)),
             _row(name + "_prepacked", threads, torch=t_t, bnnlab=t_p, correct=True, macs=n ** 3,
                  packing="A and B pre-packed")]
 
 
-def _gemv(m: int, threads: int, cfg: dict) -> list[dict]:
+def _gemv(m: int, threads: int, cfg: dict, peers: Sequence[str] = ()) -> list[dict]:
     k = n = 4096
     x, w = _pm1(m, k, seed=3), _pm1(n, k, seed=4)
     pw = kernels.pack_signs(w)
@@ -339,25 +573,35 @@ def _gemv(m: int, threads: int, cfg: dict) -> list[dict]:
     name = f"gemv{m}x4096"
     if not np.array_equal(kernels.xnor_matmul(kernels.pack_signs(x), pw), want):
         return [_row(name, threads, note="packed result differs from torch: not timed")]
-    t_t, t_b = _interleaved([lambda: x @ w.T,
-                             lambda: kernels.xnor_matmul(kernels.pack_signs(x), pw)], **cfg)
+    entries, calls = _linear_int8_peer(x, w, torch.from_numpy(want).float(), peers)
+    t_t, t_b, *t_peers = _interleaved(
+        [lambda: x @ w.T, lambda: kernels.xnor_matmul(kernels.pack_signs(x), pw), *calls], **cfg)
     return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True, macs=m * k * n,
-                 packing="x packed in the loop, W pre-packed")]
+                 packing="x packed in the loop, W pre-packed",
+                 peers=_fill_peers(entries, t_peers, t_b))]
 
 
-def _conv(c: int, hw: int, threads: int, cfg: dict, batch: int = 1) -> list[dict]:
+def _conv_data(c: int, hw: int, batch: int):
+    """(x, w, packed w, torch's int32 result on the +1-padded input) of a 3x3 c -> c conv."""
     x, w = _pm1(batch, c, hw, hw, seed=5), _pm1(c, c, 3, 3, seed=6)
-    pw = kernels.pack_conv_weights(w)
     want = F.conv2d(F.pad(x, (1, 1, 1, 1), value=1.0), w).to(torch.int32).numpy()
+    return x, w, kernels.pack_conv_weights(w), want
+
+
+def _conv(c: int, hw: int, threads: int, cfg: dict, batch: int = 1,
+          peers: Sequence[str] = ()) -> list[dict]:
+    x, w, pw, want = _conv_data(c, hw, batch)
     name = f"conv{c}x{hw}" + (f"b{batch}" if batch != 1 else "")
     got = kernels.conv2d_packed(kernels.pack_nhwc(x), pw, 1, 1, 1.0)
     if not np.array_equal(got, want):
         return [_row(name, threads, note="packed result differs from torch: not timed")]
-    t_t, t_b = _interleaved(
+    entries, calls = ({}, []) if not peers else \
+        _conv_peers(x, w, want, F.conv2d(x, w, padding=1), threads, peers)
+    t_t, t_b, *t_peers = _interleaved(
         [lambda: F.conv2d(x, w, padding=1),
-         lambda: kernels.conv2d_packed(kernels.pack_nhwc(x), pw, 1, 1, 1.0)], **cfg)
+         lambda: kernels.conv2d_packed(kernels.pack_nhwc(x), pw, 1, 1, 1.0), *calls], **cfg)
     return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True,
-                 macs=batch * hw * hw * c * c * 9,
+                 macs=batch * hw * hw * c * c * 9, peers=_fill_peers(entries, t_peers, t_b),
                  packing="x packed in the loop (NHWC), W pre-packed",
                  note="torch zero-pads, bnnlab +1-pads (checked against torch on the "
                       "+1-padded input)")]
@@ -411,30 +655,58 @@ def _e2e(threads: int, cfg: dict) -> list[dict]:
                  baseline="torch BNN (eval)", packing="input packed in the loop", note=note)]
 
 
-def _threads_gemm(cfg: dict) -> list[dict]:
-    n = 2048
-    a, b = _pm1(n, n, seed=1), _pm1(n, n, seed=2)
-    pb = kernels.pack_signs(b)
-    want = (a @ b.T).to(torch.int32).numpy()
-    ok = all(np.array_equal(
-        kernels.xnor_matmul(kernels.pack_signs(a, n_threads=t), pb, n_threads=t), want)
-        for t in (1, 2))
-    if not ok:
-        return [_row("threads_gemm2048", 2, note="result differs between thread counts: not timed")]
-    t1, t2 = _interleaved([
-        lambda: kernels.xnor_matmul(kernels.pack_signs(a, n_threads=1), pb, n_threads=1),
-        lambda: kernels.xnor_matmul(kernels.pack_signs(a, n_threads=2), pb, n_threads=2)], **cfg)
-    torch_before = torch.get_num_threads()
+#: 2-vs-1-thread targets (issue 12): GEMM 2048 and batch-16 convs >= 1.85x, batch-1 convs never slower
+def threads_target(case: str) -> float:
+    """The 2-vs-1-thread speed-up a ``threads_*`` case should reach."""
+    return 1.85 if case == "threads_gemm2048" or case.endswith("b16") else 1.0
+
+
+def _threads(case: str, cfg: dict) -> list[dict]:
+    """bnnlab at 2 threads vs 1 (and torch's own 2-vs-1), all four interleaved, wall clock."""
+    if case == "threads_gemm2048":
+        a, b = _pm1(2048, 2048, seed=1), _pm1(2048, 2048, seed=2)
+        pb = kernels.pack_signs(b)
+        want = (a @ b.T).to(torch.int32).numpy()
+
+        def ours(t: int) -> np.ndarray:
+            return kernels.xnor_matmul(kernels.pack_signs(a, n_threads=t), pb, n_threads=t)
+
+        def theirs() -> object:
+            return a @ b.T
+        packing, macs = "A packed in the loop, B pre-packed", 2048 ** 3
+    else:
+        c, hw = case[len("threads_conv"):].split("x")
+        hw, _, bs = hw.partition("b")
+        batch = int(bs or 1)
+        x, w, pw, want = _conv_data(int(c), int(hw), batch)
+
+        def ours(t: int) -> np.ndarray:
+            return kernels.conv2d_packed(kernels.pack_nhwc(x, n_threads=t), pw, 1, 1, 1.0, n_threads=t)
+
+        def theirs() -> object:
+            return F.conv2d(x, w, padding=1)
+        packing, macs = "x packed in the loop (NHWC), W pre-packed", batch * int(hw) ** 2 * int(c) ** 2 * 9
+    if not all(np.array_equal(ours(t), want) for t in (1, 2)):
+        return [_row(case, 2, note="result differs between thread counts: not timed")]
+
+    def torch_at(t: int) -> Callable[[], object]:
+        def f() -> object:
+            torch.set_num_threads(t)
+            return theirs()
+        return f
+
+    torch_before, clock = torch.get_num_threads(), _CLOCK["timer"]
+    _CLOCK["timer"] = time.perf_counter     # a CPU-time clock would miss the second thread
     try:
-        torch.set_num_threads(1)
-        tt1 = _interleaved([lambda: a @ b.T], **cfg)[0]
-        torch.set_num_threads(2)
-        tt2 = _interleaved([lambda: a @ b.T], **cfg)[0]
+        t1, t2, tt1, tt2 = _interleaved([lambda: ours(1), lambda: ours(2), torch_at(1), torch_at(2)],
+                                        **cfg)
     finally:
+        _CLOCK["timer"] = clock
         torch.set_num_threads(torch_before)
-    return [_row("threads_gemm2048", 2, torch=t1, bnnlab=t2, correct=True,
-                 baseline="bnnlab 1 thread", packing="A packed in the loop",
-                 note=f"2 vs 1 threads; torch's own 2-vs-1 speed-up: {tt1 / tt2:.2f}x")]
+    return [_row(case, 2, torch=t1, bnnlab=t2, correct=True, baseline="bnnlab 1 thread",
+                 packing=packing, macs=macs, torch_2v1=tt1 / tt2,
+                 note=f"2 vs 1 threads, wall clock; torch float32's own 2-vs-1: {tt1 / tt2:.2f}x; "
+                      f"target >= {threads_target(case):.2f}x")]
 
 
 def _memory(case: str) -> list[dict]:
@@ -474,7 +746,8 @@ def _select(cases: Iterable[str] | None, quick: bool) -> list[str]:
 
 
 def run(cases: Iterable[str] | str | None = None, quick: bool = False,
-        threads: Sequence[int] = (1, 2), *, repeats: int | None = None) -> list[dict]:
+        threads: Sequence[int] = (1, 2), *, repeats: int | None = None,
+        peers: bool | Iterable[str] = False) -> list[dict]:
     """Run the benchmark cases; return one dict per row.
 
     Args:
@@ -483,6 +756,10 @@ def run(cases: Iterable[str] | str | None = None, quick: bool = False,
         quick: fewer repetitions and no 4096 GEMM (under a minute on 2 cores).
         threads: thread counts to run the timed cases at (memory rows once).
         repeats: override the number of repetitions.
+        peers: ``True`` (all of :data:`PEERS`) or names from it: time the peers in the same
+            interleaved run (OpenVINO's BinaryConvolution on the convs; torch int8 on the GEMM,
+            GEMV and conv cases), each checked before it is timed. A missing OpenVINO gives an
+            entry with the note ``"not installed"``.
 
     Returns:
         Rows with keys ``case``, ``group``, ``threads``, ``baseline`` (what the ``torch`` column
@@ -492,7 +769,10 @@ def run(cases: Iterable[str] | str | None = None, quick: bool = False,
         ``False`` rows carry no time), ``packing``, ``note``, ``macs`` (multiply-accumulates per
         call; ``None`` where not counted), ``isa`` (bnnlab's instruction-set level) and
         ``torch_eff`` / ``bnnlab_eff`` (achieved MAC/s over the peak of :func:`peaks` times the
-        thread count; ``None`` without a MAC count or a peak).
+        thread count; ``None`` without a MAC count or a peak), ``peers`` (``{name: {"name",
+        "time", "ratio" (peer time / bnnlab time: bnnlab's speed-up over the peer), "correct",
+        "note"}}``, empty without ``peers``) and ``torch_2v1`` (``threads_*`` rows: torch's own
+        2-vs-1-thread speed-up).
     """
     if isinstance(quick, (int, float)) and not isinstance(quick, bool):
         raise TypeError(f"quick must be a bool, got {type(quick).__name__}")
@@ -500,6 +780,13 @@ def run(cases: Iterable[str] | str | None = None, quick: bool = False,
     if not threads or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in threads):
         raise ValueError(f"threads must be positive ints, got {threads!r}")
     chosen = _select(cases, quick)
+    if isinstance(peers, bool):
+        chosen_peers: tuple[str, ...] = PEERS if peers else ()
+    else:
+        chosen_peers = tuple(peers)
+        bad = [p for p in chosen_peers if p not in PEERS]
+        if bad:
+            raise ValueError(f"peers: unknown peer(s) {bad}; known: {', '.join(PEERS)}")
     cfg = {"repeats": repeats or (5 if quick else 15), "warmup": 1 if quick else 3,
            "min_time": 0.002 if quick else 0.02, "budget": 3.0 if quick else 30.0}
     pk = peaks(0.1 if quick else 0.2)
@@ -511,20 +798,21 @@ def run(cases: Iterable[str] | str | None = None, quick: bool = False,
             kernels.set_num_threads(t)
             for case in chosen:
                 if case.startswith("gemm"):
-                    rows += _gemm(int(case[4:]), t, cfg)
+                    rows += _gemm(int(case[4:]), t, cfg, chosen_peers)
                 elif case.startswith("gemv"):
-                    rows += _gemv(int(case[4:case.index("x")]), t, cfg)
+                    rows += _gemv(int(case[4:case.index("x")]), t, cfg, chosen_peers)
                 elif case.startswith("conv"):
                     c, hw = case[4:].split("x")
                     hw, _, b = hw.partition("b")
-                    rows += _conv(int(c), int(hw), t, cfg, int(b or 1))
+                    rows += _conv(int(c), int(hw), t, cfg, int(b or 1), chosen_peers)
                 elif case == "e2e_cnn":
                     rows += _e2e(t, cfg)
                 elif case in ("e2e_vgg_small", "e2e_resnet18"):   # bnnlab/bench_models.py
                     from bnnlab import bench_models
                     rows += bench_models.rows(case, t, cfg, _interleaved, _row)
-        if "threads_gemm2048" in chosen:
-            rows += _threads_gemm(cfg)
+        for case in chosen:
+            if case.startswith("threads_"):
+                rows += _threads(case, cfg)
         for case in chosen:
             if case.startswith("mem_"):
                 rows += _memory(case)
@@ -551,11 +839,21 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.0f}%"
 
 
+def _peer_lines(r: dict) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for key, e in (r.get("peers") or {}).items():
+        ratio = "-" if e.get("ratio") is None else f"{e['ratio']:.1f}x"
+        out.append((f"  {r['case']}:{key}", "-" if r.get("threads") is None else str(r["threads"]),
+                    str(e.get("name", key)), _fmt(e.get("time"), "s"), _fmt(r.get("bnnlab"), "s"),
+                    ratio, "-", "-", "yes" if e.get("correct") else "NO", str(e.get("note", ""))))
+    return out
+
+
 def format_table(rows: Sequence[dict]) -> str:
-    """A plain-text table of :func:`run`'s rows (one line per row)."""
+    """A plain-text table of :func:`run`'s rows (one line per row, one more per peer)."""
     head = ("case", "thr", "baseline", "torch", "bnnlab", "ratio", "t.eff", "b.eff", "ok",
             "packing / note")
-    lines = []
+    lines: list[tuple[str, ...]] = []
     for r in rows:
         ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.1f}x"
         extra = "; ".join(s for s in (r.get("packing", ""), r.get("note", "")) if s)
@@ -563,12 +861,23 @@ def format_table(rows: Sequence[dict]) -> str:
                       str(r.get("baseline", "")), _fmt(r.get("torch"), r.get("unit", "s")),
                       _fmt(r.get("bnnlab"), r.get("unit", "s")), ratio, _pct(r.get("torch_eff")),
                       _pct(r.get("bnnlab_eff")), "yes" if r.get("correct") else "NO", extra))
+        lines += _peer_lines(r)
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h)
               for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" if i in (0, 2, 9) else f"{{:>{w}}}" for i, w in enumerate(widths))
     out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*l) for l in lines]
     return "\n".join(s.rstrip() for s in out)
+
+
+def peak_ratio(pk: dict) -> tuple[str, float] | None:
+    """(best binary level, its peak / torch's fp32 peak), or ``None`` without peaks."""
+    fp = pk.get("fp32", {}).get(pk.get("torch_fp32", ""), 0.0)
+    binary = {k: v for k, v in pk.get("binary", {}).items() if v}
+    if not fp or not binary:
+        return None
+    lvl = max(binary, key=lambda k: binary[k])
+    return lvl, binary[lvl] / fp
 
 
 def _peak_caption(pk: dict, cpu: dict) -> str:
@@ -588,23 +897,138 @@ def _peak_caption(pk: dict, cpu: dict) -> str:
             f"{cpu['torch_capability']}. Peaks per core: " + ", ".join(parts) + ".")
 
 
+def _peer_cell(e: dict | None) -> str:
+    if e is None:
+        return "–"
+    if e.get("time") is None:
+        return "not installed" if e.get("note") == "not installed" else "wrong: not timed"
+    return f"{_fmt(e['time'], 's')} ({e['ratio']:.1f}×)"
+
+
+def _peer_names(rows: Sequence[dict]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for key in PEERS:
+        for r in rows:
+            e = (r.get("peers") or {}).get(key)
+            if e is not None and (key not in names or e.get("time") is not None):
+                names[key] = str(e.get("name", key))
+    return names
+
+
 def format_markdown(rows: Sequence[dict], pk: dict | None = None, cpu: dict | None = None) -> str:
-    """A Markdown table of the timed rows (memory rows omitted), with the CPU and the peaks
-    as a caption when ``pk`` and ``cpu`` are given. Efficiency = achieved MAC/s / peak MAC/s."""
+    """Markdown tables of the timed rows (memory rows omitted), with the CPU and the peaks as a
+    caption when ``pk`` and ``cpu`` are given. Efficiency = achieved MAC/s / peak MAC/s.
+
+    Peers (``run(peers=...)``) get a column each: the peer's time and, in brackets, bnnlab's
+    speed-up over it. ``threads_*`` rows go to a second table (:func:`format_threads_markdown`).
+    """
     out = []
     if pk is not None and cpu is not None:
         out += [_peak_caption(pk, cpu), ""]
-    out += ["| case | threads | torch | bnnlab | speed-up | torch eff. | bnnlab eff. | bnnlab ISA |",
-            "|---|---:|---:|---:|---:|---:|---:|---|"]
+    names = _peer_names(rows)
+    out += ["| case | threads | torch | bnnlab | speed-up | torch eff. | bnnlab eff. | bnnlab ISA |"
+            + "".join(f" {n} (bnnlab ×) |" for n in names.values()),
+            "|---|---:|---:|---:|---:|---:|---:|---|" + "---:|" * len(names)]
     for r in rows:
-        if r.get("unit") != "s":
+        if r.get("unit") != "s" or r.get("group") == "threads":
             continue
         ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.1f}×"
         base = "" if r.get("baseline") == "torch float32" else f" (vs {r.get('baseline')})"
         out.append(f"| {r['case']}{base} | {r.get('threads') or '-'} | {_fmt(r.get('torch'), 's')} | "
                    f"{_fmt(r.get('bnnlab'), 's')} | {ratio} | {_pct(r.get('torch_eff'))} | "
-                   f"{_pct(r.get('bnnlab_eff'))} | {r.get('isa', '')} |")
+                   f"{_pct(r.get('bnnlab_eff'))} | {r.get('isa', '')} |"
+                   + "".join(f" {_peer_cell((r.get('peers') or {}).get(k))} |" for k in names))
+    threads = format_threads_markdown(rows)
+    if threads:
+        out += ["", threads]
     return "\n".join(out)
+
+
+def format_threads_markdown(rows: Sequence[dict]) -> str:
+    """The 2-vs-1-thread table of the ``threads_*`` rows ('' when there are none)."""
+    sel = [r for r in rows if r.get("group") == "threads"]
+    if not sel:
+        return ""
+    out = ["| case | bnnlab 1 thread | bnnlab 2 threads | bnnlab 2-vs-1 | torch fp32 2-vs-1 | target | met |",
+           "|---|---:|---:|---:|---:|---:|---|"]
+    for r in sel:
+        case = str(r["case"])[len("threads_"):]
+        ratio, target = r.get("ratio"), threads_target(str(r["case"]))
+        t2 = r.get("torch_2v1")
+        out.append(f"| {case} | {_fmt(r.get('torch'), 's')} | {_fmt(r.get('bnnlab'), 's')} | "
+                   f"{'-' if ratio is None else f'{ratio:.2f}×'} | "
+                   f"{'-' if t2 is None else f'{t2:.2f}×'} | ≥ {target:.2f}× | "
+                   f"{'-' if ratio is None else ('yes' if ratio >= target else 'no')} |")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- README block
+README_BEGIN = "<!-- bench:begin"
+README_END = "<!-- bench:end -->"
+
+
+def _memory_sentence(rows: Sequence[dict]) -> str:
+    mem = {r["case"]: r for r in rows if r.get("unit") == "bytes" and r.get("ratio")}
+    parts = []
+    if "mem_gemm4096" in mem:
+        parts.append(f"a 4096×4096 weight matrix packs {mem['mem_gemm4096']['ratio']:.1f}× smaller "
+                     "than float32")
+    if "mem_cnn_weights" in mem:
+        parts.append(f"the binary layers of the reference CNN {mem['mem_cnn_weights']['ratio']:.1f}×")
+    if "mem_cnn_file" in mem:
+        parts.append(f"its exported file is {mem['mem_cnn_file']['ratio']:.1f}× smaller than the "
+                     "float twin's `state_dict` (float first/last layers and batch-norm dominate "
+                     "what is left)")
+    return ("Memory: " + "; ".join(parts) + ".") if parts else ""
+
+
+def readme_block(doc: dict, source: str) -> str:
+    """The README's generated speed section for the bench JSON ``doc`` stored at ``source``."""
+    cmd = doc.get("command") or "python -m bnnlab bench"
+    load = doc.get("load_average")
+    lines = [f"{README_BEGIN} generated from {source} by `python -m bnnlab bench --from-json {source} "
+             f"--update-readme README.md`; do not edit -->",
+             f"Measured with `{cmd}`, torch {doc.get('torch_version', '?')}, clock "
+             f"{doc.get('clock', 'wall')}, load average "
+             f"{'n/a' if not load else ', '.join(f'{v:.2f}' for v in load)} while it ran.", ""]
+    lines += [format_markdown(doc["rows"], doc["peaks"], doc["cpu"]), ""]
+    pr = peak_ratio(doc["peaks"])
+    if pr:
+        lines.append(f"Peak ratio on this CPU: binary {pr[0]} / fp32 {doc['peaks']['torch_fp32']} "
+                     f"= {pr[1]:.1f}×; a speed-up is that ratio times bnnlab's efficiency over "
+                     "torch's, not a fixed factor.")
+    mem = _memory_sentence(doc["rows"])
+    if mem:
+        lines += ["", mem]
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def update_readme(readme, json_path, *, check: bool = False) -> bool:
+    """Rewrite the generated block of ``readme`` from the bench JSON at ``json_path``.
+
+    Returns True when the block already matched. With ``check=True`` nothing is written.
+    Raises ValueError when ``readme`` has no ``<!-- bench:begin ... -->`` / ``<!-- bench:end -->``.
+    """
+    readme, json_path = Path(readme), Path(json_path)
+    text = readme.read_text(encoding="utf-8")
+    i, j = text.find(README_BEGIN), text.find(README_END)
+    if i < 0 or j < i:
+        raise ValueError(f"readme: {readme} has no {README_BEGIN} ... {README_END} block")
+    try:
+        source = json_path.resolve().relative_to(readme.resolve().parent).as_posix()
+    except ValueError:
+        source = json_path.as_posix()
+    block = readme_block(json.loads(json_path.read_text(encoding="utf-8")), source)
+    new = text[:i] + block + text[j + len(README_END):]
+    if not check and new != text:
+        readme.write_text(new, encoding="utf-8")
+    return new == text
+
+
+def _command(argv: Sequence[str], env: dict) -> str:
+    import shlex
+    return " ".join([*(f"{k}={v}" for k, v in env.items()), "python -m bnnlab bench", shlex.join(argv)]).strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -613,20 +1037,42 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bnnlab bench",
         description="torch float32 vs bnnlab packed kernels: time and memory.")
     p.add_argument("--quick", action="store_true",
-                   help="fewer repeats, skip the 4096 GEMM (< 1 min)")
+                   help="fewer repeats, skip the 4096 GEMM and the batch-16 convs (< 1 min)")
     p.add_argument("--cases", default=None,
                    help=f"comma-separated names or prefixes; known: {', '.join(CASES)}")
     p.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2 (default)")
     p.add_argument("--repeats", type=int, default=None, help="override the repetitions")
+    p.add_argument("--peers", action="store_true",
+                   help="also time OpenVINO's BinaryConvolution (pip install bnnlab[peers]) and "
+                        "torch's int8 paths in the same interleaved run")
     p.add_argument("--json", metavar="FILE",
                    help="also write the rows, peaks, CPU model/flags/clock as JSON")
     p.add_argument("--markdown", action="store_true",
                    help="also print a Markdown table (CPU and peaks in the caption)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall time (default) or the thread's CPU time, which leaves out time other "
-                        "processes hold the core (a busy shared machine); cpu needs --threads 1")
+                        "processes hold the core (a busy shared machine); cpu needs --threads 1 "
+                        "(the threads_* cases always use wall time)")
+    p.add_argument("--from-json", metavar="FILE", type=Path, default=None,
+                   help="measure nothing: print the tables of a stored --json FILE")
+    p.add_argument("--update-readme", metavar="README", type=Path, default=None,
+                   help="rewrite README's generated speed block (between <!-- bench:begin --> and "
+                        "<!-- bench:end -->) from the --from-json or --json file")
     args = p.parse_args(argv)
+    if args.from_json is not None:
+        try:
+            doc = json.loads(args.from_json.read_text(encoding="utf-8"))
+            print(format_markdown(doc["rows"], doc["peaks"], doc["cpu"]))
+            if args.update_readme is not None:
+                same = update_readme(args.update_readme, args.from_json)
+                print(f"{args.update_readme}: {'unchanged' if same else 'updated'}")
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"bnnlab bench: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
+        if args.update_readme is not None and not args.json:
+            raise ValueError("--update-readme needs --json FILE (or --from-json FILE)")
         threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
         if args.clock == "cpu" and threads != (1,):
             raise ValueError("--clock cpu measures the calling thread only: use --threads 1")
@@ -634,11 +1080,12 @@ def main(argv: list[str] | None = None) -> int:
         load = os.getloadavg() if hasattr(os, "getloadavg") else None
         print(f"bnnlab bench: isa={info['isa']}, openmp={info['openmp']}, cpus={os.cpu_count()}, "
               f"load average={'n/a' if load is None else ', '.join(f'{v:.2f}' for v in load)}, "
-              f"torch {torch.__version__}")
+              f"torch {torch.__version__}"
+              + (f", OpenVINO {openvino_version() or 'not installed'}" if args.peers else ""))
         t0 = time.perf_counter()
         _CLOCK["timer"] = time.thread_time if args.clock == "cpu" else time.perf_counter
         try:
-            rows = run(args.cases, args.quick, threads, repeats=args.repeats)
+            rows = run(args.cases, args.quick, threads, repeats=args.repeats, peers=args.peers)
         finally:
             _CLOCK["timer"] = time.perf_counter
     except ValueError as exc:
@@ -653,9 +1100,15 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(format_markdown(rows, pk, cpu))
     if args.json:
-        doc = {"kernel_info": info, "load_average": load, "torch_version": torch.__version__,
+        end_load = os.getloadavg() if hasattr(os, "getloadavg") else None
+        doc = {"kernel_info": info, "load_average": load, "load_average_end": end_load,
+               "torch_version": torch.__version__,
+               "openvino_version": openvino_version() if args.peers else None,
+               "command": _command(sys.argv[1:] if argv is None else argv, cpu["env"]),
                "quick": args.quick, "clock": args.clock, "threads": list(threads), "cpu": cpu,
                "peaks": pk, "rows": rows}
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=2, default=str)
+        if args.update_readme is not None:
+            update_readme(args.update_readme, args.json)
     return 0 if all(r["correct"] for r in rows) else 1

@@ -674,17 +674,51 @@ def _ms(s) -> str:
     return f"{s * 1e3:.3g}" if s * 1e3 >= 0.1 else f"{s * 1e3:.2g}"
 
 
+def _pct_cell(v) -> str:
+    v = _num(v)
+    return "--" if math.isnan(v) else f"{100 * v:.0f}"
+
+
+#: the peers ``bench --peers`` adds, in column order (``bnnlab.bench.PEERS``)
+_BENCH_PEERS = ("openvino", "torch_int8")
+
+
+def _bench_peer_names(rows: Sequence[Mapping]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for key in _BENCH_PEERS:
+        for r in rows:
+            e = (r.get("peers") or {}).get(key)
+            if isinstance(e, Mapping) and (key not in names or e.get("time") is not None):
+                names[key] = str(e.get("name", key))
+    return names
+
+
+def _bench_peer_cell(e) -> str:
+    if not isinstance(e, Mapping):
+        return "--"
+    if e.get("time") is None:
+        return r"\emph{not installed}" if e.get("note") == "not installed" else r"\emph{not timed}"
+    ratio = _num(e.get("ratio"))
+    return _ms(e["time"]) + ("" if math.isnan(ratio) else f" ({ratio:.1f}$\\times$)")
+
+
 @table("tab:bench")
 def bench_table(results: Mapping) -> str:
-    """Measured time of torch float32 vs the packed kernels (``python -m bnnlab bench``)."""
+    r"""Measured time of torch float32 vs the packed kernels (``python -m bnnlab bench``), with
+    each side's efficiency (achieved MAC/s over the measured peak, in \%) and, for a
+    ``bench --peers`` run, a column per peer: its time and bnnlab's speed-up over it. The
+    ``threads_*`` rows are in :func:`bench_threads_table`."""
     rows = _bench_rows(results)
-    head = ["Case", "Threads", "Baseline", "Baseline (ms)", "bnnlab (ms)", "Speed-up"]
+    head = ["Case", "Threads", "Baseline", "Baseline (ms)", "bnnlab (ms)", "Speed-up",
+            r"Eff.\ base (\%)", r"Eff.\ bnnlab (\%)"]
     if rows is None:
         return booktabs(head, [r"\emph{" + NOT_MEASURED + r"}: no \texttt{bench.json}"],
-                        "lrlrrr")
+                        "lrlrrrrr")
+    names = _bench_peer_names(rows)
+    head += [_tex(n) + r" (ms, bnnlab $\times$)" for n in names.values()]
     out = []
     for r in rows:
-        if r.get("unit", "s") != "s":
+        if r.get("unit", "s") != "s" or r.get("group") == "threads":
             continue
         ok = r.get("correct", True)
         ratio = _num(r.get("ratio"))
@@ -693,8 +727,36 @@ def bench_table(results: Mapping) -> str:
                     _tex(r.get("baseline", "torch float32")),
                     _ms(r.get("torch")) if ok else "--",
                     _ms(r.get("bnnlab")) if ok else r"\emph{wrong}",
-                    "--" if math.isnan(ratio) or not ok else f"{ratio:.1f}$\\times$"])
-    return booktabs(head, out, "lrlrrr")
+                    "--" if math.isnan(ratio) or not ok else f"{ratio:.1f}$\\times$",
+                    _pct_cell(r.get("torch_eff")), _pct_cell(r.get("bnnlab_eff"))]
+                   + [_bench_peer_cell((r.get("peers") or {}).get(k)) for k in names])
+    return booktabs(head, out, "lrlrrrrr" + "r" * len(names))
+
+
+def _threads_target(case: str) -> float:
+    return 1.85 if case == "threads_gemm2048" or case.endswith("b16") else 1.0
+
+
+@table("tab:bench-threads")
+def bench_threads_table(results: Mapping) -> str:
+    """2-vs-1-thread speed-ups of bnnlab (and of torch float32) from the bench's ``threads_*``
+    rows (wall clock), with the targets: >= 1.85x for GEMM 2048 and batch-16 convs, never
+    slower for batch-1 convs."""
+    rows = _bench_rows(results)
+    head = ["Case", "1 thread (ms)", "2 threads (ms)", "bnnlab 2 vs 1", "torch 2 vs 1", "Target"]
+    sel = [r for r in rows or [] if r.get("group") == "threads"]
+    if not sel:
+        why = r"no \texttt{bench.json}" if rows is None else r"no \texttt{threads\_*} rows"
+        return booktabs(head, [r"\emph{" + NOT_MEASURED + "}: " + why], "lrrrrr")
+    out = []
+    for r in sel:
+        case = str(r.get("case", "?"))
+        ratio, t2 = _num(r.get("ratio")), _num(r.get("torch_2v1"))
+        out.append([_tex(case[len("threads_"):]), _ms(r.get("torch")), _ms(r.get("bnnlab")),
+                    "--" if math.isnan(ratio) else f"{ratio:.2f}$\\times$",
+                    "--" if math.isnan(t2) else f"{t2:.2f}$\\times$",
+                    f"$\\geq$ {_threads_target(case):.2f}$\\times$"])
+    return booktabs(head, out, "lrrrrr")
 
 
 @table("tab:bench-memory")
@@ -1018,6 +1080,7 @@ def macros(results: Mapping) -> dict[str, str]:
     load = bench.get("load_average") if bench else None
     m["BenchLoad"] = _f(load[0], 1) if load else "n/a"
     m["BenchMode"] = ("quick" if bench.get("quick") else "full") if bench else "n/a"
+    m.update(_bench_machine_macros(bench or {}))
     if rows:
         ok = [r for r in rows if r.get("correct") and r.get("ratio") is not None]
 
@@ -1047,7 +1110,41 @@ def macros(results: Mapping) -> dict[str, str]:
 
 _BENCH_DEFAULTS = ("BenchLoad", "BenchMode", "BenchGemmCase", "BenchGemmSpeedup",
                    "BenchConvMin", "BenchConvMax", "BenchEtoE", "BenchMemGemm",
-                   "BenchMemCnnWeights", "BenchMemCnnFile")
+                   "BenchMemCnnWeights", "BenchMemCnnFile", "BenchCPU", "BenchClock",
+                   "BenchPeaks", "BenchPeakRatio", "BenchTorch", "BenchTimer")
+
+
+def _bench_machine_macros(bench: Mapping) -> dict[str, str]:
+    r"""The bench JSON's machine for the speed tables' captions: ``\BenchCPU`` (model, logical
+    CPUs), ``\BenchClock`` (measured GHz), ``\BenchPeaks`` (register-only peaks per core, GMAC/s
+    and MAC/cycle), ``\BenchPeakRatio`` (best binary / torch's fp32 peak), ``\BenchTorch``,
+    ``\BenchTimer`` (wall or CPU clock)."""
+    m: dict[str, str] = {}
+    cpu, pk = bench.get("cpu") or {}, bench.get("peaks") or {}
+    if cpu.get("model"):
+        m["BenchCPU"] = _tex(f"{cpu['model']}, {cpu.get('cpus', '?')} logical CPUs, torch "
+                             f"capability {cpu.get('torch_capability', '?')}")
+    if bench.get("torch_version"):
+        m["BenchTorch"] = _tex(bench["torch_version"])
+    if bench.get("clock"):
+        m["BenchTimer"] = "CPU time of the calling thread" if bench["clock"] == "cpu" else "wall time"
+    clock = _num(pk.get("clock_hz"))
+    if not math.isnan(clock) and clock > 0:
+        m["BenchClock"] = f"{clock / 1e9:.2f}"
+    fp32, binary = pk.get("fp32") or {}, {k: v for k, v in (pk.get("binary") or {}).items() if v}
+    tf = pk.get("torch_fp32")
+    if tf and fp32.get(tf) and binary:
+        per = pk.get("per_cycle") or {}
+
+        def one(kind: str, name: str, v: float) -> str:
+            cyc = (per.get(kind) or {}).get(name)
+            return (f"{kind} {_tex(name)} {v / 1e9:.1f}\\,GMAC/s"
+                    + (f" ({cyc:.0f}/cycle)" if cyc else ""))
+        m["BenchPeaks"] = ", ".join([one("fp32", tf, fp32[tf])]
+                                    + [one("binary", k, v) for k, v in binary.items()])
+        best = max(binary, key=lambda k: binary[k])
+        m["BenchPeakRatio"] = f"{binary[best] / fp32[tf]:.1f}"
+    return m
 
 
 def macros_tex(results: Mapping) -> str:

@@ -1,14 +1,19 @@
 """Tests of bnnlab.bench: row schema, correctness gate, table and JSON output (no timing asserts)."""
 import json
+import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bnnlab import bench, kernels
 
 KEYS = {"case", "group", "threads", "baseline", "torch", "bnnlab", "ratio", "unit", "correct",
-        "packing", "note", "macs", "isa", "torch_eff", "bnnlab_eff"}
+        "packing", "note", "macs", "isa", "torch_eff", "bnnlab_eff", "peers", "torch_2v1"}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -65,7 +70,7 @@ def test_case_selection():
     assert "gemm4096" in bench._select("gemm", quick=False)
     assert bench._select("conv256", quick=False) == ["conv256x14", "conv256x14b16"]
     assert bench._select("conv256", quick=True) == ["conv256x14"]
-    assert bench._select("conv64,memory", quick=False) == ["conv64x56", "mem_gemm4096",
+    assert bench._select("conv64,memory", quick=False) == ["conv64x56", "conv64x56b16", "mem_gemm4096",
                                                            "mem_cnn_weights", "mem_cnn_file"]
     with pytest.raises(ValueError, match="cases"):
         bench.run(cases=["nope"])
@@ -187,3 +192,175 @@ def test_cpu_clock_needs_one_thread(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["clock"] == "cpu" and doc["rows"][0]["bnnlab"] > 0
     assert bench._CLOCK["timer"] is bench.time.perf_counter     # restored
+
+
+def test_case_selection_of_the_new_cases():
+    assert bench._select("conv", quick=True) == ["conv64x56", "conv128x28", "conv256x14", "conv512x7"]
+    assert [c for c in bench._select("conv", quick=False) if c.endswith("b16")] == [
+        "conv64x56b16", "conv128x28b16", "conv256x14b16", "conv512x7b16"]
+    assert bench._select("threads", quick=True) == [
+        "threads_gemm2048", "threads_conv64x56", "threads_conv128x28", "threads_conv256x14",
+        "threads_conv512x7"]
+    assert bench.threads_target("threads_gemm2048") == bench.threads_target("threads_conv64x56b16") == 1.85
+    assert bench.threads_target("threads_conv64x56") == 1.0
+    with pytest.raises(ValueError, match="peers"):
+        bench.run("gemm512", threads=(1,), peers=["tflite"])
+
+
+# ----------------------------------------------------------------------------- peers
+@pytest.mark.parametrize("c_in,c_out,hw,pad,pad_value", [
+    (8, 4, 5, 1, 1.0), (16, 8, 6, 1, -1.0), (64, 3, 4, 0, 1.0), (24, 5, 7, 2, 1.0), (128, 7, 3, 1, -1.0)])
+def test_openvino_binary_conv_is_bit_exact_vs_torch(c_in, c_out, hw, pad, pad_value):
+    pytest.importorskip("openvino")
+    x, w = bench._pm1(2, c_in, hw, hw, seed=c_in), bench._pm1(c_out, c_in, 3, 3, seed=hw)
+    run = bench.openvino_conv2d(w, x.shape, padding=pad, pad_value=pad_value)
+    want = F.conv2d(F.pad(x, (pad,) * 4, value=pad_value), w).numpy()
+    np.testing.assert_array_equal(run(np.ascontiguousarray(x.numpy())), want)
+
+
+def test_openvino_conv_validates_its_arguments():
+    pytest.importorskip("openvino")
+    w = bench._pm1(4, 8, 3, 3, seed=0)
+    with pytest.raises(ValueError, match="input_shape"):
+        bench.openvino_conv2d(w, (1, 16, 5, 5))
+    with pytest.raises(ValueError, match="pad_value"):
+        bench.openvino_conv2d(w, (1, 8, 5, 5), pad_value=0.0)
+    with pytest.raises(ValueError, match="weight"):
+        bench.openvino_conv2d(w[0], (1, 8, 5, 5))
+
+
+def test_torch_int8_paths_are_within_tolerance_of_fp32():
+    x, w = bench._pm1(4, 256, seed=1), bench._pm1(64, 256, seed=2)
+    with torch.inference_mode():
+        y = bench.int8_linear(w)(x)
+    assert not y.is_quantized and y.shape == (4, 64)
+    assert float((y - x @ w.T).norm() / (x @ w.T).norm()) <= bench.INT8_TOLERANCE
+    xc, wc = bench._pm1(1, 16, 6, 6, seed=3), bench._pm1(8, 16, 3, 3, seed=4)
+    q = bench.int8_conv2d(wc, xc)
+    with torch.inference_mode():
+        yc = q(xc)
+    assert yc.is_quantized
+    want = F.conv2d(xc, wc, padding=1)
+    assert float((yc.dequantize() - want).norm() / want.norm()) <= bench.INT8_TOLERANCE
+
+
+def test_peer_rows_exist_in_json(tmp_path, capsys):
+    pytest.importorskip("openvino")
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--quick", "--cases", "conv512x7,gemv1", "--threads", "1", "--repeats", "2",
+                     "--peers", "--json", str(out), "--markdown"])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    rows = {r["case"]: r for r in doc["rows"]}
+    assert set(rows) == {"conv512x7", "gemv1x4096"}
+    ov = rows["conv512x7"]["peers"]["openvino"]
+    assert ov["correct"] is True and ov["time"] > 0 and "bit-exact" in ov["note"]
+    assert ov["name"].startswith("OpenVINO ") and ov["ratio"] == pytest.approx(ov["time"] / rows["conv512x7"]["bnnlab"])
+    for case in rows:
+        q8 = rows[case]["peers"]["torch_int8"]
+        assert q8["correct"] is True and q8["time"] > 0 and "relative L2 error" in q8["note"]
+    assert "openvino" not in rows["gemv1x4096"]["peers"]    # no OpenVINO peer for a GEMV
+    assert doc["openvino_version"] and "--peers" in doc["command"]
+    text = capsys.readouterr().out
+    assert "BinaryConvolution (bnnlab ×)" in text and "conv512x7:openvino" in text
+
+
+def test_missing_openvino_says_not_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)      # `import openvino` now fails
+    assert bench.openvino_version() is None
+    rows = bench.run("conv512x7", quick=True, threads=(1,), repeats=2, peers=["openvino"])
+    entry = rows[0]["peers"]["openvino"]
+    assert entry["time"] is None and entry["note"] == "not installed" and rows[0]["correct"]
+    assert "| not installed |" in bench.format_markdown(rows)
+
+
+def test_threads_rows_and_table():
+    rows = bench.run("threads_conv512x7", quick=True, threads=(1,), repeats=2)
+    (r,) = rows
+    assert r["group"] == "threads" and r["threads"] == 2 and r["baseline"] == "bnnlab 1 thread"
+    assert r["correct"] and r["torch"] > 0 and r["bnnlab"] > 0 and r["torch_2v1"] > 0
+    table = bench.format_threads_markdown(rows)
+    assert table.splitlines()[2].startswith("| conv512x7 |") and "≥ 1.00×" in table
+    assert "threads_conv512x7" not in bench.format_markdown(rows).split("\n\n")[0]
+
+
+# ----------------------------------------------------------------------------- no typed numbers
+def _readme_source() -> Path:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    m = re.search(re.escape(bench.README_BEGIN) + r" generated from (\S+) ", text)
+    assert m, "README.md has no generated bench block"
+    return ROOT / m.group(1)
+
+
+def test_readme_speed_block_is_generated_from_its_json():
+    """Every speed figure of the README comes from the stored bench JSON: regenerate to change."""
+    source = _readme_source()
+    assert bench.update_readme(ROOT / "README.md", source, check=True), (
+        f"README.md's speed block differs from {source.name}: run "
+        f"python -m bnnlab bench --from-json {source.relative_to(ROOT)} --update-readme README.md")
+    doc = json.loads(source.read_text())
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert doc["cpu"]["model"] in text and "Peaks per core" in text
+
+
+def test_readme_has_no_typed_speed_figure_outside_the_block():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    i, j = text.index(bench.README_BEGIN), text.index(bench.README_END)
+    outside = text[:i] + text[j:]
+    speed = outside[outside.index("**Speed**"):outside.index("## On the laptops")]
+    assert not re.findall(r"\d+(?:\.\d+)?\s*(?:×|x faster|-fold)", speed)
+
+
+def test_update_readme_rewrites_only_the_block(tmp_path):
+    doc = {"rows": [{"case": "gemm512", "group": "gemm", "threads": 1, "baseline": "torch float32",
+                     "torch": 2e-3, "bnnlab": 1e-4, "ratio": 20.0, "unit": "s", "correct": True,
+                     "isa": "avx2", "torch_eff": 0.5, "bnnlab_eff": 0.25, "peers": {}}],
+           "peaks": {"supported": True, "clock_hz": 2e9, "fp32": {"avx2_fma": 1e10},
+                     "binary": {"avx2": 1e11}, "torch_fp32": "avx2_fma",
+                     "per_cycle": {"fp32": {"avx2_fma": 5.0}, "binary": {"avx2": 50.0}}},
+           "cpu": {"model": "Test CPU", "cpus": 2, "torch_capability": "AVX2"},
+           "command": "python -m bnnlab bench", "torch_version": "x", "clock": "cpu",
+           "load_average": [1.0, 2.0, 3.0]}
+    (tmp_path / "b.json").write_text(json.dumps(doc))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{bench.README_BEGIN} old -->\nstale 99×\n{bench.README_END}\nrest\n")
+    assert not bench.update_readme(readme, tmp_path / "b.json", check=True)
+    assert "stale" in readme.read_text()
+    assert not bench.update_readme(readme, tmp_path / "b.json")
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("\nrest\n") and "stale" not in text
+    assert "| gemm512 | 1 | 2 ms | 100 us | 20.0× | 50% | 25% | avx2 |" in text
+    assert "Test CPU" in text and "= 10.0×" in text and "generated from b.json" in text
+    assert bench.update_readme(readme, tmp_path / "b.json", check=True)
+    with pytest.raises(ValueError, match="readme"):
+        bench.update_readme(tmp_path / "b.json", tmp_path / "b.json")
+
+
+def test_report_types_no_speed_figure():
+    """The report's speed numbers are macros or generated tables (bnnlab.figures), never typed."""
+    tex = (ROOT / "paper" / "report.tex").read_text(encoding="utf-8")
+    typed = re.findall(r"\d+(?:\.\d+)?\s*(?:\$\\times\$|×|-fold|\s+times\s+(?:faster|slower|smaller))", tex)
+    assert not typed, typed
+
+
+def test_report_speed_tables_and_caption_come_from_the_bench_json():
+    from bnnlab import figures as FG
+
+    doc = json.loads(_readme_source().read_text())
+    results = {"bench": doc}
+    m = FG._bench_machine_macros(doc)
+    assert doc["cpu"]["model"].split(" (")[0] in m["BenchCPU"]
+    assert m["BenchClock"] == f"{doc['peaks']['clock_hz'] / 1e9:.2f}"
+    pr = bench.peak_ratio(doc["peaks"])
+    assert pr is not None and m["BenchPeakRatio"] == f"{pr[1]:.1f}" and "GMAC/s" in m["BenchPeaks"]
+    table = FG.bench_table(results)
+    timed = [r for r in doc["rows"] if r["unit"] == "s" and r["group"] != "threads"]
+    assert table.count(r" \\") == len(timed) + 1          # header + one line per timed row
+    for r in timed:
+        assert f"{r['ratio']:.1f}$\\times$" in table
+    if any(r["peers"] for r in timed):
+        assert "BinaryConvolution" in table and "torch int8" in table
+    threads = FG.bench_threads_table(results)
+    for r in doc["rows"]:
+        if r["group"] == "threads":
+            assert f"{r['ratio']:.2f}$\\times$" in threads

@@ -266,7 +266,7 @@ def test_bench_tables_say_not_measured_without_json_and_read_it_with(results):
     assert FG.NOT_MEASURED in FG.TABLES["tab:bench"](results)
     assert FG.NOT_MEASURED in FG.TABLES["tab:bench-memory"](results)
     rows = _check_booktabs(FG.TABLES["tab:bench"]({**results, "bench": BENCH}))
-    assert rows[0] == ["gemm1024", "1", "torch float32", "20", "4", r"5.0$\times$"]
+    assert rows[0][:6] == ["gemm1024", "1", "torch float32", "20", "4", r"5.0$\times$"]
     rows = _check_booktabs(FG.TABLES["tab:bench-memory"]({**results, "bench": BENCH}))
     assert rows[0][2:] == [f"{4096 * 4096 * 4 / 1024:.1f}", f"{4096 * 4096 / 8 / 1024:.1f}",
                            r"32.0$\times$"]
