@@ -1111,14 +1111,16 @@ def macros(results: Mapping) -> dict[str, str]:
 _BENCH_DEFAULTS = ("BenchLoad", "BenchMode", "BenchGemmCase", "BenchGemmSpeedup",
                    "BenchConvMin", "BenchConvMax", "BenchEtoE", "BenchMemGemm",
                    "BenchMemCnnWeights", "BenchMemCnnFile", "BenchCPU", "BenchClock",
-                   "BenchPeaks", "BenchPeakRatio", "BenchTorch", "BenchTimer")
+                   "BenchPeaks", "BenchPeakRatio", "BenchTorch", "BenchTimer",
+                   "BenchPeakTwoThreads")
 
 
 def _bench_machine_macros(bench: Mapping) -> dict[str, str]:
     r"""The bench JSON's machine for the speed tables' captions: ``\BenchCPU`` (model, logical
     CPUs), ``\BenchClock`` (measured GHz), ``\BenchPeaks`` (register-only peaks per core, GMAC/s
     and MAC/cycle), ``\BenchPeakRatio`` (best binary / torch's fp32 peak), ``\BenchTorch``,
-    ``\BenchTimer`` (wall or CPU clock)."""
+    ``\BenchTimer`` (wall or CPU clock), ``\BenchPeakTwoThreads`` (the register-only binary
+    kernel's 2-vs-1-thread scaling: the machine's ceiling)."""
     m: dict[str, str] = {}
     cpu, pk = bench.get("cpu") or {}, bench.get("peaks") or {}
     if cpu.get("model"):
@@ -1144,6 +1146,10 @@ def _bench_machine_macros(bench: Mapping) -> dict[str, str]:
                                     + [one("binary", k, v) for k, v in binary.items()])
         best = max(binary, key=lambda k: binary[k])
         m["BenchPeakRatio"] = f"{binary[best] / fp32[tf]:.1f}"
+    ceiling = [r["peak_2v1"] for r in bench.get("rows") or []
+               if isinstance(r, Mapping) and r.get("peak_2v1")]
+    if ceiling:
+        m["BenchPeakTwoThreads"] = f"{ceiling[0]:.2f}"
     return m
 
 

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from bnnlab import bench, kernels
 
 KEYS = {"case", "group", "threads", "baseline", "torch", "bnnlab", "ratio", "unit", "correct",
-        "packing", "note", "macs", "isa", "torch_eff", "bnnlab_eff", "peers", "torch_2v1"}
+        "packing", "note", "macs", "isa", "torch_eff", "bnnlab_eff", "peers", "torch_2v1",
+        "peak_2v1"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -279,6 +280,8 @@ def test_threads_rows_and_table():
     (r,) = rows
     assert r["group"] == "threads" and r["threads"] == 2 and r["baseline"] == "bnnlab 1 thread"
     assert r["correct"] and r["torch"] > 0 and r["bnnlab"] > 0 and r["torch_2v1"] > 0
+    if bench.peaks()["supported"]:
+        assert r["peak_2v1"] > 0 and "ceiling" in bench.format_threads_markdown(rows)
     table = bench.format_threads_markdown(rows)
     assert table.splitlines()[2].startswith("| conv512x7 |") and "≥ 1.00×" in table
     assert "threads_conv512x7" not in bench.format_markdown(rows).split("\n\n")[0]
