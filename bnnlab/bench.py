@@ -59,7 +59,7 @@ A peer's ``ratio`` is its time over bnnlab's (bnnlab's speed-up over the peer).
 generated block between ``<!-- bench:begin ... -->`` and ``<!-- bench:end -->``; a test checks
 that the README's block equals what the stored JSON gives, so no typed figure can drift.
 
-bnnlab outputs are int32 (exact); torch's are float32. ``n = 4096`` is skipped with
+bnnlab outputs are int32 (exact); torch's are float32. ``n = 4096`` and the batch-16 convs are skipped with
 ``--quick``. The end-to-end models run on one 28x28 image under ``torch.inference_mode``.
 """
 from __future__ import annotations

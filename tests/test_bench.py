@@ -367,3 +367,22 @@ def test_report_speed_tables_and_caption_come_from_the_bench_json():
     for r in doc["rows"]:
         if r["group"] == "threads":
             assert f"{r['ratio']:.2f}$\\times$" in threads
+
+
+def test_report_peer_macros_read_the_peer_entries():
+    from bnnlab import figures as FG
+
+    def row(case, group, **peers):
+        return {"case": case, "group": group, "threads": 1, "unit": "s", "correct": True,
+                "peers": {k: {"name": k, "time": 1.0, "ratio": v, "correct": True, "note": ""}
+                          for k, v in peers.items()}}
+    rows = [row("conv64x56", "conv", openvino=2.5, torch_int8=3.0),
+            row("conv512x7", "conv", openvino=4.0, torch_int8=0.8),
+            row("gemv1x4096", "gemv", torch_int8=12.0), row("gemm512", "gemm", torch_int8=2.0),
+            row("gemm2048", "gemm", torch_int8=1.5), row("gemm2048_prepacked", "gemm")]
+    m = FG._bench_peer_macros(rows)
+    assert (m["BenchOpenvinoMin"], m["BenchOpenvinoMax"]) == ("2.5", "4.0")
+    assert (m["BenchIntEightConvMin"], m["BenchIntEightConvMax"]) == ("0.8", "3.0")
+    assert m["BenchIntEightGemv"] == "12.0" and m["BenchIntEightGemm"] == "1.5"
+    assert m["BenchIntEightGemmCase"] == r"gemm2048" and m["BenchPeers"] == "measured"
+    assert FG._bench_peer_macros([row("conv64x56", "conv")]) == {}
