@@ -1030,12 +1030,17 @@ def _memory_sentence(rows: Sequence[dict]) -> str:
 def readme_block(doc: dict, source: str) -> str:
     """The README's generated speed section for the bench JSON ``doc`` stored at ``source``."""
     cmd = doc.get("command") or "python -m bnnlab bench"
-    load = doc.get("load_average")
+    load, end = doc.get("load_average"), doc.get("load_average_end")
+    load_text = "n/a" if not load else f"{load[0]:.1f} (1 min) at the start" + (
+        f", {end[0]:.1f} at the end" if end else "")
+    timer = ("the thread's CPU time (leaves out the time other processes held the core)"
+             if doc.get("clock") == "cpu" else "wall time")
     lines = [f"{README_BEGIN} generated from {source} by `python -m bnnlab bench --from-json {source} "
              f"--update-readme README.md`; do not edit -->",
-             f"Measured with `{cmd}`, torch {doc.get('torch_version', '?')}, clock "
-             f"{doc.get('clock', 'wall')}, load average "
-             f"{'n/a' if not load else ', '.join(f'{v:.2f}' for v in load)} while it ran.", ""]
+             f"Measured with `{cmd}`: torch {doc.get('torch_version', '?')}"
+             + (f", OpenVINO {doc['openvino_version']}" if doc.get("openvino_version") else "")
+             + f"; medians of {timer}, the `threads` table on wall time; load average {load_text}.",
+             ""]
     lines += [format_markdown(doc["rows"], doc["peaks"], doc["cpu"]), ""]
     pr = peak_ratio(doc["peaks"])
     if pr:

@@ -671,7 +671,10 @@ def _ms(s) -> str:
     s = _num(s)
     if math.isnan(s):
         return "--"
-    return f"{s * 1e3:.3g}" if s * 1e3 >= 0.1 else f"{s * 1e3:.2g}"
+    ms = s * 1e3
+    if ms >= 1000:
+        return f"{ms:,.0f}".replace(",", r"\,")
+    return f"{ms:.3g}" if ms >= 0.1 else f"{ms:.2g}"
 
 
 def _pct_cell(v) -> str:
@@ -715,7 +718,7 @@ def bench_table(results: Mapping) -> str:
         return booktabs(head, [r"\emph{" + NOT_MEASURED + r"}: no \texttt{bench.json}"],
                         "lrlrrrrr")
     names = _bench_peer_names(rows)
-    head += [_tex(n) + r" (ms, bnnlab $\times$)" for n in names.values()]
+    head += [_tex(n.replace(" BinaryConvolution", "")) + r" (ms, $\times$)" for n in names.values()]
     out = []
     for r in rows:
         if r.get("unit", "s") != "s" or r.get("group") == "threads":
