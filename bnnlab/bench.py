@@ -59,8 +59,9 @@ A peer's ``ratio`` is its time over bnnlab's (bnnlab's speed-up over the peer).
 generated block between ``<!-- bench:begin ... -->`` and ``<!-- bench:end -->``; a test checks
 that the README's block equals what the stored JSON gives, so no typed figure can drift.
 
-bnnlab outputs are int32 (exact); torch's are float32. ``n = 4096`` and the batch-16 convs are skipped with
-``--quick``. The end-to-end models run on one 28x28 image under ``torch.inference_mode``.
+bnnlab outputs are int32 (exact); torch's are float32. ``n = 4096``, the batch-16 convs and
+all threads cases but GEMM 2048 and conv 256@14 are skipped with ``--quick``. The end-to-end
+models run on one 28x28 image under ``torch.inference_mode``.
 """
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ CASES: tuple[str, ...] = (
     "mem_gemm4096", "mem_cnn_weights", "mem_cnn_file",
 )
 _QUICK_SKIP = ("gemm4096", "conv64x56b16", "conv128x28b16", "conv256x14b16", "conv512x7b16",
+               "threads_conv64x56", "threads_conv128x28", "threads_conv512x7",
                "threads_conv64x56b16", "threads_conv128x28b16", "threads_conv256x14b16",
                "threads_conv512x7b16")
 #: peers ``bench --peers`` adds (row key ``peers``): OpenVINO's BinaryConvolution on the conv
