@@ -336,6 +336,9 @@ def test_update_readme_rewrites_only_the_block(tmp_path):
     assert bench.update_readme(readme, tmp_path / "b.json", check=True)
     with pytest.raises(ValueError, match="readme"):
         bench.update_readme(tmp_path / "b.json", tmp_path / "b.json")
+    assert bench.main(["--update-readme", str(readme), "--cases", "gemm512"]) == 2   # needs a JSON
+    assert bench.main(["--from-json", str(tmp_path / "b.json"), "--update-readme", str(readme)]) == 0
+    assert bench.main(["--from-json", str(tmp_path / "missing.json")]) == 2
 
 
 def test_report_types_no_speed_figure():
