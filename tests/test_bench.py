@@ -275,15 +275,15 @@ def test_missing_openvino_says_not_installed(monkeypatch):
 
 
 def test_threads_rows_and_table():
-    rows = bench.run("threads_conv512x7", quick=True, threads=(1,), repeats=2)
+    rows = bench.run("threads_conv256x14", quick=True, threads=(1,), repeats=2)
     (r,) = rows
     assert r["group"] == "threads" and r["threads"] == 2 and r["baseline"] == "bnnlab 1 thread"
     assert r["correct"] and r["torch"] > 0 and r["bnnlab"] > 0 and r["torch_2v1"] > 0
     if bench.peaks()["supported"]:
         assert r["peak_2v1"] > 0 and "ceiling" in bench.format_threads_markdown(rows)
     table = bench.format_threads_markdown(rows)
-    assert table.splitlines()[2].startswith("| conv512x7 |") and "≥ 1.00×" in table
-    assert "threads_conv512x7" not in bench.format_markdown(rows).split("\n\n")[0]
+    assert table.splitlines()[2].startswith("| conv256x14 |") and "≥ 1.00×" in table
+    assert "threads_conv256x14" not in bench.format_markdown(rows).split("\n\n")[0]
 
 
 # ----------------------------------------------------------------------------- no typed numbers
