@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from bnnlab import bench, kernels
 
 KEYS = {"case", "group", "threads", "baseline", "torch", "bnnlab", "ratio", "unit", "correct",
-        "packing", "note", "macs", "isa", "torch_eff", "bnnlab_eff", "peers", "torch_2v1"}
+        "packing", "note", "macs", "isa", "torch_eff", "bnnlab_eff", "peers", "torch_2v1",
+        "peak_2v1"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -198,9 +199,8 @@ def test_case_selection_of_the_new_cases():
     assert bench._select("conv", quick=True) == ["conv64x56", "conv128x28", "conv256x14", "conv512x7"]
     assert [c for c in bench._select("conv", quick=False) if c.endswith("b16")] == [
         "conv64x56b16", "conv128x28b16", "conv256x14b16", "conv512x7b16"]
-    assert bench._select("threads", quick=True) == [
-        "threads_gemm2048", "threads_conv64x56", "threads_conv128x28", "threads_conv256x14",
-        "threads_conv512x7"]
+    assert bench._select("threads", quick=True) == ["threads_gemm2048", "threads_conv256x14"]
+    assert len(bench._select("threads", quick=False)) == 9
     assert bench.threads_target("threads_gemm2048") == bench.threads_target("threads_conv64x56b16") == 1.85
     assert bench.threads_target("threads_conv64x56") == 1.0
     with pytest.raises(ValueError, match="peers"):
@@ -275,13 +275,15 @@ def test_missing_openvino_says_not_installed(monkeypatch):
 
 
 def test_threads_rows_and_table():
-    rows = bench.run("threads_conv512x7", quick=True, threads=(1,), repeats=2)
+    rows = bench.run("threads_conv256x14", quick=True, threads=(1,), repeats=2)
     (r,) = rows
     assert r["group"] == "threads" and r["threads"] == 2 and r["baseline"] == "bnnlab 1 thread"
     assert r["correct"] and r["torch"] > 0 and r["bnnlab"] > 0 and r["torch_2v1"] > 0
+    if bench.peaks()["supported"]:
+        assert r["peak_2v1"] > 0 and "ceiling" in bench.format_threads_markdown(rows)
     table = bench.format_threads_markdown(rows)
-    assert table.splitlines()[2].startswith("| conv512x7 |") and "≥ 1.00×" in table
-    assert "threads_conv512x7" not in bench.format_markdown(rows).split("\n\n")[0]
+    assert table.splitlines()[2].startswith("| conv256x14 |") and "≥ 1.00×" in table
+    assert "threads_conv256x14" not in bench.format_markdown(rows).split("\n\n")[0]
 
 
 # ----------------------------------------------------------------------------- no typed numbers
@@ -308,7 +310,7 @@ def test_readme_has_no_typed_speed_figure_outside_the_block():
     i, j = text.index(bench.README_BEGIN), text.index(bench.README_END)
     outside = text[:i] + text[j:]
     speed = outside[outside.index("**Speed**"):outside.index("## On the laptops")]
-    assert not re.findall(r"\d+(?:\.\d+)?\s*(?:×|x faster|-fold)", speed)
+    assert not re.findall(r"\d+(?:\.\d+)?\s*(?:×(?!\s*\d)|x faster|-fold)", speed)   # not 3×3
 
 
 def test_update_readme_rewrites_only_the_block(tmp_path):
@@ -334,6 +336,9 @@ def test_update_readme_rewrites_only_the_block(tmp_path):
     assert bench.update_readme(readme, tmp_path / "b.json", check=True)
     with pytest.raises(ValueError, match="readme"):
         bench.update_readme(tmp_path / "b.json", tmp_path / "b.json")
+    assert bench.main(["--update-readme", str(readme), "--cases", "gemm512"]) == 2   # needs a JSON
+    assert bench.main(["--from-json", str(tmp_path / "b.json"), "--update-readme", str(readme)]) == 0
+    assert bench.main(["--from-json", str(tmp_path / "missing.json")]) == 2
 
 
 def test_report_types_no_speed_figure():
@@ -359,8 +364,27 @@ def test_report_speed_tables_and_caption_come_from_the_bench_json():
     for r in timed:
         assert f"{r['ratio']:.1f}$\\times$" in table
     if any(r["peers"] for r in timed):
-        assert "BinaryConvolution" in table and "torch int8" in table
+        assert "OpenVINO" in table and "torch int8" in table
     threads = FG.bench_threads_table(results)
     for r in doc["rows"]:
         if r["group"] == "threads":
             assert f"{r['ratio']:.2f}$\\times$" in threads
+
+
+def test_report_peer_macros_read_the_peer_entries():
+    from bnnlab import figures as FG
+
+    def row(case, group, **peers):
+        return {"case": case, "group": group, "threads": 1, "unit": "s", "correct": True,
+                "peers": {k: {"name": k, "time": 1.0, "ratio": v, "correct": True, "note": ""}
+                          for k, v in peers.items()}}
+    rows = [row("conv64x56", "conv", openvino=2.5, torch_int8=3.0),
+            row("conv512x7", "conv", openvino=4.0, torch_int8=0.8),
+            row("gemv1x4096", "gemv", torch_int8=12.0), row("gemm512", "gemm", torch_int8=2.0),
+            row("gemm2048", "gemm", torch_int8=1.5), row("gemm2048_prepacked", "gemm")]
+    m = FG._bench_peer_macros(rows)
+    assert (m["BenchOpenvinoMin"], m["BenchOpenvinoMax"]) == ("2.5", "4.0")
+    assert (m["BenchIntEightConvMin"], m["BenchIntEightConvMax"]) == ("0.8", "3.0")
+    assert m["BenchIntEightGemv"] == "12.0" and m["BenchIntEightGemm"] == "1.5"
+    assert m["BenchIntEightGemmCase"] == r"gemm2048" and m["BenchPeers"] == "measured"
+    assert FG._bench_peer_macros([row("conv64x56", "conv")]) == {}
