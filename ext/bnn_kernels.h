@@ -328,15 +328,25 @@ static void bnn_panel_chunk(void *ctx, int c, int n) {
     }
 }
 
+/* Fill panel (ceil(N / nr) * wlen * nr words) with the transposed groups of b. */
+static void bnn_fill_panel(const uint64_t *b, int64_t N, int64_t wlen, int nr, uint64_t *panel,
+                           int nt) {
+    const int64_t ngroups = (N + nr - 1) / nr;
+    bnn_panel_job pj = {b, panel, N, wlen, ngroups, nr};
+    nt = bnn_threads_for(nt, (double)N * (double)wlen, 262144.0);
+    bnn_run_chunks(bnn_panel_chunk, &pj, bnn_nchunks(nt, ngroups), nt);
+}
+
 static uint64_t *bnn_make_panel(const uint64_t *b, int64_t N, int64_t wlen, int nr, int nt) {
     const int64_t ngroups = (N + nr - 1) / nr;
     uint64_t *panel = (uint64_t *)bnn_alloc((size_t)ngroups * (size_t)wlen * (size_t)nr * 8u);
     if (!panel) return NULL;
-    bnn_panel_job pj = {b, panel, N, wlen, ngroups, nr};
-    nt = bnn_threads_for(nt, (double)N * (double)wlen, 262144.0);
-    bnn_run_chunks(bnn_panel_chunk, &pj, bnn_nchunks(nt, ngroups), nt);
+    bnn_fill_panel(b, N, wlen, nr, panel, nt);
     return panel;
 }
+
+/* Column width of the panel the given ISA level's kernels read. */
+static int bnn_panel_nr(int level) { return bnn_impls[level]->p_nr; }
 
 /* ------------------------------------------------------------------ epilogue setup */
 static void bnn_epi_init(bnn_epi *e, int mode, int64_t K, void *out, const float *alpha,
@@ -366,9 +376,23 @@ static void bnn_free_rows(bnn_job *job) {
  * per-column flags (BITS only).
  * I32/F32 out: M x N row-major; BITS out: M x ceil(N/64) words, zeroed by the caller.
  * Returns 0, or -1 if scratch memory could not be allocated. */
+static int bnn_gemm_ex(int level, const uint64_t *a, int64_t M, const uint64_t *b, int64_t N,
+                       int64_t nw, int64_t K, int mode, void *out, const float *alpha,
+                       const float *bias, const int64_t *lim, const uint64_t *flipw,
+                       const uint64_t *panel_in, int nt);
+
 static int bnn_gemm(int level, const uint64_t *a, int64_t M, const uint64_t *b, int64_t N,
                     int64_t nw, int64_t K, int mode, void *out, const float *alpha,
                     const float *bias, const int64_t *lim, const uint64_t *flipw, int nt) {
+    return bnn_gemm_ex(level, a, M, b, N, nw, K, mode, out, alpha, bias, lim, flipw, NULL, nt);
+}
+
+/* bnn_gemm with an optional pre-built panel of b (bnn_fill_panel with this level's
+ * bnn_panel_nr), used instead of a transient one when M > 8. */
+static int bnn_gemm_ex(int level, const uint64_t *a, int64_t M, const uint64_t *b, int64_t N,
+                       int64_t nw, int64_t K, int mode, void *out, const float *alpha,
+                       const float *bias, const int64_t *lim, const uint64_t *flipw,
+                       const uint64_t *panel_in, int nt) {
     const bnn_impl *im = bnn_impls[level];
     bnn_job job;
     job.rowptr = NULL; job.rowoff = NULL;
@@ -386,10 +410,10 @@ static int bnn_gemm(int level, const uint64_t *a, int64_t M, const uint64_t *b, 
         return 0;
     }
     nt = bnn_threads_for(nt, work, 131072.0);
-    uint64_t *panel = bnn_make_panel(b, N, nw, im->p_nr, nt);
-    if (!panel) return -1;
+    uint64_t *panel = panel_in ? NULL : bnn_make_panel(b, N, nw, im->p_nr, nt);
+    if (!panel_in && !panel) return -1;
     if (bnn_alloc_rows(&job, M)) { bnn_free(panel); return -1; }
-    job.panel = panel;
+    job.panel = panel_in ? panel_in : panel;
     bnn_run_job(im->panel, &job, nt, (M + im->p_mr - 1) / im->p_mr);
     bnn_free_rows(&job);
     bnn_free(panel);
@@ -408,7 +432,8 @@ static int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64
                        int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode,
                        int nhwc, void *out, const float *alpha, const float *bias,
                        const int64_t *lim, const uint64_t *flipw, const float *a2,
-                       const float *b2, const float *res, int fma2, int nt);
+                       const float *b2, const float *res, int fma2, const uint64_t *panel_in,
+                       int nt);
 
 static int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
                     const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
@@ -416,17 +441,19 @@ static int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t 
                     void *out, const float *alpha, const float *bias, const int64_t *lim,
                     const uint64_t *flipw, int nt) {
     return bnn_conv_ex(level, x, N, H, W, C, w, O, kh, kw, sy, sx, py, px, pad_neg, OH, OW, mode,
-                       nhwc, out, alpha, bias, lim, flipw, NULL, NULL, NULL, 0, nt);
+                       nhwc, out, alpha, bias, lim, flipw, NULL, NULL, NULL, 0, NULL, nt);
 }
 
 /* bnn_conv with the F32 post-op of bnn_epi (a2, b2, fma2; res: out's shape and layout, or
- * NULL for none). */
+ * NULL for none) and an optional pre-built weight panel (bnn_fill_panel of w, O rows of
+ * kh * kw * CW words, with this level's bnn_panel_nr; NULL: a transient one). */
 static int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
                        const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
                        int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode,
                        int nhwc, void *out, const float *alpha, const float *bias,
                        const int64_t *lim, const uint64_t *flipw, const float *a2,
-                       const float *b2, const float *res, int fma2, int nt) {
+                       const float *b2, const float *res, int fma2, const uint64_t *panel_in,
+                       int nt) {
     const bnn_impl *im = bnn_impls[level];
     const int64_t CW = (C + 63) / 64, Hp = H + 2 * py, Wp = W + 2 * px;
     const int64_t P = OH * OW, M = N * P, wlen = kh * kw * CW;
@@ -462,14 +489,14 @@ static int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64
     }
     const double work = (double)M * (double)O * (double)wlen;
     nt = bnn_threads_for(nt, work, 131072.0);
-    uint64_t *panel = bnn_make_panel(w, O, wlen, im->p_nr, nt);
-    if (!panel) { bnn_free(xpad); return -1; }
+    uint64_t *panel = panel_in ? NULL : bnn_make_panel(w, O, wlen, im->p_nr, nt);
+    if (!panel_in && !panel) { bnn_free(xpad); return -1; }
     bnn_job job;
     if (bnn_alloc_rows(&job, M)) { bnn_free(panel); bnn_free(xpad); return -1; }
     job.rows.base = xp; job.rows.M = M; job.rows.nseg = kh; job.rows.seg_stride = Wp * CW;
     job.rows.L = kw * CW; job.rows.P = P; job.rows.OW = OW;
     job.rows.img_stride = Hp * Wp * CW; job.rows.row_stride = sy * Wp * CW; job.rows.col_stride = sx * CW;
-    job.b = NULL; job.panel = panel; job.N = O;
+    job.b = NULL; job.panel = panel_in ? panel_in : panel; job.N = O;
     bnn_epi_init(&job.epi, mode, C * kh * kw, out, alpha, bias, lim, flipw);
     if (mode == BNN_EPI_F32 && res) {
         job.epi.a2 = a2; job.epi.b2 = b2; job.epi.res = res; job.epi.fma2 = fma2;
@@ -498,13 +525,14 @@ static int bnn_conv_pool(int level, const uint64_t *x, int64_t N, int64_t H, int
                          int64_t sx, int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW,
                          const int64_t *lim, const uint64_t *flipw, int64_t qh, int64_t qw,
                          int64_t qsh, int64_t qsw, int64_t qph, int64_t qpw, int64_t PH, int64_t PW,
-                         const uint64_t *orw, uint64_t *out, int nt) {
+                         const uint64_t *orw, const uint64_t *panel_in, uint64_t *out, int nt) {
     const size_t words = (size_t)N * (size_t)OH * (size_t)OW * (size_t)((O + 63) / 64);
     uint64_t *tmp = (uint64_t *)bnn_alloc(words * 8u);
     if (!tmp) return -1;
     memset(tmp, 0, words * 8u);
-    int rc = bnn_conv(level, x, N, H, W, C, w, O, kh, kw, sy, sx, py, px, pad_neg, OH, OW,
-                      BNN_EPI_BITS, 0, tmp, NULL, NULL, lim, flipw, nt);
+    int rc = bnn_conv_ex(level, x, N, H, W, C, w, O, kh, kw, sy, sx, py, px, pad_neg, OH, OW,
+                         BNN_EPI_BITS, 0, tmp, NULL, NULL, lim, flipw, NULL, NULL, NULL, 0,
+                         panel_in, nt);
     if (!rc) bnn_maxpool_bits(tmp, N, OH, OW, O, qh, qw, qsh, qsw, qph, qpw, PH, PW, orw, out, nt);
     bnn_free(tmp);
     return rc;
