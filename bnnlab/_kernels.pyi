@@ -80,7 +80,8 @@ def conv_affine_res(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: 
                     pad_neg: bool, alpha: np.ndarray, bias: np.ndarray, a2: np.ndarray,
                     b2: np.ndarray, fma2: bool, res: np.ndarray, out: np.ndarray, nhwc: bool,
                     nt: int, panel: np.ndarray | None = ...,
-                    panel_nr: int = ...) -> None: ...
+                    panel_nr: int = ...,
+                    bits: np.ndarray | None = ...) -> bool: ...
 # out float32[:, ::1] (O, L) = [post](float(d[i]) * alpha[o] + bias[o]); d const int32[::1] (L,)
 def affine_values(d: np.ndarray, alpha: np.ndarray, bias: np.ndarray, a2: np.ndarray,
                   b2: np.ndarray, post: bool, fma2: bool, out: np.ndarray) -> None: ...

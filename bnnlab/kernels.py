@@ -1529,11 +1529,15 @@ class Conv2dPlan:
             raise ValueError(f"residual has shape {arr.shape}, the conv output is {shape}")
         return arr
 
-    def __call__(self, x: Any, *, residual: Any = None, n_threads: int | None = None) -> Any:
+    def __call__(self, x: Any, *, residual: Any = None, emit_bits: bool = False,
+                 n_threads: int | None = None) -> Any:
         """Run the conv on ``x``: :class:`PackedActivations` ``(N, C, H, W)``, or a real
         ``(N, C, H, W)`` array / CPU tensor (packed by sign first, as :func:`pack_nhwc`).
         ``residual`` (affine epilogue only): float32 array / tensor of the output's shape
         and layout, added last: ``out = post(alpha * d + bias) + residual``.
+        ``emit_bits`` (with ``residual``, NCHW): also return the output's signs packed, in the
+        same pass: ``(out, pack_nhwc(out))`` (ValueError if ``out`` holds NaN or inf, as
+        :func:`pack_nhwc`).
 
         Returns:
             int32 / float32 ``np.ndarray`` (NCHW or NHWC), or :class:`PackedActivations`
@@ -1553,15 +1557,23 @@ class Conv2dPlan:
                              f"in_channels={self.weights.in_channels}")
         shape = self._out_shape(x)
         w, (sy, sx), (py, px), neg = self.weights, self.stride, self.padding, self._neg
+        if emit_bits and (residual is None or self._nhwc):
+            raise ValueError("emit_bits needs a residual and the NCHW layout")
         if residual is not None or self.post is not None:
             res = np.zeros(shape, np.float32) if residual is None else self._residual(residual, shape)
             aff, pa = self.affine, self._post_id
             out = np.empty(shape, np.float32)
             panel, nr = _panel_for(self, w.words.reshape(w.out_channels, -1))
-            _kernels.conv_affine_res(x.words, x.channels, w.words, sy, sx, py, px, neg == 1,
-                                     aff.scale, aff.offset, pa.scale, pa.offset,  # type: ignore[union-attr]
-                                     self.post_fma, res, out, self._nhwc, nt, panel, nr)
-            return out
+            bits = np.zeros((shape[0], shape[2], shape[3], n_words(shape[1])), np.uint64) \
+                if emit_bits else None
+            bad = _kernels.conv_affine_res(x.words, x.channels, w.words, sy, sx, py, px, neg == 1,
+                                           aff.scale, aff.offset, pa.scale, pa.offset,  # type: ignore[union-attr]
+                                           self.post_fma, res, out, self._nhwc, nt, panel, nr, bits)
+            if bits is None:
+                return out
+            if bad:
+                raise _nonfinite_error("the conv output")
+            return out, PackedActivations.trusted(bits, shape[1])
         if neg == _ZERO_PAD:                                # the corrected (numpy) path
             if self.epilogue == "threshold":
                 return conv2d_threshold(x, w, self.thresholds, None, self.stride, self.padding,

@@ -71,8 +71,8 @@ cdef extern from "bnn_kernels.h" nogil:
                     int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode,
                     int nhwc, void *out, const float *alpha, const float *bias,
                     const int64_t *lim, const uint64_t *flipw, const float *a2,
-                    const float *b2, const float *res, int fma2, const uint64_t *panel_in,
-                    int nt)
+                    const float *b2, const float *res, int fma2, uint64_t *bits_out,
+                    int *bad, const uint64_t *panel_in, int nt)
     void bnn_affine_values(const int32_t *d, int64_t L, int64_t O, const float *alpha,
                            const float *bias, const float *a2, const float *b2, int fma2,
                            float *out)
@@ -487,7 +487,7 @@ def conv(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, :, ::1]
         rc = bnn_conv_ex(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
                       &w[0, 0, 0, 0], w.shape[0], w.shape[1], w.shape[2], sy, sx, py, px,
                       pad_neg, oh, ow, BNN_EPI_I32, nhwc, &out[0, 0, 0, 0],
-                      NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, pp, nt)
+                      NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL, pp, nt)
     if rc:
         raise MemoryError("conv: could not allocate scratch memory")
 
@@ -513,7 +513,7 @@ def conv_affine(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, 
         rc = bnn_conv_ex(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
                       &w[0, 0, 0, 0], w.shape[0], w.shape[1], w.shape[2], sy, sx, py, px,
                       pad_neg, oh, ow, BNN_EPI_F32, nhwc, &out[0, 0, 0, 0],
-                      &alpha[0], &bias[0], NULL, NULL, NULL, NULL, NULL, 0, pp, nt)
+                      &alpha[0], &bias[0], NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL, pp, nt)
     if rc:
         raise MemoryError("conv_affine: could not allocate scratch memory")
 
@@ -523,9 +523,12 @@ def conv_affine_res(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:,
                     const float[::1] alpha, const float[::1] bias, const float[::1] a2,
                     const float[::1] b2, bint fma2, const float[:, :, :, ::1] res,
                     float[:, :, :, ::1] out, bint nhwc, int nt,
-                    const uint64_t[::1] panel=None, int panel_nr=0):
+                    const uint64_t[::1] panel=None, int panel_nr=0,
+                    uint64_t[:, :, :, ::1] bits=None):
     """conv_affine followed by out = post(out) + res (post: a2, b2, fma2 per channel; res
-    with out's shape, not aliasing out)."""
+    with out's shape, not aliasing out).  With bits (N, OH, OW, ceil(O / 64)), zeroed: also
+    the signs of out, packed (bit 1 = out < 0).  Returns True if out holds NaN or inf
+    (checked only with bits)."""
     cdef int64_t oh, ow
     _check_conv(x, c, w, sy, sx, py, px, nt, &oh, &ow)
     if out.shape[0] != x.shape[0] or out.shape[1 if not nhwc else 3] != w.shape[0] or \
@@ -535,6 +538,13 @@ def conv_affine_res(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:,
             res.shape[0] != out.shape[0] or res.shape[1] != out.shape[1] or \
             res.shape[2] != out.shape[2] or res.shape[3] != out.shape[3]:
         raise ValueError("conv_affine_res: inconsistent shapes")
+    cdef int bad = 0
+    cdef uint64_t *bp = NULL
+    if bits is not None:
+        if bits.shape[0] != x.shape[0] or bits.shape[1] != oh or bits.shape[2] != ow or \
+                bits.shape[3] != (w.shape[0] + 63) // 64:
+            raise ValueError("conv_affine_res: bits has the wrong shape")
+        bp = &bits[0, 0, 0, 0]
     cdef int rc, lvl = bnn_level()
     cdef const uint64_t *pp = NULL
     if panel is not None:
@@ -545,9 +555,10 @@ def conv_affine_res(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:,
                          &w[0, 0, 0, 0], w.shape[0], w.shape[1], w.shape[2], sy, sx, py, px,
                          pad_neg, oh, ow, BNN_EPI_F32, nhwc, &out[0, 0, 0, 0],
                          &alpha[0], &bias[0], NULL, NULL, &a2[0], &b2[0], &res[0, 0, 0, 0],
-                         fma2, pp, nt)
+                         fma2, bp, &bad, pp, nt)
     if rc:
         raise MemoryError("conv_affine_res: could not allocate scratch memory")
+    return bad != 0
 
 
 def affine_values(const int32_t[::1] d, const float[::1] alpha, const float[::1] bias,
@@ -587,7 +598,7 @@ def conv_threshold_pack(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_
         rc = bnn_conv_ex(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
                       &w[0, 0, 0, 0], w.shape[0], w.shape[1], w.shape[2], sy, sx, py, px,
                       pad_neg, oh, ow, BNN_EPI_BITS, 0, &out[0, 0, 0, 0],
-                      NULL, NULL, &lim[0], &flipw[0], NULL, NULL, NULL, 0, pp, nt)
+                      NULL, NULL, &lim[0], &flipw[0], NULL, NULL, NULL, 0, NULL, NULL, pp, nt)
     if rc:
         raise MemoryError("conv_threshold_pack: could not allocate scratch memory")
 

@@ -94,6 +94,12 @@ typedef struct {
      * Reproduces "conv -> BatchNorm -> + shortcut" in the order torch runs it. */
     const float *a2, *b2, *res;
     int fma2;
+    /* F32 with res: also the signs of the outputs as packed NHWC bits (bit 1 = v < 0),
+     * bw = ceil(columns / 64) words per output pixel, zeroed by the caller; *bad = 1 when
+     * an output is NaN or inf (the bits would hide it). */
+    uint64_t *bits;
+    int64_t bw;
+    int *bad;
 } bnn_epi;
 
 BNN_INLINE float bnn_post(const bnn_epi *e, float v, int64_t j, int64_t at) {

@@ -246,6 +246,22 @@ BNN_INLINE BNN_ATTR void FN(epilogue)(const int EPI_MR, const bnn_epi *e, const 
             }
         }
     }
+    if (e->bits) {   /* signs of the finished outputs, as the next layer's packed input */
+        const float *o = (const float *)e->out;
+        for (int i = 0; i < mr; i++) {
+            const int64_t img = off[i] / e->rs_outer, q = (off[i] - img * e->rs_outer) / e->rs_inner;
+            const int64_t base = off[i] + j0 * cs;
+            uint64_t bits = 0;
+            int bad = 0;
+            for (int j = 0; j < nr; j++) {
+                const float v = o[base + (int64_t)j * cs];
+                bits |= (uint64_t)(v < 0.0f) << j;
+                bad |= !isfinite(v);
+            }
+            e->bits[(img * e->P + q) * e->bw + (j0 >> 6)] |= bits << (j0 & 63);
+            if (bad) *e->bad = 1;
+        }
+    }
 }
 
 /* ------------------------------------------------------------------ dot tile */

@@ -354,6 +354,7 @@ static void bnn_epi_init(bnn_epi *e, int mode, int64_t K, void *out, const float
     e->mode = mode; e->K = K; e->out = out;
     e->alpha = alpha; e->bias = bias; e->lim = lim; e->flipw = flipw;
     e->a2 = NULL; e->b2 = NULL; e->res = NULL; e->fma2 = 0;
+    e->bits = NULL; e->bw = 0; e->bad = NULL;
 }
 
 /* Row pointer / output offset lists of the panel path. */
@@ -432,8 +433,8 @@ static int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64
                        int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode,
                        int nhwc, void *out, const float *alpha, const float *bias,
                        const int64_t *lim, const uint64_t *flipw, const float *a2,
-                       const float *b2, const float *res, int fma2, const uint64_t *panel_in,
-                       int nt);
+                       const float *b2, const float *res, int fma2, uint64_t *bits_out,
+                       int *bad, const uint64_t *panel_in, int nt);
 
 static int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
                     const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
@@ -441,19 +442,21 @@ static int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t 
                     void *out, const float *alpha, const float *bias, const int64_t *lim,
                     const uint64_t *flipw, int nt) {
     return bnn_conv_ex(level, x, N, H, W, C, w, O, kh, kw, sy, sx, py, px, pad_neg, OH, OW, mode,
-                       nhwc, out, alpha, bias, lim, flipw, NULL, NULL, NULL, 0, NULL, nt);
+                       nhwc, out, alpha, bias, lim, flipw, NULL, NULL, NULL, 0, NULL, NULL, NULL,
+                       nt);
 }
 
 /* bnn_conv with the F32 post-op of bnn_epi (a2, b2, fma2; res: out's shape and layout, or
- * NULL for none) and an optional pre-built weight panel (bnn_fill_panel of w, O rows of
+ * NULL for none; with res, bits_out (N x OH x OW x ceil(O/64) words, zeroed) and bad also
+ * receive the outputs' signs and a non-finite flag) and an optional pre-built weight panel (bnn_fill_panel of w, O rows of
  * kh * kw * CW words, with this level's bnn_panel_nr; NULL: a transient one). */
 static int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
                        const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
                        int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode,
                        int nhwc, void *out, const float *alpha, const float *bias,
                        const int64_t *lim, const uint64_t *flipw, const float *a2,
-                       const float *b2, const float *res, int fma2, const uint64_t *panel_in,
-                       int nt) {
+                       const float *b2, const float *res, int fma2, uint64_t *bits_out,
+                       int *bad, const uint64_t *panel_in, int nt) {
     const bnn_impl *im = bnn_impls[level];
     const int64_t CW = (C + 63) / 64, Hp = H + 2 * py, Wp = W + 2 * px;
     const int64_t P = OH * OW, M = N * P, wlen = kh * kw * CW;
@@ -500,6 +503,7 @@ static int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64
     bnn_epi_init(&job.epi, mode, C * kh * kw, out, alpha, bias, lim, flipw);
     if (mode == BNN_EPI_F32 && res) {
         job.epi.a2 = a2; job.epi.b2 = b2; job.epi.res = res; job.epi.fma2 = fma2;
+        if (bits_out && bad) { job.epi.bits = bits_out; job.epi.bw = (O + 63) / 64; job.epi.bad = bad; }
     }
     job.epi.P = P;
     if (mode == BNN_EPI_BITS) {
@@ -532,7 +536,7 @@ static int bnn_conv_pool(int level, const uint64_t *x, int64_t N, int64_t H, int
     memset(tmp, 0, words * 8u);
     int rc = bnn_conv_ex(level, x, N, H, W, C, w, O, kh, kw, sy, sx, py, px, pad_neg, OH, OW,
                          BNN_EPI_BITS, 0, tmp, NULL, NULL, lim, flipw, NULL, NULL, NULL, 0,
-                         panel_in, nt);
+                         NULL, NULL, panel_in, nt);
     if (!rc) bnn_maxpool_bits(tmp, N, OH, OW, O, qh, qw, qsh, qsw, qph, qpw, PH, PW, orw, out, nt);
     bnn_free(tmp);
     return rc;

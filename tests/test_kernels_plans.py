@@ -234,6 +234,9 @@ def test_conv_plan_post_affine_and_residual(isa, eager_threads, fma):
         want = post + res
         for nt in (1, 2):
             np.testing.assert_array_equal(plan(bk.pack_nhwc(x), residual=res, n_threads=nt), want)
+            out, bits = plan(bk.pack_nhwc(x), residual=res, emit_bits=True, n_threads=nt)
+            np.testing.assert_array_equal(out, want)
+            _same(bits, bk.pack_nhwc(want))                  # the output's signs, same pass
         nhwc = bk.prepare_conv2d(w, **geo, alpha=alpha, bias=bias, post_scale=a, post_offset=b,
                                  post_fma=fma, layout="nhwc")
         res_l = np.ascontiguousarray(np.moveaxis(res, 1, -1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -132,3 +133,30 @@ def test_fused_unit_rejects_bad_inputs(bad):
         torch.ones(1, 4, 5, 5, dtype=torch.int64)
     with pytest.raises(TypeError, match="float32"):
         unit(x)
+
+
+def test_consecutive_units_are_chained_and_pass_packed_signs():
+    from bnnlab.packed.residual import PackedResidualChain
+
+    gen = torch.Generator().manual_seed(4)
+    net = models.tiny_bireal(in_channels=3, width=8, weight_quantizer="ste_sign")
+    _randomise_bn(net, gen)
+    x = _input(gen, 3, 3, 12, 12)
+    pk = packed.export(net, x)
+    chains = [m for m in pk.modules() if isinstance(m, PackedResidualChain)]
+    assert len(chains) == 1 and any("chained" in n for n in pk.notes)
+    units = list(chains[0].units)
+    assert len(units) == sum(isinstance(m, BiRealBlock) for m in net.modules())
+    with torch.no_grad():
+        assert torch.equal(pk(x), net(x))
+    # the emitted bits are exactly the next unit's own packing of the output
+    h = pk.body[1](pk.body[0](x))
+    y, bits = units[0]._run(h, None, True)
+    assert torch.equal(y, units[0](h))
+    np.testing.assert_array_equal(bits.words, units[1].conv._pack(y).words)
+    # a non-finite output raises as the unfused packing would
+    assert isinstance(units[0].shortcut, nn.Identity)
+    with pytest.raises(ValueError, match="conv output contains NaN or inf"):
+        units[0]._run(torch.full_like(h, float("inf")), units[0].conv._pack(h), True)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        chains[0](torch.full_like(h, float("nan")))
