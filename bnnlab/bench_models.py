@@ -20,6 +20,7 @@ layers, BatchNorm, shortcuts, activations, pooling, copies and Python dispatch.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -75,10 +76,12 @@ def build(case: str) -> dict:
 def _recorder(pk: nn.Module) -> tuple[list, list, Callable[[], None]]:
     """Instrument the packed layers of ``pk``: (kernel calls, packing calls, undo)."""
     from bnnlab.packed.layers import PackedSign, _PackedLayer
+    from bnnlab.packed.residual import PackedResidualConv
 
     kernel_calls: list[tuple[Any, Any]] = []
     pack_calls: list[tuple[Callable, Any]] = []
     patched: list[tuple[nn.Module, str]] = []
+    restore: list[tuple[nn.Module, Any]] = []
 
     def wrap_plan(m: nn.Module, attr: str, log: list) -> None:
         orig = getattr(m, attr)
@@ -93,6 +96,15 @@ def _recorder(pk: nn.Module) -> tuple[list, list, Callable[[], None]]:
         m.__dict__[attr] = make
         patched.append((m, attr))
 
+    def wrap_unit(m: nn.Module) -> None:
+        plan = m.__dict__["plan"]
+
+        def call(x: Any, **kw: Any) -> Any:
+            kernel_calls.append((functools.partial(plan, **kw), x))
+            return plan(x, **kw)
+        m.__dict__["plan"] = call
+        restore.append((m, plan))
+
     def wrap_pack(m: nn.Module) -> None:
         orig: Any = m._pack
 
@@ -104,6 +116,8 @@ def _recorder(pk: nn.Module) -> tuple[list, list, Callable[[], None]]:
         patched.append((m, "_pack"))
 
     for m in pk.modules():
+        if isinstance(m, PackedResidualConv):
+            wrap_unit(m)
         if isinstance(m, _PackedLayer):
             wrap_plan(m, "_kernel_plan", kernel_calls)
             wrap_pack(m)
@@ -113,6 +127,8 @@ def _recorder(pk: nn.Module) -> tuple[list, list, Callable[[], None]]:
     def undo() -> None:
         for m, attr in patched:
             m.__dict__.pop(attr, None)
+        for m, plan in restore:
+            m.__dict__["plan"] = plan
     return kernel_calls, pack_calls, undo
 
 
