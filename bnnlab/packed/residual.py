@@ -7,11 +7,12 @@ Part of :mod:`bnnlab.packed` (see its docstring for the rules and the format).
 .. math::
     y = \mathrm{BN}\bigl(\alpha \odot (W_b \star \operatorname{sign} x)\bigr) + s(x)
 
-as three torch ops after the binary conv (the affine epilogue, BatchNorm, the add). Here the
-conv's float epilogue does all of it on the integer dot products (:func:`bnnlab.kernels.
-prepare_conv2d` with ``post_scale`` / ``post_offset`` / ``post_fma`` and the call's
-``residual``), and only the shortcut :math:`s` (identity, or AvgPool → 1×1 conv → BN) stays
-a torch module.
+as three torch ops after the binary conv (the affine epilogue, BatchNorm, the add). Here one
+kernel call does all of it: the conv's float epilogue, then one contiguous pass in C for the
+BatchNorm and the add (and, inside a :class:`PackedResidualChain`, the next unit's sign
+packing) (:func:`bnnlab.kernels.prepare_conv2d` with ``post_scale`` / ``post_offset`` /
+``post_fma`` and the call's ``residual``); only the shortcut :math:`s` (identity, or AvgPool
+→ 1×1 conv → BN) stays a torch module.
 
 Exactness: the BatchNorm becomes ``v * a + b`` per channel with ``a``, ``b`` computed as
 torch's eval BatchNorm computes them; which rounding torch uses (one fused multiply-add or
@@ -113,7 +114,7 @@ class PackedResidualConv(nn.Module):
             if np.array_equal(plan.epilogue_values()[1], want):
                 unit = cls(conv, block.shortcut, plan)
                 return unit, (f"{name}: BiRealBlock fused (conv -> BatchNorm -> + shortcut in "
-                              f"the kernel epilogue, {'fma' if fma else 'two roundings'}; "
+                              f"one kernel call, {'fma' if fma else 'two roundings'}; "
                               "proved on every attainable dot product)")
         return None, "torch's BatchNorm arithmetic is not reproduced on every attainable value"
 
