@@ -49,35 +49,50 @@ def pack_nchw_affine_pool(x: np.ndarray, scale: np.ndarray, offset: np.ndarray, 
 def maxpool_bits(x: np.ndarray, c: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
                  orw: np.ndarray, out: np.ndarray, nt: int) -> None: ...
 
+# Weight panels (the transposed column groups the blocked kernels read), pre-built once:
+# every gemm*/conv* below takes an optional panel (const uint64[::1]) with the column width
+# panel_nr it was built for (must be panel_nr(level()), else ValueError).
+def panel_nr(lvl: int) -> int: ...
+def make_panel(b: np.ndarray, out: np.ndarray, nr: int, nt: int) -> None: ...  # b (N, wlen); out ceil(N/nr)*wlen*nr
+
 # a: const uint64[:, ::1] (M, w), b: const uint64[:, ::1] (N, w), w = ceil(k/64)
-def gemm(a: np.ndarray, b: np.ndarray, k: int, out: np.ndarray, nt: int) -> None: ...  # int32[:, ::1] (M, N)
+def gemm(a: np.ndarray, b: np.ndarray, k: int, out: np.ndarray, nt: int, panel: np.ndarray | None = ...,
+         panel_nr: int = ...) -> None: ...  # int32[:, ::1] (M, N)
 def gemm_affine(a: np.ndarray, b: np.ndarray, k: int, alpha: np.ndarray, bias: np.ndarray,
-                out: np.ndarray, nt: int) -> None: ...  # const float32[::1] (N,) x2, float32[:, ::1] (M, N)
+                out: np.ndarray, nt: int, panel: np.ndarray | None = ...,
+                panel_nr: int = ...) -> None: ...  # const float32[::1] (N,) x2, float32[:, ::1] (M, N)
 def gemm_threshold_pack(a: np.ndarray, b: np.ndarray, k: int, lim: np.ndarray, flipw: np.ndarray,
-                        out: np.ndarray, nt: int) -> None: ...  # const int64[::1] (N,), const uint64[::1]
+                        out: np.ndarray, nt: int, panel: np.ndarray | None = ...,
+                        panel_nr: int = ...) -> None: ...  # const int64[::1] (N,), const uint64[::1]
                                                                # (ceil(N/64),), uint64[:, ::1] zeroed
 
 # x: const uint64[:, :, :, ::1] (N, H, W, ceil(c/64)); w: const uint64[:, :, :, ::1] (O, kh, kw, ceil(c/64))
 def conv(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int, px: int, pad_neg: bool,
-         out: np.ndarray, nhwc: bool, nt: int) -> None: ...  # int32[:, :, :, ::1] NCHW or NHWC
+         out: np.ndarray, nhwc: bool, nt: int, panel: np.ndarray | None = ...,
+         panel_nr: int = ...) -> None: ...  # int32[:, :, :, ::1] NCHW or NHWC
 def conv_affine(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int, px: int,
                 pad_neg: bool, alpha: np.ndarray, bias: np.ndarray, out: np.ndarray, nhwc: bool,
-                nt: int) -> None: ...  # float32 out
+                nt: int, panel: np.ndarray | None = ...,
+                panel_nr: int = ...) -> None: ...  # float32 out
 # conv_affine then out = post(out) + res, post(v) = fmaf(v, a2, b2) if fma2 else v * a2 + b2
 # (per channel); res: const float32 with out's shape and layout.
 def conv_affine_res(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int, px: int,
                     pad_neg: bool, alpha: np.ndarray, bias: np.ndarray, a2: np.ndarray,
                     b2: np.ndarray, fma2: bool, res: np.ndarray, out: np.ndarray, nhwc: bool,
-                    nt: int) -> None: ...
+                    nt: int, panel: np.ndarray | None = ...,
+                    panel_nr: int = ...,
+                    bits: np.ndarray | None = ...) -> bool: ...
 # out float32[:, ::1] (O, L) = [post](float(d[i]) * alpha[o] + bias[o]); d const int32[::1] (L,)
 def affine_values(d: np.ndarray, alpha: np.ndarray, bias: np.ndarray, a2: np.ndarray,
                   b2: np.ndarray, post: bool, fma2: bool, out: np.ndarray) -> None: ...
 def conv_threshold_pack(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int, px: int,
                         pad_neg: bool, lim: np.ndarray, flipw: np.ndarray, out: np.ndarray,
-                        nt: int) -> None: ...  # uint64[:, :, :, ::1] (N, OH, OW, ceil(O/64)) zeroed
+                        nt: int, panel: np.ndarray | None = ...,
+                        panel_nr: int = ...) -> None: ...  # uint64[:, :, :, ::1] (N, OH, OW, ceil(O/64)) zeroed
 # conv_threshold_pack then maxpool_bits (pool geometry q*); out (N, PH, PW, ceil(O/64)), fully
 # written (no zeroing needed); orw: ceil(O/64) words
 def conv_threshold_pack_pool(x: np.ndarray, c: int, w: np.ndarray, sy: int, sx: int, py: int,
                              px: int, pad_neg: bool, lim: np.ndarray, flipw: np.ndarray, qh: int,
                              qw: int, qsh: int, qsw: int, qph: int, qpw: int, orw: np.ndarray,
-                             out: np.ndarray, nt: int) -> None: ...
+                             out: np.ndarray, nt: int, panel: np.ndarray | None = ...,
+                             panel_nr: int = ...) -> None: ...

@@ -20,6 +20,7 @@ layers, BatchNorm, shortcuts, activations, pooling, copies and Python dispatch.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -75,10 +76,12 @@ def build(case: str) -> dict:
 def _recorder(pk: nn.Module) -> tuple[list, list, Callable[[], None]]:
     """Instrument the packed layers of ``pk``: (kernel calls, packing calls, undo)."""
     from bnnlab.packed.layers import PackedSign, _PackedLayer
+    from bnnlab.packed.residual import PackedResidualConv
 
     kernel_calls: list[tuple[Any, Any]] = []
     pack_calls: list[tuple[Callable, Any]] = []
     patched: list[tuple[nn.Module, str]] = []
+    restore: list[tuple[nn.Module, Any]] = []
 
     def wrap_plan(m: nn.Module, attr: str, log: list) -> None:
         orig = getattr(m, attr)
@@ -93,6 +96,15 @@ def _recorder(pk: nn.Module) -> tuple[list, list, Callable[[], None]]:
         m.__dict__[attr] = make
         patched.append((m, attr))
 
+    def wrap_unit(m: nn.Module) -> None:
+        plan = m.__dict__["plan"]
+
+        def call(x: Any, **kw: Any) -> Any:
+            kernel_calls.append((functools.partial(plan, **kw), x))
+            return plan(x, **kw)
+        m.__dict__["plan"] = call
+        restore.append((m, plan))
+
     def wrap_pack(m: nn.Module) -> None:
         orig: Any = m._pack
 
@@ -104,6 +116,8 @@ def _recorder(pk: nn.Module) -> tuple[list, list, Callable[[], None]]:
         patched.append((m, "_pack"))
 
     for m in pk.modules():
+        if isinstance(m, PackedResidualConv):
+            wrap_unit(m)
         if isinstance(m, _PackedLayer):
             wrap_plan(m, "_kernel_plan", kernel_calls)
             wrap_pack(m)
@@ -113,6 +127,8 @@ def _recorder(pk: nn.Module) -> tuple[list, list, Callable[[], None]]:
     def undo() -> None:
         for m, attr in patched:
             m.__dict__.pop(attr, None)
+        for m, plan in restore:
+            m.__dict__["plan"] = plan
     return kernel_calls, pack_calls, undo
 
 
@@ -190,3 +206,87 @@ def table(rows_: Sequence[dict]) -> str:
                      f"{br['binary_kernels'] / t:.0%} | {br['packing'] / t:.0%} | "
                      f"{br['float_share']:.0%} |")
     return "\n".join(lines)
+
+
+def fusion_rows(case: str, *, repeats: int = 15, clock: str = "cpu") -> list[dict]:
+    """Batch 1 and 16 of ``case``: the float twin, the packed model exported with
+    ``fuse=False`` (module replacement only) and the default export, interleaved in one run
+    at 1 thread, with the breakdown of the default export.  ``clock="cpu"``: the calling
+    thread's CPU time (leaves out time other processes hold the core)."""
+    import time
+
+    from bnnlab import bench, kernels, packed
+
+    built = build(case)
+    bnn, twin, pk, xs = built["bnn"], built["twin"], built["packed"], built["x"]
+    plain = packed.export(bnn, xs[:4], fuse=False)
+    for m in (pk, plain):
+        m.check_against(bnn, xs)
+    cfg: dict[str, Any] = {"repeats": repeats, "warmup": 3, "min_time": 0.02, "budget": 60.0}
+    torch_threads, bnn_threads = torch.get_num_threads(), kernels.get_num_threads()
+    old_timer = bench._CLOCK["timer"]
+    torch.set_num_threads(1)
+    kernels.set_num_threads(1)
+    bench._CLOCK["timer"] = time.thread_time if clock == "cpu" else time.perf_counter
+    out = []
+    try:
+        for b in BATCHES:
+            x = xs[:b].contiguous()
+            kernels_only, packing_only = replay_calls(pk, x)
+
+            def call(m: nn.Module, x: torch.Tensor = x) -> Callable[[], object]:
+                def f() -> object:
+                    with torch.inference_mode():
+                        return m(x)
+                return f
+            t_twin, t_plain, t_pk, t_k, t_p = bench._interleaved(
+                [call(twin), call(plain), call(pk), kernels_only, packing_only], **cfg)
+            out.append({"case": case, "batch": b, "float_twin": t_twin, "packed_unfused": t_plain,
+                        "packed": t_pk, "binary_kernels": t_k, "packing": t_p,
+                        "float_glue": max(0.0, t_pk - t_k - t_p),
+                        "speedup": t_twin / t_pk, "speedup_unfused": t_twin / t_plain})
+    finally:
+        bench._CLOCK["timer"] = old_timer
+        torch.set_num_threads(torch_threads)
+        kernels.set_num_threads(None if bnn_threads == torch_threads else bnn_threads)
+    return out
+
+
+def fusion_table(rows_: Sequence[dict]) -> str:
+    """Markdown table of :func:`fusion_rows`."""
+    lines = ["| model | batch | float twin | packed, fuse=False | packed (fused) | speed-up "
+             "(unfused → fused) | binary kernels | packing | float glue |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows_:
+        t = r["packed"]
+        lines.append(f"| {r['case']} | {r['batch']} | {r['float_twin'] * 1e3:.2f} ms | "
+                     f"{r['packed_unfused'] * 1e3:.2f} ms | {t * 1e3:.2f} ms | "
+                     f"{r['speedup_unfused']:.1f}× → {r['speedup']:.1f}× | "
+                     f"{r['binary_kernels'] / t:.0%} | {r['packing'] / t:.0%} | "
+                     f"{r['float_glue'] / t:.0%} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bnnlab.bench_models [CASE ...]``: print :func:`fusion_table` (1 thread,
+    thread CPU time), with the CPU model and the load average."""
+    import os
+    import platform
+
+    from bnnlab import bench
+
+    cases = list(argv) if argv else list(CASES)
+    rows_ = [r for c in cases for r in fusion_rows(c)]
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(fusion_table(rows_))
+    print(f"\nCPU: {bench.cpu_info().get('model', platform.processor())}; 1 thread; medians of "
+          f"thread CPU time, interleaved; load average "
+          f"{'n/a' if load is None else ', '.join(f'{v:.2f}' for v in load)}; torch "
+          f"{torch.__version__}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

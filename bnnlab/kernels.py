@@ -1379,6 +1379,23 @@ def binary_conv2d(x: Any, w: Any, stride: IntPair = 1, padding: IntPair = 0, pad
 
 
 # ----------------------------------------------------------------------------- plans
+def _panel_for(plan: Any, rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """The weight panel (transposed column groups the blocked kernels read) of ``rows``
+    (weights as ``(N, wlen)`` words), built once per instruction-set level and kept on the
+    plan: (words, column width)."""
+    lvl = _kernels.level()
+    cached = plan._panel
+    if cached is None or cached[0] != lvl:
+        nr = _kernels.panel_nr(lvl)
+        n, wlen = rows.shape
+        words = np.empty(((n + nr - 1) // nr) * wlen * nr, np.uint64)
+        _kernels.make_panel(rows, words, nr, get_num_threads())
+        words.flags.writeable = False
+        cached = (lvl, words, nr)
+        plan._panel = cached
+    return cached[1], cached[2]
+
+
 def _frozen(a: np.ndarray) -> np.ndarray:
     a.flags.writeable = False
     return a
@@ -1433,7 +1450,7 @@ class Conv2dPlan:
 
     __slots__ = ("weights", "stride", "padding", "pad_value", "epilogue", "thresholds",
                  "affine", "post", "post_fma", "pool", "layout", "strict", "_neg", "_nhwc",
-                 "_shapes", "_post_id")
+                 "_shapes", "_post_id", "_panel")
 
     def __init__(self, weights: PackedConvWeights, stride: tuple[int, int], padding: tuple[int, int],
                  pad_value: float, epilogue: str, thresholds: Thresholds | None,
@@ -1442,6 +1459,7 @@ class Conv2dPlan:
         self.weights, self.stride, self.padding, self.pad_value = weights, stride, padding, pad_value
         self.epilogue, self.thresholds, self.affine, self.pool = epilogue, thresholds, affine, pool
         self.layout, self.strict, self.post, self.post_fma = layout, strict, post, post_fma
+        self._panel: tuple[int, np.ndarray, int] | None = None
         # the identity post-op for a residual without one: v * 1 + (-0.0) == v for every v
         self._post_id = post if post is not None else \
             Affine(_frozen(np.ones(weights.out_channels, np.float32)),
@@ -1511,11 +1529,15 @@ class Conv2dPlan:
             raise ValueError(f"residual has shape {arr.shape}, the conv output is {shape}")
         return arr
 
-    def __call__(self, x: Any, *, residual: Any = None, n_threads: int | None = None) -> Any:
+    def __call__(self, x: Any, *, residual: Any = None, emit_bits: bool = False,
+                 n_threads: int | None = None) -> Any:
         """Run the conv on ``x``: :class:`PackedActivations` ``(N, C, H, W)``, or a real
         ``(N, C, H, W)`` array / CPU tensor (packed by sign first, as :func:`pack_nhwc`).
         ``residual`` (affine epilogue only): float32 array / tensor of the output's shape
         and layout, added last: ``out = post(alpha * d + bias) + residual``.
+        ``emit_bits`` (with ``residual``, NCHW): also return the output's signs packed, in the
+        same pass: ``(out, pack_nhwc(out))`` (ValueError if ``out`` holds NaN or inf, as
+        :func:`pack_nhwc`).
 
         Returns:
             int32 / float32 ``np.ndarray`` (NCHW or NHWC), or :class:`PackedActivations`
@@ -1535,14 +1557,23 @@ class Conv2dPlan:
                              f"in_channels={self.weights.in_channels}")
         shape = self._out_shape(x)
         w, (sy, sx), (py, px), neg = self.weights, self.stride, self.padding, self._neg
+        if emit_bits and (residual is None or self._nhwc):
+            raise ValueError("emit_bits needs a residual and the NCHW layout")
         if residual is not None or self.post is not None:
             res = np.zeros(shape, np.float32) if residual is None else self._residual(residual, shape)
             aff, pa = self.affine, self._post_id
             out = np.empty(shape, np.float32)
-            _kernels.conv_affine_res(x.words, x.channels, w.words, sy, sx, py, px, neg == 1,
-                                     aff.scale, aff.offset, pa.scale, pa.offset,  # type: ignore[union-attr]
-                                     self.post_fma, res, out, self._nhwc, nt)
-            return out
+            panel, nr = _panel_for(self, w.words.reshape(w.out_channels, -1))
+            bits = np.zeros((shape[0], shape[2], shape[3], n_words(shape[1])), np.uint64) \
+                if emit_bits else None
+            bad = _kernels.conv_affine_res(x.words, x.channels, w.words, sy, sx, py, px, neg == 1,
+                                           aff.scale, aff.offset, pa.scale, pa.offset,  # type: ignore[union-attr]
+                                           self.post_fma, res, out, self._nhwc, nt, panel, nr, bits)
+            if bits is None:
+                return out
+            if bad:
+                raise _nonfinite_error("the conv output")
+            return out, PackedActivations.trusted(bits, shape[1])
         if neg == _ZERO_PAD:                                # the corrected (numpy) path
             if self.epilogue == "threshold":
                 return conv2d_threshold(x, w, self.thresholds, None, self.stride, self.padding,
@@ -1552,29 +1583,33 @@ class Conv2dPlan:
                                      layout=self.layout, n_threads=nt)
             return conv2d_packed(x, w, self.stride, self.padding, 0.0, layout=self.layout,
                                  n_threads=nt)
+        panel, nr = _panel_for(self, w.words.reshape(w.out_channels, -1))
         if self.epilogue == "threshold":
             th = self.thresholds
             pool = self.pool
             if pool is None:
                 out = np.zeros(shape, np.uint64)
                 _kernels.conv_threshold_pack(x.words, x.channels, w.words, sy, sx, py, px,
-                                             neg == 1, th.lim, th.flipw, out, nt)  # type: ignore[union-attr]
+                                             neg == 1, th.lim, th.flipw, out, nt,  # type: ignore[union-attr]
+                                             panel, nr)
             else:
                 out = np.empty(shape, np.uint64)
                 (qh, qw), (qsh, qsw), (qph, qpw) = pool.kernel_size, pool.stride, pool.padding
                 _kernels.conv_threshold_pack_pool(
                     x.words, x.channels, w.words, sy, sx, py, px, neg == 1,
                     th.lim, th.flipw, qh, qw, qsh, qsw, qph, qpw,  # type: ignore[union-attr]
-                    pool.or_words, out, nt)
+                    pool.or_words, out, nt, panel, nr)
             return PackedActivations.trusted(out, w.out_channels)
         if self.epilogue == "affine":
             aff = self.affine
             out = np.empty(shape, np.float32)
             _kernels.conv_affine(x.words, x.channels, w.words, sy, sx, py, px, neg == 1,
-                                 aff.scale, aff.offset, out, self._nhwc, nt)  # type: ignore[union-attr]
+                                 aff.scale, aff.offset, out, self._nhwc, nt,  # type: ignore[union-attr]
+                                 panel, nr)
             return out
         out = np.empty(shape, np.int32)
-        _kernels.conv(x.words, x.channels, w.words, sy, sx, py, px, neg == 1, out, self._nhwc, nt)
+        _kernels.conv(x.words, x.channels, w.words, sy, sx, py, px, neg == 1, out, self._nhwc, nt,
+                      panel, nr)
         return out
 
 
@@ -1684,12 +1719,13 @@ class MatmulPlan:
         must be ±1.
     """
 
-    __slots__ = ("weights", "epilogue", "thresholds", "affine", "strict")
+    __slots__ = ("weights", "epilogue", "thresholds", "affine", "strict", "_panel")
 
     def __init__(self, weights: PackedBits, epilogue: str, thresholds: Thresholds | None,
                  affine: Affine | None, strict: bool) -> None:
         self.weights, self.epilogue, self.thresholds, self.affine, self.strict = \
             weights, epilogue, thresholds, affine, strict
+        self._panel: tuple[int, np.ndarray, int] | None = None
 
     @property
     def in_features(self) -> int:
@@ -1723,18 +1759,22 @@ class MatmulPlan:
         if a.k != b.k:
             raise ValueError(f"a has k={a.k} columns but the plan's weights have k={b.k}")
         m = a.words.shape[0]
+        # the blocked path (more than 8 rows) reads a panel of the weights: kept on the plan
+        panel, nr = _panel_for(self, b.words) if m > 8 else (None, 0)
         if self.epilogue == "threshold":
             th = self.thresholds
             out = np.zeros((m, n_words(b.rows)), np.uint64)
-            _kernels.gemm_threshold_pack(a.words, b.words, a.k, th.lim, th.flipw, out, nt)  # type: ignore[union-attr]
+            _kernels.gemm_threshold_pack(a.words, b.words, a.k, th.lim, th.flipw, out, nt,  # type: ignore[union-attr]
+                                         panel, nr)
             return PackedBits.trusted(out, b.rows)
         if self.epilogue == "affine":
             aff = self.affine
             out = np.empty((m, b.rows), np.float32)
-            _kernels.gemm_affine(a.words, b.words, a.k, aff.scale, aff.offset, out, nt)  # type: ignore[union-attr]
+            _kernels.gemm_affine(a.words, b.words, a.k, aff.scale, aff.offset, out, nt,  # type: ignore[union-attr]
+                                 panel, nr)
             return out
         out = np.empty((m, b.rows), np.int32)
-        _kernels.gemm(a.words, b.words, a.k, out, nt)
+        _kernels.gemm(a.words, b.words, a.k, out, nt, panel, nr)
         return out
 
 

@@ -56,7 +56,13 @@ cdef extern from "bnn_kernels.h" nogil:
                       int64_t sx, int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW,
                       const int64_t *lim, const uint64_t *flipw, int64_t qh, int64_t qw,
                       int64_t qsh, int64_t qsw, int64_t qph, int64_t qpw, int64_t PH, int64_t PW,
-                      const uint64_t *orw, uint64_t *out, int nt)
+                      const uint64_t *orw, const uint64_t *panel_in, uint64_t *out, int nt)
+    int bnn_gemm_ex(int level, const uint64_t *a, int64_t M, const uint64_t *b, int64_t N,
+                    int64_t nw, int64_t K, int mode, void *out, const float *alpha,
+                    const float *bias, const int64_t *lim, const uint64_t *flipw,
+                    const uint64_t *panel_in, int nt)
+    int bnn_panel_nr(int level)
+    void bnn_fill_panel(const uint64_t *b, int64_t N, int64_t wlen, int nr, uint64_t *panel, int nt)
     int bnn_gemm(int level, const uint64_t *a, int64_t M, const uint64_t *b, int64_t N,
                  int64_t nw, int64_t K, int mode, void *out, const float *alpha,
                  const float *bias, const int64_t *lim, const uint64_t *flipw, int nt)
@@ -65,7 +71,8 @@ cdef extern from "bnn_kernels.h" nogil:
                     int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode,
                     int nhwc, void *out, const float *alpha, const float *bias,
                     const int64_t *lim, const uint64_t *flipw, const float *a2,
-                    const float *b2, const float *res, int fma2, int nt)
+                    const float *b2, const float *res, int fma2, uint64_t *bits_out,
+                    int *bad, const uint64_t *panel_in, int nt)
     void bnn_affine_values(const int32_t *d, int64_t L, int64_t O, const float *alpha,
                            const float *bias, const float *a2, const float *b2, int fma2,
                            float *out)
@@ -363,36 +370,71 @@ cdef int _check_gemm(const uint64_t[:, ::1] a, const uint64_t[:, ::1] b, int64_t
     return 0
 
 
-def gemm(const uint64_t[:, ::1] a, const uint64_t[:, ::1] b, int64_t k, int32_t[:, ::1] out, int nt):
+cdef int _check_panel(const uint64_t[::1] panel, int panel_nr, int lvl, int64_t n,
+                      int64_t wlen) except -1:
+    """A pre-built panel must be laid out for the level about to run (its column width)."""
+    cdef int nr = bnn_panel_nr(lvl)
+    if panel_nr != nr or panel.shape[0] != ((n + nr - 1) // nr) * wlen * nr:
+        raise ValueError("panel: built for another instruction-set level or shape")
+    return 0
+
+
+def panel_nr(int lvl):
+    """Column width of the weight panel that level lvl's kernels read."""
+    return bnn_panel_nr(lvl)
+
+
+def make_panel(const uint64_t[:, ::1] b, uint64_t[::1] out, int nr, int nt):
+    """out = the transposed panel of b (N rows of wlen words) for column width nr:
+    ceil(N / nr) * wlen * nr words, fully written."""
+    cdef int64_t n = b.shape[0], wlen = b.shape[1]
+    if nr < 1 or n < 1 or wlen < 1 or out.shape[0] != ((n + nr - 1) // nr) * wlen * nr:
+        raise ValueError("make_panel: inconsistent shapes")
+    with nogil:
+        bnn_fill_panel(&b[0, 0], n, wlen, nr, &out[0], nt)
+
+
+def gemm(const uint64_t[:, ::1] a, const uint64_t[:, ::1] b, int64_t k, int32_t[:, ::1] out, int nt,
+         const uint64_t[::1] panel=None, int panel_nr=0):
     """out[i, j] = k - 2 * popcount(a[i] XOR b[j]); out (a rows, b rows) int32."""
     _check_gemm(a, b, k, nt)
     if out.shape[0] != a.shape[0] or out.shape[1] != b.shape[0]:
         raise ValueError("gemm: out has the wrong shape")
     cdef int rc, lvl = bnn_level()
+    cdef const uint64_t *pp = NULL
+    if panel is not None:
+        _check_panel(panel, panel_nr, lvl, b.shape[0], b.shape[1])
+        pp = &panel[0]
     with nogil:
-        rc = bnn_gemm(lvl, &a[0, 0], a.shape[0], &b[0, 0], b.shape[0], a.shape[1], k,
-                      BNN_EPI_I32, &out[0, 0], NULL, NULL, NULL, NULL, nt)
+        rc = bnn_gemm_ex(lvl, &a[0, 0], a.shape[0], &b[0, 0], b.shape[0], a.shape[1], k,
+                         BNN_EPI_I32, &out[0, 0], NULL, NULL, NULL, NULL, pp, nt)
     if rc:
         raise MemoryError("gemm: could not allocate scratch memory")
 
 
 def gemm_affine(const uint64_t[:, ::1] a, const uint64_t[:, ::1] b, int64_t k,
-                const float[::1] alpha, const float[::1] bias, float[:, ::1] out, int nt):
+                const float[::1] alpha, const float[::1] bias, float[:, ::1] out, int nt,
+                const uint64_t[::1] panel=None, int panel_nr=0):
     """out[i, j] = float(dot) * alpha[j] + bias[j] (float32, two roundings)."""
     _check_gemm(a, b, k, nt)
     if (out.shape[0] != a.shape[0] or out.shape[1] != b.shape[0]
             or alpha.shape[0] != b.shape[0] or bias.shape[0] != b.shape[0]):
         raise ValueError("gemm_affine: inconsistent shapes")
     cdef int rc, lvl = bnn_level()
+    cdef const uint64_t *pp = NULL
+    if panel is not None:
+        _check_panel(panel, panel_nr, lvl, b.shape[0], b.shape[1])
+        pp = &panel[0]
     with nogil:
-        rc = bnn_gemm(lvl, &a[0, 0], a.shape[0], &b[0, 0], b.shape[0], a.shape[1], k,
-                      BNN_EPI_F32, &out[0, 0], &alpha[0], &bias[0], NULL, NULL, nt)
+        rc = bnn_gemm_ex(lvl, &a[0, 0], a.shape[0], &b[0, 0], b.shape[0], a.shape[1], k,
+                         BNN_EPI_F32, &out[0, 0], &alpha[0], &bias[0], NULL, NULL, pp, nt)
     if rc:
         raise MemoryError("gemm_affine: could not allocate scratch memory")
 
 
 def gemm_threshold_pack(const uint64_t[:, ::1] a, const uint64_t[:, ::1] b, int64_t k,
-                        const int64_t[::1] lim, const uint64_t[::1] flipw, uint64_t[:, ::1] out, int nt):
+                        const int64_t[::1] lim, const uint64_t[::1] flipw, uint64_t[:, ::1] out, int nt,
+                        const uint64_t[::1] panel=None, int panel_nr=0):
     """Bit j of out row i = (popcount(a[i] XOR b[j]) > lim[j]) XOR (bit j of flipw); out
     must be zeroed, shape (a rows, ceil(b rows / 64)); flipw: ceil(b rows / 64) words."""
     _check_gemm(a, b, k, nt)
@@ -400,9 +442,13 @@ def gemm_threshold_pack(const uint64_t[:, ::1] a, const uint64_t[:, ::1] b, int6
             or lim.shape[0] != b.shape[0] or flipw.shape[0] != (b.shape[0] + 63) // 64):
         raise ValueError("gemm_threshold_pack: inconsistent shapes")
     cdef int rc, lvl = bnn_level()
+    cdef const uint64_t *pp = NULL
+    if panel is not None:
+        _check_panel(panel, panel_nr, lvl, b.shape[0], b.shape[1])
+        pp = &panel[0]
     with nogil:
-        rc = bnn_gemm(lvl, &a[0, 0], a.shape[0], &b[0, 0], b.shape[0], a.shape[1], k,
-                      BNN_EPI_BITS, &out[0, 0], NULL, NULL, &lim[0], &flipw[0], nt)
+        rc = bnn_gemm_ex(lvl, &a[0, 0], a.shape[0], &b[0, 0], b.shape[0], a.shape[1], k,
+                         BNN_EPI_BITS, &out[0, 0], NULL, NULL, &lim[0], &flipw[0], pp, nt)
     if rc:
         raise MemoryError("gemm_threshold_pack: could not allocate scratch memory")
 
@@ -424,7 +470,8 @@ cdef int _check_conv(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:
 
 def conv(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, :, ::1] w,
          int64_t sy, int64_t sx, int64_t py, int64_t px, bint pad_neg,
-         int32_t[:, :, :, ::1] out, bint nhwc, int nt):
+         int32_t[:, :, :, ::1] out, bint nhwc, int nt, const uint64_t[::1] panel=None,
+         int panel_nr=0):
     """Binary conv2d, int32 out (N, O, OH, OW), or (N, OH, OW, O) when nhwc."""
     cdef int64_t oh, ow
     _check_conv(x, c, w, sy, sx, py, px, nt, &oh, &ow)
@@ -432,11 +479,15 @@ def conv(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, :, ::1]
             out.shape[2 if not nhwc else 1] != oh or out.shape[3 if not nhwc else 2] != ow:
         raise ValueError("conv: out has the wrong shape")
     cdef int rc, lvl = bnn_level()
+    cdef const uint64_t *pp = NULL
+    if panel is not None:
+        _check_panel(panel, panel_nr, lvl, w.shape[0], w.shape[1] * w.shape[2] * w.shape[3])
+        pp = &panel[0]
     with nogil:
-        rc = bnn_conv(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
+        rc = bnn_conv_ex(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
                       &w[0, 0, 0, 0], w.shape[0], w.shape[1], w.shape[2], sy, sx, py, px,
                       pad_neg, oh, ow, BNN_EPI_I32, nhwc, &out[0, 0, 0, 0],
-                      NULL, NULL, NULL, NULL, nt)
+                      NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL, pp, nt)
     if rc:
         raise MemoryError("conv: could not allocate scratch memory")
 
@@ -444,7 +495,8 @@ def conv(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, :, ::1]
 def conv_affine(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, :, ::1] w,
                 int64_t sy, int64_t sx, int64_t py, int64_t px, bint pad_neg,
                 const float[::1] alpha, const float[::1] bias,
-                float[:, :, :, ::1] out, bint nhwc, int nt):
+                float[:, :, :, ::1] out, bint nhwc, int nt, const uint64_t[::1] panel=None,
+                int panel_nr=0):
     """Binary conv2d with out = float(dot) * alpha[o] + bias[o] (float32)."""
     cdef int64_t oh, ow
     _check_conv(x, c, w, sy, sx, py, px, nt, &oh, &ow)
@@ -453,11 +505,15 @@ def conv_affine(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, 
             alpha.shape[0] != w.shape[0] or bias.shape[0] != w.shape[0]:
         raise ValueError("conv_affine: inconsistent shapes")
     cdef int rc, lvl = bnn_level()
+    cdef const uint64_t *pp = NULL
+    if panel is not None:
+        _check_panel(panel, panel_nr, lvl, w.shape[0], w.shape[1] * w.shape[2] * w.shape[3])
+        pp = &panel[0]
     with nogil:
-        rc = bnn_conv(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
+        rc = bnn_conv_ex(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
                       &w[0, 0, 0, 0], w.shape[0], w.shape[1], w.shape[2], sy, sx, py, px,
                       pad_neg, oh, ow, BNN_EPI_F32, nhwc, &out[0, 0, 0, 0],
-                      &alpha[0], &bias[0], NULL, NULL, nt)
+                      &alpha[0], &bias[0], NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL, pp, nt)
     if rc:
         raise MemoryError("conv_affine: could not allocate scratch memory")
 
@@ -466,9 +522,13 @@ def conv_affine_res(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:,
                     int64_t sy, int64_t sx, int64_t py, int64_t px, bint pad_neg,
                     const float[::1] alpha, const float[::1] bias, const float[::1] a2,
                     const float[::1] b2, bint fma2, const float[:, :, :, ::1] res,
-                    float[:, :, :, ::1] out, bint nhwc, int nt):
+                    float[:, :, :, ::1] out, bint nhwc, int nt,
+                    const uint64_t[::1] panel=None, int panel_nr=0,
+                    uint64_t[:, :, :, ::1] bits=None):
     """conv_affine followed by out = post(out) + res (post: a2, b2, fma2 per channel; res
-    with out's shape, not aliasing out)."""
+    with out's shape, not aliasing out).  With bits (N, OH, OW, ceil(O / 64)), zeroed: also
+    the signs of out, packed (bit 1 = out < 0).  Returns True if out holds NaN or inf
+    (checked only with bits)."""
     cdef int64_t oh, ow
     _check_conv(x, c, w, sy, sx, py, px, nt, &oh, &ow)
     if out.shape[0] != x.shape[0] or out.shape[1 if not nhwc else 3] != w.shape[0] or \
@@ -478,15 +538,27 @@ def conv_affine_res(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:,
             res.shape[0] != out.shape[0] or res.shape[1] != out.shape[1] or \
             res.shape[2] != out.shape[2] or res.shape[3] != out.shape[3]:
         raise ValueError("conv_affine_res: inconsistent shapes")
+    cdef int bad = 0
+    cdef uint64_t *bp = NULL
+    if bits is not None:
+        if bits.shape[0] != x.shape[0] or bits.shape[1] != oh or bits.shape[2] != ow or \
+                bits.shape[3] != (w.shape[0] + 63) // 64:
+            raise ValueError("conv_affine_res: bits has the wrong shape")
+        bp = &bits[0, 0, 0, 0]
     cdef int rc, lvl = bnn_level()
+    cdef const uint64_t *pp = NULL
+    if panel is not None:
+        _check_panel(panel, panel_nr, lvl, w.shape[0], w.shape[1] * w.shape[2] * w.shape[3])
+        pp = &panel[0]
     with nogil:
         rc = bnn_conv_ex(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
                          &w[0, 0, 0, 0], w.shape[0], w.shape[1], w.shape[2], sy, sx, py, px,
                          pad_neg, oh, ow, BNN_EPI_F32, nhwc, &out[0, 0, 0, 0],
                          &alpha[0], &bias[0], NULL, NULL, &a2[0], &b2[0], &res[0, 0, 0, 0],
-                         fma2, nt)
+                         fma2, bp, &bad, pp, nt)
     if rc:
         raise MemoryError("conv_affine_res: could not allocate scratch memory")
+    return bad != 0
 
 
 def affine_values(const int32_t[::1] d, const float[::1] alpha, const float[::1] bias,
@@ -506,7 +578,8 @@ def affine_values(const int32_t[::1] d, const float[::1] alpha, const float[::1]
 def conv_threshold_pack(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_t[:, :, :, ::1] w,
                         int64_t sy, int64_t sx, int64_t py, int64_t px, bint pad_neg,
                         const int64_t[::1] lim, const uint64_t[::1] flipw,
-                        uint64_t[:, :, :, ::1] out, int nt):
+                        uint64_t[:, :, :, ::1] out, int nt, const uint64_t[::1] panel=None,
+                        int panel_nr=0):
     """Binary conv2d whose output channel o becomes bit o of the next layer's packed NHWC
     input: bit = (mismatches > lim[o]) XOR (bit o of flipw).  out (N, OH, OW, ceil(O / 64)),
     zeroed; flipw: ceil(O / 64) words."""
@@ -517,11 +590,15 @@ def conv_threshold_pack(const uint64_t[:, :, :, ::1] x, int64_t c, const uint64_
             flipw.shape[0] != (w.shape[0] + 63) // 64:
         raise ValueError("conv_threshold_pack: inconsistent shapes")
     cdef int rc, lvl = bnn_level()
+    cdef const uint64_t *pp = NULL
+    if panel is not None:
+        _check_panel(panel, panel_nr, lvl, w.shape[0], w.shape[1] * w.shape[2] * w.shape[3])
+        pp = &panel[0]
     with nogil:
-        rc = bnn_conv(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
+        rc = bnn_conv_ex(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
                       &w[0, 0, 0, 0], w.shape[0], w.shape[1], w.shape[2], sy, sx, py, px,
                       pad_neg, oh, ow, BNN_EPI_BITS, 0, &out[0, 0, 0, 0],
-                      NULL, NULL, &lim[0], &flipw[0], nt)
+                      NULL, NULL, &lim[0], &flipw[0], NULL, NULL, NULL, 0, NULL, NULL, pp, nt)
     if rc:
         raise MemoryError("conv_threshold_pack: could not allocate scratch memory")
 
@@ -531,7 +608,8 @@ def conv_threshold_pack_pool(const uint64_t[:, :, :, ::1] x, int64_t c,
                              int64_t px, bint pad_neg, const int64_t[::1] lim,
                              const uint64_t[::1] flipw, int64_t qh, int64_t qw, int64_t qsh,
                              int64_t qsw, int64_t qph, int64_t qpw, const uint64_t[::1] orw,
-                             uint64_t[:, :, :, ::1] out, int nt):
+                             uint64_t[:, :, :, ::1] out, int nt,
+                             const uint64_t[::1] panel=None, int panel_nr=0):
     """conv_threshold_pack followed by maxpool_bits on its output (no Python in between).
     out (N, PH, PW, ceil(O / 64)), fully written; orw: ceil(O / 64) words."""
     cdef int64_t oh, ow, ph, pw, o = w.shape[0], ocw = (w.shape[0] + 63) // 64
@@ -542,10 +620,14 @@ def conv_threshold_pack_pool(const uint64_t[:, :, :, ::1] x, int64_t c,
     if out.shape[0] != x.shape[0] or out.shape[1] != ph or out.shape[2] != pw or out.shape[3] != ocw:
         raise ValueError("conv_threshold_pack_pool: out has the wrong shape")
     cdef int rc, lvl = bnn_level()
+    cdef const uint64_t *pp = NULL
+    if panel is not None:
+        _check_panel(panel, panel_nr, lvl, o, w.shape[1] * w.shape[2] * w.shape[3])
+        pp = &panel[0]
     with nogil:
         rc = bnn_conv_pool(lvl, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], c,
                            &w[0, 0, 0, 0], o, w.shape[1], w.shape[2], sy, sx, py, px, pad_neg,
                            oh, ow, &lim[0], &flipw[0], qh, qw, qsh, qsw, qph, qpw, ph, pw,
-                           &orw[0], &out[0, 0, 0, 0], nt)
+                           &orw[0], pp, &out[0, 0, 0, 0], nt)
     if rc:
         raise MemoryError("conv_threshold_pack_pool: could not allocate scratch memory")

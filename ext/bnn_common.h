@@ -89,17 +89,27 @@ typedef struct {
     const float *alpha, *bias;       /* F32: per column                              */
     const int64_t *lim;              /* BITS: per column                             */
     const uint64_t *flipw;           /* BITS: packed flags, bit j = flip of column j */
-    /* F32 post-op (res != NULL): v = post(v) + res[element], post(v) = fma2 ?
-     * fmaf(v, a2[j], b2[j]) : v * a2[j] + b2[j] (two roundings); res has out's layout.
-     * Reproduces "conv -> BatchNorm -> + shortcut" in the order torch runs it. */
-    const float *a2, *b2, *res;
-    int fma2;
 } bnn_epi;
 
-BNN_INLINE float bnn_post(const bnn_epi *e, float v, int64_t j, int64_t at) {
-    const float u = e->fma2 ? fmaf(v, e->a2[j], e->b2[j]) : v * e->a2[j] + e->b2[j];
-    return u + e->res[at];
+/* fmaf(x, y, z) (one rounding) without an FMA instruction or a libm call: x*y is exact in
+ * double; the double sum is made round-to-odd (TwoSum error, then the last bit set toward
+ * it), so the final rounding to float is correct (53 >= 24 + 2 bits). Needs
+ * -ffp-contract=off (the TwoSum must not be contracted). */
+BNN_INLINE float bnn_fmaf(float x, float y, float z) {
+    const double p = (double)x * (double)y, dz = (double)z;
+    double t = p + dz;
+    const double zz = t - p, err = (p - (t - zz)) + (dz - zz);
+    if (err != 0.0 && isfinite(t)) {
+        uint64_t u;
+        memcpy(&u, &t, 8);
+        if (!(u & 1)) {                       /* even: step to the odd neighbour toward err */
+            u += ((err > 0.0) == (t > 0.0)) ? 1 : (uint64_t)-1;
+            memcpy(&t, &u, 8);
+        }
+    }
+    return (float)t;
 }
+
 
 /* The "A" operand: M rows; row p is nseg segments of L words, segment s at
  * ptr(p) + s * seg_stride, with

@@ -235,6 +235,27 @@ static void test_conv(int lvl, int nt) {
                 }
 }
 
+/* bnn_fmaf (the software single-rounding fma of the residual post-op) == C99 fmaf, on
+ * random triples of every magnitude, exact cancellations and near-ties. */
+static void test_fmaf(void) {
+    uint64_t st = 0x9e3779b97f4a7c15ULL;
+    int bad = 0;
+    for (int i = 0; i < 2000000; i++) {
+        float v[3];
+        for (int q = 0; q < 3; q++) {
+            st ^= st << 13; st ^= st >> 7; st ^= st << 17;
+            uint32_t bits = (uint32_t)(st >> 11);
+            if (i % 4 == 1) bits = (bits & 0x807fffffu) | (((uint32_t)(110 + (st >> 60) * 2)) << 23);
+            memcpy(&v[q], &bits, 4);
+            if (!isfinite(v[q])) v[q] = 1.0f;
+        }
+        if (i % 4 == 2) v[2] = -(float)((double)v[0] * (double)v[1]);   /* near cancellation */
+        const float want = fmaf(v[0], v[1], v[2]), got = bnn_fmaf(v[0], v[1], v[2]);
+        if (memcmp(&want, &got, 4) != 0 && !(want != want && got != got)) bad++;
+    }
+    CHECK(bad == 0, "bnn_fmaf differs from fmaf on %d of 2000000 triples", bad);
+}
+
 int main(void) {
     const int det = bnn_detect_level();
     printf("bnn_ctest: levels available:");
@@ -247,6 +268,7 @@ int main(void) {
 #endif
            BNN_HAVE_POOL);
     bnn_grain_scale = 0.0;   /* use the requested thread count even on tiny problems */
+    test_fmaf();
     for (int lvl = 0; lvl <= det; lvl++) {
         for (int nt = 1; nt <= 2; nt++) {
             const int before = g_fail;

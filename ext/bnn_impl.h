@@ -206,8 +206,6 @@ BNN_INLINE BNN_ATTR void FN(epilogue)(const int EPI_MR, const bnn_epi *e, const 
             if (f32) {
                 float *r = (float *)e->out + off[i] + j0;
                 for (int j = 0; j < nr; j++) r[j] = (float)(int32_t)(K - 2 * (int64_t)c[j]) * al[j] + bi[j];
-                if (e->res)
-                    for (int j = 0; j < nr; j++) r[j] = bnn_post(e, r[j], j0 + j, off[i] + j0 + j);
             } else {
                 int32_t *r = (int32_t *)e->out + off[i] + j0;
                 for (int j = 0; j < nr; j++) r[j] = (int32_t)(K - 2 * (int64_t)c[j]);
@@ -226,8 +224,6 @@ BNN_INLINE BNN_ATTR void FN(epilogue)(const int EPI_MR, const bnn_epi *e, const 
             if (f32) {
                 float *r = (float *)e->out + base;
                 for (int i = 0; i < mr; i++) r[i] = (float)(int32_t)(K - 2 * (int64_t)c[(int64_t)i * ldc]) * al[j] + bi[j];
-                if (e->res)
-                    for (int i = 0; i < mr; i++) r[i] = bnn_post(e, r[i], j0 + j, base + i);
             } else {
                 int32_t *r = (int32_t *)e->out + base;
                 for (int i = 0; i < mr; i++) r[i] = (int32_t)(K - 2 * (int64_t)c[(int64_t)i * ldc]);
@@ -238,10 +234,7 @@ BNN_INLINE BNN_ATTR void FN(epilogue)(const int EPI_MR, const bnn_epi *e, const 
             const uint64_t *c = cnt + (int64_t)i * ldc;
             for (int j = 0; j < nr; j++) {
                 const int64_t d = K - 2 * (int64_t)c[j], at = off[i] + (j0 + j) * cs;
-                if (f32) {
-                    const float v = (float)(int32_t)d * al[j] + bi[j];
-                    ((float *)e->out)[at] = e->res ? bnn_post(e, v, j0 + j, at) : v;
-                }
+                if (f32) ((float *)e->out)[at] = (float)(int32_t)d * al[j] + bi[j];
                 else ((int32_t *)e->out)[at] = (int32_t)d;
             }
         }

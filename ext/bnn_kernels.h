@@ -328,22 +328,31 @@ static void bnn_panel_chunk(void *ctx, int c, int n) {
     }
 }
 
+/* Fill panel (ceil(N / nr) * wlen * nr words) with the transposed groups of b. */
+static void bnn_fill_panel(const uint64_t *b, int64_t N, int64_t wlen, int nr, uint64_t *panel,
+                           int nt) {
+    const int64_t ngroups = (N + nr - 1) / nr;
+    bnn_panel_job pj = {b, panel, N, wlen, ngroups, nr};
+    nt = bnn_threads_for(nt, (double)N * (double)wlen, 262144.0);
+    bnn_run_chunks(bnn_panel_chunk, &pj, bnn_nchunks(nt, ngroups), nt);
+}
+
 static uint64_t *bnn_make_panel(const uint64_t *b, int64_t N, int64_t wlen, int nr, int nt) {
     const int64_t ngroups = (N + nr - 1) / nr;
     uint64_t *panel = (uint64_t *)bnn_alloc((size_t)ngroups * (size_t)wlen * (size_t)nr * 8u);
     if (!panel) return NULL;
-    bnn_panel_job pj = {b, panel, N, wlen, ngroups, nr};
-    nt = bnn_threads_for(nt, (double)N * (double)wlen, 262144.0);
-    bnn_run_chunks(bnn_panel_chunk, &pj, bnn_nchunks(nt, ngroups), nt);
+    bnn_fill_panel(b, N, wlen, nr, panel, nt);
     return panel;
 }
+
+/* Column width of the panel the given ISA level's kernels read. */
+static int bnn_panel_nr(int level) { return bnn_impls[level]->p_nr; }
 
 /* ------------------------------------------------------------------ epilogue setup */
 static void bnn_epi_init(bnn_epi *e, int mode, int64_t K, void *out, const float *alpha,
                          const float *bias, const int64_t *lim, const uint64_t *flipw) {
     e->mode = mode; e->K = K; e->out = out;
     e->alpha = alpha; e->bias = bias; e->lim = lim; e->flipw = flipw;
-    e->a2 = NULL; e->b2 = NULL; e->res = NULL; e->fma2 = 0;
 }
 
 /* Row pointer / output offset lists of the panel path. */
@@ -366,9 +375,23 @@ static void bnn_free_rows(bnn_job *job) {
  * per-column flags (BITS only).
  * I32/F32 out: M x N row-major; BITS out: M x ceil(N/64) words, zeroed by the caller.
  * Returns 0, or -1 if scratch memory could not be allocated. */
+static int bnn_gemm_ex(int level, const uint64_t *a, int64_t M, const uint64_t *b, int64_t N,
+                       int64_t nw, int64_t K, int mode, void *out, const float *alpha,
+                       const float *bias, const int64_t *lim, const uint64_t *flipw,
+                       const uint64_t *panel_in, int nt);
+
 static int bnn_gemm(int level, const uint64_t *a, int64_t M, const uint64_t *b, int64_t N,
                     int64_t nw, int64_t K, int mode, void *out, const float *alpha,
                     const float *bias, const int64_t *lim, const uint64_t *flipw, int nt) {
+    return bnn_gemm_ex(level, a, M, b, N, nw, K, mode, out, alpha, bias, lim, flipw, NULL, nt);
+}
+
+/* bnn_gemm with an optional pre-built panel of b (bnn_fill_panel with this level's
+ * bnn_panel_nr), used instead of a transient one when M > 8. */
+static int bnn_gemm_ex(int level, const uint64_t *a, int64_t M, const uint64_t *b, int64_t N,
+                       int64_t nw, int64_t K, int mode, void *out, const float *alpha,
+                       const float *bias, const int64_t *lim, const uint64_t *flipw,
+                       const uint64_t *panel_in, int nt) {
     const bnn_impl *im = bnn_impls[level];
     bnn_job job;
     job.rowptr = NULL; job.rowoff = NULL;
@@ -386,10 +409,10 @@ static int bnn_gemm(int level, const uint64_t *a, int64_t M, const uint64_t *b, 
         return 0;
     }
     nt = bnn_threads_for(nt, work, 131072.0);
-    uint64_t *panel = bnn_make_panel(b, N, nw, im->p_nr, nt);
-    if (!panel) return -1;
+    uint64_t *panel = panel_in ? NULL : bnn_make_panel(b, N, nw, im->p_nr, nt);
+    if (!panel_in && !panel) return -1;
     if (bnn_alloc_rows(&job, M)) { bnn_free(panel); return -1; }
-    job.panel = panel;
+    job.panel = panel_in ? panel_in : panel;
     bnn_run_job(im->panel, &job, nt, (M + im->p_mr - 1) / im->p_mr);
     bnn_free_rows(&job);
     bnn_free(panel);
@@ -403,12 +426,103 @@ static int bnn_gemm(int level, const uint64_t *a, int64_t M, const uint64_t *b, 
  * pad_neg, -1 (bits set for the first C channels only).  K = C * kh * kw.
  * I32/F32 out: NCHW (nhwc = 0) or NHWC (nhwc = 1); BITS out: N x OH x OW x ceil(O/64)
  * words, zeroed by the caller.  Returns 0, or -1 on allocation failure. */
+/* ------------------------------------------------------------------ residual post-op */
+/* out = post(out) + res, element by element, post(v) = fma2 ? fmaf(v, a2_c, b2_c) :
+ * v * a2_c + b2_c (two roundings), channel c of out's layout (N x C x P, or N x P x C with
+ * nhwc): an eval BatchNorm and a shortcut add in the order torch runs them, in one
+ * contiguous pass over the conv output (res may not alias out).  The single-rounding form
+ * uses the FMA instruction where the CPU has it (AVX2 level and up), else bnn_fmaf: the
+ * same IEEE result either way. */
+typedef struct {
+    float *out; const float *res, *a2, *b2;
+    int64_t rows, c, p; int nhwc, fma2, hw;
+} bnn_post_job;
+
+#if BNN_X86 && !BNN_MSVC
+BNN_TARGET("avx2,fma") static void bnn_post_run_fma(float *o, const float *r, int64_t len, float a,
+                                                     float b) {
+    int64_t i = 0;
+    const __m256 av = _mm256_set1_ps(a), bv = _mm256_set1_ps(b);
+    for (; i + 8 <= len; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_fmadd_ps(_mm256_loadu_ps(o + i), av, bv),
+                                              _mm256_loadu_ps(r + i)));
+    for (; i < len; i++)
+        _mm_store_ss(o + i, _mm_add_ss(_mm_fmadd_ss(_mm_load_ss(o + i), _mm_set_ss(a), _mm_set_ss(b)),
+                                       _mm_load_ss(r + i)));
+}
+
+BNN_TARGET("avx2,fma") static void bnn_post_pix_fma(float *o, const float *r, int64_t c,
+                                                     const float *a, const float *b) {
+    int64_t j = 0;
+    for (; j + 8 <= c; j += 8)
+        _mm256_storeu_ps(o + j, _mm256_add_ps(_mm256_fmadd_ps(_mm256_loadu_ps(o + j),
+                                                              _mm256_loadu_ps(a + j),
+                                                              _mm256_loadu_ps(b + j)),
+                                              _mm256_loadu_ps(r + j)));
+    for (; j < c; j++)
+        _mm_store_ss(o + j, _mm_add_ss(_mm_fmadd_ss(_mm_load_ss(o + j), _mm_load_ss(a + j),
+                                                    _mm_load_ss(b + j)), _mm_load_ss(r + j)));
+}
+#endif
+
+static void bnn_post_chunk(void *ctx, int ci, int nc) {
+    const bnn_post_job *pj = (const bnn_post_job *)ctx;
+    const int64_t r0 = pj->rows * ci / nc, r1 = pj->rows * (ci + 1) / nc;
+    for (int64_t row = r0; row < r1; row++) {
+        if (!pj->nhwc) {                       /* row = (n, channel): p contiguous values */
+            const int64_t ch = row % pj->c;
+            float *o = pj->out + row * pj->p;
+            const float *r = pj->res + row * pj->p, a = pj->a2[ch], b = pj->b2[ch];
+#if BNN_X86 && !BNN_MSVC
+            if (pj->hw) { bnn_post_run_fma(o, r, pj->p, a, b); continue; }
+#endif
+            if (pj->fma2) for (int64_t i = 0; i < pj->p; i++) o[i] = bnn_fmaf(o[i], a, b) + r[i];
+            else for (int64_t i = 0; i < pj->p; i++) o[i] = o[i] * a + b + r[i];
+        } else {                               /* row = pixel: c contiguous channels */
+            float *o = pj->out + row * pj->c;
+            const float *r = pj->res + row * pj->c;
+#if BNN_X86 && !BNN_MSVC
+            if (pj->hw) { bnn_post_pix_fma(o, r, pj->c, pj->a2, pj->b2); continue; }
+#endif
+            if (pj->fma2) for (int64_t j = 0; j < pj->c; j++) o[j] = bnn_fmaf(o[j], pj->a2[j], pj->b2[j]) + r[j];
+            else for (int64_t j = 0; j < pj->c; j++) o[j] = o[j] * pj->a2[j] + pj->b2[j] + r[j];
+        }
+    }
+}
+
+static int bnn_have_fma(void) {
+#if BNN_X86 && !BNN_MSVC
+    static int cached = -1;
+    if (cached < 0) { __builtin_cpu_init(); cached = __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx2"); }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+static void bnn_post_add(int level, float *out, const float *res, int64_t N, int64_t C, int64_t P,
+                         int nhwc, const float *a2, const float *b2, int fma2, int nt) {
+    bnn_post_job pj;
+    pj.out = out; pj.res = res; pj.a2 = a2; pj.b2 = b2; pj.c = C; pj.p = P; pj.nhwc = nhwc;
+    pj.fma2 = fma2;
+    pj.hw = 0;
+#if BNN_X86 && !BNN_MSVC
+    pj.hw = fma2 && level >= BNN_LEVEL_AVX2 && bnn_have_fma();
+#else
+    (void)level;
+#endif
+    pj.rows = nhwc ? N * P : N * C;
+    nt = bnn_threads_for(nt, (double)N * (double)C * (double)P, 262144.0);
+    bnn_run_chunks(bnn_post_chunk, &pj, bnn_nchunks(nt, pj.rows), nt);
+}
+
 static int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
                        const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
                        int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode,
                        int nhwc, void *out, const float *alpha, const float *bias,
                        const int64_t *lim, const uint64_t *flipw, const float *a2,
-                       const float *b2, const float *res, int fma2, int nt);
+                       const float *b2, const float *res, int fma2, uint64_t *bits_out,
+                       int *bad, const uint64_t *panel_in, int nt);
 
 static int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
                     const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
@@ -416,17 +530,21 @@ static int bnn_conv(int level, const uint64_t *x, int64_t N, int64_t H, int64_t 
                     void *out, const float *alpha, const float *bias, const int64_t *lim,
                     const uint64_t *flipw, int nt) {
     return bnn_conv_ex(level, x, N, H, W, C, w, O, kh, kw, sy, sx, py, px, pad_neg, OH, OW, mode,
-                       nhwc, out, alpha, bias, lim, flipw, NULL, NULL, NULL, 0, nt);
+                       nhwc, out, alpha, bias, lim, flipw, NULL, NULL, NULL, 0, NULL, NULL, NULL,
+                       nt);
 }
 
 /* bnn_conv with the F32 post-op of bnn_epi (a2, b2, fma2; res: out's shape and layout, or
- * NULL for none). */
+ * NULL for none; with res, bits_out (N x OH x OW x ceil(O/64) words, zeroed) and bad also
+ * receive the outputs' signs and a non-finite flag) and an optional pre-built weight panel (bnn_fill_panel of w, O rows of
+ * kh * kw * CW words, with this level's bnn_panel_nr; NULL: a transient one). */
 static int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64_t W, int64_t C,
                        const uint64_t *w, int64_t O, int64_t kh, int64_t kw, int64_t sy, int64_t sx,
                        int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW, int mode,
                        int nhwc, void *out, const float *alpha, const float *bias,
                        const int64_t *lim, const uint64_t *flipw, const float *a2,
-                       const float *b2, const float *res, int fma2, int nt) {
+                       const float *b2, const float *res, int fma2, uint64_t *bits_out,
+                       int *bad, const uint64_t *panel_in, int nt) {
     const bnn_impl *im = bnn_impls[level];
     const int64_t CW = (C + 63) / 64, Hp = H + 2 * py, Wp = W + 2 * px;
     const int64_t P = OH * OW, M = N * P, wlen = kh * kw * CW;
@@ -462,18 +580,15 @@ static int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64
     }
     const double work = (double)M * (double)O * (double)wlen;
     nt = bnn_threads_for(nt, work, 131072.0);
-    uint64_t *panel = bnn_make_panel(w, O, wlen, im->p_nr, nt);
-    if (!panel) { bnn_free(xpad); return -1; }
+    uint64_t *panel = panel_in ? NULL : bnn_make_panel(w, O, wlen, im->p_nr, nt);
+    if (!panel_in && !panel) { bnn_free(xpad); return -1; }
     bnn_job job;
     if (bnn_alloc_rows(&job, M)) { bnn_free(panel); bnn_free(xpad); return -1; }
     job.rows.base = xp; job.rows.M = M; job.rows.nseg = kh; job.rows.seg_stride = Wp * CW;
     job.rows.L = kw * CW; job.rows.P = P; job.rows.OW = OW;
     job.rows.img_stride = Hp * Wp * CW; job.rows.row_stride = sy * Wp * CW; job.rows.col_stride = sx * CW;
-    job.b = NULL; job.panel = panel; job.N = O;
+    job.b = NULL; job.panel = panel_in ? panel_in : panel; job.N = O;
     bnn_epi_init(&job.epi, mode, C * kh * kw, out, alpha, bias, lim, flipw);
-    if (mode == BNN_EPI_F32 && res) {
-        job.epi.a2 = a2; job.epi.b2 = b2; job.epi.res = res; job.epi.fma2 = fma2;
-    }
     job.epi.P = P;
     if (mode == BNN_EPI_BITS) {
         const int64_t ow = (O + 63) / 64;
@@ -487,6 +602,11 @@ static int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64
     bnn_free_rows(&job);
     bnn_free(panel);
     bnn_free(xpad);
+    if (mode == BNN_EPI_F32 && res) {
+        bnn_post_add(level, (float *)out, res, N, O, P, nhwc, a2, b2, fma2, nt);
+        if (bits_out && bad && !nhwc)
+            *bad = bnn_pack_nchw(level, BNN_DT_F32, out, N, O, P, bits_out, nt);
+    }
     return 0;
 }
 
@@ -498,13 +618,14 @@ static int bnn_conv_pool(int level, const uint64_t *x, int64_t N, int64_t H, int
                          int64_t sx, int64_t py, int64_t px, int pad_neg, int64_t OH, int64_t OW,
                          const int64_t *lim, const uint64_t *flipw, int64_t qh, int64_t qw,
                          int64_t qsh, int64_t qsw, int64_t qph, int64_t qpw, int64_t PH, int64_t PW,
-                         const uint64_t *orw, uint64_t *out, int nt) {
+                         const uint64_t *orw, const uint64_t *panel_in, uint64_t *out, int nt) {
     const size_t words = (size_t)N * (size_t)OH * (size_t)OW * (size_t)((O + 63) / 64);
     uint64_t *tmp = (uint64_t *)bnn_alloc(words * 8u);
     if (!tmp) return -1;
     memset(tmp, 0, words * 8u);
-    int rc = bnn_conv(level, x, N, H, W, C, w, O, kh, kw, sy, sx, py, px, pad_neg, OH, OW,
-                      BNN_EPI_BITS, 0, tmp, NULL, NULL, lim, flipw, nt);
+    int rc = bnn_conv_ex(level, x, N, H, W, C, w, O, kh, kw, sy, sx, py, px, pad_neg, OH, OW,
+                         BNN_EPI_BITS, 0, tmp, NULL, NULL, lim, flipw, NULL, NULL, NULL, 0,
+                         NULL, NULL, panel_in, nt);
     if (!rc) bnn_maxpool_bits(tmp, N, OH, OW, O, qh, qw, qsh, qsw, qph, qpw, PH, PW, orw, out, nt);
     bnn_free(tmp);
     return rc;
@@ -519,7 +640,7 @@ static void bnn_affine_values(const int32_t *d, int64_t L, int64_t O, const floa
     for (int64_t o = 0; o < O; o++) {
         for (int64_t i = 0; i < L; i++) {
             float v = (float)d[i] * alpha[o] + bias[o];
-            if (a2) v = fma2 ? fmaf(v, a2[o], b2[o]) : v * a2[o] + b2[o];
+            if (a2) v = fma2 ? bnn_fmaf(v, a2[o], b2[o]) : v * a2[o] + b2[o];
             out[o * L + i] = v;
         }
     }

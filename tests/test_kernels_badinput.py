@@ -189,7 +189,16 @@ CASES = [
      "TypeError", "residual"),
     ("pc-res-zero-pad", "bk.prepare_conv2d(W3, padding=1, pad_value=0.0, alpha=1.0)(X3, "
      "residual=np.zeros((1, 2, 5, 5), np.float32))", "ValueError", "residual"),
+    ("pc-bits-no-res", "bk.prepare_conv2d(W3, alpha=1.0)(X3, emit_bits=True)", "ValueError", "emit_bits"),
+    ("pc-bits-nhwc", "bk.prepare_conv2d(W3, alpha=1.0, layout='nhwc')(X3, "
+     "residual=np.zeros((1, 3, 3, 2), np.float32), emit_bits=True)", "ValueError", "emit_bits"),
+    ("pc-bits-inf", "bk.prepare_conv2d(W3, alpha=1.0)(X3, residual=np.full((1, 2, 3, 3), np.inf, np.float32), "
+     "emit_bits=True)", "ValueError", "NaN or inf"),
     ("pc-values-int", "bk.prepare_conv2d(W3).epilogue_values()", "ValueError", "affine"),
+    ("panel-wrong-width", "_kernels.gemm(P70.words, P70.words, 70, np.empty((2, 2), np.int32), 1, "
+     "np.zeros(64, np.uint64), 3)", "ValueError", "panel"),
+    ("panel-wrong-size", "_kernels.conv(X3.words, 3, W3.words, 1, 1, 0, 0, False, np.empty((1, 2, 3, 3), np.int32), "
+     "False, 1, np.zeros(5, np.uint64), _kernels.panel_nr(_kernels.level()))", "ValueError", "panel"),
     ("pm-weights-3d", "bk.prepare_matmul(np.ones((2, 3, 3)))", "ValueError", "weights"),
     ("pm-weights-str", "bk.prepare_matmul('w')", "TypeError", "weights"),
     ("pm-weights-conv", "bk.prepare_matmul(W3)", "TypeError", "weights"),

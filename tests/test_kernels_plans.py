@@ -234,6 +234,9 @@ def test_conv_plan_post_affine_and_residual(isa, eager_threads, fma):
         want = post + res
         for nt in (1, 2):
             np.testing.assert_array_equal(plan(bk.pack_nhwc(x), residual=res, n_threads=nt), want)
+            out, bits = plan(bk.pack_nhwc(x), residual=res, emit_bits=True, n_threads=nt)
+            np.testing.assert_array_equal(out, want)
+            _same(bits, bk.pack_nhwc(want))                  # the output's signs, same pass
         nhwc = bk.prepare_conv2d(w, **geo, alpha=alpha, bias=bias, post_scale=a, post_offset=b,
                                  post_fma=fma, layout="nhwc")
         res_l = np.ascontiguousarray(np.moveaxis(res, 1, -1))
@@ -244,3 +247,20 @@ def test_conv_plan_post_affine_and_residual(isa, eager_threads, fma):
         np.testing.assert_array_equal(plain(x, residual=res), plain(x) + res)
         # a post-op alone: no residual added
         np.testing.assert_array_equal(plan(x), post)
+
+
+def test_plans_keep_their_weight_panel_per_instruction_set_level(eager_threads):
+    """A plan keeps the transposed weight panel of the blocked kernels and rebuilds it when
+    the instruction-set level (hence the panel's column width) changes."""
+    rng = np.random.default_rng(500)
+    x, w = _real(rng, (2, 70, 6, 6)), _real(rng, (65, 70, 3, 3))
+    a, b = _real(rng, (12, 200)), _real(rng, (70, 200))
+    conv = bk.prepare_conv2d(w, padding=1)
+    mm = bk.prepare_matmul(b)
+    try:
+        for name in list(AVAILABLE) + list(reversed(AVAILABLE)):
+            bk._set_isa(name)
+            _same(conv(x, n_threads=2), bk.binary_conv2d(x, w, 1, 1))
+            _same(mm(a, n_threads=2), ref.pm1_matmul(a, b))
+    finally:
+        bk._set_isa(None)

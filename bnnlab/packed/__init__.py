@@ -26,6 +26,18 @@ Two ways in:
   the last binary layer stay torch, except that an eval BatchNorm directly after that layer
   is folded into its epilogue (``export(..., fold_float_bn=True)``, the default; see
   *Exactness*). ``PackedModel.notes`` says what was fused or folded and why not.
+* **Fused Bi-Real units** (``fuse=True``, module replacement included): a
+  :class:`~bnnlab.blocks.BiRealBlock` ``BN(conv(sign x)) + shortcut(x)`` becomes a
+  :class:`~bnnlab.packed.residual.PackedResidualConv` whose conv epilogue applies the
+  BatchNorm (as torch computes it, proved on every attainable dot product at export, else
+  not fused) and adds the shortcut on the integer accumulators; consecutive units form a
+  :class:`~bnnlab.packed.residual.PackedResidualChain` in which each epilogue also packs the
+  next unit's input signs. Only the shortcut's own float layers (AvgPool → 1×1 conv → BN)
+  stay torch. Bit-exact with sign weights.
+
+All packed layers run on :mod:`bnnlab.kernels`' public plans (:func:`~bnnlab.kernels.
+prepare_conv2d`, :func:`~bnnlab.kernels.prepare_matmul`, :func:`~bnnlab.kernels.
+prepare_pack_nhwc`): validated once, they keep the weight panel the blocked kernels read.
 
 Exactness
 ---------
@@ -114,6 +126,7 @@ from bnnlab.packed.export import export
 from bnnlab.packed.fileformat import FORMAT_VERSION, MAGIC, load
 from bnnlab.packed.layers import PackedConv2d, PackedFlatten, PackedLinear, PackedMaxPool2d, PackedSign
 from bnnlab.packed.model import PackedModel
+from bnnlab.packed.residual import PackedResidualChain, PackedResidualConv
 
 __all__ = [
     "FORMAT_VERSION",
@@ -124,6 +137,8 @@ __all__ = [
     "PackedFlatten",
     "PackedSign",
     "PackedModel",
+    "PackedResidualConv",
+    "PackedResidualChain",
     "export",
     "load",
     "main",

@@ -32,7 +32,7 @@ from bnnlab.packed.layers import (
     _refuse,
 )
 from bnnlab.packed.model import PackedModel
-from bnnlab.packed.residual import PackedResidualConv
+from bnnlab.packed.residual import PackedResidualConv, chain_units
 
 # =============================================================================== export
 
@@ -151,6 +151,7 @@ def _plan_sequential(seq: nn.Sequential, fuse: bool) -> tuple[list[Any], list[st
         i = j
     if fuse:
         stages = _fold_entries(stages, notes)
+        stages = chain_units(stages, notes)
     return stages, notes
 
 

@@ -7,11 +7,12 @@ Part of :mod:`bnnlab.packed` (see its docstring for the rules and the format).
 .. math::
     y = \mathrm{BN}\bigl(\alpha \odot (W_b \star \operatorname{sign} x)\bigr) + s(x)
 
-as three torch ops after the binary conv (the affine epilogue, BatchNorm, the add). Here the
-conv's float epilogue does all of it on the integer dot products (:func:`bnnlab.kernels.
-prepare_conv2d` with ``post_scale`` / ``post_offset`` / ``post_fma`` and the call's
-``residual``), and only the shortcut :math:`s` (identity, or AvgPool → 1×1 conv → BN) stays
-a torch module.
+as three torch ops after the binary conv (the affine epilogue, BatchNorm, the add). Here one
+kernel call does all of it: the conv's float epilogue, then one contiguous pass in C for the
+BatchNorm and the add (and, inside a :class:`PackedResidualChain`, the next unit's sign
+packing) (:func:`bnnlab.kernels.prepare_conv2d` with ``post_scale`` / ``post_offset`` /
+``post_fma`` and the call's ``residual``); only the shortcut :math:`s` (identity, or AvgPool
+→ 1×1 conv → BN) stays a torch module.
 
 Exactness: the BatchNorm becomes ``v * a + b`` per channel with ``a``, ``b`` computed as
 torch's eval BatchNorm computes them; which rounding torch uses (one fused multiply-add or
@@ -23,7 +24,7 @@ before, noted). The residual add is the same IEEE float32 add as torch's ``+``.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -113,7 +114,7 @@ class PackedResidualConv(nn.Module):
             if np.array_equal(plan.epilogue_values()[1], want):
                 unit = cls(conv, block.shortcut, plan)
                 return unit, (f"{name}: BiRealBlock fused (conv -> BatchNorm -> + shortcut in "
-                              f"the kernel epilogue, {'fma' if fma else 'two roundings'}; "
+                              f"one kernel call, {'fma' if fma else 'two roundings'}; "
                               "proved on every attainable dot product)")
         return None, "torch's BatchNorm arithmetic is not reproduced on every attainable value"
 
@@ -124,8 +125,87 @@ class PackedResidualConv(nn.Module):
         """Inference-only: stays in eval mode."""
         return super().train(False)
 
+    def _run(self, x: Tensor, bits: kernels.PackedActivations | None,
+             emit: bool) -> tuple[Tensor, kernels.PackedActivations | None]:
+        """(output, its packed signs when ``emit``); ``bits``: this unit's packed input signs
+        when the previous unit emitted them (else ``x`` is packed here)."""
+        res = x if self._identity else self.shortcut(x)
+        px = bits if bits is not None else self.conv._pack(x)
+        if emit:
+            out, nbits = self.plan(px, residual=res, emit_bits=True)
+            return torch.from_numpy(out), nbits
+        return torch.from_numpy(self.plan(px, residual=res)), None
+
     def forward(self, x: Tensor) -> Tensor:
         if isinstance(x, Tensor) and x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        res = x if self._identity else self.shortcut(x)
-        return torch.from_numpy(self.plan(self.conv._pack(x), residual=res))
+        return self._run(x, None, False)[0]
+
+
+class PackedResidualChain(nn.Module):
+    r"""Consecutive :class:`PackedResidualConv` units in which each unit's epilogue also
+    packs the signs of its output for the next unit (one pass over the output instead of a
+    separate packing call): the same outputs as running the units one after the other.
+
+    Built by :func:`~bnnlab.packed.export` for runs of fused units whose successors binarise
+    with the plain sign (``input=sign``).
+    """
+
+    def __init__(self, units: list[PackedResidualConv]) -> None:
+        super().__init__()
+        if len(units) < 2:
+            raise ValueError(f"a chain needs at least 2 units, got {len(units)}")
+        for a, b in zip(units[:-1], units[1:], strict=True):
+            if not can_chain(a, b):
+                raise ValueError(f"unit {b.conv.name!r} cannot take the packed signs of "
+                                 f"{a.conv.name!r}")
+        self.units = nn.ModuleList(units)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> Any:
+        """Inference-only: stays in eval mode."""
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Tensor) and x.dim() == 3:
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        bits: kernels.PackedActivations | None = None
+        last = len(self.units) - 1
+        for i, unit in enumerate(self.units):
+            x, bits = cast(PackedResidualConv, unit)._run(x, bits, i < last)
+        return x
+
+
+def can_chain(a: Any, b: Any) -> bool:
+    """Can unit ``b`` take the packed signs that unit ``a`` emits as its own packed input?"""
+    return isinstance(a, PackedResidualConv) and isinstance(b, PackedResidualConv) \
+        and b.conv.input_mode == "sign" and b.conv.tau is None \
+        and a.conv.out_channels == b.conv.in_channels and a.plan.layout == "nchw"
+
+
+def chain_units(stages: list[Any], notes: list[str]) -> list[Any]:
+    """Merge runs of chainable :class:`PackedResidualConv` stages into
+    :class:`PackedResidualChain` stages."""
+    out: list[Any] = []
+    run: list[Any] = []
+
+    def flush() -> None:
+        if len(run) >= 2:
+            out.append(PackedResidualChain(list(run)))
+            notes.append(f"{run[0].conv.name} .. {run[-1].conv.name}: {len(run)} fused Bi-Real "
+                         "units chained (each epilogue packs the next unit's input signs)")
+        else:
+            out.extend(run)
+        run.clear()
+
+    for st in stages:
+        if run and can_chain(run[-1], st):
+            run.append(st)
+            continue
+        flush()
+        if isinstance(st, PackedResidualConv):
+            run.append(st)
+        else:
+            out.append(st)
+    flush()
+    return out
