@@ -102,7 +102,8 @@ CASES: tuple[str, ...] = (
     "threads_conv64x56b16", "threads_conv128x28b16", "threads_conv256x14b16", "threads_conv512x7b16",
     "mem_gemm4096", "mem_cnn_weights", "mem_cnn_file",
 )
-_QUICK_SKIP = ("gemm4096", "conv64x56b16", "conv128x28b16", "conv256x14b16", "conv512x7b16",
+_QUICK_SKIP = ("gemm4096", "e2e_vgg_small", "e2e_resnet18",
+               "conv64x56b16", "conv128x28b16", "conv256x14b16", "conv512x7b16",
                "threads_conv64x56", "threads_conv128x28", "threads_conv512x7",
                "threads_conv64x56b16", "threads_conv128x28b16", "threads_conv256x14b16",
                "threads_conv512x7b16")
