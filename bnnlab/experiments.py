@@ -661,6 +661,10 @@ def _run_split(data: Mapping[str, Any], seed: int):
     return _split(json.dumps(data, sort_keys=True), int(seed))
 
 
+def _profile_split(p: Profile, dataset: str, seed: int):
+    return _run_split(_jsonable(dataclasses.asdict(p.datasets[dataset])), seed)
+
+
 def _weights_bytes(model: nn.Module) -> bytes:
     from safetensors.torch import save
 
@@ -902,7 +906,7 @@ def run_noise(ctx: _Context) -> dict[str, Any]:
     runs = []
     n_test = 0
     for seed in p.seeds:
-        split = load_dataset(p.datasets[dname], seed)
+        split = _profile_split(p, dname, seed)
         x, y = split.test
         if p.noise_n_test is not None:
             x, y = x[:p.noise_n_test], y[:p.noise_n_test]
@@ -993,7 +997,7 @@ def run_costs(ctx: _Context) -> dict[str, Any]:
     p = ctx.profile
     out: dict[str, Any] = {}
     for dname in p.datasets:
-        split = load_dataset(p.datasets[dname], p.seeds[0])
+        split = _profile_split(p, dname, p.seeds[0])
         shape = split.input_shape
         x = split.test[0][:p.timing_batch]
         rows, models = {}, {}
