@@ -677,9 +677,12 @@ def _profile_split(p: Profile, dataset: str, seed: int):
 
 
 def _weights_bytes(model: nn.Module) -> bytes:
+    """The state dict as safetensors bytes. Tensors that share memory (ReActNet's pointwise
+    branches share one threshold) are saved once per name, as copies; loading them back
+    into the rebuilt model restores the sharing."""
     from safetensors.torch import save
 
-    return save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    return save({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()})
 
 
 def _signs_recorder(variant: str, split, probe_size: int) -> dict[str, Any]:
