@@ -113,7 +113,18 @@ __all__ = [
     "load_dataset",
     "pool_split",
     "run",
+    "assemble",
     "main",
+    "RUNNER",
+    "WEIGHTS",
+    "RUN_KINDS",
+    "train_one",
+    "architecture_spec",
+    "ablation_spec",
+    "regression_spec",
+    "experiment_specs",
+    "experiment_runner",
+    "load_model",
     "PAPER_MODELS",
     "PAPER_BUDGET",
     "paper_specs",
@@ -661,10 +672,17 @@ def _run_split(data: Mapping[str, Any], seed: int):
     return _split(json.dumps(data, sort_keys=True), int(seed))
 
 
+def _profile_split(p: Profile, dataset: str, seed: int):
+    return _run_split(_jsonable(dataclasses.asdict(p.datasets[dataset])), seed)
+
+
 def _weights_bytes(model: nn.Module) -> bytes:
+    """The state dict as safetensors bytes. Tensors that share memory (ReActNet's pointwise
+    branches share one threshold) are saved once per name, as copies; loading them back
+    into the rebuilt model restores the sharing."""
     from safetensors.torch import save
 
-    return save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    return save({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()})
 
 
 def _signs_recorder(variant: str, split, probe_size: int) -> dict[str, Any]:
@@ -902,7 +920,7 @@ def run_noise(ctx: _Context) -> dict[str, Any]:
     runs = []
     n_test = 0
     for seed in p.seeds:
-        split = load_dataset(p.datasets[dname], seed)
+        split = _profile_split(p, dname, seed)
         x, y = split.test
         if p.noise_n_test is not None:
             x, y = x[:p.noise_n_test], y[:p.noise_n_test]
@@ -993,7 +1011,7 @@ def run_costs(ctx: _Context) -> dict[str, Any]:
     p = ctx.profile
     out: dict[str, Any] = {}
     for dname in p.datasets:
-        split = load_dataset(p.datasets[dname], p.seeds[0])
+        split = _profile_split(p, dname, p.seeds[0])
         shape = split.input_shape
         x = split.test[0][:p.timing_batch]
         rows, models = {}, {}

@@ -12,7 +12,8 @@ store as soon as it arrives (atomically, one file per spec key), so
   missing ones;
 * a worker that dies mid-run (killed, out of memory) loses nothing: the scheduler reruns its
   task on another worker, and the record is written once, when the task finishes;
-* workers need no shared file system (records travel back with the results).
+* workers need no shared file system (records, and the files a run returns with a
+  :class:`bnnlab.runs.RunOutput`, travel back with the results).
 
 Command line::
 

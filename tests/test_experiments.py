@@ -304,7 +304,7 @@ TINY = E.Profile(
     name="tiny", seeds=(0, 1),
     datasets={"digits": E.DatasetSpec("digits", epochs=2, batch_size=64, lr=3e-3, n_train=300,
                                       hidden=(16, 16), width=4)},
-    variants=("float", "binary", "abc", "bireal"), ablation_dataset="digits",
+    variants=("float", "binary", "abc", "reactnet"), ablation_dataset="digits",
     ablation_quantizers=("ste_sign", "approx_sign"), noise_dataset="digits",
     noise_sigmas=(0.0, 0.3), noise_n_test=100, signs_dataset="digits", probe_size=32,
     regression=E.RegressionSpec(n_samples=64, epochs=2, hidden=(16, 16), grid_points=201,
@@ -409,7 +409,7 @@ def test_payloads_assemble_from_the_results_directory_alone(tiny, tmp_path):
 
         assert train.evaluate(model, *split.test)["accuracy"] == r["test_acc"]
     signs = _strict(tmp_path / "signs.json")["datasets"]["digits"]
-    assert list(signs["flip_ratio"]) == ["binary", "abc", "bireal"]
+    assert list(signs["flip_ratio"]) == ["binary", "abc", "reactnet"]
     assert signs["sign_stats"]["variant"] == "binary"
 
 
