@@ -71,6 +71,7 @@ __all__ = [
     "load_data",
     "run_rung",
     "markdown_table",
+    "update_readme",
     "ladder_runner",
     "run_ladder",
     "load_ladder",
@@ -656,6 +657,36 @@ def markdown_table(out) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_BEGIN = "<!-- ladder:begin"
+README_END = "<!-- ladder:end -->"
+
+
+def update_readme(readme, out, *, check: bool = False) -> bool:
+    """Rewrite the ``<!-- ladder:begin ... -->`` / ``<!-- ladder:end -->`` block of ``readme``
+    with :func:`markdown_table` of the finished ladder in ``out``.
+
+    Returns True when the block already matched. With ``check=True`` nothing is written.
+
+    Raises:
+        ValueError: ``readme`` has no such block, or ``out`` holds no finished ladder.
+    """
+    readme, out = Path(readme), Path(out)
+    text = readme.read_text(encoding="utf-8")
+    i, j = text.find(README_BEGIN), text.find(README_END)
+    if i < 0 or j < i:
+        raise ValueError(f"readme: {readme} has no {README_BEGIN} ... {README_END} block")
+    try:
+        source = out.resolve().relative_to(readme.resolve().parent).as_posix()
+    except ValueError:
+        source = out.as_posix()
+    block = (f"{README_BEGIN} generated from {source} by `python -m bnnlab ladder --out {source} "
+             f"--update-readme README.md`; do not edit -->\n" + markdown_table(out) + README_END)
+    new = text[:i] + block + text[j + len(README_END):]
+    if not check and new != text:
+        readme.write_text(new, encoding="utf-8")
+    return new == text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bnnlab ladder [--profile quick|full|paper] [--out DIR] [--seeds N ...]``."""
     parser = argparse.ArgumentParser(prog="python -m bnnlab ladder",
@@ -666,6 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the specs and exit")
     parser.add_argument("--markdown", action="store_true",
                         help="print the finished ladder in --out as a Markdown table and exit")
+    parser.add_argument("--update-readme", type=Path, default=None, metavar="README",
+                        help="rewrite README's generated ladder block from the ladder in --out")
     parser.add_argument("--scheduler", default=None,
                         help="run the missing runs on this Dask scheduler (tcp://host:8786)")
     parser.add_argument("--workers", type=int, default=None,
@@ -675,9 +708,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in ladder_specs(args.profile, args.seeds):
             print(spec_hash(s), json.dumps(s, sort_keys=True))
         return 0
-    if args.markdown:
+    if args.markdown or args.update_readme is not None:
         try:
-            print(markdown_table(args.out), end="")
+            if args.update_readme is not None:
+                same = update_readme(args.update_readme, args.out)
+                print(f"[ladder] {args.update_readme}: "
+                      f"{'already up to date' if same else 'ladder block rewritten'}")
+            else:
+                print(markdown_table(args.out), end="")
         except ValueError as e:
             parser.error(str(e))
         return 0

@@ -162,6 +162,15 @@ def test_run_ladder_writes_one_file_per_run_and_resumes(tmp_path, one_thread):
     assert cells[3] == "one seed" and "Profile `quick`: 1 seed(s)" in md
     assert L.main(["--markdown", "--out", str(tmp_path)]) == 0
 
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{L.README_BEGIN} old -->\nstale\n{L.README_END}\n\nafter\n")
+    assert L.update_readme(readme, tmp_path, check=True) is False
+    assert "stale" in readme.read_text()                        # check=True writes nothing
+    assert L.main(["--out", str(tmp_path), "--update-readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert md in text and "stale" not in text and text.endswith(f"{L.README_END}\n\nafter\n")
+    assert L.update_readme(readme, tmp_path) is True
+
 
 def test_markdown_table_refuses_an_unfinished_ladder(tmp_path, capsys):
     with pytest.raises(ValueError, match="out: .* no finished ladder"):
@@ -197,3 +206,20 @@ def test_run_ladder_on_dask_matches_the_serial_ladder(tmp_path, one_thread):
     logs: list[str] = []
     L.run_ladder("quick", tmp_path / "dask", seeds=[0], overrides=kw, log=logs.append, workers=2)
     assert all("done before" in line for line in logs)
+
+
+def test_readme_ladder_block_is_generated_from_the_committed_ladder():
+    """The README's ladder table is the one its committed records give (no typed numbers)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text(encoding="utf-8")
+    m = re.search(re.escape(L.README_BEGIN) + r" generated from (\S+) ", text)
+    assert m, "README.md has no generated ladder block"
+    src = root / m.group(1)
+    lad = L.load_ladder(src)
+    assert lad is not None and lad["meta"]["profile"] == "full"
+    assert len(lad["runs"]) == len(L.RUNGS) * len(lad["meta"]["seeds"]) >= 3 * len(L.RUNGS)
+    assert L.update_readme(root / "README.md", src, check=True), \
+        f"README's ladder block differs from {src}: run the command it names"
