@@ -8,8 +8,9 @@ Layers, bottom to top (each imports only from those below it):
 * ``bnnlab.convert``, ``bnnlab.summary``, ``bnnlab.packed`` – binarise a float model, count bits
   and ops, run a trained model on the packed kernels, save it without pickle, and write it out
   as self-contained C99 (``bnnlab.packed.c_export``).
-* ``bnnlab.data``, ``bnnlab.train``, ``bnnlab.bench`` – data sets, the fit loop (checkpoints,
-  DDP under torchrun), benchmarks with the machine's own roofline.
+* ``bnnlab.data``, ``bnnlab.train``, ``bnnlab.bench``, ``bnnlab.bench_models`` – data sets, the
+  fit loop (checkpoints, DDP under torchrun), benchmarks with the machine's own roofline, and the
+  end-to-end CIFAR-size models (VGG-small, ResNet-18 Bi-Real) against their float twins.
 * ``bnnlab.runs``, ``bnnlab.sweep`` – runs as pure functions of a JSON spec, the results store,
   sweeps on Dask.
 * ``bnnlab.analysis``, ``bnnlab.plots``, ``bnnlab.widgets``, ``bnnlab.lessons`` – the lab: sign
@@ -41,7 +42,7 @@ except PackageNotFoundError:  # pragma: no cover - running from an uninstalled t
 
 _SUBMODULES = (
     "kernels", "functional", "quantizers", "layers", "blocks", "models", "convert",
-    "summary", "packed", "data", "train", "bench", "runs", "sweep",
+    "summary", "packed", "data", "train", "bench", "bench_models", "runs", "sweep",
     "analysis", "plots", "widgets", "lessons", "figures", "experiments", "ladder",
 )
 
