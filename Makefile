@@ -119,6 +119,7 @@ report-quick: venv
 
 paper: sysdeps venv
 	$(PY) -m bnnlab experiments --full --out paper/generated/results
+	mkdir -p paper/generated/results/ladder && cp -rn docs/ladder-full/. paper/generated/results/ladder/
 	$(PY) -m bnnlab ladder --profile full --out paper/generated/results/ladder
 	$(PY) -m bnnlab bench --json paper/generated/results/bench.json
 	$(PY) -m bnnlab figures paper/generated --results paper/generated/results
