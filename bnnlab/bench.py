@@ -1066,20 +1066,12 @@ def update_readme(readme, json_path, *, check: bool = False) -> bool:
     Returns True when the block already matched. With ``check=True`` nothing is written.
     Raises ValueError when ``readme`` has no ``<!-- bench:begin ... -->`` / ``<!-- bench:end -->``.
     """
-    readme, json_path = Path(readme), Path(json_path)
-    text = readme.read_text(encoding="utf-8")
-    i, j = text.find(README_BEGIN), text.find(README_END)
-    if i < 0 or j < i:
-        raise ValueError(f"readme: {readme} has no {README_BEGIN} ... {README_END} block")
-    try:
-        source = json_path.resolve().relative_to(readme.resolve().parent).as_posix()
-    except ValueError:
-        source = json_path.as_posix()
-    block = readme_block(json.loads(json_path.read_text(encoding="utf-8")), source)
-    new = text[:i] + block + text[j + len(README_END):]
-    if not check and new != text:
-        readme.write_text(new, encoding="utf-8")
-    return new == text
+    from bnnlab._readme import update_block
+
+    return update_block(readme, json_path, README_BEGIN, README_END,
+                        lambda source: readme_block(
+                            json.loads(Path(json_path).read_text(encoding="utf-8")), source),
+                        check=check)
 
 
 def _command(argv: Sequence[str], env: dict) -> str:

@@ -670,21 +670,12 @@ def update_readme(readme, out, *, check: bool = False) -> bool:
     Raises:
         ValueError: ``readme`` has no such block, or ``out`` holds no finished ladder.
     """
-    readme, out = Path(readme), Path(out)
-    text = readme.read_text(encoding="utf-8")
-    i, j = text.find(README_BEGIN), text.find(README_END)
-    if i < 0 or j < i:
-        raise ValueError(f"readme: {readme} has no {README_BEGIN} ... {README_END} block")
-    try:
-        source = out.resolve().relative_to(readme.resolve().parent).as_posix()
-    except ValueError:
-        source = out.as_posix()
-    block = (f"{README_BEGIN} generated from {source} by `python -m bnnlab ladder --out {source} "
-             f"--update-readme README.md`; do not edit -->\n" + markdown_table(out) + README_END)
-    new = text[:i] + block + text[j + len(README_END):]
-    if not check and new != text:
-        readme.write_text(new, encoding="utf-8")
-    return new == text
+    from bnnlab._readme import update_block
+
+    table = markdown_table(out)   # refuses an unfinished ladder before the README is read
+    return update_block(readme, out, README_BEGIN, README_END, lambda source: (
+        f"{README_BEGIN} generated from {source} by `python -m bnnlab ladder --out {source} "
+        f"--update-readme README.md`; do not edit -->\n" + table + README_END), check=check)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
