@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnnlab._validation import check_choice, check_int
+from bnnlab._validation import check_choice, check_int, check_real
 from bnnlab.blocks import LearnableBias, RPReLU
 from bnnlab.layers import BinaryConv2d, XnorConv2d
 from bnnlab.quantizers import ApproxSign
@@ -122,23 +122,25 @@ PROFILES: dict[str, dict[str, Any]] = {
     # CI: a few minutes on two shared cores, one seed; a smoke test of the whole pipeline,
     # not a result (most runs hit their small cap, and the report says so).
     "quick": dict(dataset="fashion-mnist", n_train=2000, val_size=1000, n_test=2000, pool=2,
-                  width=8, blocks=1, max_epochs=8, patience=2, lr_patience=1, lr=2e-3,
-                  batch_size=100, seeds=(0,)),
-    # This machine: 7 rungs x 3 seeds, at most 20 epochs each. One epoch of the ReActNet rung
-    # (6,000 images, one thread) took 44 s with the 2-core machine at load 10 (shared by other
-    # jobs), so an hour needs the sweep engine's workers on a quieter machine; early stopping
-    # makes it shorter.
+                  width=8, blocks=1, max_epochs=8, patience=2, lr_patience=1, min_delta=0.0,
+                  lr=2e-3, batch_size=100, seeds=(0,)),
+    # This machine: 7 rungs x 3 seeds on 6,000 images (14x14), through the sweep engine's
+    # LocalCluster. One epoch costs 6-7 s on one core. The budget runs every rung to
+    # convergence: the learning rate halves after 2 epochs without a gain of more than
+    # ``min_delta`` (0.2 points, 4 of the 2,000 validation images: smaller gains are noise),
+    # training stops after 5, so a run ends only once two halvings in a row brought nothing;
+    # the cap of 40 epochs is a safety net that a converging run does not reach.
     "full": dict(dataset="fashion-mnist", n_train=6000, val_size=2000, n_test=10000, pool=2,
-                 width=16, blocks=1, max_epochs=20, patience=4, lr_patience=2, lr=2e-3,
-                 batch_size=100, seeds=(0, 1, 2)),
+                 width=16, blocks=1, max_epochs=40, patience=5, lr_patience=2, min_delta=0.002,
+                 lr=2e-3, batch_size=100, seeds=(0, 1, 2)),
     # A GPU or a cluster: full-size Fashion-MNIST, a deeper backbone, published-size budgets.
     "paper": dict(dataset="fashion-mnist", n_train=None, val_size=5000, n_test=None, pool=1,
-                  width=32, blocks=2, max_epochs=120, patience=12, lr_patience=4, lr=1e-3,
-                  batch_size=128, seeds=(0, 1, 2, 3, 4)),
+                  width=32, blocks=2, max_epochs=120, patience=12, lr_patience=4,
+                  min_delta=0.001, lr=1e-3, batch_size=128, seeds=(0, 1, 2, 3, 4)),
 }
 
 _SPEC_KEYS = ("rung", "seed", "dataset", "n_train", "val_size", "n_test", "pool", "width",
-              "blocks", "max_epochs", "patience", "lr_patience", "lr", "batch_size")
+              "blocks", "max_epochs", "patience", "lr_patience", "min_delta", "lr", "batch_size")
 
 
 # =============================================================================================
@@ -197,6 +199,8 @@ def _check_spec(spec: Any) -> dict:
     for k in ("seed", "width", "blocks", "max_epochs", "patience", "lr_patience", "batch_size",
               "pool", "val_size"):
         check_int(spec[k], f"spec[{k!r}]", min_value=0 if k in ("seed", "patience") else 1)
+    check_real(spec["lr"], "spec['lr']", min_value=0.0, include_min=False)
+    check_real(spec["min_delta"], "spec['min_delta']", min_value=0.0, max_value=1.0)
     return dict(spec)
 
 
@@ -320,16 +324,17 @@ def load_data(spec: Mapping):
 # Training
 # =============================================================================================
 class _HalveOnPlateau(Callback):
-    """Halve the learning rate of ``opt`` when val_acc has not improved for ``patience`` epochs."""
+    """Halve the learning rate of ``opt`` when val_acc has not improved by more than
+    ``min_delta`` for ``patience`` epochs (the rule :class:`~bnnlab.train.EarlyStopping` uses)."""
 
-    def __init__(self, opt: torch.optim.Optimizer, patience: int) -> None:
-        self.opt, self.patience = opt, patience
+    def __init__(self, opt: torch.optim.Optimizer, patience: int, min_delta: float = 0.0) -> None:
+        self.opt, self.patience, self.min_delta = opt, patience, float(min_delta)
         self.best = -math.inf
         self.wait = 0
 
     def on_epoch_end(self, epoch, history, model) -> bool:
         v = history.val_acc[-1]
-        if v > self.best:
+        if v > self.best + self.min_delta:
             self.best, self.wait = v, 0
         else:
             self.wait += 1
@@ -374,9 +379,12 @@ def _fit_step(model: nn.Module, split, spec: Mapping, epochs: int, seed: int,
               loss: Any = "cross_entropy") -> tuple[History, int | None, bool]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=float(spec["lr"]), weight_decay=0.0)
-    stopper = EarlyStopping(monitor="val_acc", patience=int(spec["patience"]), restore_best=True)
+    delta = float(spec["min_delta"])
+    stopper = EarlyStopping(monitor="val_acc", patience=int(spec["patience"]), min_delta=delta,
+                            restore_best=True)
+    halve = _HalveOnPlateau(opt, int(spec["lr_patience"]), delta)
     hist = fit(model, split, epochs=epochs, optimizer=opt, batch_size=int(spec["batch_size"]),
-               loss=loss, callbacks=[_HalveOnPlateau(opt, int(spec["lr_patience"])), stopper],
+               loss=loss, callbacks=[halve, stopper],
                progress=False, seed=seed, clip_weights=True)
     # stopped: the patience ran out (possibly in the cap's own last epoch); otherwise the run
     # hit the cap while its validation accuracy was still improving within the patience
@@ -434,13 +442,41 @@ def _teacher(spec: Mapping, split, teacher_dir: Path | None) -> nn.Module:
     return model.eval()
 
 
+def _state(model: nn.Module) -> dict[str, Tensor]:
+    # contiguous copies: safetensors refuses views and tensors that share storage
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+
+
 def _save_weights(model: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file(_state(model), str(tmp))
     os.replace(tmp, path)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of the model's state dict as safetensors bytes (names sorted, so deterministic).
+
+    The float rung's record carries it as ``weights_sha256`` and the distill rung's as
+    ``teacher_sha256``, so :func:`run_ladder` can prove every student learnt from its seed's
+    own float run (a cached teacher from other code would show as a mismatch)."""
+    from safetensors.torch import save
+
+    return hashlib.sha256(save(_state(model))).hexdigest()
+
+
+def teacher_cache_dir() -> Path:
+    """Where the ``"ladder"`` runner caches float weights for the distill rung.
+
+    ``$BNNLAB_LADDER_TEACHERS`` if set, else ``ladder-teachers`` in the data cache
+    (:func:`bnnlab.data.default_cache_dir`). Workers of one machine (a LocalCluster) share it;
+    on a cluster each node trains a teacher it has not seen (same seed, same weights)."""
+    from bnnlab.data import default_cache_dir
+
+    env = os.environ.get("BNNLAB_LADDER_TEACHERS")
+    return Path(env) if env else default_cache_dir() / "ladder-teachers"
 
 
 def run_rung(spec: Mapping, *, teacher_dir=None, num_threads: int | None = 1) -> dict:
@@ -471,6 +507,8 @@ def run_rung(spec: Mapping, *, teacher_dir=None, num_threads: int | None = 1) ->
         model, rec = _train(spec, split, teacher)
         if spec["rung"] == "float" and teacher_dir is not None:
             _save_weights(model, Path(teacher_dir) / f"{spec_hash(spec)}.safetensors")
+        shas = ({"weights_sha256": weights_sha256(model)} if spec["rung"] == "float" else
+                {"teacher_sha256": weights_sha256(teacher)} if teacher is not None else {})
         val = evaluate(model, *split.val)["accuracy"]
         test = evaluate(model, *split.test)["accuracy"]
     finally:
@@ -484,7 +522,7 @@ def run_rung(spec: Mapping, *, teacher_dir=None, num_threads: int | None = 1) ->
         "stopped_early": bool(last["stopped_early"]), "hit_cap": not last["stopped_early"],
         "val_acc": float(val), "test_acc": float(test), "params": _params(model),
         "seconds": time.perf_counter() - t0, "torch": torch.__version__,
-        "threads": int(num_threads) if num_threads is not None else old,
+        "threads": int(num_threads) if num_threads is not None else old, **shas,
     }
 
 
@@ -492,11 +530,12 @@ def ladder_runner(spec: dict[str, Any]) -> dict[str, Any]:
     """The runner ``"ladder"`` of :mod:`bnnlab.runs`: :func:`run_rung` on a sweep spec.
 
     ``spec`` is a ladder spec plus ``"runner"``; the run is on the executor's torch threads
-    (the sweep sets them). Without a shared teacher cache the distill rung trains its float
-    teacher again (same seed, same weights, more time).
+    (the sweep sets them). Float runs leave their weights in :func:`teacher_cache_dir`, where
+    the distill rung of the same seed finds its teacher; where it is missing (another node, or
+    the float run still in flight) the teacher is trained again (same seed, same weights).
     """
     rung = {k: v for k, v in spec.items() if k != "runner"}
-    return run_rung(rung, teacher_dir=None, num_threads=None)
+    return run_rung(rung, teacher_dir=teacher_cache_dir(), num_threads=None)
 
 
 # =============================================================================================
@@ -548,6 +587,7 @@ def run_ladder(profile: str = "quick", out="ladder", seeds: Iterable[int] | None
                 f"{rec['test_acc']:.4f}, best epoch {rec['best_epoch']}/{rec['epochs_run']}"
                 f"{' (cap)' if rec['hit_cap'] else ''}, {rec['seconds']:.0f} s")
         records.append(rec)
+    _check_teachers(records)
     _write_json(out / "ladder.json", {
         "schema": SCHEMA, "profile": profile, "seeds": sorted({s["seed"] for s in specs}),
         "rungs": list(RUNGS), "labels": RUNG_LABELS, "sources": RUNG_SOURCES,
@@ -562,6 +602,19 @@ def run_ladder(profile: str = "quick", out="ladder", seeds: Iterable[int] | None
                     "python": platform.python_version(), "torch": torch.__version__},
     })
     return records
+
+
+def _check_teachers(records: Sequence[Mapping]) -> None:
+    """Every distill record's teacher must be its seed's float run (same weights' SHA-256)."""
+    floats = {r["seed"]: r.get("weights_sha256") for r in records if r["rung"] == "float"}
+    for r in records:
+        want, got = floats.get(r["seed"]), r.get("teacher_sha256")
+        if r["rung"] == "distill" and want and got and want != got:
+            raise RuntimeError(
+                f"ladder: the distill run of seed {r['seed']} learnt from a teacher whose weights "
+                f"differ from that seed's float run (SHA-256 {got[:12]} vs {want[:12]}): a stale "
+                f"teacher cache from other code; delete {teacher_cache_dir()} (or the run's "
+                f"out/weights) and its record, then run again")
 
 
 def _earlier_wall_seconds(out: Path, specs: Sequence[Mapping]) -> float:

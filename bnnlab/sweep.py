@@ -39,7 +39,8 @@ from typing import Any
 from bnnlab._validation import check_bool, check_int
 from bnnlab.runs import ResultStore, canonical_spec, run_spec, spec_key
 
-__all__ = ["SweepReport", "run_sweep", "expand_grid", "load_specs", "main"]
+__all__ = ["SweepReport", "run_sweep", "expand_grid", "load_specs", "throughput_markdown",
+           "update_readme", "main"]
 
 
 @dataclass
@@ -208,6 +209,50 @@ def run_sweep(specs: Iterable[Mapping[str, Any]], results: str | os.PathLike[str
     say(f"[sweep] {len(report.done)} done, {len(report.failed)} failed in "
         f"{report.seconds:.1f} s")
     return report
+
+
+README_BEGIN = "<!-- sweep-throughput:begin"
+README_END = "<!-- sweep-throughput:end -->"
+
+
+def throughput_markdown(data: Mapping[str, Any]) -> str:
+    """The README paragraph for a ``tools/sweep_throughput.py --json`` result (every number
+    from ``data``; the verdict on the embedded cluster follows the measured ratio)."""
+    spec = data["spec"]
+    hidden = "-".join(str(h) for h in spec["model_kw"]["hidden"])
+    ratio = float(data["ratio_warm"])
+    load = (f"load average {data['load_before']:.1f} before and {data['load_after']:.1f} after")
+    if ratio >= 1.0:
+        verdict = (f"so the {data['workers']} workers pay off even for sub-second runs once the "
+                   f"cluster is up; counting its start-up, a sweep must be longer than these few "
+                   f"seconds to gain")
+    else:
+        verdict = ("so on this machine, at that load, the embedded cluster is slower than one "
+                   "process: its value is on more cores, on a cluster, and in resuming")
+    return (
+        f"**Measured on this machine** ({data['cpu']}, {data['cores']} cores, {load}; "
+        f"`python tools/sweep_throughput.py --runs {data['runs']} --workers {data['workers']} "
+        f"--json docs/sweep_throughput.json`): one process ran "
+        f"{data['runs_per_min_one_process']:.0f} runs/min of a small digits fit (binary MLP "
+        f"{spec['model_kw']['in_features']}-{hidden}-10, {spec['epochs']} epochs, about "
+        f"{60 / data['runs_per_min_one_process']:.2f} s each); the warm {data['workers']}-worker "
+        f"LocalCluster {data['runs_per_min_localcluster_warm']:.0f} runs/min (ratio "
+        f"{ratio:.2f}), and {data['runs_per_min_localcluster_with_startup']:.0f} runs/min "
+        f"counting its start-up; Dask's overhead was "
+        f"{data['scheduler_overhead_ms_per_run']:.1f} ms per run (no-op runs: "
+        f"{data['noop_per_run_ms_dask']:.1f} ms through the cluster vs "
+        f"{data['noop_per_run_ms_inline']:.1f} ms inline, record writing included), {verdict}.")
+
+
+def update_readme(readme, json_path, *, check: bool = False) -> bool:
+    """Rewrite the README's ``sweep-throughput`` block from ``json_path``; True if unchanged."""
+    from bnnlab._readme import update_block
+
+    data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    return update_block(readme, json_path, README_BEGIN, README_END, lambda source: (
+        f"{README_BEGIN} generated from {source} by `python tools/sweep_throughput.py "
+        f"--from-json {source} --update-readme README.md`; do not edit -->\n"
+        + throughput_markdown(data) + "\n" + README_END), check=check)
 
 
 def main(argv: list[str] | None = None) -> int:

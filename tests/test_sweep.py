@@ -190,3 +190,25 @@ def test_a_runs_files_travel_back_with_its_record(tmp_path):
     for s in specs:
         assert store.read_file(s, "data.bin") == bytes([s["seed"]]) * 4
     assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_readme_throughput_block_is_generated_from_the_committed_measurement(tmp_path):
+    """The README's sweep-throughput paragraph is the one docs/sweep_throughput.json gives."""
+    root = Path(__file__).resolve().parents[1]
+    data = json.loads((root / "docs" / "sweep_throughput.json").read_text())
+    assert sweep.update_readme(root / "README.md", root / "docs" / "sweep_throughput.json",
+                               check=True), "README block is stale: rerun tools/sweep_throughput.py"
+    text = sweep.throughput_markdown(data)
+    for key in ("runs_per_min_one_process", "runs_per_min_localcluster_warm"):
+        assert f"{data[key]:.0f} runs/min" in text
+    assert data["cpu"] in text and f"ratio {data['ratio_warm']:.2f}" in text
+    # the verdict follows the data: a slower cluster is called slower
+    slow = dict(data, ratio_warm=0.5)
+    assert "slower than one process" in sweep.throughput_markdown(slow)
+    fast = dict(data, ratio_warm=1.5)
+    assert "slower than one process" not in sweep.throughput_markdown(fast)
+    # a README without the block is refused by name
+    bare = tmp_path / "README.md"
+    bare.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="sweep-throughput"):
+        sweep.update_readme(bare, root / "docs" / "sweep_throughput.json")
