@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _user_models import BasicBlock
 from torch import nn
 
 from bnnlab import convert, layers, quantizers
@@ -532,36 +533,14 @@ def test_abc_after_relu_is_not_flagged_because_its_shifted_bases_still_vary():
 
 
 # --- issue 8 defect 8 / issue 11 item 6: never-negative inputs found by probing ----------------
-class _Block(nn.Module):
-    """A torchvision-style basic block: the ReLUs sit in forward, not in an nn.Sequential."""
-
-    def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-
 class _ResNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(8)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = _Block(8, 8)
-        self.layer2 = _Block(8, 16, 2)
+        self.layer1 = BasicBlock(8, 8)
+        self.layer2 = BasicBlock(8, 16, 2)
         self.fc = nn.Linear(16, 10)
 
     def forward(self, x):

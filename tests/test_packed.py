@@ -9,6 +9,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from _user_models import BasicBlock
 from torch import nn
 
 from bnnlab import layers as L
@@ -815,28 +816,6 @@ def test_cli_export(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ a user's ResNet-18
-class _BasicBlock(nn.Module):
-    """torchvision's BasicBlock, as users write it: ReLUs and the shortcut inside forward."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-
 class _ResNet18(nn.Module):
     def __init__(self, widths=(16, 32, 64, 65), num_classes=10):
         super().__init__()
@@ -846,7 +825,7 @@ class _ResNet18(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         layers, cin = [], widths[0]
         for i, w in enumerate(widths):
-            layers.append(nn.Sequential(_BasicBlock(cin, w, 1 if i == 0 else 2), _BasicBlock(w, w, 1)))
+            layers.append(nn.Sequential(BasicBlock(cin, w, 1 if i == 0 else 2), BasicBlock(w, w, 1)))
             cin = w
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.avgpool = nn.AdaptiveAvgPool2d(1)
