@@ -573,6 +573,7 @@ def run_ladder(profile: str = "quick", out="ladder", seeds: Iterable[int] | None
     t0 = time.perf_counter()
     missing = sum(not (out / "runs" / f"{spec_hash(s)}.json").is_file() for s in specs)
     earlier = _earlier_wall_seconds(out, specs)
+    load0 = os.getloadavg()[0]
     if client is not None or scheduler is not None or workers is not None:
         _run_on_dask(specs, out, client=client, scheduler=scheduler, workers=workers, log=log)
     for i, spec in enumerate(specs, 1):
@@ -599,6 +600,10 @@ def run_ladder(profile: str = "quick", out="ladder", seeds: Iterable[int] | None
         "wall_seconds": earlier + (time.perf_counter() - t0 if missing else 0.0),
         "run_seconds": sum(r["seconds"] for r in records),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    # 1-minute load average when the invocation started and ended (how busy
+                    # the machine was: the wall time depends on it)
+                    "load_average": [load0, os.getloadavg()[0]] if missing else
+                    _earlier_load(out, specs),
                     "python": platform.python_version(), "torch": torch.__version__},
     })
     return records
@@ -615,6 +620,27 @@ def _check_teachers(records: Sequence[Mapping]) -> None:
                 f"differ from that seed's float run (SHA-256 {got[:12]} vs {want[:12]}): a stale "
                 f"teacher cache from other code; delete {teacher_cache_dir()} (or the run's "
                 f"out/weights) and its record, then run again")
+
+
+def _load_text(machine: Mapping) -> str:
+    """`` at load average A–B`` from a ladder.json ``machine`` entry (empty for old files)."""
+    load = machine.get("load_average")
+    if not load:
+        return ""
+    lo, hi = min(load), max(load)
+    return f" at load average {lo:.1f}" + (f"–{hi:.1f}" if hi - lo >= 0.05 else "")
+
+
+def _earlier_load(out: Path, specs: Sequence[Mapping]) -> list[float]:
+    """The load averages an earlier invocation recorded for the same runs ([] when none)."""
+    try:
+        meta = json.loads((out / "ladder.json").read_text())
+        if set(meta.get("runs", [])) <= {spec_hash(s) for s in specs}:
+            load = meta["machine"]["load_average"]
+            return [float(v) for v in load]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return []
 
 
 def _earlier_wall_seconds(out: Path, specs: Sequence[Mapping]) -> float:
@@ -704,9 +730,12 @@ def markdown_table(out) -> str:
     lines.append(f"Profile `{meta['profile']}`: {len(meta['seeds'])} seed(s) per rung, "
                  f"{'all' if s['n_train'] is None else s['n_train']} training images "
                  f"({28 // int(s['pool'])}×{28 // int(s['pool'])}), at most {s['max_epochs']} "
-                 f"epochs (patience {s['patience']}); {len(lad['runs'])} runs, "
+                 f"epochs (learning rate halved after {s['lr_patience']} and training stopped "
+                 f"after {s['patience']} epochs without a validation gain above "
+                 f"{float(s.get('min_delta', 0.0)) * 100:.1f} points); {len(lad['runs'])} runs, "
                  f"{meta['wall_seconds'] / 60:.1f} min wall time on {meta['machine']['cpus']} "
-                 f"CPU(s). † under-trained: most seeds hit the epoch cap.")
+                 f"CPU(s){_load_text(meta['machine'])}. † under-trained: most seeds hit the epoch "
+                 f"cap.")
     return "\n".join(lines) + "\n"
 
 
