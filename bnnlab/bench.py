@@ -52,6 +52,12 @@ Cases:
   ``Linear`` (:func:`int8_linear`) on the GEMM / GEMV cases, a statically quantised conv with
   the x86 backend (:func:`int8_conv2d`) on the conv cases, each within :data:`INT8_TOLERANCE`
   (relative L2 error) of float32 or not timed.
+* ``bnn_lab``: the packed binary GEMM of bnn-lab (PyPI ``bnn-lab``, module ``bnn``;
+  :func:`bnn_lab_gemm`) on the GEMM / GEMV cases: its own NumPy packer for the operand bnnlab
+  packs in the loop, its native OpenMP kernel on the same bit layout (bit 1 = -1, LSB first),
+  at the case's thread count, bit-exact against torch or not timed. bnn-lab 1.0 pins
+  ``torch<2.13``, so it is installed beside bnnlab with ``pip install --no-deps bnn-lab``
+  (its kernels need only NumPy); without it the entry says ``"not installed"``.
 
 A peer's ``ratio`` is its time over bnnlab's (bnnlab's speed-up over the peer).
 
@@ -87,7 +93,8 @@ from bnnlab import kernels
 __all__ = ["CASES", "PEERS", "INT8_TOLERANCE", "run", "peaks", "peak_ratio", "cpu_info", "add_efficiency",
            "format_table", "format_markdown", "format_threads_markdown", "threads_target",
            "parallel_peak_scaling",
-           "openvino_version", "openvino_conv2d", "int8_linear", "int8_conv2d", "readme_block",
+           "openvino_version", "openvino_conv2d", "int8_linear", "int8_conv2d", "bnn_lab_version",
+           "bnn_lab_gemm", "readme_block",
            "update_readme", "latency", "model_latency", "main"]
 
 #: every case name, in run order (memory rows come last)
@@ -108,8 +115,9 @@ _QUICK_SKIP = ("gemm4096", "e2e_vgg_small", "e2e_resnet18",
                "threads_conv64x56b16", "threads_conv128x28b16", "threads_conv256x14b16",
                "threads_conv512x7b16")
 #: peers ``bench --peers`` adds (row key ``peers``): OpenVINO's BinaryConvolution on the conv
-#: cases, torch's int8 paths on the GEMM, GEMV and conv cases
-PEERS: tuple[str, ...] = ("openvino", "torch_int8")
+#: cases, torch's int8 paths on the GEMM, GEMV and conv cases, bnn-lab's packed GEMM on the
+#: GEMM and GEMV cases
+PEERS: tuple[str, ...] = ("openvino", "torch_int8", "bnn_lab")
 
 
 def _group(case: str) -> str:
@@ -555,6 +563,51 @@ def _linear_int8_peer(x: torch.Tensor, w: torch.Tensor, want: torch.Tensor,
     return {"torch_int8": entry}, ([call] if ok else [])
 
 
+def bnn_lab_version() -> str | None:
+    """The installed bnn-lab's version (None when it or its native kernel is missing)."""
+    try:
+        from importlib.metadata import version
+
+        import bnn.kernels.packed as bp
+    except ImportError:
+        return None
+    return version("bnn-lab") if bp.native_kernel_available() else None
+
+
+def bnn_lab_gemm(a: torch.Tensor, b: torch.Tensor, *, threads: int,
+                 prepacked: bool) -> Callable[[], np.ndarray]:
+    """A call of bnn-lab's native packed GEMM computing ``a @ b.T`` (float32) for ±1 ``a``,
+    ``b``: ``b`` packed once; ``a`` packed once (``prepacked``) or by bnn-lab's packer inside
+    the call, as bnnlab's row does. Needs :func:`bnn_lab_version` not None."""
+    import bnn.kernels.packed as bp
+
+    a_np, b_np = a.numpy(), b.numpy()
+    wp, n = bp.pack_binary_pm1(b_np)
+    ap, _ = bp.pack_binary_pm1(a_np)
+
+    def call() -> np.ndarray:
+        bp.set_num_threads(threads)
+        xp = ap if prepacked else bp.pack_binary_pm1(a_np)[0]
+        return bp.binary_gemm_native_prepacked(xp, wp, n)
+    return call
+
+
+def _bnn_lab_peer(a: torch.Tensor, b: torch.Tensor, want: np.ndarray, threads: int,
+                  peers: Sequence[str], *, prepacked: bool) -> tuple[dict, list[Callable]]:
+    if "bnn_lab" not in peers:
+        return {}, []
+    ver = bnn_lab_version()
+    if ver is None:
+        return {"bnn_lab": _peer("bnn-lab", note="not installed")}, []
+    name = f"bnn-lab {ver}"
+    call = bnn_lab_gemm(a, b, threads=threads, prepacked=prepacked)
+    if not np.array_equal(call(), want.astype(np.float32)):
+        return {"bnn_lab": _peer(name, note="differs from torch: not timed")}, []
+    how = "both operands pre-packed" if prepacked else "x packed by bnn-lab in the call"
+    return {"bnn_lab": _peer(name, correct=True, note=f"native OpenMP GEMM, {how}; bit-exact")}, \
+        [call]
+
+
 def _fill_peers(entries: dict, times: Sequence[float], bnnlab_time: float) -> dict:
     """Put the measured times (in order) into the correct entries; ratio = peer / bnnlab."""
     it = iter(times)
@@ -595,14 +648,19 @@ def _gemm(n: int, threads: int, cfg: dict, peers: Sequence[str] = ()) -> list[di
         bad = "packed result differs from torch: not timed"
         return [_row(name, threads, note=bad), _row(name + "_prepacked", threads, note=bad)]
     entries, calls = _linear_int8_peer(a, b, torch.from_numpy(want).float(), peers)
+    lab, lab_calls = _bnn_lab_peer(a, b, want, threads, peers, prepacked=False)
+    lab_pre, lab_pre_calls = _bnn_lab_peer(a, b, want, threads, peers, prepacked=True)
+    entries.update(lab)
     t_t, t_b, t_p, *t_peers = _interleaved(
         [lambda: a @ b.T, lambda: kernels.xnor_matmul(kernels.pack_signs(a), pb),
-         lambda: kernels.xnor_matmul(pa, pb), *calls], **cfg)
+         lambda: kernels.xnor_matmul(pa, pb), *calls, *lab_calls, *lab_pre_calls], **cfg)
+    n_pre = len(lab_pre_calls)
+    t_main, t_pre = (t_peers[:len(t_peers) - n_pre], t_peers[len(t_peers) - n_pre:])
     return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True, macs=n ** 3,
                  packing="A packed in the loop, B pre-packed",
-                 peers=_fill_peers(entries, t_peers, t_b)),
+                 peers=_fill_peers(entries, t_main, t_b)),
             _row(name + "_prepacked", threads, torch=t_t, bnnlab=t_p, correct=True, macs=n ** 3,
-                 packing="A and B pre-packed")]
+                 packing="A and B pre-packed", peers=_fill_peers(lab_pre, t_pre, t_p))]
 
 
 def _gemv(m: int, threads: int, cfg: dict, peers: Sequence[str] = ()) -> list[dict]:
@@ -614,8 +672,11 @@ def _gemv(m: int, threads: int, cfg: dict, peers: Sequence[str] = ()) -> list[di
     if not np.array_equal(kernels.xnor_matmul(kernels.pack_signs(x), pw), want):
         return [_row(name, threads, note="packed result differs from torch: not timed")]
     entries, calls = _linear_int8_peer(x, w, torch.from_numpy(want).float(), peers)
+    lab, lab_calls = _bnn_lab_peer(x, w, want, threads, peers, prepacked=False)
+    entries.update(lab)
     t_t, t_b, *t_peers = _interleaved(
-        [lambda: x @ w.T, lambda: kernels.xnor_matmul(kernels.pack_signs(x), pw), *calls], **cfg)
+        [lambda: x @ w.T, lambda: kernels.xnor_matmul(kernels.pack_signs(x), pw), *calls,
+         *lab_calls], **cfg)
     return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True, macs=m * k * n,
                  packing="x packed in the loop, W pre-packed",
                  peers=_fill_peers(entries, t_peers, t_b))]

@@ -265,6 +265,33 @@ def test_peer_rows_exist_in_json(tmp_path, capsys):
     assert "BinaryConvolution (bnnlab ×)" in text and "conv512x7:openvino" in text
 
 
+def test_bnn_lab_peer_is_checked_and_timed_on_gemm_and_gemv():
+    pytest.importorskip("bnn.kernels.packed")
+    if bench.bnn_lab_version() is None:
+        pytest.skip("bnn-lab's native kernel is not available")
+    # its kernel on odd sizes (a partial last word) against torch, both packing variants
+    a, b = bench._pm1(5, 131, seed=1), bench._pm1(7, 131, seed=2)
+    for pre in (False, True):
+        got = bench.bnn_lab_gemm(a, b, threads=1, prepacked=pre)()
+        assert np.array_equal(got, (a @ b.T).numpy())
+    rows = {r["case"]: r for r in bench.run(["gemm512", "gemv1x4096"], quick=True, threads=(1,),
+                                              repeats=2, peers=["bnn_lab"])}
+    for case, how in (("gemm512", "in the call"), ("gemm512_prepacked", "pre-packed"),
+                      ("gemv1x4096", "in the call")):
+        e = rows[case]["peers"]["bnn_lab"]
+        assert e["correct"] and e["time"] > 0 and how in e["note"] and "bit-exact" in e["note"]
+        assert e["ratio"] == pytest.approx(e["time"] / rows[case]["bnnlab"])
+
+
+def test_missing_bnn_lab_says_not_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bnn", None)
+    monkeypatch.setitem(sys.modules, "bnn.kernels", None)
+    monkeypatch.setitem(sys.modules, "bnn.kernels.packed", None)
+    assert bench.bnn_lab_version() is None
+    row = bench.run("gemv1x4096", quick=True, threads=(1,), repeats=2, peers=["bnn_lab"])[0]
+    assert row["peers"]["bnn_lab"]["note"] == "not installed" and row["correct"]
+
+
 def test_missing_openvino_says_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)      # `import openvino` now fails
     assert bench.openvino_version() is None
