@@ -1378,6 +1378,8 @@ def ladder_macros(results: Mapping) -> dict[str, str]:
                     ("patience", "Patience"), ("lr_patience", "LRPatience"),
                     ("batch_size", "Batch")):
         m[f"Ladder{name}"] = str(s[k])
+    m["LadderMinDelta"] = _f(float(s.get("min_delta", 0.0)) * 100)
+    m["LadderWallMinutes"] = _f(meta["wall_seconds"] / 60)
     m["LadderLR"] = f"{s['lr']:g}"
     for r in rows:
         R = _LADDER_MACRO.get(r["rung"], "X")
