@@ -800,7 +800,8 @@ CIFAR10_FILE_SIZE = 10_000 * _CIFAR_RECORD
 #: Unverified files from an archive: at most this many records per member (10× the official),
 #: so that a crafted archive cannot make the reader allocate without bound.
 _CIFAR_MAX_RECORDS = 100_000
-#: Tar headers read before the six data files must have appeared (the official archive has 9).
+#: Tar headers read before the six data files must have appeared (the official archive holds
+#: nine: the folder, the six data files, ``batches.meta.txt`` and ``readme.html``).
 _CIFAR_MAX_MEMBERS = 64
 _CHUNK = 1 << 22
 _TAR_KINDS = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link",

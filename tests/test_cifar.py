@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bnnlab import data as D
 
@@ -381,3 +383,55 @@ def test_train_cli_and_fit_runner_read_the_archive(tmp_path, monkeypatch):
             "model_kw": {"in_features": 3072, "hidden": [8]},
             "data_kw": {"verify": False, "val_size": 10}, "epochs": 1, "batch_size": 25}
     assert runs.run_spec(spec)["result"]["sizes"] == {"train": 50, "val": 10, "test": N}
+
+
+# ---------------------------------------------------------------------------------- fuzz
+_SMALL = _files(n=2, seed=3)
+
+
+def _small_tar() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for info, raw in _official_members(_SMALL):
+            tar.addfile(info, io.BytesIO(raw) if info.isreg() else None)
+    return buf.getvalue()
+
+
+_TAR = _small_tar()
+with tarfile.open(fileobj=io.BytesIO(_TAR)) as _t:
+    _HEADERS = [m.offset for m in _t.getmembers()]      # where each 512-byte header starts
+
+
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(_HEADERS), st.integers(0, 511), st.integers(0, 255)),
+                max_size=6),
+       st.lists(st.tuples(st.integers(0, len(_TAR) - 1), st.integers(0, 255)), max_size=3),
+       st.integers(0, len(_TAR)))
+def test_mutated_archives_load_or_raise_value_error(tmp_path, in_headers, anywhere, cut):
+    """Bytes of the tar changed (mostly in its headers: names, types, sizes; checksums then made
+    valid) and the stream cut, then gzipped: the loader reads valid records or raises ValueError, within
+    bounded memory."""
+    raw = bytearray(_TAR)
+    for start, at, value in in_headers:
+        raw[start + at] = value
+    for start in _HEADERS:                  # a valid checksum, so that tarfile reads the fields
+        block = raw[start:start + 512]
+        block[148:156] = b" " * 8
+        raw[start + 148:start + 156] = b"%06o\0 " % sum(block)
+    for at, value in anywhere:
+        raw[at] = value
+    path = tmp_path / "m.tar.gz"
+    path.write_bytes(gzip.compress(bytes(raw[:max(1, cut)]), mtime=0))
+    tracemalloc.start()
+    try:
+        split = D.load_cifar10(path, verify=False, normalize=None, val_size=0)
+    except ValueError:
+        pass
+    else:
+        for x, y in (split.train, split.test):
+            assert x.shape[1:] == (3, 32, 32) and int(y.min()) >= 0 and int(y.max()) <= 9
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 32 << 20
