@@ -1018,6 +1018,30 @@ def _cifar_members(fileobj: IO[bytes], path: Path, verify: bool) -> dict[str, by
     return raw
 
 
+def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) std of the uint8 images ``x`` (N, C, H, W) scaled to
+    [0, 1], from exact integer sums (a zero std counts as 1). No float copy of ``x`` is made:
+    on CIFAR-10 the direct float64 formula held 2.7 GB at its peak."""
+    mean, std = [], []
+    for c in range(x.shape[1]):
+        v = x[:, c]
+        n = v.size
+        s1 = int(v.sum(dtype=np.int64))
+        s2 = int((v.astype(np.uint16) ** 2).sum(dtype=np.int64))      # 255² fits in uint16
+        mean.append(s1 / n / 255.0)
+        std.append(math.sqrt((n * s2 - s1 * s1) / (n * n)) / 255.0)    # exact, then rounded
+    sd = np.asarray(std)
+    return np.asarray(mean), np.where(sd > 0, sd, 1.0)
+
+
+def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``x * scale[c] + shift[c]`` per channel, in float32, in place on one copy of ``x``."""
+    out = x.astype(np.float32)
+    out *= scale.astype(np.float32)[None, :, None, None]
+    out += shift.astype(np.float32)[None, :, None, None]
+    return out
+
+
 def load_cifar10(root, *, verify: bool = True, normalize: str | None = "channel",
                  val_size=0.1, n_train: int | None = None, n_test: int | None = None,
                  seed: int = 0) -> Split:
@@ -1084,15 +1108,9 @@ def load_cifar10(root, *, verify: bool = True, normalize: str | None = "channel"
     train, val = _carve(x_pool, y_pool, val_size=val_size, n_train=n_train, seed=seed)
     info: dict = {"source": str(where), "format": kind, "seed": seed, "verified": verify}
     if normalize == "channel":
-        mean = train[0].reshape(len(train[0]), 3, -1).mean(axis=(0, 2)) / 255.0
-        std = (train[0].reshape(len(train[0]), 3, -1) / 255.0).std(axis=(0, 2))
-        std = np.where(std > 0, std, 1.0)
-        out = []
-        for x, y in (train, val, (x_test, y_test)):
-            xf = (x.astype(np.float32) / 255.0 - mean[None, :, None, None].astype(np.float32)) \
-                / std[None, :, None, None].astype(np.float32)
-            out.append((torch.from_numpy(np.ascontiguousarray(xf, dtype=np.float32)),
-                        torch.from_numpy(y.astype(np.int64))))
+        mean, std = _channel_stats(train[0])
+        out = [(torch.from_numpy(_affine(x, 1.0 / (255.0 * std), -mean / std)),
+                torch.from_numpy(y.astype(np.int64))) for x, y in (train, val, (x_test, y_test))]
         info.update(normalize="channel", mean=mean.tolist(), std=std.tolist())
     else:
         out, extra = _finish_images([train, val, (x_test, y_test)], scale=255.0,

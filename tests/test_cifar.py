@@ -435,3 +435,21 @@ def test_mutated_archives_load_or_raise_value_error(tmp_path, in_headers, anywhe
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert peak < 32 << 20
+
+
+def test_channel_normalisation_equals_the_direct_formula(tmp_path):
+    files = _files(n=40, seed=5)
+    _folder(tmp_path, files)
+    split = D.load_cifar10(tmp_path, verify=False, val_size=30, seed=2)
+    raw = D.load_cifar10(tmp_path, verify=False, normalize=None, val_size=30, seed=2)
+    x = raw.train[0].numpy().astype(np.float64) / 255.0
+    mean = x.mean(axis=(0, 2, 3))
+    std = x.std(axis=(0, 2, 3))
+    np.testing.assert_allclose(split.info["mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(split.info["std"], std, rtol=1e-12)
+    for part, ref in zip(split, raw, strict=True):
+        direct = (ref[0].numpy().astype(np.float64) / 255.0 - mean[:, None, None]) \
+            / std[:, None, None]
+        assert part[0].dtype == torch.float32
+        np.testing.assert_allclose(part[0].numpy(), direct, rtol=0, atol=1e-6)
+        assert torch.equal(part[1], ref[1])
