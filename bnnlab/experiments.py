@@ -50,7 +50,8 @@ minutes on a laptop CPU; every variant sees the same inputs. torch runs on one t
 default (``--threads``): on a shared two-core machine two OpenMP threads slowed training
 down by up to 30× through contention.
 
-The ``paper`` profile (``--paper --data-root DIR``) is different: CIFAR-10 runs of
+The ``paper`` profile (``--paper --data-root PATH``, the folder of CIFAR-10's binary files or
+``cifar-10-binary.tar.gz`` itself) is different: CIFAR-10 runs of
 :data:`PAPER_MODELS` as specs of :mod:`bnnlab.runs`, swept on Dask (:func:`run_sweep`;
 ``--scheduler`` for a cluster) into ``<out>/runs/``; :func:`paper_table` builds ``paper.json``
 from those records only, so an interrupted sweep resumes and records from several machines merge.
@@ -1095,9 +1096,9 @@ def paper_specs(*, seeds: Iterable[int] = (0, 1, 2), fraction: float = 1.0,
                 models: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """Run specs of the ``paper`` profile: :data:`PAPER_MODELS` × ``seeds`` on CIFAR-10.
 
-    The data folder is not part of a spec (the files are verified against the official
-    SHA-256, so every machine reads the same bytes); it is given to :func:`run_paper` or set in
-    ``BNNLAB_DATA_ROOT`` on the workers.
+    The data folder (or archive) is not part of a spec (the files are verified against the
+    official SHA-256, so every machine reads the same bytes); it is given to :func:`run_paper`
+    or set in ``BNNLAB_DATA_ROOT`` on the workers.
     """
     from bnnlab._validation import check_bool, check_int, check_real
 
@@ -1407,7 +1408,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--paper", action="store_const", const="paper", dest="profile",
                       help="CIFAR-10 (--data-root) with VGG-small and ResNet-18 Bi-Real / "
                            "ReActNet, as a Dask sweep (a cluster or a GPU)")
-    parser.add_argument("--data-root", type=Path, help="CIFAR-10 binary files (--paper)")
+    parser.add_argument("--data-root", type=Path, help="CIFAR-10's binary files (--paper): "
+                        "their folder or cifar-10-binary.tar.gz")
     parser.add_argument("--fraction", type=float, default=1.0,
                         help="--paper: fraction of the training images (smoke tests: 0.01)")
     parser.add_argument("--scheduler", metavar="ADDRESS",

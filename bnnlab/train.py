@@ -957,7 +957,8 @@ def main(argv: list[str] | None = None) -> int:
                              "birealnet18, ...) or package.module:function")
     parser.add_argument("--model-kw", default="{}", help="JSON keyword arguments of the builder")
     parser.add_argument("--data", required=True, help=f"one of {', '.join(D.DATASETS)}")
-    parser.add_argument("--data-root", help="folder of the data files (Fashion-MNIST, CIFAR-10)")
+    parser.add_argument("--data-root", help="folder of the data files (Fashion-MNIST, "
+                        "CIFAR-10), or CIFAR-10's cifar-10-binary.tar.gz itself")
     parser.add_argument("--data-kw", default="{}", help="JSON keyword arguments of the loader")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128,

@@ -419,78 +419,8 @@ def test_split_validates_and_unpacks():
 
 
 # ---------------------------------------------------------------------------------------------
-# CIFAR-10, official binary format, on generated files
+# CIFAR-10 augmentation (the loader's tests are in tests/test_cifar.py)
 # ---------------------------------------------------------------------------------------------
-def _write_cifar(folder, n=12, seed=0):
-    from bnnlab import data as D
-
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in D.CIFAR10_FILES:
-        x = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
-        y = rng.integers(0, 10, size=n)
-        D.write_cifar10_bin(folder / name, x, y)
-    return folder
-
-
-def test_cifar10_binary_records_round_trip(tmp_path):
-    from bnnlab import data as D
-
-    x = np.arange(2 * 3 * 32 * 32, dtype=np.int64).reshape(2, 3, 32, 32).astype(np.uint8)
-    path = D.write_cifar10_bin(tmp_path / "b.bin", x, [3, 9])
-    raw = path.read_bytes()
-    assert len(raw) == 2 * 3073 and raw[0] == 3 and raw[3073] == 9
-    assert raw[1:1025] == x[0, 0].tobytes()                       # red plane first, row-major
-    xr, yr = D.read_cifar10_bin(path)
-    assert np.array_equal(xr, x) and yr.tolist() == [3, 9]
-
-
-def test_cifar10_refuses_bad_sizes_labels_and_checksums(tmp_path):
-    from bnnlab import data as D
-
-    folder = _write_cifar(tmp_path / "c")
-    with pytest.raises(ValueError, match="SHA-256"):
-        D.load_cifar10(folder)                                     # generated != official
-    bad = tmp_path / "bad.bin"
-    bad.write_bytes(b"\x01" * 3072)
-    with pytest.raises(ValueError, match="multiple"):
-        D.read_cifar10_bin(bad)
-    bad.write_bytes(b"")
-    with pytest.raises(ValueError, match="multiple"):
-        D.read_cifar10_bin(bad)
-    bad.write_bytes(bytes([10]) + bytes(3072))
-    with pytest.raises(ValueError, match="label 10"):
-        D.read_cifar10_bin(bad)
-    (folder / "test_batch.bin").write_bytes(bytes([1]) + bytes(3071))
-    with pytest.raises(ValueError, match="multiple"):
-        D.load_cifar10(folder, verify=False)
-    (folder / "test_batch.bin").unlink()
-    with pytest.raises(FileNotFoundError, match="cifar-10-binary.tar.gz"):
-        D.load_cifar10(folder, verify=False)
-    with pytest.raises(TypeError, match="verify"):
-        D.load_cifar10(folder, verify="yes")
-
-
-def test_cifar10_loads_verified_files_with_channel_normalisation(tmp_path, monkeypatch):
-    from bnnlab import data as D
-
-    folder = _write_cifar(tmp_path / "cifar-10-batches-bin")
-    # the files' own digests stand in for the official table (the comparison is the real one)
-    for name in D.CIFAR10_FILES:
-        monkeypatch.setitem(D.CIFAR10_FILES, name, D._sha256(folder / name))
-    split = D.load_cifar10(tmp_path, val_size=10, seed=1)          # finds the subfolder
-    assert split.sizes == {"train": 50, "val": 10, "test": 12}
-    assert split.input_shape == (3, 32, 32) and split.classes[0] == "airplane"
-    x = split.train[0]
-    assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
-    assert torch.allclose(x.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
-    assert split.info["verified"] is True
-    same = D.load("cifar10", root=tmp_path, val_size=10, seed=1, verify=False)
-    assert torch.equal(same.test[0], split.test[0])
-    unit = D.load_cifar10(folder, verify=False, normalize="unit", val_size=10)
-    assert 0.0 <= float(unit.train[0].min()) and float(unit.train[0].max()) <= 1.0
-
-
 def test_augment_crop_flip_is_a_shifted_possibly_flipped_window():
     from bnnlab import data as D
 
