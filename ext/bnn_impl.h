@@ -698,7 +698,77 @@ static BNN_ATTR void FN(NAME)(bnn_pack_job *job, int t, int T_) {               
     }                                                                                     \
     job->bad[t] = bad;                                                                    \
 }
+#if BNN_LEVEL == 2
+/* float32 NCHW -> NHWC words, explicit AVX2: 16 pixels at a time, channel bits ORed into
+ * 32-bit lanes (channels 0-31 and 32-63 of the word), then interleaved into 64-bit words.
+ * Non-finite values are caught by accumulating x - x (0 for finite x, NaN otherwise). */
+BNN_INLINE BNN_ATTR void FN(store_words8)(uint64_t *o, int64_t CW, __m256i lo, __m256i hi) {
+    const __m256i a = _mm256_unpacklo_epi32(lo, hi), b = _mm256_unpackhi_epi32(lo, hi);
+    const __m256i w0 = _mm256_permute2x128_si256(a, b, 0x20), w1 = _mm256_permute2x128_si256(a, b, 0x31);
+    if (CW == 1) {
+        _mm256_storeu_si256((__m256i *)o, w0);
+        _mm256_storeu_si256((__m256i *)(o + 4), w1);
+    } else {
+        BNN_ALIGN64 uint64_t tmp[8];
+        _mm256_store_si256((__m256i *)tmp, w0);
+        _mm256_store_si256((__m256i *)(tmp + 4), w1);
+        for (int k = 0; k < 8; k++) o[k * CW] = tmp[k];
+    }
+}
+
+static BNN_ATTR void FN(pack_nchw_f32)(bnn_pack_job *job, int t, int T_) {
+    const int64_t N = job->n, C = job->c, P = job->p, CW = job->cw;
+    const int64_t nblk = (P + BNN_NCHW_PB - 1) / BNN_NCHW_PB, items = N * CW * nblk;
+    const int64_t i0 = items * t / T_, i1 = items * (t + 1) / T_;
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 badv = zero;
+    int bad = 0;
+    for (int64_t it = i0; it < i1; it++) {
+        const int64_t n = it / (CW * nblk), rem = it - n * CW * nblk;
+        const int64_t wi = rem / nblk, p0 = (rem - wi * nblk) * BNN_NCHW_PB;
+        const int64_t pb = bnn_min64(BNN_NCHW_PB, P - p0);
+        const int64_t c0 = wi * 64, nc = bnn_min64(C, c0 + 64) - c0;
+        const float *xb = (const float *)job->x + (n * C + c0) * P + p0;
+        uint64_t *o = job->out + (n * P + p0) * CW + wi;
+        int64_t q = 0;
+        for (; q + 16 <= pb; q += 16) {
+            __m256i l0 = _mm256_setzero_si256(), l1 = l0, h0 = l0, h1 = l0;
+            __m256i bit = _mm256_set1_epi32(1);
+            const int64_t nlo = bnn_min64(nc, 32);
+            for (int64_t c = 0; c < nlo; c++) {
+                const __m256 v0 = _mm256_loadu_ps(xb + c * P + q), v1 = _mm256_loadu_ps(xb + c * P + q + 8);
+                l0 = _mm256_or_si256(l0, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v0, zero, _CMP_LT_OQ)), bit));
+                l1 = _mm256_or_si256(l1, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v1, zero, _CMP_LT_OQ)), bit));
+                badv = _mm256_or_ps(badv, _mm256_or_ps(_mm256_sub_ps(v0, v0), _mm256_sub_ps(v1, v1)));
+                bit = _mm256_add_epi32(bit, bit);
+            }
+            bit = _mm256_set1_epi32(1);
+            for (int64_t c = 32; c < nc; c++) {
+                const __m256 v0 = _mm256_loadu_ps(xb + c * P + q), v1 = _mm256_loadu_ps(xb + c * P + q + 8);
+                h0 = _mm256_or_si256(h0, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v0, zero, _CMP_LT_OQ)), bit));
+                h1 = _mm256_or_si256(h1, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v1, zero, _CMP_LT_OQ)), bit));
+                badv = _mm256_or_ps(badv, _mm256_or_ps(_mm256_sub_ps(v0, v0), _mm256_sub_ps(v1, v1)));
+                bit = _mm256_add_epi32(bit, bit);
+            }
+            FN(store_words8)(o + q * CW, CW, l0, h0);
+            FN(store_words8)(o + (q + 8) * CW, CW, l1, h1);
+        }
+        for (; q < pb; q++) {   /* the block's last pb % 16 pixels */
+            uint64_t word = 0;
+            for (int64_t c = 0; c < nc; c++) {
+                const float v = xb[c * P + q];
+                word |= (uint64_t)BNN_NEG_F32(v) << c;
+                bad |= BNN_BAD_F32(v);
+            }
+            o[q * CW] = word;
+        }
+    }
+    bad |= _mm256_movemask_ps(_mm256_cmp_ps(badv, badv, _CMP_UNORD_Q)) != 0;
+    job->bad[t] = bad;
+}
+#else
 BNN_DEFINE_PACK_NCHW(pack_nchw_f32, float, BNN_NEG_F32, BNN_BAD_F32)
+#endif
 BNN_DEFINE_PACK_NCHW(pack_nchw_f64, double, BNN_NEG_F64, BNN_BAD_F64)
 BNN_DEFINE_PACK_NCHW(pack_nchw_i8, int8_t, BNN_NEG_I8, BNN_BAD_I8)
 BNN_DEFINE_PACK_NCHW(pack_nchw_bool, uint8_t, BNN_NEG_BOOL, BNN_BAD_BOOL)

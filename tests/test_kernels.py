@@ -173,6 +173,21 @@ def test_pack_nhwc_and_weights_match_reference(isa):
     np.testing.assert_array_equal(bk.pack_nhwc(xb).words, ref.pack_nhwc(ref.sign(xb)))
 
 
+@pytest.mark.parametrize("c", [1, 32, 33, 64, 65, 130])
+def test_pack_nhwc_float32_blocks_and_nonfinite(isa, c):
+    """float32 NCHW packing over 16-pixel vector blocks and their tails (AVX2), several
+    256-pixel blocks and two images; NaN/+-inf anywhere is reported."""
+    rng = np.random.default_rng(c)
+    for n, h, w in [(2, 7, 7), (1, 17, 17), (1, 4, 4)]:
+        x = _real(rng, (n, c, h, w))
+        np.testing.assert_array_equal(bk.pack_nhwc(x).words, ref.pack_nhwc(x))
+        for bad in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y.reshape(-1)[rng.integers(0, y.size)] = bad
+            with pytest.raises(ValueError, match="NaN|inf"):
+                bk.pack_nhwc(y)
+
+
 @pytest.mark.parametrize("c", [64, 128, 3, 70])
 def test_flatten_nhwc_feeds_a_dense_layer_in_hwc_order(c):
     rng = np.random.default_rng(c)
