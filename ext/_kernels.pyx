@@ -122,7 +122,8 @@ def set_level_cap(int cap):
 
 
 def tiles(int lvl):
-    """Register-tile shapes of level ``lvl``: dict(dot_mr, dot_nr, panel_mr, panel_nr)."""
+    """Register-tile shapes of level ``lvl``: dict(dot_mr, dot_nr, panel_mr, panel_nr), the
+    panel tile's rows for the panel kernel in use (AVX2: 4 lookup, 2 hybrid)."""
     cdef int d_mr, d_nr, p_mr, p_nr
     if lvl < 0 or lvl >= BNN_N_LEVELS:
         raise ValueError(f"lvl must be in 0..{BNN_N_LEVELS - 1}, got {lvl}")

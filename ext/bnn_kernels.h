@@ -103,9 +103,12 @@ static void bnn_set_level_cap(int cap) {
     bnn_cap = cap;
 }
 
+static int bnn_panel_variant(int level);
+/* Tile shapes of `level`; p_mr: rows of the panel tile in use (bnn_panel_variant). */
 static void bnn_tiles(int level, int *d_mr, int *d_nr, int *p_mr, int *p_nr) {
     const bnn_impl *im = bnn_impls[level];
-    *d_mr = im->d_mr; *d_nr = im->d_nr; *p_mr = im->p_mr; *p_nr = im->p_nr;
+    *d_mr = im->d_mr; *d_nr = im->d_nr; *p_nr = im->p_nr;
+    *p_mr = bnn_panel_variant(level) ? im->p_mr_alt : im->p_mr;
 }
 
 static int bnn_openmp_max_threads(void) {
