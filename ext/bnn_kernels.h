@@ -355,8 +355,8 @@ static int bnn_panel_nr(int level) { return bnn_impls[level]->p_nr; }
 /* ------------------------------------------------------------------ panel kernel choice */
 /* A level may carry a second panel kernel (bnn_impl.panel_alt, same panel layout, p_mr_alt-row
  * tiles).  x86 AVX2 does: the hybrid tile (vector nibble lookup on half of the columns,
- * scalar POPCNT on the other half, so the vector and the integer units of the core work at
- * once).  Which one runs is forced by bnn_set_panel_variant (0 = main, 1 = alternative) or,
+ * scalar POPCNT on the other half, so the vector and the integer units of the core share
+ * the work).  Which one runs is forced by bnn_set_panel_variant (0 = main, 1 = alternative) or,
  * by default (-1), chosen once per process by bnn_calibrate_variant: both run the same small
  * GEMM and 3x3 conv in L1, interleaved, best of 9 each, and the faster one is kept.  Both are
  * exact, so the choice changes only the speed. */
