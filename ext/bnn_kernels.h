@@ -320,6 +320,29 @@ static void bnn_panel_chunk(void *ctx, int c, int n) {
     const int64_t wlen = pj->wlen, nr = pj->nr;
     for (int64_t g = g0; g < g1; g++) {
         uint64_t *pg = pj->panel + g * wlen * nr;
+        if ((g + 1) * nr <= pj->N && (nr == 4 || nr == 8)) {
+            /* full group: contiguous writes, nr reads per word (the panel row stays in L1) */
+            const uint64_t *br = pj->b + g * nr * wlen;
+            if (nr == 8) {
+                int64_t w = 0;
+#if BNN_X86
+                for (; w + 2 <= wlen; w += 2, pg += 16) {   /* 2 x 2 transposes, SSE2 */
+                    for (int r = 0; r < 8; r += 2) {
+                        const __m128i u = _mm_loadu_si128((const __m128i *)(br + r * wlen + w));
+                        const __m128i v = _mm_loadu_si128((const __m128i *)(br + (r + 1) * wlen + w));
+                        _mm_storeu_si128((__m128i *)(pg + r), _mm_unpacklo_epi64(u, v));
+                        _mm_storeu_si128((__m128i *)(pg + 8 + r), _mm_unpackhi_epi64(u, v));
+                    }
+                }
+#endif
+                for (; w < wlen; w++, pg += 8)
+                    for (int r = 0; r < 8; r++) pg[r] = br[r * wlen + w];
+            } else {
+                for (int64_t w = 0; w < wlen; w++, pg += 4)
+                    for (int r = 0; r < 4; r++) pg[r] = br[r * wlen + w];
+            }
+            continue;
+        }
         for (int64_t r = 0; r < nr; r++) {
             const int64_t row = g * nr + r;
             if (row < pj->N) {
