@@ -10,6 +10,9 @@ def level() -> int: ...  # ISA level the next call uses
 def detected_level() -> int: ...  # best level the CPU/OS supports
 def set_level_cap(cap: int) -> None: ...  # use at most this level (clamped to 0..len(LEVEL_NAMES) - 1)
 def tiles(lvl: int) -> dict[str, int]: ...  # dot_mr, dot_nr, panel_mr, panel_nr
+def has_panel_alt(lvl: int) -> bool: ...
+def set_panel_variant(v: int) -> int: ...  # -1 auto, 0 main, 1 alternative; returns old
+def panel_variant(lvl: int) -> int: ...  # 0 main, 1 alternative (calibrates on first use)
 def set_grain_scale(scale: float) -> float: ...  # 0: always use n threads; returns old
 def set_backend(backend: int) -> int: ...  # 0 pool, 1 OpenMP; returns old
 def backend() -> int: ...

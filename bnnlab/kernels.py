@@ -1922,7 +1922,9 @@ def kernel_info() -> dict:
         (compiled with OpenMP), ``threading`` ("pool" or "openmp"), ``pool_workers``
         (worker threads started so far), ``pool_stalls`` (times the pool fell back to one
         thread for 100 ms because a worker was descheduled mid-job), ``omp_max_threads``, ``num_threads`` (the default
-        ``n_threads``), ``num_threads_source`` and ``tiles`` (register-tile shapes).
+        ``n_threads``), ``num_threads_source``, ``tiles`` (register-tile shapes) and
+        ``panel_kernel`` (the GEMM/conv tile kernel of the level: "hybrid" or "lookup" on
+        AVX2, chosen by a one-time calibration, see ext/README.md; "main" elsewhere).
     """
     lvl, det = _kernels.level(), _kernels.detected_level()
     return {
@@ -1942,6 +1944,7 @@ def kernel_info() -> dict:
         "num_threads_source": "set_num_threads" if _num_threads is not None
         else ("torch" if _torch() is not None else "openmp"),
         "tiles": _kernels.tiles(lvl),
+        "panel_kernel": _panel_kernel_name(lvl),
     }
 
 
@@ -1958,6 +1961,26 @@ def _set_isa(name: str | None) -> str:
     else:
         raise ValueError(f"name must be one of {('auto',) + tuple(_ISA_NAMES)}, got {name!r}")
     return _ISA_NAMES[_kernels.level()]
+
+
+_PANEL_KERNELS = ("auto", "main", "alt")
+
+
+def _panel_kernel_name(lvl: int) -> str:
+    if not _kernels.has_panel_alt(lvl):
+        return "main"
+    return ("lookup", "hybrid")[_kernels.panel_variant(lvl)]
+
+
+def _set_panel_kernel(name: str) -> str:
+    """PRIVATE (tests, benchmarks): which panel (GEMM/conv tile) kernel a level with two
+    runs: "auto" (default: the faster by a one-time calibration), "main" (AVX2: the vector
+    nibble-lookup tile) or "alt" (AVX2: the hybrid vector + scalar-POPCNT tile).  Both give
+    identical results.  Returns the previous setting.  Also set at import from
+    ``BNNLAB_PANEL_KERNEL``."""
+    if name not in _PANEL_KERNELS:
+        raise ValueError(f"name must be one of {_PANEL_KERNELS}, got {name!r}")
+    return _PANEL_KERNELS[_kernels.set_panel_variant(_PANEL_KERNELS.index(name) - 1) + 1]
 
 
 def _force_portable(flag: bool = True) -> None:
@@ -2005,6 +2028,12 @@ if _env_isa:
     except ValueError:
         warnings.warn(f"ignoring BNNLAB_ISA={_env_isa!r}: expected one of "
                       f"{('auto',) + tuple(_ISA_NAMES)}", RuntimeWarning, stacklevel=1)
+_env_panel = os.environ.get("BNNLAB_PANEL_KERNEL")
+if _env_panel:
+    try:
+        _set_panel_kernel(_env_panel.strip().lower())
+    except ValueError as _exc:
+        warnings.warn(f"ignoring BNNLAB_PANEL_KERNEL={_env_panel!r}: {_exc}", RuntimeWarning, stacklevel=1)
 _env_threading = os.environ.get("BNNLAB_THREADING")
 if _env_threading:
     try:

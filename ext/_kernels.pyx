@@ -62,6 +62,10 @@ cdef extern from "bnn_kernels.h" nogil:
                     const float *bias, const int64_t *lim, const uint64_t *flipw,
                     const uint64_t *panel_in, int nt)
     int bnn_panel_nr(int level)
+    void bnn_set_panel_variant(int v)
+    int bnn_panel_variant(int level)
+    int bnn_has_panel_alt(int level)
+    int bnn_variant_force
     void bnn_fill_panel(const uint64_t *b, int64_t N, int64_t wlen, int nr, uint64_t *panel, int nt)
     int bnn_gemm(int level, const uint64_t *a, int64_t M, const uint64_t *b, int64_t N,
                  int64_t nw, int64_t K, int mode, void *out, const float *alpha,
@@ -118,12 +122,37 @@ def set_level_cap(int cap):
 
 
 def tiles(int lvl):
-    """Register-tile shapes of level ``lvl``: dict(dot_mr, dot_nr, panel_mr, panel_nr)."""
+    """Register-tile shapes of level ``lvl``: dict(dot_mr, dot_nr, panel_mr, panel_nr), the
+    panel tile's rows for the panel kernel in use (AVX2: 4 lookup, 2 hybrid)."""
     cdef int d_mr, d_nr, p_mr, p_nr
     if lvl < 0 or lvl >= BNN_N_LEVELS:
         raise ValueError(f"lvl must be in 0..{BNN_N_LEVELS - 1}, got {lvl}")
     bnn_tiles(lvl, &d_mr, &d_nr, &p_mr, &p_nr)
     return {"dot_mr": d_mr, "dot_nr": d_nr, "panel_mr": p_mr, "panel_nr": p_nr}
+
+
+def has_panel_alt(int lvl):
+    """Whether level ``lvl`` has a second panel kernel (x86 AVX2: the hybrid tile)."""
+    if lvl < 0 or lvl >= BNN_N_LEVELS:
+        raise ValueError(f"lvl must be in 0..{BNN_N_LEVELS - 1}, got {lvl}")
+    return bool(bnn_has_panel_alt(lvl))
+
+
+def set_panel_variant(int v):
+    """-1: choose by the one-time calibration (default), 0: main panel kernel, 1: the
+    alternative where the level has one.  Returns the previous setting."""
+    cdef int old = bnn_variant_force
+    bnn_set_panel_variant(v)
+    return old
+
+
+def panel_variant(int lvl):
+    """The panel kernel level ``lvl`` runs now (0 main, 1 alternative); calibrates on first use."""
+    if lvl < 0 or lvl >= BNN_N_LEVELS:
+        raise ValueError(f"lvl must be in 0..{BNN_N_LEVELS - 1}, got {lvl}")
+    with nogil:
+        r = bnn_panel_variant(lvl)
+    return r
 
 
 def set_grain_scale(double scale):

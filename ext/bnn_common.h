@@ -157,6 +157,8 @@ typedef struct {
     bnn_pack_fn pack_rows[4], pack_nchw[4];   /* indexed by BNN_DT_* */
     bnn_pack_fn pack_rows_aff, pack_nchw_aff; /* float32, bit = x * s + o < 0        */
     int d_mr, d_nr, p_mr, p_nr;
+    bnn_job_fn panel_alt;                     /* NULL, or a second panel kernel (same panel  */
+    int p_mr_alt;                             /* layout, p_mr_alt-row tiles); see bnn_kernels.h */
 } bnn_impl;
 
 BNN_INLINE int64_t bnn_min64(int64_t a, int64_t b) { return a < b ? a : b; }

@@ -12,6 +12,7 @@
  *   - GEMM on both paths (M <= 8 "dot" and M > 8 "panel") with the I32, F32 and BITS
  *     epilogues;
  *   - conv2d (several kernel sizes, strides, +1 / -1 padding, NCHW / NHWC / BITS out);
+ *   - both panel kernels where a level has two (x86 AVX2: nibble lookup and hybrid);
  *   - the roofline micro-kernels run and return a positive rate.
  */
 #include "bnn_kernels.h"
@@ -270,13 +271,20 @@ int main(void) {
     bnn_grain_scale = 0.0;   /* use the requested thread count even on tiny problems */
     test_fmaf();
     for (int lvl = 0; lvl <= det; lvl++) {
-        for (int nt = 1; nt <= 2; nt++) {
-            const int before = g_fail;
-            test_pack(lvl, nt);
-            test_gemm(lvl, nt);
-            test_conv(lvl, nt);
-            printf("  %-8s %d thread(s): %s\n", bnn_level_names[lvl], nt, g_fail == before ? "ok" : "FAILED");
+        /* both panel kernels where the level has two (x86 AVX2: lookup, hybrid) */
+        for (int var = 0; var <= bnn_has_panel_alt(lvl); var++) {
+            bnn_set_panel_variant(bnn_has_panel_alt(lvl) ? var : -1);
+            for (int nt = 1; nt <= 2; nt++) {
+                const int before = g_fail;
+                test_pack(lvl, nt);
+                test_gemm(lvl, nt);
+                test_conv(lvl, nt);
+                printf("  %-8s%s %d thread(s): %s\n", bnn_level_names[lvl],
+                       bnn_has_panel_alt(lvl) ? (var ? " hybrid" : " lookup") : "", nt,
+                       g_fail == before ? "ok" : "FAILED");
+            }
         }
+        bnn_set_panel_variant(-1);
         if (bnn_rl_supported()) {
             const double r = bnn_rl_binary(lvl, det, 0.002);
             CHECK(r > 0, "roofline binary %s returned %g", bnn_level_names[lvl], r);

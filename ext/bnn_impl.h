@@ -211,6 +211,24 @@ BNN_INLINE BNN_ATTR void FN(epilogue)(const int EPI_MR, const bnn_epi *e, const 
                 for (int j = 0; j < nr; j++) r[j] = (int32_t)(K - 2 * (int64_t)c[j]);
             }
         }
+#if BNN_LEVEL == 2
+    } else if (EPI_MR == 2 && mr == 2 && nr == 8 && ldc == 8 && off[1] - off[0] == 1 && !f32) {
+        /* NCHW, full 2 x 8 tile: each column's two adjacent pixels as one 64-bit store */
+        const __m256i kk = _mm256_set1_epi64x((long long)K);
+        BNN_UNROLL for (int h = 0; h < 2; h++) {
+            const __m256i c0 = _mm256_loadu_si256((const __m256i *)(cnt + 4 * h));
+            const __m256i c1 = _mm256_loadu_si256((const __m256i *)(cnt + 8 + 4 * h));
+            const __m256i v0 = _mm256_sub_epi64(kk, _mm256_add_epi64(c0, c0));
+            const __m256i v1 = _mm256_sub_epi64(kk, _mm256_add_epi64(c1, c1));
+            const __m256i v = _mm256_blend_epi32(v0, _mm256_slli_epi64(v1, 32), 0xaa);
+            const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+            int32_t *r = (int32_t *)e->out + off[0] + (j0 + 4 * h) * cs;
+            _mm_storel_epi64((__m128i *)r, lo);
+            _mm_storeh_pd((double *)(r + cs), _mm_castsi128_pd(lo));
+            _mm_storel_epi64((__m128i *)(r + 2 * cs), hi);
+            _mm_storeh_pd((double *)(r + 3 * cs), _mm_castsi128_pd(hi));
+        }
+#endif
     } else if (mr == EPI_MR && off[mr - 1] - off[0] == mr - 1 && !f32) {   /* NCHW, full tile */
         for (int j = 0; j < nr; j++) {
             const uint64_t *c = cnt + j;
@@ -401,6 +419,85 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_t)(const int MR, const uint64_t *const *a
 #endif
 }
 
+#if BNN_LEVEL == 2
+/* AVX2 hybrid tile: 2 rows x 8 columns; columns 0-3 by the vector nibble lookup (FP pipes),
+ * columns 4-7 by scalar POPCNT (integer ALUs), so the two kinds of units work in parallel
+ * (on Zen 1 they overlap partly: ~62 MAC/cycle against 49 for the lookup tile's mix). */
+BNN_INLINE BNN_ATTR void FN(panel_tile_hyb_t)(const int MR, const uint64_t *const *ap, int64_t nseg,
+                                              int64_t seg_stride, int64_t L, const uint64_t *pg,
+                                              uint64_t *cnt) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+#  define HY_CNTADD(a8, y) _mm256_add_epi8(_mm256_add_epi8((a8), _mm256_shuffle_epi8(lut, _mm256_and_si256((y), m4))), \
+                                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16((y), 4), m4)))
+#  define HY_FOLD(acc, a8) _mm256_add_epi64((acc), _mm256_sad_epu8((a8), _mm256_setzero_si256()))
+#  if BNN_MSVC
+#    define HY_SCALAR4(c0, c1, c2, c3, x, b) do {                                         \
+        c0 += BNN_POPCNT64((x) ^ (b)[0]); c1 += BNN_POPCNT64((x) ^ (b)[1]);              \
+        c2 += BNN_POPCNT64((x) ^ (b)[2]); c3 += BNN_POPCNT64((x) ^ (b)[3]); } while (0)
+#  else
+    /* inline asm: compilers otherwise pack these scalar sums into vector lanes. */
+#    define HY_SCALAR4(c0, c1, c2, c3, x, b) do {                                         \
+        uint64_t t_;                                                                      \
+        __asm__("movq (%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d0]\n\t"    \
+                "movq 8(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d1]\n\t"   \
+                "movq 16(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d2]\n\t"  \
+                "movq 24(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d3]"      \
+                : [d0] "+r"(c0), [d1] "+r"(c1), [d2] "+r"(c2), [d3] "+r"(c3), [t] "=&r"(t_)   \
+                : [xx] "r"(x), [bp] "r"(b), "m"(*(const uint64_t(*)[4])(b)));                  \
+    } while (0)
+#  endif
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, e0 = s0, e1 = s0;
+    uint64_t c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
+    /* The panel words are contiguous across segments; the A pointers jump between them.
+     * Byte counts hold at most 31 words, so fold before a run that would exceed that. */
+    const uint64_t *bw = pg, *a0 = ap[0], *a1 = ap[MR - 1];
+    const int64_t jump = seg_stride - L;
+    int64_t pending = 0;
+    for (int64_t s = 0; s < nseg; s++) {
+        for (int64_t w0 = 0; w0 < L; w0 += 31) {
+            const int64_t run = bnn_min64(L - w0, 31);
+            if (pending + run > 31) {
+                s0 = HY_FOLD(s0, e0); e0 = _mm256_setzero_si256();
+                if (MR > 1) { s1 = HY_FOLD(s1, e1); e1 = _mm256_setzero_si256(); }
+                pending = 0;
+            }
+            pending += run;
+            const uint64_t *const a0e = a0 + run;
+            do {
+                const __m256i bv = _mm256_loadu_si256((const __m256i *)bw);
+                const uint64_t x0 = *a0;
+                e0 = HY_CNTADD(e0, _mm256_xor_si256(_mm256_set1_epi64x((long long)x0), bv));
+                HY_SCALAR4(c00, c01, c02, c03, x0, bw + 4);
+                if (MR > 1) {
+                    const uint64_t x1 = *a1;
+                    e1 = HY_CNTADD(e1, _mm256_xor_si256(_mm256_set1_epi64x((long long)x1), bv));
+                    HY_SCALAR4(c10, c11, c12, c13, x1, bw + 4);
+                }
+                bw += 8; a0++; a1++;
+            } while (a0 != a0e);
+        }
+        a0 += jump; a1 += jump;
+    }
+    _mm256_storeu_si256((__m256i *)cnt, HY_FOLD(s0, e0));
+    cnt[4] = c00; cnt[5] = c01; cnt[6] = c02; cnt[7] = c03;
+    if (MR > 1) {
+        _mm256_storeu_si256((__m256i *)(cnt + 8), HY_FOLD(s1, e1));
+        cnt[12] = c10; cnt[13] = c11; cnt[14] = c12; cnt[15] = c13;
+    }
+#  undef HY_CNTADD
+#  undef HY_FOLD
+#  undef HY_SCALAR4
+}
+static BNN_ATTR void FN(panel_tile_hyb)(int mr, const uint64_t *const *ap, int64_t nseg,
+                                        int64_t seg_stride, int64_t L, const uint64_t *pg, uint64_t *cnt) {
+    if (mr == 1) FN(panel_tile_hyb_t)(1, ap, nseg, seg_stride, L, pg, cnt);
+    else if (nseg == 3 && L == 3) FN(panel_tile_hyb_t)(2, ap, 3, seg_stride, 3, pg, cnt);   /* 3x3, C <= 64 */
+    else FN(panel_tile_hyb_t)(2, ap, nseg, seg_stride, L, pg, cnt);
+}
+#endif
+
 static BNN_ATTR void FN(panel_tile)(int mr, const uint64_t *const *ap, int64_t nseg,
                                     int64_t seg_stride, int64_t L, const uint64_t *pg, uint64_t *cnt) {
     switch (mr) {
@@ -427,17 +524,17 @@ static BNN_ATTR void FN(panel_tile)(int mr, const uint64_t *const *ap, int64_t n
  * first lists its rows' input pointers and output offsets (job->rowptr/rowoff, no
  * division in the hot loop), then processes its rows in blocks of about 256 KiB of A,
  * each block meeting every column group of the panel while it sits in L2. */
-static BNN_ATTR void FN(panel_worker)(const bnn_job *job, int t, int T) {
+BNN_INLINE BNN_ATTR void FN(panel_worker_t)(const bnn_job *job, int t, int T, const int PMR, const int HYB) {
     const bnn_rows *R = &job->rows;
     const int64_t M = R->M, N = job->N, wlen = R->nseg * R->L;
-    const int64_t ntiles = (M + P_MR - 1) / P_MR;
+    const int64_t ntiles = (M + PMR - 1) / PMR;
     const int64_t t0 = ntiles * t / T, t1 = ntiles * (t + 1) / T;
     if (t0 >= t1) return;
     const int64_t ngroups = (N + P_NR - 1) / P_NR;
     const uint64_t **rowptr = job->rowptr;
     int64_t *rowoff = job->rowoff;
     {   /* rows p0 .. p1 - 1: one division, then increments */
-        const int64_t p0 = t0 * P_MR, p1 = bnn_min64(t1 * P_MR, M);
+        const int64_t p0 = t0 * PMR, p1 = bnn_min64(t1 * PMR, M);
         int64_t img = p0 / R->P, q = p0 - img * R->P, oy = q / R->OW, ox = q - oy * R->OW;
         const int64_t eimg = p0 / job->epi.P;
         int64_t eq = p0 - eimg * job->epi.P, eoff = eimg * job->epi.rs_outer;
@@ -448,7 +545,7 @@ static BNN_ATTR void FN(panel_worker)(const bnn_job *job, int t, int T) {
             if (++eq == job->epi.P) { eq = 0; eoff += job->epi.rs_outer; }
         }
     }
-    int64_t blk = (256 * 1024) / bnn_max64(1, wlen * 8 * P_MR);
+    int64_t blk = (256 * 1024) / bnn_max64(1, wlen * 8 * PMR);
     if (blk < 1) blk = 1;
     BNN_ALIGN64 uint64_t cnt[P_MR * P_NR];
     for (int64_t b0 = t0; b0 < t1; b0 += blk) {
@@ -458,14 +555,29 @@ static BNN_ATTR void FN(panel_worker)(const bnn_job *job, int t, int T) {
             const int64_t j = g * P_NR;
             const int nr = (int)bnn_min64(P_NR, N - j);
             for (int64_t tile = b0; tile < b1; tile++) {
-                const int64_t p0 = tile * P_MR;
-                const int mr = (int)bnn_min64(P_MR, M - p0);
+                const int64_t p0 = tile * PMR;
+                const int mr = (int)bnn_min64(PMR, M - p0);
+#if BNN_LEVEL == 2
+                if (HYB) FN(panel_tile_hyb)(mr, rowptr + p0, R->nseg, R->seg_stride, R->L, pg, cnt);
+                else
+#endif
                 FN(panel_tile)(mr, rowptr + p0, R->nseg, R->seg_stride, R->L, pg, cnt);
-                FN(epilogue)(P_MR, &job->epi, cnt, P_NR, rowoff + p0, mr, j, nr);
+                FN(epilogue)(PMR, &job->epi, cnt, P_NR, rowoff + p0, mr, j, nr);
             }
         }
     }
 }
+
+static BNN_ATTR void FN(panel_worker)(const bnn_job *job, int t, int T) {
+    FN(panel_worker_t)(job, t, T, P_MR, 0);
+}
+
+#if BNN_LEVEL == 2
+/* The hybrid tile's worker: 2-row tiles (bnn_impl.p_mr_alt), same panel (P_NR = 8). */
+static BNN_ATTR void FN(panel_worker_hyb)(const bnn_job *job, int t, int T) {
+    FN(panel_worker_t)(job, t, T, 2, 1);
+}
+#endif
 
 /* ------------------------------------------------------------------ packing */
 #define BNN_NEG_F32(v) ((v) < 0.0f)
@@ -587,7 +699,77 @@ static BNN_ATTR void FN(NAME)(bnn_pack_job *job, int t, int T_) {               
     }                                                                                     \
     job->bad[t] = bad;                                                                    \
 }
+#if BNN_LEVEL == 2
+/* float32 NCHW -> NHWC words, explicit AVX2: 16 pixels at a time, channel bits ORed into
+ * 32-bit lanes (channels 0-31 and 32-63 of the word), then interleaved into 64-bit words.
+ * Non-finite values are caught by accumulating x - x (0 for finite x, NaN otherwise). */
+BNN_INLINE BNN_ATTR void FN(store_words8)(uint64_t *o, int64_t CW, __m256i lo, __m256i hi) {
+    const __m256i a = _mm256_unpacklo_epi32(lo, hi), b = _mm256_unpackhi_epi32(lo, hi);
+    const __m256i w0 = _mm256_permute2x128_si256(a, b, 0x20), w1 = _mm256_permute2x128_si256(a, b, 0x31);
+    if (CW == 1) {
+        _mm256_storeu_si256((__m256i *)o, w0);
+        _mm256_storeu_si256((__m256i *)(o + 4), w1);
+    } else {
+        BNN_ALIGN64 uint64_t tmp[8];
+        _mm256_store_si256((__m256i *)tmp, w0);
+        _mm256_store_si256((__m256i *)(tmp + 4), w1);
+        for (int k = 0; k < 8; k++) o[k * CW] = tmp[k];
+    }
+}
+
+static BNN_ATTR void FN(pack_nchw_f32)(bnn_pack_job *job, int t, int T_) {
+    const int64_t N = job->n, C = job->c, P = job->p, CW = job->cw;
+    const int64_t nblk = (P + BNN_NCHW_PB - 1) / BNN_NCHW_PB, items = N * CW * nblk;
+    const int64_t i0 = items * t / T_, i1 = items * (t + 1) / T_;
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 badv = zero;
+    int bad = 0;
+    for (int64_t it = i0; it < i1; it++) {
+        const int64_t n = it / (CW * nblk), rem = it - n * CW * nblk;
+        const int64_t wi = rem / nblk, p0 = (rem - wi * nblk) * BNN_NCHW_PB;
+        const int64_t pb = bnn_min64(BNN_NCHW_PB, P - p0);
+        const int64_t c0 = wi * 64, nc = bnn_min64(C, c0 + 64) - c0;
+        const float *xb = (const float *)job->x + (n * C + c0) * P + p0;
+        uint64_t *o = job->out + (n * P + p0) * CW + wi;
+        int64_t q = 0;
+        for (; q + 16 <= pb; q += 16) {
+            __m256i l0 = _mm256_setzero_si256(), l1 = l0, h0 = l0, h1 = l0;
+            __m256i bit = _mm256_set1_epi32(1);
+            const int64_t nlo = bnn_min64(nc, 32);
+            for (int64_t c = 0; c < nlo; c++) {
+                const __m256 v0 = _mm256_loadu_ps(xb + c * P + q), v1 = _mm256_loadu_ps(xb + c * P + q + 8);
+                l0 = _mm256_or_si256(l0, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v0, zero, _CMP_LT_OQ)), bit));
+                l1 = _mm256_or_si256(l1, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v1, zero, _CMP_LT_OQ)), bit));
+                badv = _mm256_or_ps(badv, _mm256_or_ps(_mm256_sub_ps(v0, v0), _mm256_sub_ps(v1, v1)));
+                bit = _mm256_add_epi32(bit, bit);
+            }
+            bit = _mm256_set1_epi32(1);
+            for (int64_t c = 32; c < nc; c++) {
+                const __m256 v0 = _mm256_loadu_ps(xb + c * P + q), v1 = _mm256_loadu_ps(xb + c * P + q + 8);
+                h0 = _mm256_or_si256(h0, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v0, zero, _CMP_LT_OQ)), bit));
+                h1 = _mm256_or_si256(h1, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v1, zero, _CMP_LT_OQ)), bit));
+                badv = _mm256_or_ps(badv, _mm256_or_ps(_mm256_sub_ps(v0, v0), _mm256_sub_ps(v1, v1)));
+                bit = _mm256_add_epi32(bit, bit);
+            }
+            FN(store_words8)(o + q * CW, CW, l0, h0);
+            FN(store_words8)(o + (q + 8) * CW, CW, l1, h1);
+        }
+        for (; q < pb; q++) {   /* the block's last pb % 16 pixels */
+            uint64_t word = 0;
+            for (int64_t c = 0; c < nc; c++) {
+                const float v = xb[c * P + q];
+                word |= (uint64_t)BNN_NEG_F32(v) << c;
+                bad |= BNN_BAD_F32(v);
+            }
+            o[q * CW] = word;
+        }
+    }
+    bad |= _mm256_movemask_ps(_mm256_cmp_ps(badv, badv, _CMP_UNORD_Q)) != 0;
+    job->bad[t] = bad;
+}
+#else
 BNN_DEFINE_PACK_NCHW(pack_nchw_f32, float, BNN_NEG_F32, BNN_BAD_F32)
+#endif
 BNN_DEFINE_PACK_NCHW(pack_nchw_f64, double, BNN_NEG_F64, BNN_BAD_F64)
 BNN_DEFINE_PACK_NCHW(pack_nchw_i8, int8_t, BNN_NEG_I8, BNN_BAD_I8)
 BNN_DEFINE_PACK_NCHW(pack_nchw_bool, uint8_t, BNN_NEG_BOOL, BNN_BAD_BOOL)
@@ -659,6 +841,11 @@ static const bnn_impl FN(impl) = {
     {FN(pack_nchw_f32), FN(pack_nchw_f64), FN(pack_nchw_i8), FN(pack_nchw_bool)},
     FN(pack_rows_aff), FN(pack_nchw_aff),
     D_MR, D_NR, P_MR, P_NR,
+#if BNN_LEVEL == 2
+    FN(panel_worker_hyb), 2,
+#else
+    NULL, 0,
+#endif
 };
 
 /* ------------------------------------------------------------------ cleanup */

@@ -21,6 +21,7 @@
 
 #include "bnn_common.h"
 #include "bnn_pool.h"
+#include "bnn_roofline.h"   /* bnn_rl_now_ns: the clock of the panel-kernel calibration */
 
 #define BNN_LEVEL 0
 #include "bnn_impl.h"
@@ -102,9 +103,12 @@ static void bnn_set_level_cap(int cap) {
     bnn_cap = cap;
 }
 
+static int bnn_panel_variant(int level);
+/* Tile shapes of `level`; p_mr: rows of the panel tile in use (bnn_panel_variant). */
 static void bnn_tiles(int level, int *d_mr, int *d_nr, int *p_mr, int *p_nr) {
     const bnn_impl *im = bnn_impls[level];
-    *d_mr = im->d_mr; *d_nr = im->d_nr; *p_mr = im->p_mr; *p_nr = im->p_nr;
+    *d_mr = im->d_mr; *d_nr = im->d_nr; *p_nr = im->p_nr;
+    *p_mr = bnn_panel_variant(level) ? im->p_mr_alt : im->p_mr;
 }
 
 static int bnn_openmp_max_threads(void) {
@@ -316,6 +320,29 @@ static void bnn_panel_chunk(void *ctx, int c, int n) {
     const int64_t wlen = pj->wlen, nr = pj->nr;
     for (int64_t g = g0; g < g1; g++) {
         uint64_t *pg = pj->panel + g * wlen * nr;
+        if ((g + 1) * nr <= pj->N && (nr == 4 || nr == 8)) {
+            /* full group: contiguous writes, nr reads per word (the panel row stays in L1) */
+            const uint64_t *br = pj->b + g * nr * wlen;
+            if (nr == 8) {
+                int64_t w = 0;
+#if BNN_X86
+                for (; w + 2 <= wlen; w += 2, pg += 16) {   /* 2 x 2 transposes, SSE2 */
+                    for (int r = 0; r < 8; r += 2) {
+                        const __m128i u = _mm_loadu_si128((const __m128i *)(br + r * wlen + w));
+                        const __m128i v = _mm_loadu_si128((const __m128i *)(br + (r + 1) * wlen + w));
+                        _mm_storeu_si128((__m128i *)(pg + r), _mm_unpacklo_epi64(u, v));
+                        _mm_storeu_si128((__m128i *)(pg + 8 + r), _mm_unpackhi_epi64(u, v));
+                    }
+                }
+#endif
+                for (; w < wlen; w++, pg += 8)
+                    for (int r = 0; r < 8; r++) pg[r] = br[r * wlen + w];
+            } else {
+                for (int64_t w = 0; w < wlen; w++, pg += 4)
+                    for (int r = 0; r < 4; r++) pg[r] = br[r * wlen + w];
+            }
+            continue;
+        }
         for (int64_t r = 0; r < nr; r++) {
             const int64_t row = g * nr + r;
             if (row < pj->N) {
@@ -347,6 +374,38 @@ static uint64_t *bnn_make_panel(const uint64_t *b, int64_t N, int64_t wlen, int 
 
 /* Column width of the panel the given ISA level's kernels read. */
 static int bnn_panel_nr(int level) { return bnn_impls[level]->p_nr; }
+
+/* ------------------------------------------------------------------ panel kernel choice */
+/* A level may carry a second panel kernel (bnn_impl.panel_alt, same panel layout, p_mr_alt-row
+ * tiles).  x86 AVX2 does: the hybrid tile (vector nibble lookup on half of the columns,
+ * scalar POPCNT on the other half, so the vector and the integer units of the core share
+ * the work).  Which one runs is forced by bnn_set_panel_variant (0 = main, 1 = alternative) or,
+ * by default (-1), chosen once per process by bnn_calibrate_variant: both run the same small
+ * GEMM and 3x3 conv in L1, interleaved, best of 9 each, and the faster one is kept.  Both are
+ * exact, so the choice changes only the speed. */
+static int bnn_variant_force = -1;
+static volatile int bnn_variant_auto[BNN_N_LEVELS];   /* 0 not yet, 1 main, 2 alternative */
+static volatile int bnn_variant_trial = -1;       /* set only while calibrating */
+static int bnn_calibrate_variant(int level);
+
+static void bnn_set_panel_variant(int v) { bnn_variant_force = v < 0 ? -1 : (v > 0 ? 1 : 0); }
+
+/* 1 if `level` runs its alternative panel kernel (calibrating on first use), else 0. */
+static int bnn_panel_variant(int level) {
+    if (!bnn_impls[level]->panel_alt) return 0;
+    if (bnn_variant_trial >= 0) return bnn_variant_trial;
+    if (bnn_variant_force >= 0) return bnn_variant_force;
+    if (!bnn_variant_auto[level]) bnn_variant_auto[level] = 1 + bnn_calibrate_variant(level);
+    return bnn_variant_auto[level] - 1;
+}
+
+static int bnn_has_panel_alt(int level) { return bnn_impls[level]->panel_alt != NULL; }
+
+static void bnn_panel_kernel(int level, bnn_job_fn *f, int *p_mr) {
+    const bnn_impl *im = bnn_impls[level];
+    if (bnn_panel_variant(level)) { *f = im->panel_alt; *p_mr = im->p_mr_alt; }
+    else { *f = im->panel; *p_mr = im->p_mr; }
+}
 
 /* ------------------------------------------------------------------ epilogue setup */
 static void bnn_epi_init(bnn_epi *e, int mode, int64_t K, void *out, const float *alpha,
@@ -413,7 +472,9 @@ static int bnn_gemm_ex(int level, const uint64_t *a, int64_t M, const uint64_t *
     if (!panel_in && !panel) return -1;
     if (bnn_alloc_rows(&job, M)) { bnn_free(panel); return -1; }
     job.panel = panel_in ? panel_in : panel;
-    bnn_run_job(im->panel, &job, nt, (M + im->p_mr - 1) / im->p_mr);
+    bnn_job_fn pf; int pmr;
+    bnn_panel_kernel(level, &pf, &pmr);
+    bnn_run_job(pf, &job, nt, (M + pmr - 1) / pmr);
     bnn_free_rows(&job);
     bnn_free(panel);
     return 0;
@@ -598,7 +659,9 @@ static int bnn_conv_ex(int level, const uint64_t *x, int64_t N, int64_t H, int64
     } else {
         job.epi.rs_outer = O * P; job.epi.rs_inner = 1; job.epi.cs = P;
     }
-    bnn_run_job(im->panel, &job, nt, (M + im->p_mr - 1) / im->p_mr);
+    bnn_job_fn pf; int pmr;
+    bnn_panel_kernel(level, &pf, &pmr);
+    bnn_run_job(pf, &job, nt, (M + pmr - 1) / pmr);
     bnn_free_rows(&job);
     bnn_free(panel);
     bnn_free(xpad);
@@ -644,6 +707,45 @@ static void bnn_affine_values(const int32_t *d, int64_t L, int64_t O, const floa
             out[o * L + i] = v;
         }
     }
+}
+
+/* One-time choice between a level's two panel kernels (see bnn_panel_variant): a 64 x 64
+ * GEMM over 24 words and a 64 -> 64 channel 3x3 conv on an 8 x 8 image, pre-built panels,
+ * one thread, the two kernels interleaved, best of 9 runs each; about a millisecond.
+ * Returns 1 if the alternative was faster, else 0 (also on allocation failure). */
+static int bnn_calibrate_variant(int level) {
+    enum { M = 64, NC = 64, NW = 24, C = 64, HW = 8, WL = 9 };
+    const int nr = bnn_impls[level]->p_nr;
+    uint64_t *a = (uint64_t *)bnn_alloc((M * NW + NC * NW + HW * HW + NC * WL) * 8u);
+    int32_t *out = (int32_t *)bnn_alloc((size_t)M * NC * 4u);
+    uint64_t *pa = NULL, *pc = NULL;
+    int alt = 0;
+    if (a && out) {
+        uint64_t r = 0x9e3779b97f4a7c15ULL;
+        for (int i = 0; i < M * NW + NC * NW + HW * HW + NC * WL; i++) {
+            r ^= r >> 12; r ^= r << 25; r ^= r >> 27;
+            a[i] = r * 0x2545f4914f6cdd1dULL;
+        }
+        pa = bnn_make_panel(a + M * NW, NC, NW, nr, 1);
+        pc = bnn_make_panel(a + M * NW + NC * NW + HW * HW, NC, WL, nr, 1);
+        int64_t best[2] = {INT64_MAX, INT64_MAX};
+        for (int rep = 0; pa && pc && rep < 18; rep++) {
+            const int v = rep & 1;
+            bnn_variant_trial = v;
+            const int64_t t0 = bnn_rl_now_ns();
+            bnn_gemm_ex(level, a, M, a + M * NW, NC, NW, NW * 64, BNN_EPI_I32, out, NULL, NULL,
+                        NULL, NULL, pa, 1);
+            bnn_conv_ex(level, a + M * NW + NC * NW, 1, HW, HW, C, a + M * NW + NC * NW + HW * HW,
+                        NC, 3, 3, 1, 1, 1, 1, 0, HW, HW, BNN_EPI_I32, 0, out, NULL, NULL, NULL,
+                        NULL, NULL, NULL, NULL, 0, NULL, NULL, pc, 1);
+            const int64_t dt = bnn_rl_now_ns() - t0;
+            if (dt < best[v]) best[v] = dt;
+        }
+        bnn_variant_trial = -1;
+        alt = best[1] < best[0];
+    }
+    bnn_free(a); bnn_free(out); bnn_free(pa); bnn_free(pc);
+    return alt;
 }
 
 #endif /* BNN_KERNELS_H */

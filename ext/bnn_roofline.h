@@ -13,7 +13,9 @@
  *                   portable  XOR + SWAR popcount (12 ops) + add
  *                   popcnt    XOR + POPCNT + add
  *                   avx2      XOR + nibble lookup (and, shift, and, 2x vpshufb) + 2 byte adds,
- *                             vpsadbw + add every 31 steps (the panel kernel's mix)
+ *                             vpsadbw + add every 31 steps (the lookup panel kernel's mix), or
+ *                             the hybrid tile's mix (half of the word pairs by that lookup,
+ *                             half by scalar XOR + POPCNT + add), whichever is faster
  *                   avx512    XOR + VPOPCNTQ + add
  *                   neon      EOR + CNT + byte add, widening adds every 31 steps
  *   clock (Hz)      a chain of dependent 64-bit adds (latency 1 cycle on every x86-64 and
@@ -228,6 +230,52 @@ static double bnn_rl_bin_avx2_k(int64_t iters, uint64_t *sink) {
     return 31.0 * 8.0 * 256.0 * (double)iters;
 }
 
+/* AVX2 hybrid: the hybrid panel tile's mix (bnn_impl.h) -- per step 2 A words from a table
+ * in L1, each broadcast for the vector half and used as a scalar for the other: 2 rows x 1 B
+ * vector (register) = 2 byte accumulators by nibble lookup, and 2 rows x 4 B words (read
+ * from L1, as the kernel reads its panel) = 8 scalar POPCNT sums; folds every 31 steps. */
+#    define BNN_RL_SCALAR4(c0, c1, c2, c3, x, b) do {                                       \
+        uint64_t t_;                                                                      \
+        __asm__("movq (%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d0]\n\t"    \
+                "movq 8(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d1]\n\t"   \
+                "movq 16(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d2]\n\t"  \
+                "movq 24(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d3]"      \
+                : [d0] "+r"(c0), [d1] "+r"(c1), [d2] "+r"(c2), [d3] "+r"(c3), [t] "=&r"(t_)   \
+                : [xx] "r"(x), [bp] "r"(b), "m"(*(const uint64_t(*)[4])(b)));                  \
+    } while (0)
+BNN_TARGET("avx2,avx,popcnt")
+static double bnn_rl_bin_avx2hyb_k(int64_t iters, uint64_t *sink) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    uint64_t tab[2 * 31], bs[4];
+    for (int j = 0; j < 2 * 31; j++) tab[j] = (0x0123456789abcdefULL ^ *sink) * (uint64_t)(2 * j + 1);
+    for (int j = 0; j < 4; j++) bs[j] = 0x5555aaaa3333ccccULL * (uint64_t)(j + 3);
+    __m256i bv = _mm256_set1_epi64x(0x0f0f0f0ff0f0f0f0LL), acc = _mm256_setzero_si256();
+    __m256i e0 = acc, e1 = acc;
+    uint64_t c0 = 0, c1 = 0, c2 = 0, c3 = 0, c4 = 0, c5 = 0, c6 = 0, c7 = 0;
+#    define BNN_RL_CNTADD(a8, y) _mm256_add_epi8(_mm256_add_epi8((a8), _mm256_shuffle_epi8(lut, _mm256_and_si256((y), m4))), \
+                                                 _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16((y), 4), m4)))
+    for (int64_t i = 0; i < iters; i++) {
+        const uint64_t *t = tab;
+        for (int s = 0; s < 31; s++, t += 2) {
+            const uint64_t x0 = t[0], x1 = t[1];
+            e0 = BNN_RL_CNTADD(e0, _mm256_xor_si256(_mm256_set1_epi64x((long long)x0), bv));
+            BNN_RL_SCALAR4(c0, c1, c2, c3, x0, bs);
+            e1 = BNN_RL_CNTADD(e1, _mm256_xor_si256(_mm256_set1_epi64x((long long)x1), bv));
+            BNN_RL_SCALAR4(c4, c5, c6, c7, x1, bs);
+            BNN_RL_KEEP_X(bv);
+        }
+        acc = _mm256_add_epi64(acc, _mm256_add_epi64(_mm256_sad_epu8(e0, _mm256_setzero_si256()),
+                                                     _mm256_sad_epu8(e1, _mm256_setzero_si256())));
+        e0 = e1 = _mm256_setzero_si256();
+    }
+#    undef BNN_RL_CNTADD
+#    undef BNN_RL_SCALAR4
+    *sink += (uint64_t)_mm256_extract_epi64(acc, 0) + c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7;
+    return 31.0 * 16.0 * 64.0 * (double)iters;
+}
+
 /* AVX-512 VPOPCNTDQ: 3 A x 4 B = 12 accumulators. */
 BNN_TARGET("avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx2,avx,popcnt")
 static double bnn_rl_bin_avx512_k(int64_t iters, uint64_t *sink) {
@@ -333,7 +381,11 @@ static double bnn_rl_binary(int level, int detected, double seconds) {
     if (level == BNN_LEVEL_PORTABLE) return bnn_rl_measure(bnn_rl_bin_portable_k, seconds);
 #  if BNN_X86
     if (level == BNN_LEVEL_POPCNT) return bnn_rl_measure(bnn_rl_bin_popcnt_k, seconds);
-    if (level == BNN_LEVEL_AVX2) return bnn_rl_measure(bnn_rl_bin_avx2_k, seconds);
+    if (level == BNN_LEVEL_AVX2) {   /* the level's two panel kernels: the better mix */
+        const double lookup = bnn_rl_measure(bnn_rl_bin_avx2_k, seconds / 2);
+        const double hybrid = bnn_rl_measure(bnn_rl_bin_avx2hyb_k, seconds / 2);
+        return lookup > hybrid ? lookup : hybrid;
+    }
     if (level == BNN_LEVEL_AVX512) return bnn_rl_measure(bnn_rl_bin_avx512_k, seconds);
 #  elif BNN_NEON
     if (level == BNN_LEVEL_NEON) return bnn_rl_measure(bnn_rl_bin_neon_k, seconds);

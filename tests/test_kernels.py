@@ -173,6 +173,21 @@ def test_pack_nhwc_and_weights_match_reference(isa):
     np.testing.assert_array_equal(bk.pack_nhwc(xb).words, ref.pack_nhwc(ref.sign(xb)))
 
 
+@pytest.mark.parametrize("c", [1, 32, 33, 64, 65, 130])
+def test_pack_nhwc_float32_blocks_and_nonfinite(isa, c):
+    """float32 NCHW packing over 16-pixel vector blocks and their tails (AVX2), several
+    256-pixel blocks and two images; NaN/+-inf anywhere is reported."""
+    rng = np.random.default_rng(c)
+    for n, h, w in [(2, 7, 7), (1, 17, 17), (1, 4, 4)]:
+        x = _real(rng, (n, c, h, w))
+        np.testing.assert_array_equal(bk.pack_nhwc(x).words, ref.pack_nhwc(x))
+        for bad in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y.reshape(-1)[rng.integers(0, y.size)] = bad
+            with pytest.raises(ValueError, match="NaN|inf"):
+                bk.pack_nhwc(y)
+
+
 @pytest.mark.parametrize("c", [64, 128, 3, 70])
 def test_flatten_nhwc_feeds_a_dense_layer_in_hwc_order(c):
     rng = np.random.default_rng(c)
@@ -433,6 +448,83 @@ def test_property_conv_equals_torch_conv_with_pad_value(eager_threads, n, c, h, 
     finally:
         bk._set_isa(None)
     np.testing.assert_array_equal(got, ref.conv_signs(x, wt, stride, padding, pad_value))
+
+
+# ----------------------------------------------------------------------------- panel kernels
+def _with_panel_alt():
+    """The levels with two panel kernels (x86 AVX2) this CPU has."""
+    return [pytest.param(n, marks=pytest.mark.skipif(
+        n not in AVAILABLE or not bk._kernels.has_panel_alt(AVAILABLE.index(n)),
+        reason=f"CPU lacks {n}"), id=n) for n in ("avx2",)]
+
+
+def _both_panel_kernels(fn, *args, **kwargs):
+    """fn(*args, **kwargs) with the main and with the alternative panel kernel of the level."""
+    outs = []
+    for name in ("main", "alt"):
+        old = bk._set_panel_kernel(name)
+        try:
+            outs.append(fn(*args, **kwargs))
+        finally:
+            bk._set_panel_kernel(old)
+    return outs
+
+
+@pytest.mark.parametrize("isa_name", _with_panel_alt())
+@pytest.mark.parametrize("nt", [1, 2])
+def test_panel_kernels_agree_on_gemm_and_conv(eager_threads, isa_name, nt):
+    """AVX2's two panel kernels (nibble lookup; hybrid lookup + scalar POPCNT, chosen by a
+    calibration) give identical results: odd row counts (1-row edge tiles), column counts
+    around the 8-wide groups, reductions past the 31-word byte-count limit, every epilogue."""
+    rng = np.random.default_rng(12)
+    bk._set_isa(isa_name)
+    try:
+        for m, n, k in [(9, 7, 63), (17, 8, 64), (33, 70, 129), (10, 64, 2000), (11, 9, 4100)]:
+            a, b = _real(rng, (m, k)), _real(rng, (n, k))
+            pa, pb = bk.pack_signs(a), bk.pack_signs(b)
+            want = ref.pm1_matmul(a, b)
+            for got in _both_panel_kernels(bk.xnor_matmul, pa, pb, n_threads=nt):
+                np.testing.assert_array_equal(got, want, err_msg=f"{m}x{n}x{k}")
+            th = rng.integers(-k, k, n).astype(np.float64)
+            g0, g1 = _both_panel_kernels(bk.matmul_threshold, pa, pb, th, n_threads=nt)
+            np.testing.assert_array_equal(g0.words, g1.words)
+            al, bi = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+            g0, g1 = _both_panel_kernels(bk.matmul_affine, pa, pb, al, bi, n_threads=nt)
+            np.testing.assert_array_equal(g0, g1)
+        for nb, c, hw, o, kk, stride, pad in [(2, 64, 5, 8, 3, 1, 1), (1, 63, 7, 9, 3, 1, 1),
+                                              (2, 65, 6, 16, 3, 2, 1), (1, 3, 9, 70, 3, 1, 0),
+                                              (1, 700, 4, 8, 3, 1, 1), (3, 64, 3, 7, 1, 1, 0)]:
+            x, w = _real(rng, (nb, c, hw, hw)), _real(rng, (o, c, kk, kk))
+            px, pw = bk.pack_nhwc(x), bk.pack_conv_weights(w)
+            want = ref.conv_signs(x, w, stride, pad, -1.0)
+            for layout in ("nchw", "nhwc"):
+                g0, g1 = _both_panel_kernels(bk.conv2d_packed, px, pw, stride, pad, -1.0, layout=layout,
+                                             n_threads=nt)
+                np.testing.assert_array_equal(g0, g1)
+            np.testing.assert_array_equal(np.asarray(g0).transpose(0, 3, 1, 2), want)
+            th = rng.integers(-9 * c, 9 * c, o).astype(np.float64)
+            g0, g1 = _both_panel_kernels(bk.conv2d_threshold, px, pw, th, None, stride, pad, 1.0, n_threads=nt)
+            np.testing.assert_array_equal(g0.words, g1.words)
+            al, bi = rng.standard_normal(o).astype(np.float32), rng.standard_normal(o).astype(np.float32)
+            g0, g1 = _both_panel_kernels(bk.conv2d_affine, px, pw, al, bi, stride, pad, 1.0, n_threads=nt)
+            np.testing.assert_array_equal(g0, g1)
+    finally:
+        bk._set_isa(None)
+
+
+def test_panel_kernel_choice_is_reported_and_settable():
+    info = bk.kernel_info()
+    assert info["panel_kernel"] in ("main", "lookup", "hybrid")
+    old = bk._set_panel_kernel("main")
+    try:
+        if bk._kernels.has_panel_alt(bk._kernels.level()):
+            assert bk.kernel_info()["panel_kernel"] == "lookup"
+            bk._set_panel_kernel("alt")
+            assert bk.kernel_info()["panel_kernel"] == "hybrid"
+        with pytest.raises(ValueError, match="name"):
+            bk._set_panel_kernel("fast")
+    finally:
+        bk._set_panel_kernel(old)
 
 
 # ----------------------------------------------------------------------------- threads, info
