@@ -28,9 +28,9 @@ Cases:
 * ``gemv{m}x4096``: ``x @ W.T`` with x (m, 4096), W (4096, 4096); bnnlab packs x in the loop,
   W pre-packed.
 * ``conv{c}x{hw}`` (batch 1), ``conv{c}x{hw}b{n}`` (batch n): 3x3 conv c -> c channels,
-  ``F.conv2d(x, w, padding=1)``; bnnlab
-  ``pack_nhwc(x)`` in the loop + ``conv2d_packed`` (+1 padding; checked against torch on the
-  +1-padded input).
+  ``F.conv2d(x, w, padding=1)``; bnnlab ``pack_nhwc(x)`` in the loop + a
+  :func:`~bnnlab.kernels.prepare_conv2d` plan (+1 padding; the weight panel laid out once, as
+  ``bnnlab.packed``'s layers do; checked against torch on the +1-padded input).
 * ``e2e_cnn``: ``packed.export(models.binary_cnn())`` vs the float twin
   ``models.binary_cnn(binary=False)``; ``e2e_cnn_vs_torch_bnn``: the same packed model vs the
   torch BNN it came from.
@@ -693,17 +693,18 @@ def _conv(c: int, hw: int, threads: int, cfg: dict, batch: int = 1,
           peers: Sequence[str] = ()) -> list[dict]:
     x, w, pw, want = _conv_data(c, hw, batch)
     name = f"conv{c}x{hw}" + (f"b{batch}" if batch != 1 else "")
-    got = kernels.conv2d_packed(kernels.pack_nhwc(x), pw, 1, 1, 1.0)
+    # a plan, as bnnlab.packed's layers use: the weight panel is laid out once
+    plan = kernels.prepare_conv2d(pw, padding=1, pad_value=1.0)
+    got = plan(kernels.pack_nhwc(x))
     if not np.array_equal(got, want):
         return [_row(name, threads, note="packed result differs from torch: not timed")]
     entries, calls = ({}, []) if not peers else \
         _conv_peers(x, w, want, F.conv2d(x, w, padding=1), threads, peers)
     t_t, t_b, *t_peers = _interleaved(
-        [lambda: F.conv2d(x, w, padding=1),
-         lambda: kernels.conv2d_packed(kernels.pack_nhwc(x), pw, 1, 1, 1.0), *calls], **cfg)
+        [lambda: F.conv2d(x, w, padding=1), lambda: plan(kernels.pack_nhwc(x)), *calls], **cfg)
     return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True,
                  macs=batch * hw * hw * c * c * 9, peers=_fill_peers(entries, t_peers, t_b),
-                 packing="x packed in the loop (NHWC), W pre-packed",
+                 packing="x packed in the loop (NHWC), W prepared once (prepare_conv2d)",
                  note="torch zero-pads, bnnlab +1-pads (checked against torch on the "
                       "+1-padded input)")]
 
@@ -780,13 +781,15 @@ def _threads(case: str, cfg: dict) -> list[dict]:
         hw, _, bs = hw.partition("b")
         batch = int(bs or 1)
         x, w, pw, want = _conv_data(int(c), int(hw), batch)
+        plan = kernels.prepare_conv2d(pw, padding=1, pad_value=1.0)
 
         def ours(t: int) -> np.ndarray:
-            return kernels.conv2d_packed(kernels.pack_nhwc(x, n_threads=t), pw, 1, 1, 1.0, n_threads=t)
+            return plan(kernels.pack_nhwc(x, n_threads=t), n_threads=t)
 
         def theirs() -> object:
             return F.conv2d(x, w, padding=1)
-        packing, macs = "x packed in the loop (NHWC), W pre-packed", batch * int(hw) ** 2 * int(c) ** 2 * 9
+        packing = "x packed in the loop (NHWC), W prepared once (prepare_conv2d)"
+        macs = batch * int(hw) ** 2 * int(c) ** 2 * 9
     if not all(np.array_equal(ours(t), want) for t in (1, 2)):
         return [_row(case, 2, note="result differs between thread counts: not timed")]
 
