@@ -102,11 +102,43 @@ def load_specs(path: str | os.PathLike[str]) -> list[dict]:
     raise ValueError(f"{path}: expected a list of specs or {{'base': ..., 'grid': ...}}")
 
 
+#: glibc malloc settings for a worker process (mallopt parameter -> value): an mmap threshold of
+#: 32 MiB and a trim threshold of twice that, glibc's own dynamic steady state. Dask's nanny
+#: starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, and setting any malloc variable turns
+#: glibc's dynamic mmap threshold off: every tensor of 128 KiB or more is then a fresh ``mmap``
+#: with its pages faulted in again, which made a ladder run 1.6x slower (26 -> 44 s, the system
+#: time 1 -> 17 s; ``tools/sweep_throughput.py`` has the check).
+_MALLOPT = {-3: 32 << 20, -1: 64 << 20}      # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+_malloc_tuned = False
+
+
+def tune_malloc() -> bool:
+    """Apply :data:`_MALLOPT` in this process with glibc's ``mallopt`` (once; a no-op and
+    ``False`` where the C library is not glibc). Called by every sweep task."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _malloc_tuned = all(mallopt(k, v) == 1 for k, v in _MALLOPT.items())
+    return _malloc_tuned
+
+
 def _execute(spec: dict[str, Any], threads: int,
              env: dict[str, str] | None = None) -> dict[str, Any]:
     """The Dask task: one run (module-level, so workers import it by name)."""
     if env:
         os.environ.update(env)
+    tune_malloc()
     return run_spec(spec, threads=threads)
 
 
