@@ -212,3 +212,34 @@ def test_readme_throughput_block_is_generated_from_the_committed_measurement(tmp
     bare.write_text("# nothing\n")
     with pytest.raises(ValueError, match="sweep-throughput"):
         sweep.update_readme(bare, root / "docs" / "sweep_throughput.json")
+
+
+def test_tune_malloc_undoes_dasks_trim_setting():
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which turns glibc's dynamic mmap threshold off:
+    every 1 MiB tensor then faults its pages in again. After sweep.tune_malloc() (what every
+    sweep task calls) reallocating one stays free of page faults."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc mallopt: Linux only")
+    code = (
+        "import resource, sys, torch\n"
+        "from bnnlab import sweep\n"
+        "def faults():\n"
+        "    for _ in range(3):\n"
+        "        torch.ones(256, 1024).sum()\n"
+        "    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    for _ in range(200):\n"
+        "        torch.ones(256, 1024).sum()\n"
+        "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0\n"
+        "before = faults()\n"
+        "ok = sweep.tune_malloc() and sweep.tune_malloc()\n"
+        "after = faults()\n"
+        "print(before, after, ok)\n")
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    before, after, ok = int(out[0]), int(out[1]), out[2]
+    if ok != "True":
+        pytest.skip("not glibc: mallopt unavailable")
+    # 200 allocations of 1 MiB (256 pages each): tens of thousands of faults without the fix
+    assert before > 200 * 100, before
+    assert after < 200 * 10, after
