@@ -44,6 +44,7 @@ import numbers
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -2021,22 +2022,18 @@ def _set_grain_scale(scale: float) -> float:
     return _kernels.set_grain_scale(float(scale))
 
 
-_env_isa = os.environ.get("BNNLAB_ISA")
-if _env_isa:
+def _apply_env(name: str, setter: Callable[[str], Any], expected: str | None = None) -> None:
+    """Apply ``$name`` (stripped, lower-cased) with ``setter``; warn and ignore a bad value."""
+    value = os.environ.get(name)
+    if not value:
+        return
     try:
-        _set_isa(_env_isa.strip().lower())
-    except ValueError:
-        warnings.warn(f"ignoring BNNLAB_ISA={_env_isa!r}: expected one of "
-                      f"{('auto',) + tuple(_ISA_NAMES)}", RuntimeWarning, stacklevel=1)
-_env_panel = os.environ.get("BNNLAB_PANEL_KERNEL")
-if _env_panel:
-    try:
-        _set_panel_kernel(_env_panel.strip().lower())
-    except ValueError as _exc:
-        warnings.warn(f"ignoring BNNLAB_PANEL_KERNEL={_env_panel!r}: {_exc}", RuntimeWarning, stacklevel=1)
-_env_threading = os.environ.get("BNNLAB_THREADING")
-if _env_threading:
-    try:
-        _set_threading(_env_threading.strip().lower())
-    except ValueError as _exc:
-        warnings.warn(f"ignoring BNNLAB_THREADING={_env_threading!r}: {_exc}", RuntimeWarning, stacklevel=1)
+        setter(value.strip().lower())
+    except ValueError as exc:
+        why = f"expected one of {expected}" if expected is not None else str(exc)
+        warnings.warn(f"ignoring {name}={value!r}: {why}", RuntimeWarning, stacklevel=2)
+
+
+_apply_env("BNNLAB_ISA", _set_isa, str(("auto",) + tuple(_ISA_NAMES)))
+_apply_env("BNNLAB_PANEL_KERNEL", _set_panel_kernel)
+_apply_env("BNNLAB_THREADING", _set_threading)
