@@ -631,27 +631,28 @@ def _load_text(machine: Mapping) -> str:
     return f" at load average {lo:.1f}" + (f"–{hi:.1f}" if hi - lo >= 0.05 else "")
 
 
+def _earlier_meta(out: Path, specs: Sequence[Mapping]) -> dict:
+    """``out/ladder.json`` of an earlier invocation on the same runs ({} when none or bad)."""
+    try:
+        meta = json.loads((out / "ladder.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(meta, dict) or not set(meta.get("runs", [])) <= {spec_hash(s) for s in specs}:
+        return {}
+    return meta
+
+
 def _earlier_load(out: Path, specs: Sequence[Mapping]) -> list[float]:
     """The load averages an earlier invocation recorded for the same runs ([] when none)."""
     try:
-        meta = json.loads((out / "ladder.json").read_text())
-        if set(meta.get("runs", [])) <= {spec_hash(s) for s in specs}:
-            load = meta["machine"]["load_average"]
-            return [float(v) for v in load]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return []
+        return [float(v) for v in _earlier_meta(out, specs)["machine"]["load_average"]]
+    except (KeyError, TypeError, ValueError):
+        return []
 
 
 def _earlier_wall_seconds(out: Path, specs: Sequence[Mapping]) -> float:
     """The wall time recorded by an earlier invocation on the same runs (0 when none)."""
-    try:
-        meta = json.loads((out / "ladder.json").read_text())
-    except (OSError, ValueError):
-        return 0.0
-    if not isinstance(meta, dict) or not set(meta.get("runs", [])) <= {spec_hash(s) for s in specs}:
-        return 0.0
-    wall = meta.get("wall_seconds", 0.0)
+    wall = _earlier_meta(out, specs).get("wall_seconds", 0.0)
     return float(wall) if isinstance(wall, (int, float)) and math.isfinite(wall) else 0.0
 
 
