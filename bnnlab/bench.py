@@ -94,7 +94,7 @@ __all__ = ["CASES", "PEERS", "INT8_TOLERANCE", "run", "peaks", "peak_ratio", "cp
            "format_table", "format_markdown", "format_threads_markdown", "threads_target",
            "parallel_peak_scaling",
            "openvino_version", "openvino_conv2d", "int8_linear", "int8_conv2d", "bnn_lab_version",
-           "bnn_lab_gemm", "readme_block",
+           "bnn_lab_gemm", "readme_block", "targets", "format_targets_markdown",
            "update_readme", "latency", "model_latency", "main"]
 
 #: every case name, in run order (memory rows come last)
@@ -118,6 +118,8 @@ _QUICK_SKIP = ("gemm4096", "e2e_vgg_small", "e2e_resnet18",
 #: cases, torch's int8 paths on the GEMM, GEMV and conv cases, bnn-lab's packed GEMM on the
 #: GEMM and GEMV cases
 PEERS: tuple[str, ...] = ("openvino", "torch_int8", "bnn_lab")
+#: peers that compute the same binary MACs as bnnlab (an efficiency and a ceiling apply)
+BINARY_PEERS: tuple[str, ...] = ("openvino", "bnn_lab")
 
 
 def _group(case: str) -> str:
@@ -359,7 +361,10 @@ def add_efficiency(rows: Sequence[dict], pk: dict) -> list[dict]:
     """Fill ``torch_eff`` / ``bnnlab_eff`` (fractions of the peak) of rows with a MAC count.
 
     torch: MACs / time / (fp32 peak of ``pk["torch_fp32"]`` x threads); bnnlab: MACs / time /
-    (binary peak of the row's ISA level x threads).
+    (binary peak of the row's ISA level x threads). Binary peers (:data:`BINARY_PEERS`) get
+    ``eff`` against the best binary peak of any level and ``ceiling = 1 / eff``: the largest
+    speed-up over that peer that a kernel running at this core's measured binary peak could
+    show.
     """
     fp = pk["fp32"].get(pk["torch_fp32"], 0.0)
     for r in rows:
@@ -371,6 +376,11 @@ def add_efficiency(rows: Sequence[dict], pk: dict) -> list[dict]:
             r["torch_eff"] = r["macs"] / r["torch"] / (fp * nt)
         if r.get("bnnlab") and bp:
             r["bnnlab_eff"] = r["macs"] / r["bnnlab"] / (bp * nt)
+        best = max(pk["binary"].values(), default=0.0)
+        for key, e in (r.get("peers") or {}).items():
+            if key in BINARY_PEERS and e.get("time") and best:
+                e["eff"] = r["macs"] / e["time"] / (best * nt)
+                e["ceiling"] = 1.0 / e["eff"]
     return list(rows)
 
 
@@ -629,10 +639,12 @@ def _row(case: str, threads: int | None, **kw) -> dict:
            "torch": None, "bnnlab": None, "ratio": None, "unit": "s", "correct": False,
            "packing": "", "note": "", "macs": None, "isa": kernels.kernel_info()["isa"],
            "torch_eff": None, "bnnlab_eff": None, "peers": {}, "torch_2v1": None,
-           "peak_2v1": None}
+           "peak_2v1": None, "pack_time": None, "pack_share": None}
     row.update(kw)
     if row["torch"] is not None and row["bnnlab"]:
         row["ratio"] = row["torch"] / row["bnnlab"]
+    if row["pack_time"] is not None and row["bnnlab"]:
+        row["pack_share"] = row["pack_time"] / row["bnnlab"]
     return row
 
 
@@ -651,13 +663,14 @@ def _gemm(n: int, threads: int, cfg: dict, peers: Sequence[str] = ()) -> list[di
     lab, lab_calls = _bnn_lab_peer(a, b, want, threads, peers, prepacked=False)
     lab_pre, lab_pre_calls = _bnn_lab_peer(a, b, want, threads, peers, prepacked=True)
     entries.update(lab)
-    t_t, t_b, t_p, *t_peers = _interleaved(
+    t_t, t_b, t_p, t_pack, *t_peers = _interleaved(
         [lambda: a @ b.T, lambda: kernels.xnor_matmul(kernels.pack_signs(a), pb),
-         lambda: kernels.xnor_matmul(pa, pb), *calls, *lab_calls, *lab_pre_calls], **cfg)
+         lambda: kernels.xnor_matmul(pa, pb), lambda: kernels.pack_signs(a), *calls, *lab_calls,
+         *lab_pre_calls], **cfg)
     n_pre = len(lab_pre_calls)
     t_main, t_pre = (t_peers[:len(t_peers) - n_pre], t_peers[len(t_peers) - n_pre:])
     return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True, macs=n ** 3,
-                 packing="A packed in the loop, B pre-packed",
+                 packing="A packed in the loop, B pre-packed", pack_time=t_pack,
                  peers=_fill_peers(entries, t_main, t_b)),
             _row(name + "_prepacked", threads, torch=t_t, bnnlab=t_p, correct=True, macs=n ** 3,
                  packing="A and B pre-packed", peers=_fill_peers(lab_pre, t_pre, t_p))]
@@ -700,9 +713,10 @@ def _conv(c: int, hw: int, threads: int, cfg: dict, batch: int = 1,
         return [_row(name, threads, note="packed result differs from torch: not timed")]
     entries, calls = ({}, []) if not peers else \
         _conv_peers(x, w, want, F.conv2d(x, w, padding=1), threads, peers)
-    t_t, t_b, *t_peers = _interleaved(
-        [lambda: F.conv2d(x, w, padding=1), lambda: plan(kernels.pack_nhwc(x)), *calls], **cfg)
-    return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True,
+    t_t, t_b, t_pack, *t_peers = _interleaved(
+        [lambda: F.conv2d(x, w, padding=1), lambda: plan(kernels.pack_nhwc(x)),
+         lambda: kernels.pack_nhwc(x), *calls], **cfg)
+    return [_row(name, threads, torch=t_t, bnnlab=t_b, correct=True, pack_time=t_pack,
                  macs=batch * hw * hw * c * c * 9, peers=_fill_peers(entries, t_peers, t_b),
                  packing="x packed in the loop (NHWC), W prepared once (prepare_conv2d)",
                  note="torch zero-pads, bnnlab +1-pads (checked against torch on the "
@@ -1077,6 +1091,99 @@ def format_threads_markdown(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
+# ----------------------------------------------------------------------------- targets
+#: issue 12's efficiency targets per instruction-set level: (GEMM >= 2048 with both operands
+#: pre-packed, every 3x3 conv case), as fractions of the level's binary peak
+EFFICIENCY_TARGETS: dict[str, tuple[float, float]] = {"avx512": (0.85, 0.75), "avx2": (0.70, 0.65)}
+#: activation packing inside the timed call: at most this share of a GEMM 2048 / conv 256@14
+PACKING_TARGET = 0.10
+PACKING_CASES = ("gemm2048", "conv256x14")
+#: bnnlab's speed-up over OpenVINO's BinaryConvolution on every conv case at 1 thread
+OPENVINO_TARGET = 2.5
+#: end-to-end speed-ups over the float twin at batch 1, 1 thread
+E2E_TARGETS: dict[str, float] = {"e2e_vgg_small": 8.0, "e2e_resnet18": 6.0}
+
+
+def _target(label: str, goal: float, vals: Sequence[tuple[float, str]], *, at_most: bool = False,
+            unit: str = "x", note: str = "") -> dict | None:
+    if not vals:
+        return None
+    v, case = (max if at_most else min)(vals)
+    met = sum((x <= goal) if at_most else (x >= goal) for x, _ in vals)
+    return {"target": label, "goal": goal, "at_most": at_most, "unit": unit, "met": met,
+            "of": len(vals), "worst": v, "worst_case": case, "note": note}
+
+
+def targets(rows: Sequence[dict]) -> list[dict]:
+    """Issue 12's targets, checked on bench rows (as :func:`run` returns them or a stored
+    ``--json`` holds them): one dict per target with ``target`` (what), ``goal``, ``at_most``
+    (the goal is an upper bound), ``unit`` (``"%"`` or ``"x"``), ``met`` / ``of`` (cases
+    meeting it / measured), ``worst`` and ``worst_case`` (the case furthest from the goal) and
+    ``note``. Targets without a measured case are left out; efficiency targets exist for the
+    ``avx512`` and ``avx2`` levels only."""
+    one = [r for r in rows if r.get("threads") == 1 and r.get("correct") and r.get("unit") == "s"]
+    out: list[dict | None] = []
+    for isa, (gemm_goal, conv_goal) in EFFICIENCY_TARGETS.items():
+        sel = [r for r in one if r.get("isa") == isa and r.get("bnnlab_eff") is not None]
+        out.append(_target(f"GEMM ≥ 2048, operands pre-packed: efficiency at {isa}", gemm_goal,
+                           [(r["bnnlab_eff"], r["case"]) for r in sel
+                            if r["case"] in ("gemm2048_prepacked", "gemm4096_prepacked")],
+                           unit="%"))
+        out.append(_target(f"3×3 convolutions, batch 1 and 16: efficiency at {isa}", conv_goal,
+                           [(r["bnnlab_eff"], r["case"]) for r in sel if r["group"] == "conv"],
+                           unit="%"))
+    out.append(_target("activation packing inside the timed call (GEMM 2048, conv 256@14)",
+                       PACKING_TARGET, [(r["pack_share"], r["case"]) for r in one
+                                        if r["case"] in PACKING_CASES and r.get("pack_share")],
+                       at_most=True, unit="%"))
+    thr = [r for r in rows if r.get("group") == "threads" and r.get("ratio")]
+    for goal, label in ((1.85, "2 threads vs 1: GEMM 2048 and batch-16 convs"),
+                        (1.0, "2 threads vs 1: batch-1 convs never slower")):
+        out.append(_target(label, goal, [(r["ratio"], str(r["case"])[len("threads_"):])
+                                         for r in thr if threads_target(str(r["case"])) == goal]))
+    ov = [(r["peers"]["openvino"], r["case"]) for r in one if r["group"] == "conv"
+          and (r.get("peers") or {}).get("openvino", {}).get("ratio")]
+    ceil = [(e["ceiling"], c) for e, c in ov if e.get("ceiling")]
+    below = [c for x, c in ceil if x < OPENVINO_TARGET]
+    note = ""
+    if ceil:
+        note = (f"OpenVINO runs at {min(e['eff'] for e, _ in ov if e.get('eff')):.0%}–"
+                f"{max(e['eff'] for e, _ in ov if e.get('eff')):.0%} of this core's best binary "
+                f"peak, so a kernel at that peak would be {min(ceil)[0]:.1f}–{max(ceil)[0]:.1f}× "
+                "faster than it")
+        if below:
+            note += (f"; {len(below)} of {len(ceil)} cases cannot reach {OPENVINO_TARGET:g}× "
+                     "on this machine")
+    out.append(_target("speed-up over OpenVINO's BinaryConvolution, every conv case, 1 thread",
+                       OPENVINO_TARGET, [(e["ratio"], c) for e, c in ov], note=note))
+    for case, goal in E2E_TARGETS.items():
+        name = "VGG-small" if "vgg" in case else "ResNet-18-style Bi-Real net"
+        out.append(_target(f"{name} end to end vs its float twin, batch 1, 1 thread", goal,
+                           [(r["ratio"], r["case"]) for r in one if r["case"] == case
+                            and r.get("ratio")]))
+    return [t for t in out if t is not None]
+
+
+def format_targets_markdown(rows: Sequence[dict]) -> str:
+    """Markdown table of :func:`targets` ('' when no target has a measured case)."""
+    ts = targets(rows)
+    if not ts:
+        return ""
+
+    def val(t: dict, v: float) -> str:
+        return f"{v:.0%}" if t["unit"] == "%" else f"{v:.2f}×"
+
+    out = ["| target (issue 12) | goal | cases meeting it | furthest from the goal |",
+           "|---|---:|---:|---|"]
+    notes = []
+    for t in ts:
+        out.append(f"| {t['target']} | {'≤' if t['at_most'] else '≥'} {val(t, t['goal'])} | "
+                   f"{t['met']} of {t['of']} | {t['worst_case']}: {val(t, t['worst'])} |")
+        if t["note"]:
+            notes.append(t["note"][0].upper() + t["note"][1:] + ".")
+    return "\n".join(out + ([""] + notes if notes else []))
+
+
 # ----------------------------------------------------------------------------- README block
 README_BEGIN = "<!-- bench:begin"
 README_END = "<!-- bench:end -->"
@@ -1111,7 +1218,27 @@ def readme_block(doc: dict, source: str) -> str:
              + (f", OpenVINO {doc['openvino_version']}" if doc.get("openvino_version") else "")
              + f"; medians of {timer}, the `threads` table on wall time; load average {load_text}.",
              ""]
-    lines += [format_markdown(doc["rows"], doc["peaks"], doc["cpu"]), ""]
+    rows = add_efficiency(doc["rows"], doc["peaks"])
+    counts = sorted({r["threads"] for r in rows if r.get("threads") and r.get("group") != "threads"})
+    main_rows = [r for r in rows if r.get("threads") in (None, counts[0] if counts else 1)
+                 or r.get("group") == "threads"]
+    lines += [format_markdown(main_rows, doc["peaks"], doc["cpu"]), ""]
+    if len(counts) > 1:
+        lines += [f"The main table shows {counts[0]} thread{'s' if counts[0] > 1 else ''}; the rows at "
+                  f"{', '.join(str(c) for c in counts[1:])} threads are in `{source}` "
+                  f"(`python -m bnnlab bench --from-json {source}` prints every row).", ""]
+    e2e = [r for r in rows if r.get("breakdown")]
+    if e2e:
+        from bnnlab import bench_models
+
+        lines += ["End to end (`bnnlab/bench_models.py`): where the packed model's time goes — "
+                  "the binary kernels, packing floats to bits, and the float glue between them "
+                  "(first and last layers, BatchNorm, shortcuts, pooling, Python dispatch).", "",
+                  bench_models.table(e2e), ""]
+    tt = format_targets_markdown(rows)
+    if tt:
+        lines += ["Issue 12's targets on this machine (`bench.targets`, from the same rows):", "",
+                  tt, ""]
     pr = peak_ratio(doc["peaks"])
     if pr:
         lines.append(f"Peak ratio on this CPU: binary {pr[0]} / fp32 {doc['peaks']['torch_fp32']} "
@@ -1175,6 +1302,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             doc = json.loads(args.from_json.read_text(encoding="utf-8"))
             print(format_markdown(doc["rows"], doc["peaks"], doc["cpu"]))
+            print("\n" + format_targets_markdown(add_efficiency(doc["rows"], doc["peaks"])))
             if args.update_readme is not None:
                 same = update_readme(args.update_readme, args.from_json)
                 print(f"{args.update_readme}: {'unchanged' if same else 'updated'}")
@@ -1211,6 +1339,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print()
         print(format_markdown(rows, pk, cpu))
+        print("\n" + format_targets_markdown(rows))
     if args.json:
         end_load = os.getloadavg() if hasattr(os, "getloadavg") else None
         doc = {"kernel_info": info, "load_average": load, "load_average_end": end_load,

@@ -13,7 +13,7 @@ from bnnlab import bench, kernels
 
 KEYS = {"case", "group", "threads", "baseline", "torch", "bnnlab", "ratio", "unit", "correct",
         "packing", "note", "macs", "isa", "torch_eff", "bnnlab_eff", "peers", "torch_2v1",
-        "peak_2v1"}
+        "peak_2v1", "pack_time", "pack_share"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,6 +43,9 @@ def test_run_quick_small_case_rows_have_the_schema():
             fp = pk["fp32"][pk["torch_fp32"]]
             assert r["torch_eff"] == pytest.approx(r["macs"] / r["torch"] / fp)
     assert "pre-packed" in rows[1]["packing"]
+    # packing A alone, timed in the same interleaved run: its share of the packed-in-the-loop call
+    assert rows[0]["pack_time"] > 0 and rows[0]["pack_share"] == pytest.approx(
+        rows[0]["pack_time"] / rows[0]["bnnlab"])
 
 
 def test_an_incorrect_kernel_gets_no_time(monkeypatch):
@@ -415,3 +418,75 @@ def test_report_peer_macros_read_the_peer_entries():
     assert m["BenchIntEightGemv"] == "12.0" and m["BenchIntEightGemm"] == "1.5"
     assert m["BenchIntEightGemmCase"] == r"gemm2048" and m["BenchPeers"] == "measured"
     assert FG._bench_peer_macros([row("conv64x56", "conv")]) == {}
+
+
+# ----------------------------------------------------------------------------- issue 12's targets
+def _trow(case, group, eff=None, ratio=None, threads=1, isa="avx2", **kw):
+    return {"case": case, "group": group, "threads": threads, "unit": "s", "correct": True,
+            "isa": isa, "bnnlab_eff": eff, "ratio": ratio, "peers": {}, **kw}
+
+
+def test_targets_count_cases_and_name_the_worst():
+    pk = {"fp32": {"avx2_fma": 1e10}, "torch_fp32": "avx2_fma",
+          "binary": {"popcnt": 8e10, "avx2": 1e11}}
+    ov = {"openvino": {"name": "OpenVINO", "time": 4e-3, "ratio": 2.0, "correct": True}}
+    rows = [_trow("gemm2048_prepacked", "gemm", eff=0.72),
+            _trow("gemm4096_prepacked", "gemm", eff=0.69),
+            _trow("gemm2048_prepacked", "gemm", eff=0.10, threads=2),   # 2 threads: not counted
+            _trow("conv64x56", "conv", eff=0.58, macs=10 ** 8, bnnlab=2e-3, peers=ov),
+            _trow("conv512x7", "conv", eff=0.91, isa="avx512"),
+            _trow("gemm2048", "gemm", eff=0.7, pack_share=0.03),
+            _trow("conv256x14", "conv", eff=0.8, pack_share=0.12),
+            {"case": "threads_conv512x7b16", "group": "threads", "threads": 2, "ratio": 1.77},
+            {"case": "threads_conv64x56", "group": "threads", "threads": 2, "ratio": 1.7},
+            _trow("e2e_resnet18", "e2e", ratio=6.2)]
+    bench.add_efficiency(rows, pk)
+    e = rows[3]["peers"]["openvino"]     # 1e8 MACs in 4 ms = 25 GMAC/s of the best 100 GMAC/s
+    assert e["eff"] == pytest.approx(0.25) and e["ceiling"] == pytest.approx(4.0)
+    ts = {t["target"].split(":")[0]: t for t in bench.targets(rows)}
+    gemm = next(t for t in bench.targets(rows) if t["target"].endswith("avx2")
+                and t["target"].startswith("GEMM"))
+    assert (gemm["met"], gemm["of"], gemm["worst_case"]) == (1, 2, "gemm4096_prepacked")
+    assert gemm["goal"] == 0.70 and gemm["worst"] == pytest.approx(0.69)
+    convs = [t for t in bench.targets(rows) if t["target"].startswith("3×3")]
+    assert [(t["target"][-6:], t["met"], t["of"]) for t in convs] == [
+        ("avx512", 1, 1), ("t avx2", 1, 2)]
+    pack = next(t for t in bench.targets(rows) if t["target"].startswith("activation packing"))
+    assert pack["at_most"] and (pack["met"], pack["of"], pack["worst_case"]) == (1, 2, "conv256x14")
+    thr = [t for t in bench.targets(rows) if t["target"].startswith("2 threads")]
+    assert [(t["goal"], t["met"], t["worst_case"]) for t in thr] == [
+        (1.85, 0, "conv512x7b16"), (1.0, 1, "conv64x56")]
+    ovt = next(t for t in bench.targets(rows) if "OpenVINO" in t["target"])
+    assert (ovt["met"], ovt["worst"]) == (0, 2.0)
+    assert "25%–25% of this core's best binary peak" in ovt["note"] and "4.0–4.0×" in ovt["note"]
+    assert "cannot reach" not in ovt["note"]          # the ceiling (4x) is above 2.5x here
+    e2e = [t for t in ts.values() if "end to end" in t["target"]]
+    assert [(t["met"], t["of"]) for t in e2e] == [(1, 1)]   # VGG-small not measured: left out
+    md = bench.format_targets_markdown(rows)
+    assert "| 2 threads vs 1: GEMM 2048 and batch-16 convs | ≥ 1.85× | 0 of 1 | conv512x7b16: 1.77× |" in md
+    assert "| ≤ 10% | 1 of 2 | conv256x14: 12% |" in md and "OpenVINO runs at 25%" in md
+    assert bench.format_targets_markdown([]) == ""
+    # a slow OpenVINO ceiling below the target is said to be out of reach
+    rows[3]["peers"]["openvino"]["time"] = 1.5e-3
+    bench.add_efficiency(rows, pk)
+    assert "1 of 1 cases cannot reach 2.5×" in bench.format_targets_markdown(rows)
+
+
+def test_readme_block_shows_one_thread_count_and_the_targets():
+    row = {"case": "gemm2048_prepacked", "group": "gemm", "threads": 1, "baseline": "torch float32",
+           "torch": 2.0, "bnnlab": 0.25, "ratio": 8.0, "unit": "s", "correct": True, "isa": "avx2",
+           "macs": 2048 ** 3, "peers": {}}
+    doc = {"rows": [row, dict(row, threads=2, bnnlab=0.125, ratio=16.0)],
+           "peaks": {"supported": True, "clock_hz": 2e9, "fp32": {"avx2_fma": 1e10},
+                     "binary": {"avx2": 1e11}, "torch_fp32": "avx2_fma",
+                     "per_cycle": {"fp32": {"avx2_fma": 5.0}, "binary": {"avx2": 50.0}}},
+           "cpu": {"model": "Test CPU", "cpus": 2, "torch_capability": "AVX2"},
+           "command": "python -m bnnlab bench", "torch_version": "x", "clock": "wall",
+           "load_average": [1.0, 2.0, 3.0]}
+    text = bench.readme_block(doc, "b.json")
+    assert "| gemm2048_prepacked | 1 | 2.00 s | 250 ms | 8.0× |" in text
+    assert "| gemm2048_prepacked | 2 |" not in text
+    assert "rows at 2 threads are in `b.json`" in text
+    # 2048^3 MACs in 0.25 s = 34.4 GMAC/s of 100: 34 %, below the 70 % AVX2 target
+    assert "| GEMM ≥ 2048, operands pre-packed: efficiency at avx2 | ≥ 70% | 0 of 1 | " \
+           "gemm2048_prepacked: 34% |" in text
