@@ -34,6 +34,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import re
@@ -762,6 +763,30 @@ def bench_threads_table(results: Mapping) -> str:
     return booktabs(head, out, "lrrrrr")
 
 
+@table("tab:bench-targets")
+def bench_targets_table(results: Mapping) -> str:
+    """Issue 12's speed targets checked on the bench rows (:func:`bnnlab.bench.targets`): the
+    goal, how many measured cases meet it and the case furthest from it."""
+    from bnnlab import bench as B
+
+    rows = _bench_rows(results)
+    head = ["Target", "Goal", "Met", "Furthest from the goal"]
+    b = results.get("bench")
+    ts = B.targets(B.add_efficiency([dict(copy.deepcopy(r)) for r in rows], b["peaks"])) \
+        if rows and isinstance(b, Mapping) and b.get("peaks") else []
+    if not ts:
+        why = r"no \texttt{bench.json}" if rows is None else "no case with a target"
+        return booktabs(head, [r"\emph{" + NOT_MEASURED + "}: " + why], "lrrl")
+
+    def val(t: Mapping, v: float) -> str:
+        return f"{100 * v:.0f}\\%" if t["unit"] == "%" else f"{v:.2f}$\\times$"
+    out = [[_tex(t["target"]).replace("≥", r"$\geq$").replace("×", r"$\times$"),
+            ("$\\leq$ " if t["at_most"] else "$\\geq$ ") + val(t, t["goal"]),
+            f"{t['met']} of {t['of']}", f"{_tex(t['worst_case'])}: {val(t, t['worst'])}"]
+           for t in ts]
+    return booktabs(head, out, "lrrl")
+
+
 @table("tab:bench-memory")
 def bench_memory_table(results: Mapping) -> str:
     """Measured bytes: float32 vs packed (``python -m bnnlab bench``, memory rows)."""
@@ -1082,6 +1107,11 @@ def macros(results: Mapping) -> dict[str, str]:
     bench = results.get("bench") if isinstance(results.get("bench"), Mapping) else {}
     load = bench.get("load_average") if bench else None
     m["BenchLoad"] = _f(load[0], 1) if load else "n/a"
+    cpus = ((bench.get("cpu") or {}).get("cpus") if bench else None) or 1
+    if load:
+        m["BenchLoadNote"] = (("on a quiet machine" if load[0] < 0.5 * cpus else
+                               "while the machine was shared")
+                              + f" (load average {_f(load[0], 1)} on {cpus} logical CPUs)")
     m["BenchMode"] = ("quick" if bench.get("quick") else "full") if bench else "n/a"
     m.update(_bench_machine_macros(bench or {}))
     if rows:
@@ -1104,6 +1134,10 @@ def macros(results: Mapping) -> dict[str, str]:
         e2e = pick(lambda r: r.get("case") == "e2e_cnn" and r.get("threads") == 1)
         if e2e:
             m["BenchEtoE"] = _f(e2e[0]["ratio"], 1)
+        for case, name in (("e2e_vgg_small", "BenchEtoEVgg"), ("e2e_resnet18", "BenchEtoEResNet")):
+            sel = pick(lambda r, c=case: r.get("case") == c and r.get("threads") == 1)
+            if sel:
+                m[name] = _f(sel[0]["ratio"], 1)
         mem = pick(lambda r: r.get("unit") == "bytes")
         for r in mem:
             name = "".join(w.capitalize() for w in re.split(r"[^A-Za-z]+", str(r["case"])) if w)
@@ -1117,7 +1151,9 @@ _BENCH_DEFAULTS = ("BenchLoad", "BenchMode", "BenchGemmCase", "BenchGemmSpeedup"
                    "BenchPeaks", "BenchPeakRatio", "BenchTorch", "BenchTimer",
                    "BenchPeakTwoThreads", "BenchOpenvinoMin", "BenchOpenvinoMax",
                    "BenchIntEightConvMin", "BenchIntEightConvMax", "BenchIntEightGemv",
-                   "BenchIntEightGemm", "BenchIntEightGemmCase", "BenchPeers")
+                   "BenchIntEightGemm", "BenchIntEightGemmCase", "BenchPeers", "BenchLoadNote",
+                   "BenchEtoEVgg", "BenchEtoEResNet", "BenchOpenvinoEffMin", "BenchOpenvinoEffMax",
+                   "BenchOpenvinoCeilMin", "BenchOpenvinoCeilMax")
 
 
 def _bench_machine_macros(bench: Mapping) -> dict[str, str]:
@@ -1155,7 +1191,13 @@ def _bench_machine_macros(bench: Mapping) -> dict[str, str]:
                if isinstance(r, Mapping) and r.get("peak_2v1")]
     if ceiling:
         m["BenchPeakTwoThreads"] = f"{ceiling[0]:.2f}"
-    m.update(_bench_peer_macros(bench.get("rows") or []))
+    rows: list[dict] = [dict(copy.deepcopy(r)) for r in bench.get("rows") or []
+                        if isinstance(r, Mapping)]
+    if pk.get("binary"):        # binary peers' efficiency and ceiling (older JSON lacks them)
+        from bnnlab import bench as B
+
+        rows = B.add_efficiency(rows, pk)
+    m.update(_bench_peer_macros(rows))
     return m
 
 
@@ -1180,6 +1222,15 @@ def _bench_peer_macros(rows: Sequence) -> dict[str, str]:
         if got:
             m[f"Bench{name}Min"] = _f(min(v for _, v in got), 1)
             m[f"Bench{name}Max"] = _f(max(v for _, v in got), 1)
+    effs = [(float(e["eff"]), float(e["ceiling"])) for r in rows if isinstance(r, Mapping)
+            and r.get("group") == "conv" and r.get("threads") == 1
+            for e in [(r.get("peers") or {}).get("openvino")]
+            if isinstance(e, Mapping) and e.get("eff") and e.get("ceiling")]
+    if effs:
+        m["BenchOpenvinoEffMin"] = f"{100 * min(e for e, _ in effs):.0f}"
+        m["BenchOpenvinoEffMax"] = f"{100 * max(e for e, _ in effs):.0f}"
+        m["BenchOpenvinoCeilMin"] = _f(min(c for _, c in effs), 1)
+        m["BenchOpenvinoCeilMax"] = _f(max(c for _, c in effs), 1)
     gemv = dict(ratios("torch_int8", "gemv"))
     if "gemv1x4096" in gemv:
         m["BenchIntEightGemv"] = _f(gemv["gemv1x4096"], 1)
@@ -1195,13 +1246,19 @@ def _bench_peer_macros(rows: Sequence) -> dict[str, str]:
 def macros_tex(results: Mapping) -> str:
     r"""``macros.tex``: ``\newcommand`` lines, plus ``\ifbenchmeasured``."""
     m = macros(results)
+    models = "BenchEtoEVgg" in m and "BenchEtoEResNet" in m
+    ceiling = "BenchOpenvinoCeilMin" in m
     for name in _BENCH_DEFAULTS:
         m.setdefault(name, "n/a")
     lines = ["% Generated by `python -m bnnlab figures` from the JSON results. Do not edit.",
              r"\newif\ifbenchmeasured",
              r"\benchmeasuredtrue" if m["BenchStatus"] == "measured" else r"\benchmeasuredfalse",
              r"\newif\ifbenchpeers",
-             r"\benchpeerstrue" if m.get("BenchPeers") == "measured" else r"\benchpeersfalse"]
+             r"\benchpeerstrue" if m.get("BenchPeers") == "measured" else r"\benchpeersfalse",
+             r"\newif\ifbenchmodels",
+             r"\benchmodelstrue" if models else r"\benchmodelsfalse",
+             r"\newif\ifbenchceiling",
+             r"\benchceilingtrue" if ceiling else r"\benchceilingfalse"]
     for name, value in sorted(m.items()):
         if not re.fullmatch(r"[A-Za-z]+", name):
             raise ValueError(f"macro name {name!r} must be letters only")

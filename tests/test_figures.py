@@ -272,6 +272,36 @@ def test_bench_tables_say_not_measured_without_json_and_read_it_with(results):
                            r"32.0$\times$"]
 
 
+def test_bench_targets_table_and_macros_come_from_the_rows(results):
+    assert FG.NOT_MEASURED in FG.TABLES["tab:bench-targets"](results)
+    pk = {"binary": {"avx2": 1e11}, "fp32": {"avx2_fma": 1e10}, "torch_fp32": "avx2_fma"}
+    conv = {"case": "conv64x56", "group": "conv", "threads": 1, "torch": 0.01, "bnnlab": 0.002,
+            "ratio": 5.0, "unit": "s", "correct": True, "isa": "avx2", "macs": 10 ** 8,
+            "peers": {"openvino": {"name": "OpenVINO", "time": 0.004, "ratio": 2.0,
+                                   "correct": True}}}
+    e2e = {"case": "e2e_resnet18", "group": "e2e", "threads": 1, "torch": 0.05, "bnnlab": 0.01,
+           "ratio": 5.0, "unit": "s", "correct": True}
+    bench = {"rows": [conv, dict(e2e), dict(e2e, case="e2e_vgg_small", ratio=8.5)], "peaks": pk,
+             "cpu": {"model": "Test CPU", "cpus": 2}, "load_average": [3.0, 2.0, 1.0]}
+    rows = _check_booktabs(FG.TABLES["tab:bench-targets"]({**results, "bench": bench}))
+    # 1e8 MACs in 2 ms = 50 GMAC/s of the 100 GMAC/s peak
+    assert rows[0] == [r"3$\times$3 convolutions, batch 1 and 16: efficiency at avx2",
+                       r"$\geq$ 65\%", "0 of 1", r"conv64x56: 50\%"]
+    assert [r[2] for r in rows[1:]] == ["0 of 1", "1 of 1", "0 of 1"]   # OpenVINO, VGG, ResNet
+    assert "conv64x56" not in str(bench["rows"][0]["peers"]["openvino"].get("eff", ""))  # no mutation
+    tex = FG.macros_tex({**results, "bench": bench})
+    # OpenVINO: 1e8 MACs in 4 ms = 25 % of the peak, so a kernel at the peak is at most 4x faster
+    for line in (r"\newcommand{\BenchOpenvinoEffMin}{25}", r"\newcommand{\BenchOpenvinoCeilMax}{4.0}",
+                 r"\newcommand{\BenchEtoEVgg}{8.5}", r"\newcommand{\BenchEtoEResNet}{5.0}",
+                 r"\benchmodelstrue", r"\benchceilingtrue",
+                 r"\newcommand{\BenchLoadNote}{while the machine was shared (load average 3.0 on 2 "
+                 "logical CPUs)}"):
+        assert line in tex, line
+    quiet = FG.macros_tex({**results, "bench": {**bench, "load_average": [0.4, 1, 1]}})
+    assert "on a quiet machine (load average 0.4" in quiet
+    assert r"\benchmodelsfalse" in FG.macros_tex({**results, "bench": {**bench, "rows": [conv]}})
+
+
 def test_costs_table_reads_the_summary(results):
     rows = _check_booktabs(FG.TABLES["tab:costs"](results))
     t = _summary_dict()["totals"]
