@@ -343,16 +343,21 @@ def test_readme_has_no_typed_speed_figure_outside_the_block():
     assert not re.findall(r"\d+(?:\.\d+)?\s*(?:×(?!\s*\d)|x faster|-fold)", speed)   # not 3×3
 
 
+def _doc(rows: list, clock: str) -> dict:
+    """A stored bench JSON with ``rows`` on a made-up AVX2 machine."""
+    return {"rows": rows,
+            "peaks": {"supported": True, "clock_hz": 2e9, "fp32": {"avx2_fma": 1e10},
+                      "binary": {"avx2": 1e11}, "torch_fp32": "avx2_fma",
+                      "per_cycle": {"fp32": {"avx2_fma": 5.0}, "binary": {"avx2": 50.0}}},
+            "cpu": {"model": "Test CPU", "cpus": 2, "torch_capability": "AVX2"},
+            "command": "python -m bnnlab bench", "torch_version": "x", "clock": clock,
+            "load_average": [1.0, 2.0, 3.0]}
+
+
 def test_update_readme_rewrites_only_the_block(tmp_path):
-    doc = {"rows": [{"case": "gemm512", "group": "gemm", "threads": 1, "baseline": "torch float32",
-                     "torch": 2e-3, "bnnlab": 1e-4, "ratio": 20.0, "unit": "s", "correct": True,
-                     "isa": "avx2", "torch_eff": 0.5, "bnnlab_eff": 0.25, "peers": {}}],
-           "peaks": {"supported": True, "clock_hz": 2e9, "fp32": {"avx2_fma": 1e10},
-                     "binary": {"avx2": 1e11}, "torch_fp32": "avx2_fma",
-                     "per_cycle": {"fp32": {"avx2_fma": 5.0}, "binary": {"avx2": 50.0}}},
-           "cpu": {"model": "Test CPU", "cpus": 2, "torch_capability": "AVX2"},
-           "command": "python -m bnnlab bench", "torch_version": "x", "clock": "cpu",
-           "load_average": [1.0, 2.0, 3.0]}
+    doc = _doc([{"case": "gemm512", "group": "gemm", "threads": 1, "baseline": "torch float32",
+                 "torch": 2e-3, "bnnlab": 1e-4, "ratio": 20.0, "unit": "s", "correct": True,
+                 "isa": "avx2", "torch_eff": 0.5, "bnnlab_eff": 0.25, "peers": {}}], "cpu")
     (tmp_path / "b.json").write_text(json.dumps(doc))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{bench.README_BEGIN} old -->\nstale 99×\n{bench.README_END}\nrest\n")
@@ -476,13 +481,7 @@ def test_readme_block_shows_one_thread_count_and_the_targets():
     row = {"case": "gemm2048_prepacked", "group": "gemm", "threads": 1, "baseline": "torch float32",
            "torch": 2.0, "bnnlab": 0.25, "ratio": 8.0, "unit": "s", "correct": True, "isa": "avx2",
            "macs": 2048 ** 3, "peers": {}}
-    doc = {"rows": [row, dict(row, threads=2, bnnlab=0.125, ratio=16.0)],
-           "peaks": {"supported": True, "clock_hz": 2e9, "fp32": {"avx2_fma": 1e10},
-                     "binary": {"avx2": 1e11}, "torch_fp32": "avx2_fma",
-                     "per_cycle": {"fp32": {"avx2_fma": 5.0}, "binary": {"avx2": 50.0}}},
-           "cpu": {"model": "Test CPU", "cpus": 2, "torch_capability": "AVX2"},
-           "command": "python -m bnnlab bench", "torch_version": "x", "clock": "wall",
-           "load_average": [1.0, 2.0, 3.0]}
+    doc = _doc([row, dict(row, threads=2, bnnlab=0.125, ratio=16.0)], "wall")
     text = bench.readme_block(doc, "b.json")
     assert "| gemm2048_prepacked | 1 | 2.00 s | 250 ms | 8.0× |" in text
     assert "| gemm2048_prepacked | 2 |" not in text
