@@ -208,4 +208,25 @@ static inline void bnn_free(void *p) {
 #  define BNN_POPCNT64(x) ((uint64_t)__builtin_popcountll(x))
 #endif
 
+/* c0..c3 += popcount(x ^ b[0..3]) for four words b[0..3] in memory: scalar load, XOR,
+ * POPCNT, add, on the integer units (the AVX2 hybrid panel tile in bnn_impl.h and its
+ * roofline micro-kernel in bnn_roofline.h).  x86 GCC / clang: inline asm, because compilers
+ * otherwise pack these scalar sums into vector lanes; MSVC (and any other target): plain C.
+ * Callers run it only where the CPU has POPCNT. */
+#if BNN_X86 && !BNN_MSVC
+#  define BNN_SCALAR4(c0, c1, c2, c3, x, b) do {                                          \
+        uint64_t t_;                                                                      \
+        __asm__("movq (%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d0]\n\t"    \
+                "movq 8(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d1]\n\t"   \
+                "movq 16(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d2]\n\t"  \
+                "movq 24(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d3]"      \
+                : [d0] "+r"(c0), [d1] "+r"(c1), [d2] "+r"(c2), [d3] "+r"(c3), [t] "=&r"(t_)   \
+                : [xx] "r"(x), [bp] "r"(b), "m"(*(const uint64_t(*)[4])(b)));                  \
+    } while (0)
+#else
+#  define BNN_SCALAR4(c0, c1, c2, c3, x, b) do {                                          \
+        c0 += BNN_POPCNT64((x) ^ (b)[0]); c1 += BNN_POPCNT64((x) ^ (b)[1]);              \
+        c2 += BNN_POPCNT64((x) ^ (b)[2]); c3 += BNN_POPCNT64((x) ^ (b)[3]); } while (0)
+#endif
+
 #endif /* BNN_COMMON_H */

@@ -432,22 +432,6 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_hyb_t)(const int MR, const uint64_t *cons
 #  define HY_CNTADD(a8, y) _mm256_add_epi8(_mm256_add_epi8((a8), _mm256_shuffle_epi8(lut, _mm256_and_si256((y), m4))), \
                                            _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16((y), 4), m4)))
 #  define HY_FOLD(acc, a8) _mm256_add_epi64((acc), _mm256_sad_epu8((a8), _mm256_setzero_si256()))
-#  if BNN_MSVC
-#    define HY_SCALAR4(c0, c1, c2, c3, x, b) do {                                         \
-        c0 += BNN_POPCNT64((x) ^ (b)[0]); c1 += BNN_POPCNT64((x) ^ (b)[1]);              \
-        c2 += BNN_POPCNT64((x) ^ (b)[2]); c3 += BNN_POPCNT64((x) ^ (b)[3]); } while (0)
-#  else
-    /* inline asm: compilers otherwise pack these scalar sums into vector lanes. */
-#    define HY_SCALAR4(c0, c1, c2, c3, x, b) do {                                         \
-        uint64_t t_;                                                                      \
-        __asm__("movq (%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d0]\n\t"    \
-                "movq 8(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d1]\n\t"   \
-                "movq 16(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d2]\n\t"  \
-                "movq 24(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d3]"      \
-                : [d0] "+r"(c0), [d1] "+r"(c1), [d2] "+r"(c2), [d3] "+r"(c3), [t] "=&r"(t_)   \
-                : [xx] "r"(x), [bp] "r"(b), "m"(*(const uint64_t(*)[4])(b)));                  \
-    } while (0)
-#  endif
     __m256i s0 = _mm256_setzero_si256(), s1 = s0, e0 = s0, e1 = s0;
     uint64_t c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
     /* The panel words are contiguous across segments; the A pointers jump between them.
@@ -469,11 +453,11 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_hyb_t)(const int MR, const uint64_t *cons
                 const __m256i bv = _mm256_loadu_si256((const __m256i *)bw);
                 const uint64_t x0 = *a0;
                 e0 = HY_CNTADD(e0, _mm256_xor_si256(_mm256_set1_epi64x((long long)x0), bv));
-                HY_SCALAR4(c00, c01, c02, c03, x0, bw + 4);
+                BNN_SCALAR4(c00, c01, c02, c03, x0, bw + 4);
                 if (MR > 1) {
                     const uint64_t x1 = *a1;
                     e1 = HY_CNTADD(e1, _mm256_xor_si256(_mm256_set1_epi64x((long long)x1), bv));
-                    HY_SCALAR4(c10, c11, c12, c13, x1, bw + 4);
+                    BNN_SCALAR4(c10, c11, c12, c13, x1, bw + 4);
                 }
                 bw += 8; a0++; a1++;
             } while (a0 != a0e);
@@ -488,7 +472,6 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_hyb_t)(const int MR, const uint64_t *cons
     }
 #  undef HY_CNTADD
 #  undef HY_FOLD
-#  undef HY_SCALAR4
 }
 static BNN_ATTR void FN(panel_tile_hyb)(int mr, const uint64_t *const *ap, int64_t nseg,
                                         int64_t seg_stride, int64_t L, const uint64_t *pg, uint64_t *cnt) {
@@ -613,6 +596,20 @@ static BNN_ATTR void FN(NAME)(bnn_pack_job *job, int t, int T_) {               
 }
 
 #if BNN_LEVEL == 2 || BNN_LEVEL == 3
+/* One word from n <= 64 float32 values x[j * stride] (bit j = x < 0): the explicit-SIMD
+ * packers' scalar tails.  Sets *bad if any value is NaN or +-inf. */
+BNN_INLINE BNN_ATTR uint64_t FN(word_f32)(const float *x, int64_t stride, int64_t n, int *bad) {
+    uint64_t word = 0;
+    int b = 0;
+    for (int64_t j = 0; j < n; j++) {
+        const float v = x[j * stride];
+        word |= (uint64_t)BNN_NEG_F32(v) << j;
+        b |= BNN_BAD_F32(v);
+    }
+    *bad |= b;
+    return word;
+}
+
 /* float32 rows, explicit SIMD: compare < 0 to a bit mask, 8 or 16 values at a time. */
 static BNN_ATTR void FN(pack_rows_f32)(bnn_pack_job *job, int t, int T_) {
     const int64_t rows = job->rows, k = job->k, nw = job->nw;
@@ -647,15 +644,7 @@ static BNN_ATTR void FN(pack_rows_f32)(bnn_pack_job *job, int t, int T_) {
 #  endif
             o[j0 >> 6] = word;
         }
-        if (kfull < k) {
-            uint64_t word = 0;
-            for (int64_t j = kfull; j < k; j++) {
-                float v = xr[j];
-                word |= (uint64_t)BNN_NEG_F32(v) << (j - kfull);
-                bad |= BNN_BAD_F32(v);
-            }
-            o[kfull >> 6] = word;
-        }
+        if (kfull < k) o[kfull >> 6] = FN(word_f32)(xr + kfull, 1, k - kfull, &bad);
     }
     job->bad[t] = bad;
 }
@@ -754,15 +743,8 @@ static BNN_ATTR void FN(pack_nchw_f32)(bnn_pack_job *job, int t, int T_) {
             FN(store_words8)(o + q * CW, CW, l0, h0);
             FN(store_words8)(o + (q + 8) * CW, CW, l1, h1);
         }
-        for (; q < pb; q++) {   /* the block's last pb % 16 pixels */
-            uint64_t word = 0;
-            for (int64_t c = 0; c < nc; c++) {
-                const float v = xb[c * P + q];
-                word |= (uint64_t)BNN_NEG_F32(v) << c;
-                bad |= BNN_BAD_F32(v);
-            }
-            o[q * CW] = word;
-        }
+        for (; q < pb; q++)   /* the block's last pb % 16 pixels */
+            o[q * CW] = FN(word_f32)(xb + q, P, nc, &bad);
     }
     bad |= _mm256_movemask_ps(_mm256_cmp_ps(badv, badv, _CMP_UNORD_Q)) != 0;
     job->bad[t] = bad;
