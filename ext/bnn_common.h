@@ -209,19 +209,26 @@ static inline void bnn_free(void *p) {
 #endif
 
 /* c0..c3 += popcount(x ^ b[0..3]) for four words b[0..3] in memory: scalar load, XOR,
- * POPCNT, add, on the integer units (the AVX2 hybrid panel tile in bnn_impl.h and its
+ * POPCNT, add, on the integer units (the AVX2 hybrid panel tiles in bnn_impl.h and their
  * roofline micro-kernel in bnn_roofline.h).  x86 GCC / clang: inline asm, because compilers
  * otherwise pack these scalar sums into vector lanes; MSVC (and any other target): plain C.
- * Callers run it only where the CPU has POPCNT. */
+ * Callers run it only where the CPU has POPCNT.  BNN_SCALAR4_ASM / _OUT / _B are its text and
+ * operands (x as %[xx]), for an asm block that does more in the same statement (bnn_impl.h's
+ * 3x3 tile). */
 #if BNN_X86 && !BNN_MSVC
+#  define BNN_SCALAR4_ASM                                                                 \
+        "movq %[b0], %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d0]\n\t"      \
+        "movq %[b1], %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d1]\n\t"      \
+        "movq %[b2], %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d2]\n\t"      \
+        "movq %[b3], %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d3]"
+#  define BNN_SCALAR4_OUT(c0, c1, c2, c3, tmp)                                            \
+        [d0] "+r"(c0), [d1] "+r"(c1), [d2] "+r"(c2), [d3] "+r"(c3), [t] "=&r"(tmp)
+#  define BNN_SCALAR4_B(b)                                                                \
+        [b0] "m"((b)[0]), [b1] "m"((b)[1]), [b2] "m"((b)[2]), [b3] "m"((b)[3])
 #  define BNN_SCALAR4(c0, c1, c2, c3, x, b) do {                                          \
         uint64_t t_;                                                                      \
-        __asm__("movq (%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d0]\n\t"    \
-                "movq 8(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d1]\n\t"   \
-                "movq 16(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d2]\n\t"  \
-                "movq 24(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d3]"      \
-                : [d0] "+r"(c0), [d1] "+r"(c1), [d2] "+r"(c2), [d3] "+r"(c3), [t] "=&r"(t_)   \
-                : [xx] "r"(x), [bp] "r"(b), "m"(*(const uint64_t(*)[4])(b)));                  \
+        __asm__(BNN_SCALAR4_ASM : BNN_SCALAR4_OUT(c0, c1, c2, c3, t_)                    \
+                : [xx] "r"(x), BNN_SCALAR4_B(b));                                         \
     } while (0)
 #else
 #  define BNN_SCALAR4(c0, c1, c2, c3, x, b) do {                                          \

@@ -420,6 +420,10 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_t)(const int MR, const uint64_t *const *a
 }
 
 #if BNN_LEVEL == 2
+/* The four scalar column sums of a hybrid tile row as one vector: stored with one 32-byte
+ * store, so that the epilogue's 32-byte loads of cnt are forwarded from it (from four 8-byte
+ * stores they cannot be: the load waits until the stores reach L1 -- ~5 % of a 64@56 conv). */
+#  define HY_SET4(c0, c1, c2, c3) _mm256_set_epi64x((long long)(c3), (long long)(c2), (long long)(c1), (long long)(c0))
 /* AVX2 hybrid tile: 2 rows x 8 columns; columns 0-3 by the vector nibble lookup (FP pipes),
  * columns 4-7 by scalar POPCNT (integer ALUs), so the two kinds of units work in parallel
  * (on Zen 1 they overlap partly: ~62 MAC/cycle against 49 for the lookup tile's mix). */
@@ -473,12 +477,55 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_hyb_t)(const int MR, const uint64_t *cons
 #  undef HY_CNTADD
 #  undef HY_FOLD
 }
+#  if !BNN_MSVC
+/* The hybrid tile of a 3x3 conv with C <= 64 (one word per pixel, 9 word steps): straight-line,
+ * no fold (9 < 31 words).  Each row and step is one asm block, the lookup half and
+ * BNN_SCALAR4's scalar half: written with intrinsics, the fully unrolled steps are
+ * interleaved by the compiler into register spills. */
+#    define HY_STEP(e, c0, c1, c2, c3, a, b) do {                                         \
+        __m256i y_, h_;                                                                   \
+        uint64_t x_, t_;                                                                  \
+        __asm__("vpbroadcastq %[am], %[y]\n\tmovq %[am], %[xx]\n\tvpxor %[bv], %[y], %[y]\n\t" \
+                "vpsrlw $4, %[y], %[h]\n\tvpand %[m4], %[y], %[y]\n\t"                     \
+                "vpand %[m4], %[h], %[h]\n\tvpshufb %[y], %[lut], %[y]\n\t"                \
+                "vpshufb %[h], %[lut], %[h]\n\tvpaddb %[y], %[ee], %[ee]\n\t"              \
+                "vpaddb %[h], %[ee], %[ee]\n\t" BNN_SCALAR4_ASM                          \
+                : [ee] "+x"(e), [y] "=&x"(y_), [h] "=&x"(h_), [xx] "=&r"(x_),              \
+                  BNN_SCALAR4_OUT(c0, c1, c2, c3, t_)                                     \
+                : [am] "m"(a), [bv] "m"(*(const __m256i *)(b)), [lut] "x"(lut), [m4] "x"(m4), \
+                  BNN_SCALAR4_B((b) + 4));                                                \
+    } while (0)
+BNN_INLINE BNN_ATTR void FN(panel_tile_hyb_3x3)(const uint64_t *a0, const uint64_t *a1, int64_t ss,
+                                                const uint64_t *pg, uint64_t *cnt) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256i e0 = _mm256_setzero_si256(), e1 = e0;
+    uint64_t c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
+    BNN_UNROLL for (int s = 0; s < 3; s++)
+        BNN_UNROLL for (int w = 0; w < 3; w++) {
+            const uint64_t *b = pg + 8 * (3 * s + w);
+            HY_STEP(e0, c00, c01, c02, c03, a0[s * ss + w], b);
+            HY_STEP(e1, c10, c11, c12, c13, a1[s * ss + w], b);
+        }
+    _mm256_storeu_si256((__m256i *)cnt, _mm256_sad_epu8(e0, _mm256_setzero_si256()));
+    _mm256_storeu_si256((__m256i *)(cnt + 4), HY_SET4(c00, c01, c02, c03));
+    _mm256_storeu_si256((__m256i *)(cnt + 8), _mm256_sad_epu8(e1, _mm256_setzero_si256()));
+    _mm256_storeu_si256((__m256i *)(cnt + 12), HY_SET4(c10, c11, c12, c13));
+}
+#    undef HY_STEP
+#  endif
 static BNN_ATTR void FN(panel_tile_hyb)(int mr, const uint64_t *const *ap, int64_t nseg,
                                         int64_t seg_stride, int64_t L, const uint64_t *pg, uint64_t *cnt) {
     if (mr == 1) FN(panel_tile_hyb_t)(1, ap, nseg, seg_stride, L, pg, cnt);
-    else if (nseg == 3 && L == 3) FN(panel_tile_hyb_t)(2, ap, 3, seg_stride, 3, pg, cnt);   /* 3x3, C <= 64 */
+#  if !BNN_MSVC
+    else if (nseg == 3 && L == 3) FN(panel_tile_hyb_3x3)(ap[0], ap[1], seg_stride, pg, cnt);   /* 3x3, C <= 64 */
+#  else
+    else if (nseg == 3 && L == 3) FN(panel_tile_hyb_t)(2, ap, 3, seg_stride, 3, pg, cnt);
+#  endif
     else FN(panel_tile_hyb_t)(2, ap, nseg, seg_stride, L, pg, cnt);
 }
+#  undef HY_SET4
 #endif
 
 static BNN_ATTR void FN(panel_tile)(int mr, const uint64_t *const *ap, int64_t nseg,
