@@ -212,23 +212,24 @@ static inline void bnn_free(void *p) {
  * POPCNT, add, on the integer units (the AVX2 hybrid panel tiles in bnn_impl.h and their
  * roofline micro-kernel in bnn_roofline.h).  x86 GCC / clang: inline asm, because compilers
  * otherwise pack these scalar sums into vector lanes; MSVC (and any other target): plain C.
- * Callers run it only where the CPU has POPCNT.  BNN_SCALAR4_ASM / _OUT / _B are its text and
- * operands (x as %[xx]), for an asm block that does more in the same statement (bnn_impl.h's
- * 3x3 tile). */
+ * Callers run it only where the CPU has POPCNT.  BNN_SCALAR4_ASM(o0..o3) is its text with the
+ * words at byte offsets o0..o3 (string literals) from %[bp]; _OUT / _IN its operands, for an
+ * asm block that does more in the same statement (bnn_impl.h's 3x3 tile). */
 #if BNN_X86 && !BNN_MSVC
-#  define BNN_SCALAR4_ASM                                                                 \
-        "movq %[b0], %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d0]\n\t"      \
-        "movq %[b1], %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d1]\n\t"      \
-        "movq %[b2], %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d2]\n\t"      \
-        "movq %[b3], %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d3]"
+#  define BNN_SCALAR4_ASM(o0, o1, o2, o3)                                                 \
+        "movq " o0 "(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d0]\n\t" \
+        "movq " o1 "(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d1]\n\t" \
+        "movq " o2 "(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d2]\n\t" \
+        "movq " o3 "(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d3]"
 #  define BNN_SCALAR4_OUT(c0, c1, c2, c3, tmp)                                            \
         [d0] "+r"(c0), [d1] "+r"(c1), [d2] "+r"(c2), [d3] "+r"(c3), [t] "=&r"(tmp)
-#  define BNN_SCALAR4_B(b)                                                                \
-        [b0] "m"((b)[0]), [b1] "m"((b)[1]), [b2] "m"((b)[2]), [b3] "m"((b)[3])
+/* x (as %[xx]: "r" or, loaded in the asm, an "=&r" output) is the caller's; bp's four words
+ * as a memory input, so the compiler knows the asm reads them. */
+#  define BNN_SCALAR4_IN(ptr, nbytes) [bp] "r"(ptr), "m"(*(const uint8_t(*)[nbytes])(const void *)(ptr))
 #  define BNN_SCALAR4(c0, c1, c2, c3, x, b) do {                                          \
         uint64_t t_;                                                                      \
-        __asm__(BNN_SCALAR4_ASM : BNN_SCALAR4_OUT(c0, c1, c2, c3, t_)                    \
-                : [xx] "r"(x), BNN_SCALAR4_B(b));                                         \
+        __asm__(BNN_SCALAR4_ASM("", "8", "16", "24") : BNN_SCALAR4_OUT(c0, c1, c2, c3, t_) \
+                : [xx] "r"(x), BNN_SCALAR4_IN(b, 32));                                    \
     } while (0)
 #else
 #  define BNN_SCALAR4(c0, c1, c2, c3, x, b) do {                                          \

@@ -485,15 +485,14 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_hyb_t)(const int MR, const uint64_t *cons
 #    define HY_STEP(e, c0, c1, c2, c3, a, b) do {                                         \
         __m256i y_, h_;                                                                   \
         uint64_t x_, t_;                                                                  \
-        __asm__("vpbroadcastq %[am], %[y]\n\tmovq %[am], %[xx]\n\tvpxor %[bv], %[y], %[y]\n\t" \
+        __asm__("vpbroadcastq %[am], %[y]\n\tmovq %[am], %[xx]\n\tvpxor (%[bp]), %[y], %[y]\n\t" \
                 "vpsrlw $4, %[y], %[h]\n\tvpand %[m4], %[y], %[y]\n\t"                     \
                 "vpand %[m4], %[h], %[h]\n\tvpshufb %[y], %[lut], %[y]\n\t"                \
                 "vpshufb %[h], %[lut], %[h]\n\tvpaddb %[y], %[ee], %[ee]\n\t"              \
-                "vpaddb %[h], %[ee], %[ee]\n\t" BNN_SCALAR4_ASM                          \
+                "vpaddb %[h], %[ee], %[ee]\n\t" BNN_SCALAR4_ASM("32", "40", "48", "56")  \
                 : [ee] "+x"(e), [y] "=&x"(y_), [h] "=&x"(h_), [xx] "=&r"(x_),              \
                   BNN_SCALAR4_OUT(c0, c1, c2, c3, t_)                                     \
-                : [am] "m"(a), [bv] "m"(*(const __m256i *)(b)), [lut] "x"(lut), [m4] "x"(m4), \
-                  BNN_SCALAR4_B((b) + 4));                                                \
+                : [am] "m"(a), [lut] "x"(lut), [m4] "x"(m4), BNN_SCALAR4_IN(b, 64));       \
     } while (0)
 BNN_INLINE BNN_ATTR void FN(panel_tile_hyb_3x3)(const uint64_t *a0, const uint64_t *a1, int64_t ss,
                                                 const uint64_t *pg, uint64_t *cnt) {
