@@ -183,6 +183,28 @@ BNN_INLINE BNN_ATTR uint64_t FN(cmp_bits)(const uint64_t *c, const int64_t *lim,
     return bits;
 }
 
+#if BNN_LEVEL == 2
+/* I32 NCHW output of a full 2 x 8 hybrid tile (ldc 8) whose two rows are adjacent pixels:
+ * each column's two values as one 64-bit store (r: row 0, column 0; cs: the channel stride).
+ * The hybrid worker calls it directly (decided once per chunk, not per tile). */
+BNN_INLINE BNN_ATTR void FN(store_nchw_2x8)(int64_t K, const uint64_t *cnt, int32_t *r, int64_t cs) {
+    const __m256i kk = _mm256_set1_epi64x((long long)K);
+    BNN_UNROLL for (int h = 0; h < 2; h++) {
+        const __m256i c0 = _mm256_loadu_si256((const __m256i *)(cnt + 4 * h));
+        const __m256i c1 = _mm256_loadu_si256((const __m256i *)(cnt + 8 + 4 * h));
+        const __m256i v0 = _mm256_sub_epi64(kk, _mm256_add_epi64(c0, c0));
+        const __m256i v1 = _mm256_sub_epi64(kk, _mm256_add_epi64(c1, c1));
+        const __m256i v = _mm256_blend_epi32(v0, _mm256_slli_epi64(v1, 32), 0xaa);
+        const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+        int32_t *q = r + 4 * h * cs;
+        _mm_storel_epi64((__m128i *)q, lo);
+        _mm_storeh_pd((double *)(q + cs), _mm_castsi128_pd(lo));
+        _mm_storel_epi64((__m128i *)(q + 2 * cs), hi);
+        _mm_storeh_pd((double *)(q + 3 * cs), _mm_castsi128_pd(hi));
+    }
+}
+#endif
+
 /* cnt: mr x nr mismatch counts with leading dimension ldc, for output rows with offsets
  * off[0..mr-1] and columns j0 .. j0 + nr - 1 (a tile never straddles a 64-column word). */
 BNN_INLINE BNN_ATTR void FN(epilogue)(const int EPI_MR, const bnn_epi *e, const uint64_t *cnt, int ldc,
@@ -211,24 +233,6 @@ BNN_INLINE BNN_ATTR void FN(epilogue)(const int EPI_MR, const bnn_epi *e, const 
                 for (int j = 0; j < nr; j++) r[j] = (int32_t)(K - 2 * (int64_t)c[j]);
             }
         }
-#if BNN_LEVEL == 2
-    } else if (EPI_MR == 2 && mr == 2 && nr == 8 && ldc == 8 && off[1] - off[0] == 1 && !f32) {
-        /* NCHW, full 2 x 8 tile: each column's two adjacent pixels as one 64-bit store */
-        const __m256i kk = _mm256_set1_epi64x((long long)K);
-        BNN_UNROLL for (int h = 0; h < 2; h++) {
-            const __m256i c0 = _mm256_loadu_si256((const __m256i *)(cnt + 4 * h));
-            const __m256i c1 = _mm256_loadu_si256((const __m256i *)(cnt + 8 + 4 * h));
-            const __m256i v0 = _mm256_sub_epi64(kk, _mm256_add_epi64(c0, c0));
-            const __m256i v1 = _mm256_sub_epi64(kk, _mm256_add_epi64(c1, c1));
-            const __m256i v = _mm256_blend_epi32(v0, _mm256_slli_epi64(v1, 32), 0xaa);
-            const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
-            int32_t *r = (int32_t *)e->out + off[0] + (j0 + 4 * h) * cs;
-            _mm_storel_epi64((__m128i *)r, lo);
-            _mm_storeh_pd((double *)(r + cs), _mm_castsi128_pd(lo));
-            _mm_storel_epi64((__m128i *)(r + 2 * cs), hi);
-            _mm_storeh_pd((double *)(r + 3 * cs), _mm_castsi128_pd(hi));
-        }
-#endif
     } else if (mr == EPI_MR && off[mr - 1] - off[0] == mr - 1 && !f32) {   /* NCHW, full tile */
         for (int j = 0; j < nr; j++) {
             const uint64_t *c = cnt + j;
@@ -577,12 +581,20 @@ BNN_INLINE BNN_ATTR void FN(panel_worker_t)(const bnn_job *job, int t, int T, co
     int64_t blk = (256 * 1024) / bnn_max64(1, wlen * 8 * PMR);
     if (blk < 1) blk = 1;
     BNN_ALIGN64 uint64_t cnt[P_MR * P_NR];
+#if BNN_LEVEL == 2
+    /* the hybrid tile's I32 NCHW output, decided once per chunk */
+    const int nchw2 = HYB && job->epi.mode == BNN_EPI_I32 && job->epi.cs != 1;
+    const int64_t K = job->epi.K, cs = job->epi.cs;
+#endif
     for (int64_t b0 = t0; b0 < t1; b0 += blk) {
         const int64_t b1 = bnn_min64(b0 + blk, t1);
         for (int64_t g = 0; g < ngroups; g++) {
             const uint64_t *pg = job->panel + g * wlen * P_NR;
             const int64_t j = g * P_NR;
             const int nr = (int)bnn_min64(P_NR, N - j);
+#if BNN_LEVEL == 2
+            int32_t *const ocol = nchw2 ? (int32_t *)job->epi.out + j * cs : NULL;
+#endif
             for (int64_t tile = b0; tile < b1; tile++) {
                 const int64_t p0 = tile * PMR;
                 const int mr = (int)bnn_min64(PMR, M - p0);
@@ -591,6 +603,12 @@ BNN_INLINE BNN_ATTR void FN(panel_worker_t)(const bnn_job *job, int t, int T, co
                 else
 #endif
                 FN(panel_tile)(mr, rowptr + p0, R->nseg, R->seg_stride, R->L, pg, cnt);
+#if BNN_LEVEL == 2
+                if (nchw2 && mr == 2 && nr == 8 && rowoff[p0 + 1] - rowoff[p0] == 1) {
+                    FN(store_nchw_2x8)(K, cnt, ocol + rowoff[p0], cs);
+                    continue;
+                }
+#endif
                 FN(epilogue)(PMR, &job->epi, cnt, P_NR, rowoff + p0, mr, j, nr);
             }
         }
