@@ -223,8 +223,9 @@ static inline void bnn_free(void *p) {
         "movq " o3 "(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d3]"
 #  define BNN_SCALAR4_OUT(c0, c1, c2, c3, tmp)                                            \
         [d0] "+r"(c0), [d1] "+r"(c1), [d2] "+r"(c2), [d3] "+r"(c3), [t] "=&r"(tmp)
-/* x (as %[xx]: "r" or, loaded in the asm, an "=&r" output) is the caller's; bp's four words
- * as a memory input, so the compiler knows the asm reads them. */
+/* The base pointer as %[bp], and the nbytes read from it as a memory input (so the compiler
+ * knows the asm reads them); the word x is the caller's operand %[xx] ("r", or an "=&r"
+ * output where the asm loads it itself). */
 #  define BNN_SCALAR4_IN(ptr, nbytes) [bp] "r"(ptr), "m"(*(const uint8_t(*)[nbytes])(const void *)(ptr))
 #  define BNN_SCALAR4(c0, c1, c2, c3, x, b) do {                                          \
         uint64_t t_;                                                                      \

@@ -424,9 +424,10 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_t)(const int MR, const uint64_t *const *a
 }
 
 #if BNN_LEVEL == 2
-/* The four scalar column sums of a hybrid tile row as one vector: stored with one 32-byte
- * store, so that the epilogue's 32-byte loads of cnt are forwarded from it (from four 8-byte
- * stores they cannot be: the load waits until the stores reach L1 -- ~5 % of a 64@56 conv). */
+/* The four scalar column sums of a hybrid tile row as one vector, for one 32-byte store, so
+ * that the epilogue's 32-byte loads of cnt are forwarded from it (from four 8-byte stores they
+ * cannot be: the load waits until the stores reach L1).  Used by the 3x3 tile, where it saves
+ * a few % of a 64@56 conv; in the general tile (longer rows) it measured no faster. */
 #  define HY_SET4(c0, c1, c2, c3) _mm256_set_epi64x((long long)(c3), (long long)(c2), (long long)(c1), (long long)(c0))
 /* AVX2 hybrid tile: 2 rows x 8 columns; columns 0-3 by the vector nibble lookup (FP pipes),
  * columns 4-7 by scalar POPCNT (integer ALUs), so the two kinds of units work in parallel
