@@ -208,4 +208,34 @@ static inline void bnn_free(void *p) {
 #  define BNN_POPCNT64(x) ((uint64_t)__builtin_popcountll(x))
 #endif
 
+/* c0..c3 += popcount(x ^ b[0..3]) for four words b[0..3] in memory: scalar load, XOR,
+ * POPCNT, add, on the integer units (the AVX2 hybrid panel tiles in bnn_impl.h and their
+ * roofline micro-kernel in bnn_roofline.h).  x86 GCC / clang: inline asm, because compilers
+ * otherwise pack these scalar sums into vector lanes; MSVC (and any other target): plain C.
+ * Callers run it only where the CPU has POPCNT.  BNN_SCALAR4_ASM(o0..o3) is its text with the
+ * words at byte offsets o0..o3 (string literals) from %[bp]; _OUT / _IN its operands, for an
+ * asm block that does more in the same statement (bnn_impl.h's 3x3 tile). */
+#if BNN_X86 && !BNN_MSVC
+#  define BNN_SCALAR4_ASM(o0, o1, o2, o3)                                                 \
+        "movq " o0 "(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d0]\n\t" \
+        "movq " o1 "(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d1]\n\t" \
+        "movq " o2 "(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d2]\n\t" \
+        "movq " o3 "(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d3]"
+#  define BNN_SCALAR4_OUT(c0, c1, c2, c3, tmp)                                            \
+        [d0] "+r"(c0), [d1] "+r"(c1), [d2] "+r"(c2), [d3] "+r"(c3), [t] "=&r"(tmp)
+/* The base pointer as %[bp], and the nbytes read from it as a memory input (so the compiler
+ * knows the asm reads them); the word x is the caller's operand %[xx] ("r", or an "=&r"
+ * output where the asm loads it itself). */
+#  define BNN_SCALAR4_IN(ptr, nbytes) [bp] "r"(ptr), "m"(*(const uint8_t(*)[nbytes])(const void *)(ptr))
+#  define BNN_SCALAR4(c0, c1, c2, c3, x, b) do {                                          \
+        uint64_t t_;                                                                      \
+        __asm__(BNN_SCALAR4_ASM("", "8", "16", "24") : BNN_SCALAR4_OUT(c0, c1, c2, c3, t_) \
+                : [xx] "r"(x), BNN_SCALAR4_IN(b, 32));                                    \
+    } while (0)
+#else
+#  define BNN_SCALAR4(c0, c1, c2, c3, x, b) do {                                          \
+        c0 += BNN_POPCNT64((x) ^ (b)[0]); c1 += BNN_POPCNT64((x) ^ (b)[1]);              \
+        c2 += BNN_POPCNT64((x) ^ (b)[2]); c3 += BNN_POPCNT64((x) ^ (b)[3]); } while (0)
+#endif
+
 #endif /* BNN_COMMON_H */

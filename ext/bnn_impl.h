@@ -183,6 +183,28 @@ BNN_INLINE BNN_ATTR uint64_t FN(cmp_bits)(const uint64_t *c, const int64_t *lim,
     return bits;
 }
 
+#if BNN_LEVEL == 2
+/* I32 NCHW output of a full 2 x 8 hybrid tile (ldc 8) whose two rows are adjacent pixels:
+ * each column's two values as one 64-bit store (r: row 0, column 0; cs: the channel stride).
+ * The hybrid worker calls it directly (decided once per chunk, not per tile). */
+BNN_INLINE BNN_ATTR void FN(store_nchw_2x8)(int64_t K, const uint64_t *cnt, int32_t *r, int64_t cs) {
+    const __m256i kk = _mm256_set1_epi64x((long long)K);
+    BNN_UNROLL for (int h = 0; h < 2; h++) {
+        const __m256i c0 = _mm256_loadu_si256((const __m256i *)(cnt + 4 * h));
+        const __m256i c1 = _mm256_loadu_si256((const __m256i *)(cnt + 8 + 4 * h));
+        const __m256i v0 = _mm256_sub_epi64(kk, _mm256_add_epi64(c0, c0));
+        const __m256i v1 = _mm256_sub_epi64(kk, _mm256_add_epi64(c1, c1));
+        const __m256i v = _mm256_blend_epi32(v0, _mm256_slli_epi64(v1, 32), 0xaa);
+        const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+        int32_t *q = r + 4 * h * cs;
+        _mm_storel_epi64((__m128i *)q, lo);
+        _mm_storeh_pd((double *)(q + cs), _mm_castsi128_pd(lo));
+        _mm_storel_epi64((__m128i *)(q + 2 * cs), hi);
+        _mm_storeh_pd((double *)(q + 3 * cs), _mm_castsi128_pd(hi));
+    }
+}
+#endif
+
 /* cnt: mr x nr mismatch counts with leading dimension ldc, for output rows with offsets
  * off[0..mr-1] and columns j0 .. j0 + nr - 1 (a tile never straddles a 64-column word). */
 BNN_INLINE BNN_ATTR void FN(epilogue)(const int EPI_MR, const bnn_epi *e, const uint64_t *cnt, int ldc,
@@ -211,24 +233,6 @@ BNN_INLINE BNN_ATTR void FN(epilogue)(const int EPI_MR, const bnn_epi *e, const 
                 for (int j = 0; j < nr; j++) r[j] = (int32_t)(K - 2 * (int64_t)c[j]);
             }
         }
-#if BNN_LEVEL == 2
-    } else if (EPI_MR == 2 && mr == 2 && nr == 8 && ldc == 8 && off[1] - off[0] == 1 && !f32) {
-        /* NCHW, full 2 x 8 tile: each column's two adjacent pixels as one 64-bit store */
-        const __m256i kk = _mm256_set1_epi64x((long long)K);
-        BNN_UNROLL for (int h = 0; h < 2; h++) {
-            const __m256i c0 = _mm256_loadu_si256((const __m256i *)(cnt + 4 * h));
-            const __m256i c1 = _mm256_loadu_si256((const __m256i *)(cnt + 8 + 4 * h));
-            const __m256i v0 = _mm256_sub_epi64(kk, _mm256_add_epi64(c0, c0));
-            const __m256i v1 = _mm256_sub_epi64(kk, _mm256_add_epi64(c1, c1));
-            const __m256i v = _mm256_blend_epi32(v0, _mm256_slli_epi64(v1, 32), 0xaa);
-            const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
-            int32_t *r = (int32_t *)e->out + off[0] + (j0 + 4 * h) * cs;
-            _mm_storel_epi64((__m128i *)r, lo);
-            _mm_storeh_pd((double *)(r + cs), _mm_castsi128_pd(lo));
-            _mm_storel_epi64((__m128i *)(r + 2 * cs), hi);
-            _mm_storeh_pd((double *)(r + 3 * cs), _mm_castsi128_pd(hi));
-        }
-#endif
     } else if (mr == EPI_MR && off[mr - 1] - off[0] == mr - 1 && !f32) {   /* NCHW, full tile */
         for (int j = 0; j < nr; j++) {
             const uint64_t *c = cnt + j;
@@ -420,6 +424,11 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_t)(const int MR, const uint64_t *const *a
 }
 
 #if BNN_LEVEL == 2
+/* The four scalar column sums of a hybrid tile row as one vector, for one 32-byte store, so
+ * that the epilogue's 32-byte loads of cnt are forwarded from it (from four 8-byte stores they
+ * cannot be: the load waits until the stores reach L1).  Used by the 3x3 tile, where it saves
+ * a few % of a 64@56 conv; in the general tile (longer rows) it measured no faster. */
+#  define HY_SET4(c0, c1, c2, c3) _mm256_set_epi64x((long long)(c3), (long long)(c2), (long long)(c1), (long long)(c0))
 /* AVX2 hybrid tile: 2 rows x 8 columns; columns 0-3 by the vector nibble lookup (FP pipes),
  * columns 4-7 by scalar POPCNT (integer ALUs), so the two kinds of units work in parallel
  * (on Zen 1 they overlap partly: ~62 MAC/cycle against 49 for the lookup tile's mix). */
@@ -432,22 +441,6 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_hyb_t)(const int MR, const uint64_t *cons
 #  define HY_CNTADD(a8, y) _mm256_add_epi8(_mm256_add_epi8((a8), _mm256_shuffle_epi8(lut, _mm256_and_si256((y), m4))), \
                                            _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16((y), 4), m4)))
 #  define HY_FOLD(acc, a8) _mm256_add_epi64((acc), _mm256_sad_epu8((a8), _mm256_setzero_si256()))
-#  if BNN_MSVC
-#    define HY_SCALAR4(c0, c1, c2, c3, x, b) do {                                         \
-        c0 += BNN_POPCNT64((x) ^ (b)[0]); c1 += BNN_POPCNT64((x) ^ (b)[1]);              \
-        c2 += BNN_POPCNT64((x) ^ (b)[2]); c3 += BNN_POPCNT64((x) ^ (b)[3]); } while (0)
-#  else
-    /* inline asm: compilers otherwise pack these scalar sums into vector lanes. */
-#    define HY_SCALAR4(c0, c1, c2, c3, x, b) do {                                         \
-        uint64_t t_;                                                                      \
-        __asm__("movq (%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d0]\n\t"    \
-                "movq 8(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d1]\n\t"   \
-                "movq 16(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d2]\n\t"  \
-                "movq 24(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d3]"      \
-                : [d0] "+r"(c0), [d1] "+r"(c1), [d2] "+r"(c2), [d3] "+r"(c3), [t] "=&r"(t_)   \
-                : [xx] "r"(x), [bp] "r"(b), "m"(*(const uint64_t(*)[4])(b)));                  \
-    } while (0)
-#  endif
     __m256i s0 = _mm256_setzero_si256(), s1 = s0, e0 = s0, e1 = s0;
     uint64_t c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
     /* The panel words are contiguous across segments; the A pointers jump between them.
@@ -469,11 +462,11 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_hyb_t)(const int MR, const uint64_t *cons
                 const __m256i bv = _mm256_loadu_si256((const __m256i *)bw);
                 const uint64_t x0 = *a0;
                 e0 = HY_CNTADD(e0, _mm256_xor_si256(_mm256_set1_epi64x((long long)x0), bv));
-                HY_SCALAR4(c00, c01, c02, c03, x0, bw + 4);
+                BNN_SCALAR4(c00, c01, c02, c03, x0, bw + 4);
                 if (MR > 1) {
                     const uint64_t x1 = *a1;
                     e1 = HY_CNTADD(e1, _mm256_xor_si256(_mm256_set1_epi64x((long long)x1), bv));
-                    HY_SCALAR4(c10, c11, c12, c13, x1, bw + 4);
+                    BNN_SCALAR4(c10, c11, c12, c13, x1, bw + 4);
                 }
                 bw += 8; a0++; a1++;
             } while (a0 != a0e);
@@ -488,14 +481,55 @@ BNN_INLINE BNN_ATTR void FN(panel_tile_hyb_t)(const int MR, const uint64_t *cons
     }
 #  undef HY_CNTADD
 #  undef HY_FOLD
-#  undef HY_SCALAR4
 }
+#  if !BNN_MSVC
+/* The hybrid tile of a 3x3 conv with C <= 64 (one word per pixel, 9 word steps): straight-line,
+ * no fold (9 < 31 words).  Each row and step is one asm block, the lookup half and
+ * BNN_SCALAR4's scalar half: written with intrinsics, the fully unrolled steps are
+ * interleaved by the compiler into register spills. */
+#    define HY_STEP(e, c0, c1, c2, c3, a, b) do {                                         \
+        __m256i y_, h_;                                                                   \
+        uint64_t x_, t_;                                                                  \
+        __asm__("vpbroadcastq %[am], %[y]\n\tmovq %[am], %[xx]\n\tvpxor (%[bp]), %[y], %[y]\n\t" \
+                "vpsrlw $4, %[y], %[h]\n\tvpand %[m4], %[y], %[y]\n\t"                     \
+                "vpand %[m4], %[h], %[h]\n\tvpshufb %[y], %[lut], %[y]\n\t"                \
+                "vpshufb %[h], %[lut], %[h]\n\tvpaddb %[y], %[ee], %[ee]\n\t"              \
+                "vpaddb %[h], %[ee], %[ee]\n\t" BNN_SCALAR4_ASM("32", "40", "48", "56")  \
+                : [ee] "+x"(e), [y] "=&x"(y_), [h] "=&x"(h_), [xx] "=&r"(x_),              \
+                  BNN_SCALAR4_OUT(c0, c1, c2, c3, t_)                                     \
+                : [am] "m"(a), [lut] "x"(lut), [m4] "x"(m4), BNN_SCALAR4_IN(b, 64));       \
+    } while (0)
+BNN_INLINE BNN_ATTR void FN(panel_tile_hyb_3x3)(const uint64_t *a0, const uint64_t *a1, int64_t ss,
+                                                const uint64_t *pg, uint64_t *cnt) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256i e0 = _mm256_setzero_si256(), e1 = e0;
+    uint64_t c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
+    BNN_UNROLL for (int s = 0; s < 3; s++)
+        BNN_UNROLL for (int w = 0; w < 3; w++) {
+            const uint64_t *b = pg + 8 * (3 * s + w);
+            HY_STEP(e0, c00, c01, c02, c03, a0[s * ss + w], b);
+            HY_STEP(e1, c10, c11, c12, c13, a1[s * ss + w], b);
+        }
+    _mm256_storeu_si256((__m256i *)cnt, _mm256_sad_epu8(e0, _mm256_setzero_si256()));
+    _mm256_storeu_si256((__m256i *)(cnt + 4), HY_SET4(c00, c01, c02, c03));
+    _mm256_storeu_si256((__m256i *)(cnt + 8), _mm256_sad_epu8(e1, _mm256_setzero_si256()));
+    _mm256_storeu_si256((__m256i *)(cnt + 12), HY_SET4(c10, c11, c12, c13));
+}
+#    undef HY_STEP
+#  endif
 static BNN_ATTR void FN(panel_tile_hyb)(int mr, const uint64_t *const *ap, int64_t nseg,
                                         int64_t seg_stride, int64_t L, const uint64_t *pg, uint64_t *cnt) {
     if (mr == 1) FN(panel_tile_hyb_t)(1, ap, nseg, seg_stride, L, pg, cnt);
-    else if (nseg == 3 && L == 3) FN(panel_tile_hyb_t)(2, ap, 3, seg_stride, 3, pg, cnt);   /* 3x3, C <= 64 */
+#  if !BNN_MSVC
+    else if (nseg == 3 && L == 3) FN(panel_tile_hyb_3x3)(ap[0], ap[1], seg_stride, pg, cnt);   /* 3x3, C <= 64 */
+#  else
+    else if (nseg == 3 && L == 3) FN(panel_tile_hyb_t)(2, ap, 3, seg_stride, 3, pg, cnt);
+#  endif
     else FN(panel_tile_hyb_t)(2, ap, nseg, seg_stride, L, pg, cnt);
 }
+#  undef HY_SET4
 #endif
 
 static BNN_ATTR void FN(panel_tile)(int mr, const uint64_t *const *ap, int64_t nseg,
@@ -548,12 +582,20 @@ BNN_INLINE BNN_ATTR void FN(panel_worker_t)(const bnn_job *job, int t, int T, co
     int64_t blk = (256 * 1024) / bnn_max64(1, wlen * 8 * PMR);
     if (blk < 1) blk = 1;
     BNN_ALIGN64 uint64_t cnt[P_MR * P_NR];
+#if BNN_LEVEL == 2
+    /* the hybrid tile's I32 NCHW output, decided once per chunk */
+    const int nchw2 = HYB && job->epi.mode == BNN_EPI_I32 && job->epi.cs != 1;
+    const int64_t K = job->epi.K, cs = job->epi.cs;
+#endif
     for (int64_t b0 = t0; b0 < t1; b0 += blk) {
         const int64_t b1 = bnn_min64(b0 + blk, t1);
         for (int64_t g = 0; g < ngroups; g++) {
             const uint64_t *pg = job->panel + g * wlen * P_NR;
             const int64_t j = g * P_NR;
             const int nr = (int)bnn_min64(P_NR, N - j);
+#if BNN_LEVEL == 2
+            int32_t *const ocol = nchw2 ? (int32_t *)job->epi.out + j * cs : NULL;
+#endif
             for (int64_t tile = b0; tile < b1; tile++) {
                 const int64_t p0 = tile * PMR;
                 const int mr = (int)bnn_min64(PMR, M - p0);
@@ -562,6 +604,12 @@ BNN_INLINE BNN_ATTR void FN(panel_worker_t)(const bnn_job *job, int t, int T, co
                 else
 #endif
                 FN(panel_tile)(mr, rowptr + p0, R->nseg, R->seg_stride, R->L, pg, cnt);
+#if BNN_LEVEL == 2
+                if (nchw2 && mr == 2 && nr == 8 && rowoff[p0 + 1] - rowoff[p0] == 1) {
+                    FN(store_nchw_2x8)(K, cnt, ocol + rowoff[p0], cs);
+                    continue;
+                }
+#endif
                 FN(epilogue)(PMR, &job->epi, cnt, P_NR, rowoff + p0, mr, j, nr);
             }
         }
@@ -613,6 +661,20 @@ static BNN_ATTR void FN(NAME)(bnn_pack_job *job, int t, int T_) {               
 }
 
 #if BNN_LEVEL == 2 || BNN_LEVEL == 3
+/* One word from n <= 64 float32 values x[j * stride] (bit j = x < 0): the explicit-SIMD
+ * packers' scalar tails.  Sets *bad if any value is NaN or +-inf. */
+BNN_INLINE BNN_ATTR uint64_t FN(word_f32)(const float *x, int64_t stride, int64_t n, int *bad) {
+    uint64_t word = 0;
+    int b = 0;
+    for (int64_t j = 0; j < n; j++) {
+        const float v = x[j * stride];
+        word |= (uint64_t)BNN_NEG_F32(v) << j;
+        b |= BNN_BAD_F32(v);
+    }
+    *bad |= b;
+    return word;
+}
+
 /* float32 rows, explicit SIMD: compare < 0 to a bit mask, 8 or 16 values at a time. */
 static BNN_ATTR void FN(pack_rows_f32)(bnn_pack_job *job, int t, int T_) {
     const int64_t rows = job->rows, k = job->k, nw = job->nw;
@@ -647,15 +709,7 @@ static BNN_ATTR void FN(pack_rows_f32)(bnn_pack_job *job, int t, int T_) {
 #  endif
             o[j0 >> 6] = word;
         }
-        if (kfull < k) {
-            uint64_t word = 0;
-            for (int64_t j = kfull; j < k; j++) {
-                float v = xr[j];
-                word |= (uint64_t)BNN_NEG_F32(v) << (j - kfull);
-                bad |= BNN_BAD_F32(v);
-            }
-            o[kfull >> 6] = word;
-        }
+        if (kfull < k) o[kfull >> 6] = FN(word_f32)(xr + kfull, 1, k - kfull, &bad);
     }
     job->bad[t] = bad;
 }
@@ -754,15 +808,8 @@ static BNN_ATTR void FN(pack_nchw_f32)(bnn_pack_job *job, int t, int T_) {
             FN(store_words8)(o + q * CW, CW, l0, h0);
             FN(store_words8)(o + (q + 8) * CW, CW, l1, h1);
         }
-        for (; q < pb; q++) {   /* the block's last pb % 16 pixels */
-            uint64_t word = 0;
-            for (int64_t c = 0; c < nc; c++) {
-                const float v = xb[c * P + q];
-                word |= (uint64_t)BNN_NEG_F32(v) << c;
-                bad |= BNN_BAD_F32(v);
-            }
-            o[q * CW] = word;
-        }
+        for (; q < pb; q++)   /* the block's last pb % 16 pixels */
+            o[q * CW] = FN(word_f32)(xb + q, P, nc, &bad);
     }
     bad |= _mm256_movemask_ps(_mm256_cmp_ps(badv, badv, _CMP_UNORD_Q)) != 0;
     job->bad[t] = bad;

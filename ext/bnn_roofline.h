@@ -234,15 +234,6 @@ static double bnn_rl_bin_avx2_k(int64_t iters, uint64_t *sink) {
  * in L1, each broadcast for the vector half and used as a scalar for the other: 2 rows x 1 B
  * vector (register) = 2 byte accumulators by nibble lookup, and 2 rows x 4 B words (read
  * from L1, as the kernel reads its panel) = 8 scalar POPCNT sums; folds every 31 steps. */
-#    define BNN_RL_SCALAR4(c0, c1, c2, c3, x, b) do {                                       \
-        uint64_t t_;                                                                      \
-        __asm__("movq (%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d0]\n\t"    \
-                "movq 8(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d1]\n\t"   \
-                "movq 16(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d2]\n\t"  \
-                "movq 24(%[bp]), %[t]\n\txorq %[xx], %[t]\n\tpopcntq %[t], %[t]\n\taddq %[t], %[d3]"      \
-                : [d0] "+r"(c0), [d1] "+r"(c1), [d2] "+r"(c2), [d3] "+r"(c3), [t] "=&r"(t_)   \
-                : [xx] "r"(x), [bp] "r"(b), "m"(*(const uint64_t(*)[4])(b)));                  \
-    } while (0)
 BNN_TARGET("avx2,avx,popcnt")
 static double bnn_rl_bin_avx2hyb_k(int64_t iters, uint64_t *sink) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
@@ -261,9 +252,9 @@ static double bnn_rl_bin_avx2hyb_k(int64_t iters, uint64_t *sink) {
         for (int s = 0; s < 31; s++, t += 2) {
             const uint64_t x0 = t[0], x1 = t[1];
             e0 = BNN_RL_CNTADD(e0, _mm256_xor_si256(_mm256_set1_epi64x((long long)x0), bv));
-            BNN_RL_SCALAR4(c0, c1, c2, c3, x0, bs);
+            BNN_SCALAR4(c0, c1, c2, c3, x0, bs);
             e1 = BNN_RL_CNTADD(e1, _mm256_xor_si256(_mm256_set1_epi64x((long long)x1), bv));
-            BNN_RL_SCALAR4(c4, c5, c6, c7, x1, bs);
+            BNN_SCALAR4(c4, c5, c6, c7, x1, bs);
             BNN_RL_KEEP_X(bv);
         }
         acc = _mm256_add_epi64(acc, _mm256_add_epi64(_mm256_sad_epu8(e0, _mm256_setzero_si256()),
@@ -271,7 +262,6 @@ static double bnn_rl_bin_avx2hyb_k(int64_t iters, uint64_t *sink) {
         e0 = e1 = _mm256_setzero_si256();
     }
 #    undef BNN_RL_CNTADD
-#    undef BNN_RL_SCALAR4
     *sink += (uint64_t)_mm256_extract_epi64(acc, 0) + c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7;
     return 31.0 * 16.0 * 64.0 * (double)iters;
 }
