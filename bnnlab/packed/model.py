@@ -14,37 +14,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnnlab.packed.fastops import fast_call
 from bnnlab.packed.fileformat import _FORMAT_NAME, FORMAT_VERSION, MAGIC, _decode, _encode_stage, load
 from bnnlab.packed.layers import PackedConv2d, PackedMaxPool2d, PackedSign, _PackedLayer
 
 
 # =============================================================================== the model
-def _fast_step(m: Any, fresh: bool) -> Any:
-    """``m.forward`` or an equivalent direct call of the torch op (batch-1 latency: skips the
-    module's Python layers). ``fresh``: the input is a new tensor made by the previous stage
-    (a packed layer's float epilogue), so an element-wise activation may run in place.
-    Attributes are read at call time, so later edits of the module still apply."""
-    t = type(m)
-    if t is nn.Conv2d and m.padding_mode == "zeros":
-        p = m._parameters
-
-        def conv(x: Any) -> Any:
-            return torch.conv2d(x, p["weight"], p["bias"], m.stride, m.padding, m.dilation,
-                                m.groups)
-        return conv
-    if t is nn.Linear:
-        p = m._parameters
-        return lambda x: F.linear(x, p["weight"], p["bias"])
-    if fresh and t is nn.Hardtanh:
-        return lambda x: x.clamp_(m.min_val, m.max_val)
-    if fresh and t is nn.ReLU:
-        return torch.relu_
-    return m.forward
-
-
 class PackedModel(nn.Module):
     r"""A network exported by :func:`export`: packed binary layers plus float torch modules.
 
@@ -102,7 +79,8 @@ class PackedModel(nn.Module):
         # modules define no __eq__: the tuple comparison is by identity (a replaced stage,
         # e.g. body[3] = ..., rebuilds the steps)
         if cache is None or cache[0] != mods:
-            steps, i = [], 0
+            steps: list[Any] = []
+            i = 0
             while i < len(mods):
                 m = mods[i]
                 nxt = mods[i + 1] if i + 1 < len(mods) else None
@@ -114,7 +92,7 @@ class PackedModel(nn.Module):
                     i += 2
                     continue
                 prev = mods[i - 1] if i else None
-                steps.append(_fast_step(m, fresh=isinstance(prev, _PackedLayer)
+                steps.append(fast_call(m, fresh=isinstance(prev, _PackedLayer)
                                         and not prev.fused))
                 i += 1
             cache = (mods, steps)

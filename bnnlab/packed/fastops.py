@@ -1,0 +1,207 @@
+r"""Direct calls of the float torch ops between packed layers (batch-1 latency).
+
+Part of :mod:`bnnlab.packed` (see its docstring for the rules and the format).
+
+:func:`fast_call` turns a float module of an exported model (a stage of a flat export, a
+Bi-Real shortcut) into a function computing *the same float32 values* with less overhead:
+
+* ``Conv2d`` / ``Linear`` / eval ``BatchNorm2d`` / ``AdaptiveAvgPool2d`` / ``Flatten``: the
+  torch function the module's ``forward`` calls, called directly (same kernel, same bits),
+  skipping ``nn.Module.__call__`` and the module's Python checks;
+* ``Hardtanh`` / ``ReLU`` on a fresh tensor (the float output of a packed layer): in place;
+* ``AvgPool2d`` with non-overlapping windows (``stride == kernel_size``), no padding, no
+  ``divisor_override``, on float32 NCHW: :class:`AvgPoolNCHW`, torch's CPU arithmetic as
+  strided numpy adds (about 2x faster at batch 1, where torch's NCHW kernel is scalar);
+* ``nn.Sequential`` of these: one function calling them in turn.
+
+Anything else runs its ``forward``. Module attributes are read at call time, so later edits of
+a module (its weights, ``eps``) still apply.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        return (int(v[0]), int(v[1]))
+    return (int(v), int(v))
+
+
+def _pool_out(size: int, k: int, ceil: bool) -> int:
+    """torch's pooling output size for stride ``k``, no padding, dilation 1."""
+    num = size - k + ((k - 1) if ceil else 0)
+    out = num // k + 1
+    if ceil and (out - 1) * k >= size:
+        out -= 1
+    return out
+
+
+class AvgPoolNCHW:
+    r"""``nn.AvgPool2d`` with ``stride == kernel_size``, ``padding=0`` and no
+    ``divisor_override`` on float32 ``(N, C, H, W)`` tensors, in torch's CPU arithmetic.
+
+    torch's NCHW kernel computes each output as ``sum = 0; sum += x[tap]`` over the window's
+    taps inside the image in row-major order, then ``out = 0; out += sum / count`` (``count``
+    = those taps; ``ceil_mode`` windows at the border have fewer). Here each tap is one
+    strided numpy add over all outputs, then one division and one ``+ 0.0``: the same
+    operations on every output in the same order, except that the sum starts from the first
+    tap instead of ``0 + tap``. That changes at most the sign of a zero partial sum (adding a
+    non-zero value to either zero gives the same result), so the quotients are equal or both
+    zeros, and the final ``+ 0.0`` (torch's ``out = 0; out += ...``) makes both ``+0.0``:
+    the same float32 bits (checked in the tests on signed zeros, subnormals, inf and NaN).
+    Other inputs (another dtype or rank, a tensor that requires grad) run the module.
+    """
+
+    __slots__ = ("module", "_plans")
+
+    def __init__(self, module: nn.AvgPool2d) -> None:
+        if not supports_avgpool(module):
+            raise ValueError("AvgPoolNCHW needs stride == kernel_size, padding 0 and no "
+                             "divisor_override")
+        self.module = module
+        self._plans: dict[Any, Any] = {}
+
+    def _plan(self, shape: Any) -> Any:
+        """Per input shape: ``None`` (run the module) or what the call needs."""
+        m = self.module
+        kh, kw = _pair(m.kernel_size)
+        n, c, h, w = shape
+        oh, ow = _pool_out(h, kh, m.ceil_mode), _pool_out(w, kw, m.ceil_mode)
+        if oh < 1 or ow < 1 or n * c == 0:
+            plan = None                                 # torch's own error / empty result
+        else:
+            rows = np.minimum(kh, h - kh * np.arange(oh))
+            cols = np.minimum(kw, w - kw * np.arange(ow))
+            full = bool((rows == kh).all() and (cols == kw).all())
+            count = kh * kw
+            div: tuple[Any, Any]
+            if full and count & (count - 1) == 0:
+                div = (np.multiply, np.float32(1.0 / count))     # exact: a power of two
+            elif full:
+                div = (np.divide, np.float32(count))
+            else:
+                div = (np.divide, (rows[:, None] * cols[None, :]).astype(np.float32))
+            tiled = h % kh == 0 and w % kw == 0
+            plan = (kh, kw, h, w, oh, ow, (n, c, oh, ow), tiled, div)
+        if len(self._plans) > 16:
+            self._plans.clear()
+        self._plans[shape] = plan
+        return plan
+
+    def __call__(self, x: Any) -> Any:
+        if type(x) is not Tensor or x.dtype is not torch.float32 or x.dim() != 4 \
+                or x.requires_grad or not x.is_cpu:
+            return self.module(x)
+        shape = x.shape
+        plan = self._plans[shape] if shape in self._plans else self._plan(shape)
+        if plan is None:
+            return self.module(x)
+        kh, kw, h, w, oh, ow, out_shape, tiled, (div, d) = plan
+        a = x.numpy()
+        with np.errstate(all="ignore"):                # inf - inf, overflow: as torch, silently
+            if tiled and a.flags.c_contiguous:
+                s = self._tiled(a, out_shape[0] * out_shape[1] * oh, ow, kh, kw, w)
+            else:
+                s = np.empty(out_shape, np.float32)
+                np.copyto(s, a[:, :, 0:oh * kh:kh, 0:ow * kw:kw])
+                for i in range(kh):
+                    nr = min(oh, -(-(h - i) // kh))
+                    for j in range(kw):
+                        if i == 0 and j == 0:
+                            continue
+                        nc = min(ow, -(-(w - j) // kw))
+                        if nr < 1 or nc < 1:
+                            continue
+                        part = s[:, :, :nr, :nc]
+                        np.add(part, a[:, :, i:i + nr * kh:kh, j:j + nc * kw:kw], out=part)
+            div(s, d, out=s)
+            np.add(s, np.float32(0.0), out=s)
+        return torch.from_numpy(s.reshape(out_shape))
+
+    @staticmethod
+    def _tiled(a: np.ndarray, rows: int, ow: int, kh: int, kw: int, w: int) -> np.ndarray:
+        """The window sums when the windows tile the image (contiguous input): each band of
+        ``kh`` image rows is one row of a 2-D view, so each tap is one 2-D strided view and
+        one add (the sum starts with ``tap0 + tap1``; see the class docstring)."""
+        v = a.reshape(rows, kh * w)
+        taps = [v[:, i * w + j:(i + 1) * w:kw] for i in range(kh) for j in range(kw)]
+        s = np.empty((rows, ow), np.float32)
+        if len(taps) == 1:
+            np.copyto(s, taps[0])
+        else:
+            np.add(taps[0], taps[1], out=s)
+            for t in taps[2:]:
+                np.add(s, t, out=s)
+        return s
+
+
+def supports_avgpool(m: Any) -> bool:
+    """Can :class:`AvgPoolNCHW` run ``m``?"""
+    if type(m) is not nn.AvgPool2d or m.divisor_override is not None:
+        return False
+    k = _pair(m.kernel_size)
+    s = _pair(m.stride if m.stride is not None else m.kernel_size)
+    return k == s and _pair(m.padding) == (0, 0) and min(k) >= 1
+
+
+def _bn_eval(m: nn.BatchNorm2d) -> Callable[[Tensor], Tensor] | None:
+    """``m.forward`` in eval mode with running statistics, as its one torch call."""
+    if m.training or not m.track_running_stats or m.running_mean is None \
+            or m.running_var is None:
+        return None
+
+    def bn(x: Any) -> Any:
+        if type(x) is not Tensor or x.dim() != 4 or m.training:
+            return m(x)
+        return torch.batch_norm(x, m.weight, m.bias, m.running_mean, m.running_var, False,
+                                0.0, m.eps, torch.backends.cudnn.enabled)
+    return bn
+
+
+def fast_call(m: Any, fresh: bool = False) -> Callable[[Any], Any]:
+    """A function computing ``m(x)`` bit for bit with less Python overhead (see the module
+    docstring); ``fresh``: the input is a new tensor made by the previous stage, so an
+    element-wise activation may run in place."""
+    t = type(m)
+    if t is nn.Conv2d and m.padding_mode == "zeros":
+        p = m._parameters
+
+        def conv(x: Any) -> Any:
+            return torch.conv2d(x, p["weight"], p["bias"], m.stride, m.padding, m.dilation,
+                                m.groups)
+        return conv
+    if t is nn.Linear:
+        p = m._parameters
+        return lambda x: F.linear(x, p["weight"], p["bias"])
+    if t is nn.BatchNorm2d:
+        bn = _bn_eval(m)
+        if bn is not None:
+            return bn
+    if t is nn.AdaptiveAvgPool2d:
+        return lambda x: F.adaptive_avg_pool2d(x, m.output_size)
+    if t is nn.Flatten:
+        return lambda x: x.flatten(m.start_dim, m.end_dim)
+    if t is nn.Identity:
+        return lambda x: x
+    if supports_avgpool(m):
+        return AvgPoolNCHW(m)
+    if fresh and t is nn.Hardtanh:
+        return lambda x: x.clamp_(m.min_val, m.max_val)
+    if fresh and t is nn.ReLU:
+        return torch.relu_
+    if t is nn.Sequential:
+        fns = [fast_call(c, fresh=False) for c in m]
+
+        def seq(x: Any) -> Any:
+            for f in fns:
+                x = f(x)
+            return x
+        return seq
+    return m.forward
