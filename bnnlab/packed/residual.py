@@ -187,17 +187,25 @@ class PackedResidualChain(nn.Module):
             return self.forward(x.unsqueeze(0)).squeeze(0)
         units: Any = self.units._modules.values()
         # the loop of PackedResidualConv._run, inlined (batch-1 latency): the packed signs and
-        # the float output of one unit feed the next; attributes read at call time
+        # the float output of one unit feed the next; between units the output stays the
+        # kernel's numpy array (an identity shortcut passes it as the residual without a
+        # tensor round trip); attributes are read at call time
         bits: Any = None
+        xa: Any = None                                 # the previous unit's output array
         last = len(units) - 1
         for i, unit in enumerate(units):
-            res = x if unit._identity else unit._shortcut_fn(x)
+            if unit._identity:
+                res = x if xa is None else xa
+            else:
+                if xa is not None:
+                    x = torch.from_numpy(xa)
+                res = unit._shortcut_fn(x)
             px = bits if bits is not None else unit.conv._pack(x)
             if i < last:
-                out, bits = unit.plan(px, residual=res, emit_bits=True)
+                xa, bits = unit.plan(px, residual=res, emit_bits=True)
             else:
-                out = unit.plan(px, residual=res)
-            x = torch.from_numpy(out)
+                xa = unit.plan(px, residual=res)
+        x = torch.from_numpy(xa)
         return x
 
 
