@@ -124,3 +124,25 @@ def test_fused_resnet18_equals_unfused_and_torch(seed, width, hw):
             want = net(batch)
         assert torch.equal(_bits(fused(batch)), _bits(want))
         assert torch.equal(_bits(plain(batch)), _bits(want))
+
+
+@pytest.mark.parametrize("c", [1, 7, 70])
+def test_batchnorm_addcmul_form_gives_torch_bits_and_follows_edits(c):
+    from bnnlab.packed.fastops import BatchNormEval
+
+    gen = torch.Generator().manual_seed(c)
+    bn = nn.BatchNorm2d(c)
+    _randomise_bn(bn, gen)
+    f = BatchNormEval(bn)
+    for shape in [(1, c, 16, 16), (16, c, 5, 3), (2, c, 1, 1)]:
+        x = _hard_input(gen, *shape)
+        with torch.no_grad():
+            assert torch.equal(_bits(f(x)), _bits(bn(x)))
+    assert f._ab is not None                     # the addcmul form was proved on this torch
+    with torch.no_grad():
+        bn.running_var.mul_(4.0)                  # in-place edit: the form is derived again
+        bn.bias.add_(1.0)
+        x = _hard_input(gen, 2, c, 6, 6)
+        assert torch.equal(_bits(f(x)), _bits(bn(x)))
+        with pytest.raises(ValueError, match="4D"):
+            f(x[0])                                   # other ranks: the module's own error

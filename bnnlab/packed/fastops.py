@@ -5,17 +5,19 @@ Part of :mod:`bnnlab.packed` (see its docstring for the rules and the format).
 :func:`fast_call` turns a float module of an exported model (a stage of a flat export, a
 Bi-Real shortcut) into a function computing *the same float32 values* with less overhead:
 
-* ``Conv2d`` / ``Linear`` / eval ``BatchNorm2d`` / ``AdaptiveAvgPool2d`` / ``Flatten``: the
-  torch function the module's ``forward`` calls, called directly (same kernel, same bits),
-  skipping ``nn.Module.__call__`` and the module's Python checks;
+* ``Conv2d`` / ``Linear`` / ``AdaptiveAvgPool2d`` / ``Flatten``: the torch function the
+  module's ``forward`` calls, called directly (same kernel, same bits), skipping
+  ``nn.Module.__call__`` and the module's Python checks;
+* eval ``BatchNorm2d``: :class:`BatchNormEval`, one ``addcmul`` proved equal to torch's
+  BatchNorm on probes (else ``torch.batch_norm``);
 * ``Hardtanh`` / ``ReLU`` on a fresh tensor (the float output of a packed layer): in place;
 * ``AvgPool2d`` with non-overlapping windows (``stride == kernel_size``), no padding, no
   ``divisor_override``, on float32 NCHW: :class:`AvgPoolNCHW`, torch's CPU arithmetic as
   strided numpy adds (about 2x faster at batch 1, where torch's NCHW kernel is scalar);
 * ``nn.Sequential`` of these: one function calling them in turn.
 
-Anything else runs its ``forward``. Module attributes are read at call time, so later edits of
-a module (its weights, ``eps``) still apply.
+Anything else runs its ``forward``. Module attributes are read at call time (BatchNorm: its
+parameters' versions), so later edits of a module (its weights, ``eps``) still apply.
 """
 from __future__ import annotations
 
@@ -151,18 +153,78 @@ def supports_avgpool(m: Any) -> bool:
     return k == s and _pair(m.padding) == (0, 0) and min(k) >= 1
 
 
-def _bn_eval(m: nn.BatchNorm2d) -> Callable[[Tensor], Tensor] | None:
-    """``m.forward`` in eval mode with running statistics, as its one torch call."""
-    if m.training or not m.track_running_stats or m.running_mean is None \
-            or m.running_var is None:
+def _probe_inputs(c: int) -> list[Tensor]:
+    """float32 batches that tell apart the roundings of ``x * a + b`` (one rounding or two,
+    another ``b``) in every channel: wide exponents, signed zeros, odd sizes (vector tails)."""
+    gen = torch.Generator().manual_seed(0)
+    wide = torch.randn(2, c, 5, 7, generator=gen) * torch.exp(torch.randn(2, c, 5, 7, generator=gen) * 4)
+    wide.view(-1)[::9] = -0.0
+    wide.view(-1)[1::9] = 0.0
+    return [wide, torch.randn(1, c, 8, 8, generator=gen) * 3, torch.randn(3, c, 1, 3, generator=gen)]
+
+
+class BatchNormEval:
+    r"""An eval ``nn.BatchNorm2d`` as one ``torch.addcmul(b, x, a)`` with per-channel
+    ``a``, ``b`` (about half the cost of ``torch.batch_norm``'s call chain at batch 1).
+
+    torch's CPU BatchNorm in eval computes ``x * a + b`` per channel, with ``a``, ``b`` and
+    the rounding (one fused multiply-add or two roundings) fixed by how torch was compiled,
+    not by its documentation; so the form is not assumed: the candidate ``(a, b)`` pairs
+    (:func:`bnnlab.packed.residual._bn_candidates`) are tried on probe batches that tell the
+    roundings apart in every channel (:func:`_probe_inputs`), and the first whose
+    ``addcmul`` equals ``torch.batch_norm`` bit for bit is kept; if none does, every call
+    runs ``torch.batch_norm``. The parameters' versions are checked at every call (an
+    in-place edit of the statistics re-derives the form). Inputs other than float32 4-D
+    tensors run the module.
+    """
+
+    __slots__ = ("module", "_key", "_ab")
+
+    def __init__(self, module: nn.BatchNorm2d) -> None:
+        self.module = module
+        self._key: Any = None
+        self._ab: tuple[Tensor, Tensor] | None = None
+
+    def _state(self) -> tuple:
+        m = self.module
+        return (m.eps, m.training, *[(id(t), t._version) if t is not None else None
+                                     for t in (m.weight, m.bias, m.running_mean, m.running_var)])
+
+    def _batch_norm(self, x: Tensor) -> Tensor:
+        m = self.module
+        return torch.batch_norm(x, m.weight, m.bias, m.running_mean, m.running_var, False, 0.0,
+                                m.eps, torch.backends.cudnn.enabled)
+
+    def _derive(self) -> tuple[Tensor, Tensor] | None:
+        from bnnlab.packed.residual import _bn_candidates
+
+        m = self.module
+        c = m.num_features
+        probes = _probe_inputs(c)
+        with torch.no_grad():
+            want = [self._batch_norm(p).view(torch.int32) for p in probes]
+            for a, b, _ in _bn_candidates(m):
+                at = torch.from_numpy(np.ascontiguousarray(a)).view(c, 1, 1)
+                bt = torch.from_numpy(np.ascontiguousarray(b)).view(c, 1, 1)
+                if all(torch.equal(torch.addcmul(bt, p, at).view(torch.int32), w)
+                       for p, w in zip(probes, want, strict=True)):
+                    return at, bt
         return None
 
-    def bn(x: Any) -> Any:
-        if type(x) is not Tensor or x.dim() != 4 or m.training:
+    def __call__(self, x: Any) -> Any:
+        m = self.module
+        if type(x) is not Tensor or x.dim() != 4 or x.dtype is not torch.float32 \
+                or x.requires_grad or m.training or m.running_mean is None \
+                or m.running_var is None:
             return m(x)
-        return torch.batch_norm(x, m.weight, m.bias, m.running_mean, m.running_var, False,
-                                0.0, m.eps, torch.backends.cudnn.enabled)
-    return bn
+        key = self._state()
+        if key != self._key:
+            self._ab = self._derive()
+            self._key = key
+        ab = self._ab
+        if ab is None:
+            return self._batch_norm(x)
+        return torch.addcmul(ab[1], x, ab[0])
 
 
 def fast_call(m: Any, fresh: bool = False) -> Callable[[Any], Any]:
@@ -180,10 +242,9 @@ def fast_call(m: Any, fresh: bool = False) -> Callable[[Any], Any]:
     if t is nn.Linear:
         p = m._parameters
         return lambda x: F.linear(x, p["weight"], p["bias"])
-    if t is nn.BatchNorm2d:
-        bn = _bn_eval(m)
-        if bn is not None:
-            return bn
+    if t is nn.BatchNorm2d and m.track_running_stats and m.running_mean is not None \
+            and m.running_var is not None and m.weight is not None and m.weight.dtype == torch.float32:
+        return BatchNormEval(m)
     if t is nn.AdaptiveAvgPool2d:
         return lambda x: F.adaptive_avg_pool2d(x, m.output_size)
     if t is nn.Flatten:
