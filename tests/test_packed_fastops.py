@@ -146,3 +146,18 @@ def test_batchnorm_addcmul_form_gives_torch_bits_and_follows_edits(c):
         assert torch.equal(_bits(f(x)), _bits(bn(x)))
         with pytest.raises(ValueError, match="4D"):
             f(x[0])                                   # other ranks: the module's own error
+
+
+def test_global_mean_flatten_step_gives_torch_bits():
+    from bnnlab.packed.fastops import global_mean_flatten, mean_hw
+
+    assert global_mean_flatten(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    assert not global_mean_flatten(nn.AdaptiveAvgPool2d(2), nn.Flatten())
+    assert not global_mean_flatten(nn.AdaptiveAvgPool2d(1), nn.Flatten(0))
+    gen = torch.Generator().manual_seed(5)
+    for shape in [(1, 512, 4, 4), (16, 7, 3, 5), (1, 1, 1, 1)]:
+        x = _hard_input(gen, *shape)
+        want = nn.Flatten()(nn.AdaptiveAvgPool2d(1)(x))
+        assert torch.equal(_bits(mean_hw(x)), _bits(want))
+    x3 = torch.randn(4, 3, 3, generator=gen)                  # not 4-D: the modules' result
+    assert torch.equal(mean_hw(x3), torch.flatten(nn.AdaptiveAvgPool2d(1)(x3), 1))

@@ -14,7 +14,10 @@ Bi-Real shortcut) into a function computing *the same float32 values* with less 
 * ``AvgPool2d`` with non-overlapping windows (``stride == kernel_size``), no padding, no
   ``divisor_override``, on float32 NCHW: :class:`AvgPoolNCHW`, torch's CPU arithmetic as
   strided numpy adds (about 2x faster at batch 1, where torch's NCHW kernel is scalar);
-* ``nn.Sequential`` of these: one function calling them in turn.
+* ``nn.Sequential`` of these: one function calling them in turn;
+* (:class:`~bnnlab.packed.PackedModel`'s stages) ``AdaptiveAvgPool2d(1) -> Flatten``:
+  :func:`mean_hw`, the mean torch's ``adaptive_avg_pool2d`` computes for a 1×1 output, as
+  one call (checked on probes, :func:`global_mean_flatten`).
 
 Anything else runs its ``forward``. Module attributes are read at call time (BatchNorm: its
 parameters' versions), so later edits of a module (its weights, ``eps``) still apply.
@@ -266,3 +269,33 @@ def fast_call(m: Any, fresh: bool = False) -> Callable[[Any], Any]:
             return x
         return seq
     return m.forward
+
+
+def mean_hw(x: Any) -> Any:
+    """``AdaptiveAvgPool2d(1)`` then ``Flatten()`` on a 4-D tensor as one ``mean`` (torch's
+    ``adaptive_avg_pool2d`` computes a 1×1 output as ``x.mean((-1, -2), keepdim=True)``;
+    the flatten only drops the two unit dimensions)."""
+    if type(x) is not Tensor or x.dim() != 4:
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+    return x.mean((-1, -2))
+
+
+_MEAN_OK: list[bool] = []
+
+
+def global_mean_flatten(pool: Any, flat: Any) -> bool:
+    """Are ``pool -> flat`` an ``AdaptiveAvgPool2d(1)`` and a ``Flatten(1, -1)`` that
+    :func:`mean_hw` reproduces? Checked once per process on probe batches (bit for bit)."""
+    if type(pool) is not nn.AdaptiveAvgPool2d or _pair(pool.output_size) != (1, 1) \
+            or type(flat) is not nn.Flatten or (flat.start_dim, flat.end_dim) != (1, -1):
+        return False
+    if not _MEAN_OK:
+        gen = torch.Generator().manual_seed(0)
+        ok = True
+        for shape in ((1, 512, 4, 4), (16, 70, 7, 5), (3, 3, 1, 1), (2, 9, 32, 32)):
+            x = torch.randn(*shape, generator=gen) * torch.exp(torch.randn(*shape, generator=gen) * 4)
+            with torch.no_grad():
+                want = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+            ok = ok and torch.equal(mean_hw(x).view(torch.int32), want.view(torch.int32))
+        _MEAN_OK.append(ok)
+    return _MEAN_OK[0]

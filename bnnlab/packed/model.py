@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bnnlab.packed.fastops import fast_call
+from bnnlab.packed.fastops import fast_call, global_mean_flatten, mean_hw
 from bnnlab.packed.fileformat import _FORMAT_NAME, FORMAT_VERSION, MAGIC, _decode, _encode_stage, load
 from bnnlab.packed.layers import PackedConv2d, PackedMaxPool2d, PackedSign, _PackedLayer
 
@@ -72,8 +72,10 @@ class PackedModel(nn.Module):
         return y
 
     def _steps(self) -> list:
-        """The stages' forwards, with ``PackedSign`` (4-D) / fused ``PackedConv2d`` followed
-        by a ``PackedMaxPool2d`` merged into one kernel call (same bits, one stage fewer)."""
+        """The stages' forwards (:func:`~bnnlab.packed.fastops.fast_call`), with
+        ``PackedSign`` (4-D) / fused ``PackedConv2d`` followed by a ``PackedMaxPool2d`` merged
+        into one kernel call, and ``AdaptiveAvgPool2d(1) -> Flatten`` into one mean (same
+        bits, one stage fewer)."""
         mods = tuple(self.body._modules.values())
         cache = self.__dict__.get("_step_cache")
         # modules define no __eq__: the tuple comparison is by identity (a replaced stage,
@@ -89,6 +91,10 @@ class PackedModel(nn.Module):
                         or (isinstance(m, PackedConv2d) and m.fused
                             and m.out_channels == nxt.channels)):
                     steps.append(functools.partial(m._fast_pooled, pool=nxt.spec))
+                    i += 2
+                    continue
+                if nxt is not None and global_mean_flatten(m, nxt):
+                    steps.append(mean_hw)
                     i += 2
                     continue
                 prev = mods[i - 1] if i else None
