@@ -12,7 +12,8 @@ kernel call does all of it: the conv's float epilogue, then one contiguous pass 
 BatchNorm and the add (and, inside a :class:`PackedResidualChain`, the next unit's sign
 packing) (:func:`bnnlab.kernels.prepare_conv2d` with ``post_scale`` / ``post_offset`` /
 ``post_fma`` and the call's ``residual``); only the shortcut :math:`s` (identity, or AvgPool
-→ 1×1 conv → BN) stays a torch module.
+→ 1×1 conv → BN) stays float, run by :func:`bnnlab.packed.fastops.fast_call` (the same
+float32 bits as the torch modules with less overhead; the export notes say so).
 
 Exactness: the BatchNorm becomes ``v * a + b`` per channel with ``a``, ``b`` computed as
 torch's eval BatchNorm computes them; which rounding torch uses (one fused multiply-add or
