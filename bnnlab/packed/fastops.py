@@ -48,6 +48,11 @@ def _pool_out(size: int, k: int, ceil: bool) -> int:
     return out
 
 
+#: inputs of at least this many elements run torch's own (multi-threaded) kernel when torch
+#: has more than one thread (at::internal::GRAIN_SIZE; the numpy adds use one thread)
+_GRAIN = 32768
+
+
 class AvgPoolNCHW:
     r"""``nn.AvgPool2d`` with ``stride == kernel_size``, ``padding=0`` and no
     ``divisor_override`` on float32 ``(N, C, H, W)`` tensors, in torch's CPU arithmetic.
@@ -61,7 +66,8 @@ class AvgPoolNCHW:
     non-zero value to either zero gives the same result), so the quotients are equal or both
     zeros, and the final ``+ 0.0`` (torch's ``out = 0; out += ...``) makes both ``+0.0``:
     the same float32 bits (checked in the tests on signed zeros, subnormals, inf and NaN).
-    Other inputs (another dtype or rank, a tensor that requires grad) run the module.
+    Other inputs (another dtype or rank, a tensor that requires grad) run the module, and so
+    do large inputs when torch has several threads (its kernel then runs them in parallel).
     """
 
     __slots__ = ("module", "_plans")
@@ -106,8 +112,8 @@ class AvgPoolNCHW:
             return self.module(x)
         shape = x.shape
         plan = self._plans[shape] if shape in self._plans else self._plan(shape)
-        if plan is None:
-            return self.module(x)
+        if plan is None or (x.numel() >= _GRAIN and torch.get_num_threads() > 1):
+            return self.module(x)          # torch's kernel splits this size over its threads
         kh, kw, h, w, oh, ow, out_shape, tiled, (div, d) = plan
         a = x.numpy()
         with np.errstate(all="ignore"):                # inf - inf, overflow: as torch, silently
