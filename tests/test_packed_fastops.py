@@ -134,10 +134,16 @@ def test_batchnorm_addcmul_form_gives_torch_bits_and_follows_edits(c):
     bn = nn.BatchNorm2d(c)
     _randomise_bn(bn, gen)
     f = BatchNormEval(bn)
-    for shape in [(1, c, 16, 16), (16, c, 5, 3), (2, c, 1, 1)]:
-        x = _hard_input(gen, *shape)
-        with torch.no_grad():
-            assert torch.equal(_bits(f(x)), _bits(bn(x)))
+    threads = torch.get_num_threads()
+    try:
+        for nt in (1, 2):                         # addcmul on one thread, batch_norm on more
+            torch.set_num_threads(nt)
+            for shape in [(1, c, 16, 16), (16, c, 5, 3), (2, c, 1, 1)]:
+                x = _hard_input(gen, *shape)
+                with torch.no_grad():
+                    assert torch.equal(_bits(f(x)), _bits(bn(x)))
+    finally:
+        torch.set_num_threads(threads)
     assert f._ab is not None                     # the addcmul form was proved on this torch
     with torch.no_grad():
         bn.running_var.mul_(4.0)                  # in-place edit: the form is derived again
