@@ -167,3 +167,23 @@ def test_global_mean_flatten_step_gives_torch_bits():
         assert torch.equal(_bits(mean_hw(x)), _bits(want))
     x3 = torch.randn(4, 3, 3, generator=gen)                  # not 4-D: the modules' result
     assert torch.equal(mean_hw(x3), torch.flatten(nn.AdaptiveAvgPool2d(1)(x3), 1))
+
+
+def test_bound_plans_follow_threshold_edits():
+    torch.manual_seed(3)
+    net = models.binary_cnn().eval()
+    x = torch.randn(3, 1, 28, 28)
+    pk = packed.export(net, x, fold_float_bn=False)
+
+    def stagewise(inp):
+        y = inp
+        for st in pk.body:
+            y = st(y)
+        return y
+
+    assert torch.equal(pk(x), stagewise(x))
+    layer = next(m for m in pk.packed_layers() if m.fused)
+    layer._set_threshold(layer.threshold + 3, layer.flip)      # a new epilogue
+    got = pk(x)
+    assert torch.equal(got, stagewise(x))
+    assert not torch.equal(got, net(x))

@@ -16,12 +16,39 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bnnlab import kernels
 from bnnlab.packed.fastops import fast_call, global_mean_flatten, mean_hw
 from bnnlab.packed.fileformat import _FORMAT_NAME, FORMAT_VERSION, MAGIC, _decode, _encode_stage, load
 from bnnlab.packed.layers import PackedConv2d, PackedMaxPool2d, PackedSign, _PackedLayer
 
 
 # =============================================================================== the model
+def _bound_plan(m: Any, pool: Any = None) -> Any:
+    """A step running a fused packed layer's kernel plan directly on packed input (batch-1
+    latency: skips ``forward``'s checks and the plan lookup). The plan is re-checked at every
+    call against what it was built from (the prepared thresholds, the weight and the
+    geometry, by identity / value); any other input or state goes through the layer's own
+    path, which also refreshes the bound plan."""
+    conv = isinstance(m, PackedConv2d)
+    in_type = kernels.PackedActivations if conv else kernels.PackedBits
+    slow = functools.partial(m._fast_pooled, pool=pool) if pool is not None else m.forward
+    bound: list[Any] = [None, None, None, None]          # prepared, weight, geometry, plan
+
+    def step(x: Any) -> Any:
+        if type(x) is in_type and m.threshold is not None:
+            b = bound
+            if m._prepared is b[0] and b[0] is not None and m.weight is b[1] \
+                    and m._geometry() == b[2]:
+                return b[3](x)
+            y = slow(x)
+            if isinstance(m._prepared, kernels.Thresholds):
+                bound[:] = [m._prepared, m.weight, m._geometry(),
+                            m._kernel_plan(pool) if conv else m._kernel_plan()]
+            return y
+        return slow(x)
+    return step
+
+
 class PackedModel(nn.Module):
     r"""A network exported by :func:`export`: packed binary layers plus float torch modules.
 
@@ -90,8 +117,13 @@ class PackedModel(nn.Module):
                         (isinstance(m, PackedSign) and m.ndim == 4 and m.channels == nxt.channels)
                         or (isinstance(m, PackedConv2d) and m.fused
                             and m.out_channels == nxt.channels)):
-                    steps.append(functools.partial(m._fast_pooled, pool=nxt.spec))
+                    steps.append(_bound_plan(m, nxt.spec) if isinstance(m, PackedConv2d)
+                                 else functools.partial(m._fast_pooled, pool=nxt.spec))
                     i += 2
+                    continue
+                if isinstance(m, _PackedLayer) and m.fused:
+                    steps.append(_bound_plan(m))
+                    i += 1
                     continue
                 if nxt is not None and global_mean_flatten(m, nxt):
                     steps.append(mean_hw)
