@@ -115,6 +115,17 @@ def _recorder(pk: nn.Module) -> tuple[list, list, Callable[[], None]]:
         m.__dict__["_pack"] = pack
         patched.append((m, "_pack"))
 
+    from bnnlab.packed.model import PackedModel
+
+    def forget_steps() -> None:
+        # a PackedModel's cached steps hold bound kernel plans: rebuilt while recording (so
+        # the calls go through the patched lookups) and again afterwards (so the recording
+        # wrappers do not stay bound)
+        for m in pk.modules():
+            if isinstance(m, PackedModel):
+                m.__dict__.pop("_step_cache", None)
+
+    forget_steps()
     for m in pk.modules():
         if isinstance(m, PackedResidualConv):
             wrap_unit(m)
@@ -129,6 +140,7 @@ def _recorder(pk: nn.Module) -> tuple[list, list, Callable[[], None]]:
             m.__dict__.pop(attr, None)
         for m, plan in restore:
             m.__dict__["plan"] = plan
+        forget_steps()
     return kernel_calls, pack_calls, undo
 
 

@@ -38,3 +38,23 @@ def test_rows_time_both_models_at_batch_1_and_16():
             assert 0.0 <= br["float_share"] <= 1.0 and br["binary_kernels"] > 0
         assert "bit-exact" in rows[0]["note"] or "allclose" in rows[0]["note"]
     assert "| e2e_resnet18 |" in bench_models.table(rows)
+
+
+def test_replay_records_bound_kernel_plans_of_a_flat_export():
+    torch.manual_seed(1)
+    net = models.binary_cnn().eval()
+    x = torch.randn(2, 1, 28, 28)
+    pk = packed.export(net, x)
+    pk(x)                                               # steps built, plans bound
+    kernel_calls, pack_calls, undo = bench_models._recorder(pk)
+    try:
+        pk(x)
+    finally:
+        undo()
+    fused = [m for m in pk.packed_layers() if m.fused]
+    assert len(kernel_calls) >= len(fused) > 0
+    n = len(kernel_calls)
+    with torch.no_grad():
+        got = pk(x)
+    assert len(kernel_calls) == n                      # no recording wrapper left bound
+    assert torch.allclose(got, net(x), rtol=1e-4, atol=1e-4)

@@ -33,7 +33,13 @@ Two ways in:
   not fused) and adds the shortcut on the integer accumulators; consecutive units form a
   :class:`~bnnlab.packed.residual.PackedResidualChain` in which each epilogue also packs the
   next unit's input signs. Only the shortcut's own float layers (AvgPool → 1×1 conv → BN)
-  stay torch. Bit-exact with sign weights.
+  stay float, computed as torch computes them with less overhead
+  (:mod:`bnnlab.packed.fastops`: the AvgPool as strided numpy adds in torch's arithmetic,
+  the conv as a direct ``torch.conv2d``, the BatchNorm as one ``addcmul`` proved equal to
+  ``torch.batch_norm`` on probes); a chain keeps each unit's output as the kernel's array.
+  Bit-exact with sign weights.
+* **Float stages** of flat exports run through :func:`~bnnlab.packed.fastops.fast_call`
+  (direct torch calls, same bits; ``AdaptiveAvgPool2d(1) -> Flatten`` as one mean).
 
 All packed layers run on :mod:`bnnlab.kernels`' public plans (:func:`~bnnlab.kernels.
 prepare_conv2d`, :func:`~bnnlab.kernels.prepare_matmul`, :func:`~bnnlab.kernels.

@@ -14,35 +14,39 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnnlab import kernels
+from bnnlab.packed.fastops import fast_call, global_mean_flatten, mean_hw
 from bnnlab.packed.fileformat import _FORMAT_NAME, FORMAT_VERSION, MAGIC, _decode, _encode_stage, load
 from bnnlab.packed.layers import PackedConv2d, PackedMaxPool2d, PackedSign, _PackedLayer
 
 
 # =============================================================================== the model
-def _fast_step(m: Any, fresh: bool) -> Any:
-    """``m.forward`` or an equivalent direct call of the torch op (batch-1 latency: skips the
-    module's Python layers). ``fresh``: the input is a new tensor made by the previous stage
-    (a packed layer's float epilogue), so an element-wise activation may run in place.
-    Attributes are read at call time, so later edits of the module still apply."""
-    t = type(m)
-    if t is nn.Conv2d and m.padding_mode == "zeros":
-        p = m._parameters
+def _bound_plan(m: Any, pool: Any = None) -> Any:
+    """A step running a fused packed layer's kernel plan directly on packed input (batch-1
+    latency: skips ``forward``'s checks and the plan lookup). The plan is re-checked at every
+    call against what it was built from (the prepared thresholds, the weight and the
+    geometry, by identity / value); any other input or state goes through the layer's own
+    path, which also refreshes the bound plan."""
+    conv = isinstance(m, PackedConv2d)
+    in_type = kernels.PackedActivations if conv else kernels.PackedBits
+    slow = functools.partial(m._fast_pooled, pool=pool) if pool is not None else m.forward
+    bound: list[Any] = [None, None, None, None]          # prepared, weight, geometry, plan
 
-        def conv(x: Any) -> Any:
-            return torch.conv2d(x, p["weight"], p["bias"], m.stride, m.padding, m.dilation,
-                                m.groups)
-        return conv
-    if t is nn.Linear:
-        p = m._parameters
-        return lambda x: F.linear(x, p["weight"], p["bias"])
-    if fresh and t is nn.Hardtanh:
-        return lambda x: x.clamp_(m.min_val, m.max_val)
-    if fresh and t is nn.ReLU:
-        return torch.relu_
-    return m.forward
+    def step(x: Any) -> Any:
+        if type(x) is in_type and m.threshold is not None:
+            b = bound
+            if m._prepared is b[0] and b[0] is not None and m.weight is b[1] \
+                    and m._geometry() == b[2]:
+                return b[3](x)
+            y = slow(x)
+            if isinstance(m._prepared, kernels.Thresholds):
+                bound[:] = [m._prepared, m.weight, m._geometry(),
+                            m._kernel_plan(pool) if conv else m._kernel_plan()]
+            return y
+        return slow(x)
+    return step
 
 
 class PackedModel(nn.Module):
@@ -95,14 +99,17 @@ class PackedModel(nn.Module):
         return y
 
     def _steps(self) -> list:
-        """The stages' forwards, with ``PackedSign`` (4-D) / fused ``PackedConv2d`` followed
-        by a ``PackedMaxPool2d`` merged into one kernel call (same bits, one stage fewer)."""
+        """The stages' forwards (:func:`~bnnlab.packed.fastops.fast_call`), with
+        ``PackedSign`` (4-D) / fused ``PackedConv2d`` followed by a ``PackedMaxPool2d`` merged
+        into one kernel call, and ``AdaptiveAvgPool2d(1) -> Flatten`` into one mean (same
+        bits, one stage fewer)."""
         mods = tuple(self.body._modules.values())
         cache = self.__dict__.get("_step_cache")
         # modules define no __eq__: the tuple comparison is by identity (a replaced stage,
         # e.g. body[3] = ..., rebuilds the steps)
         if cache is None or cache[0] != mods:
-            steps, i = [], 0
+            steps: list[Any] = []
+            i = 0
             while i < len(mods):
                 m = mods[i]
                 nxt = mods[i + 1] if i + 1 < len(mods) else None
@@ -110,11 +117,20 @@ class PackedModel(nn.Module):
                         (isinstance(m, PackedSign) and m.ndim == 4 and m.channels == nxt.channels)
                         or (isinstance(m, PackedConv2d) and m.fused
                             and m.out_channels == nxt.channels)):
-                    steps.append(functools.partial(m._fast_pooled, pool=nxt.spec))
+                    steps.append(_bound_plan(m, nxt.spec) if isinstance(m, PackedConv2d)
+                                 else functools.partial(m._fast_pooled, pool=nxt.spec))
+                    i += 2
+                    continue
+                if isinstance(m, _PackedLayer) and m.fused:
+                    steps.append(_bound_plan(m))
+                    i += 1
+                    continue
+                if nxt is not None and global_mean_flatten(m, nxt):
+                    steps.append(mean_hw)
                     i += 2
                     continue
                 prev = mods[i - 1] if i else None
-                steps.append(_fast_step(m, fresh=isinstance(prev, _PackedLayer)
+                steps.append(fast_call(m, fresh=isinstance(prev, _PackedLayer)
                                         and not prev.fused))
                 i += 1
             cache = (mods, steps)

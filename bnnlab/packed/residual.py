@@ -12,7 +12,8 @@ kernel call does all of it: the conv's float epilogue, then one contiguous pass 
 BatchNorm and the add (and, inside a :class:`PackedResidualChain`, the next unit's sign
 packing) (:func:`bnnlab.kernels.prepare_conv2d` with ``post_scale`` / ``post_offset`` /
 ``post_fma`` and the call's ``residual``); only the shortcut :math:`s` (identity, or AvgPool
-→ 1×1 conv → BN) stays a torch module.
+→ 1×1 conv → BN) stays float, run by :func:`bnnlab.packed.fastops.fast_call` (the same
+float32 bits as the torch modules with less overhead; the export notes say so).
 
 Exactness: the BatchNorm becomes ``v * a + b`` per channel with ``a``, ``b`` computed as
 torch's eval BatchNorm computes them; which rounding torch uses (one fused multiply-add or
@@ -24,13 +25,14 @@ before, noted). The residual add is the same IEEE float32 add as torch's ``+``.
 """
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bnnlab import kernels
+from bnnlab.packed.fastops import fast_call, supports_avgpool
 from bnnlab.packed.layers import PackedConv2d
 
 
@@ -62,6 +64,18 @@ def _torch_bn_table(bn: nn.BatchNorm2d, values: np.ndarray) -> np.ndarray:
         return bn(torch.from_numpy(values)[None, :, :, None]).numpy()[0, :, :, 0]
 
 
+def _shortcut_note(shortcut: nn.Module) -> str:
+    """What :func:`~bnnlab.packed.fastops.fast_call` does with a unit's shortcut, for the
+    export notes."""
+    if type(shortcut) is nn.Identity:
+        return ""
+    parts = list(shortcut) if type(shortcut) is nn.Sequential else [shortcut]
+    names = " -> ".join(type(m).__name__ for m in parts)
+    pools = [m for m in parts if supports_avgpool(m)]
+    how = "; its AvgPool2d as strided numpy adds in torch's order" if pools else ""
+    return f"; shortcut {names}: direct torch calls{how} (same bits)"
+
+
 class PackedResidualConv(nn.Module):
     r"""``BN(conv(sign x)) + shortcut(x)`` with the BatchNorm and the add in the conv's epilogue.
 
@@ -83,6 +97,8 @@ class PackedResidualConv(nn.Module):
         self.shortcut = shortcut
         self.plan = plan
         self._identity = type(shortcut) is nn.Identity
+        # the shortcut's float ops called directly (same bits; bnnlab.packed.fastops)
+        self._shortcut_fn: Any = None if self._identity else fast_call(shortcut)
         self.train(False)
 
     @classmethod
@@ -115,7 +131,8 @@ class PackedResidualConv(nn.Module):
                 unit = cls(conv, block.shortcut, plan)
                 return unit, (f"{name}: BiRealBlock fused (conv -> BatchNorm -> + shortcut in "
                               f"one kernel call, {'fma' if fma else 'two roundings'}; "
-                              "proved on every attainable dot product)")
+                              "proved on every attainable dot product)"
+                              f"{_shortcut_note(block.shortcut)}")
         return None, "torch's BatchNorm arithmetic is not reproduced on every attainable value"
 
     def extra_repr(self) -> str:
@@ -129,7 +146,7 @@ class PackedResidualConv(nn.Module):
              emit: bool) -> tuple[Tensor, kernels.PackedActivations | None]:
         """(output, its packed signs when ``emit``); ``bits``: this unit's packed input signs
         when the previous unit emitted them (else ``x`` is packed here)."""
-        res = x if self._identity else self.shortcut(x)
+        res = x if self._identity else self._shortcut_fn(x)
         px = bits if bits is not None else self.conv._pack(x)
         if emit:
             out, nbits = self.plan(px, residual=res, emit_bits=True)
@@ -169,10 +186,27 @@ class PackedResidualChain(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if isinstance(x, Tensor) and x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        bits: kernels.PackedActivations | None = None
-        last = len(self.units) - 1
-        for i, unit in enumerate(self.units):
-            x, bits = cast(PackedResidualConv, unit)._run(x, bits, i < last)
+        units: Any = self.units._modules.values()
+        # the loop of PackedResidualConv._run, inlined (batch-1 latency): the packed signs and
+        # the float output of one unit feed the next; between units the output stays the
+        # kernel's numpy array (an identity shortcut passes it as the residual without a
+        # tensor round trip); attributes are read at call time
+        bits: Any = None
+        xa: Any = None                                 # the previous unit's output array
+        last = len(units) - 1
+        for i, unit in enumerate(units):
+            if unit._identity:
+                res = x if xa is None else xa
+            else:
+                if xa is not None:
+                    x = torch.from_numpy(xa)
+                res = unit._shortcut_fn(x)
+            px = bits if bits is not None else unit.conv._pack(x)
+            if i < last:
+                xa, bits = unit.plan(px, residual=res, emit_bits=True)
+            else:
+                xa = unit.plan(px, residual=res)
+        x = torch.from_numpy(xa)
         return x
 
 
