@@ -142,21 +142,29 @@ class PackedResidualConv(nn.Module):
         """Inference-only: stays in eval mode."""
         return super().train(False)
 
-    def _run(self, x: Tensor, bits: kernels.PackedActivations | None,
-             emit: bool) -> tuple[Tensor, kernels.PackedActivations | None]:
-        """(output, its packed signs when ``emit``); ``bits``: this unit's packed input signs
-        when the previous unit emitted them (else ``x`` is packed here)."""
-        res = x if self._identity else self._shortcut_fn(x)
-        px = bits if bits is not None else self.conv._pack(x)
+    def _run(self, x: Tensor, bits: kernels.PackedActivations | None, emit: bool,
+             xa: np.ndarray | None = None) -> tuple[np.ndarray, kernels.PackedActivations | None]:
+        """(output array, its packed signs when ``emit``). The input is ``xa`` (the previous
+        unit's output array, inside a chain) or else ``x``; ``bits``: this unit's packed input
+        signs when the previous unit emitted them (else the input is packed here). The output
+        stays the kernel's array, so an identity shortcut of the next unit passes it as the
+        residual without a tensor round trip."""
+        if self._identity:
+            res: Any = x if xa is None else xa
+        else:
+            if xa is not None:
+                x = torch.from_numpy(xa)
+            res = self._shortcut_fn(x)
+        if bits is None:
+            bits = self.conv._pack(x if xa is None else torch.from_numpy(xa))
         if emit:
-            out, nbits = self.plan(px, residual=res, emit_bits=True)
-            return torch.from_numpy(out), nbits
-        return torch.from_numpy(self.plan(px, residual=res)), None
+            return self.plan(bits, residual=res, emit_bits=True)
+        return self.plan(bits, residual=res), None
 
     def forward(self, x: Tensor) -> Tensor:
         if isinstance(x, Tensor) and x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        return self._run(x, None, False)[0]
+        return torch.from_numpy(self._run(x, None, False)[0])
 
 
 class PackedResidualChain(nn.Module):
@@ -187,27 +195,13 @@ class PackedResidualChain(nn.Module):
         if isinstance(x, Tensor) and x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
         units: Any = self.units._modules.values()
-        # the loop of PackedResidualConv._run, inlined (batch-1 latency): the packed signs and
-        # the float output of one unit feed the next; between units the output stays the
-        # kernel's numpy array (an identity shortcut passes it as the residual without a
-        # tensor round trip); attributes are read at call time
-        bits: Any = None
-        xa: Any = None                                 # the previous unit's output array
+        # the packed signs and the output array of one unit feed the next
+        bits: kernels.PackedActivations | None = None
+        xa: np.ndarray | None = None
         last = len(units) - 1
         for i, unit in enumerate(units):
-            if unit._identity:
-                res = x if xa is None else xa
-            else:
-                if xa is not None:
-                    x = torch.from_numpy(xa)
-                res = unit._shortcut_fn(x)
-            px = bits if bits is not None else unit.conv._pack(x)
-            if i < last:
-                xa, bits = unit.plan(px, residual=res, emit_bits=True)
-            else:
-                xa = unit.plan(px, residual=res)
-        x = torch.from_numpy(xa)
-        return x
+            xa, bits = unit._run(x, bits, i < last, xa)
+        return torch.from_numpy(xa)
 
 
 def can_chain(a: Any, b: Any) -> bool:
