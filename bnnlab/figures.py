@@ -51,6 +51,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from bnnlab import bench as B
 from bnnlab import plots as P
 from bnnlab.experiments import SCHEMA, VARIANTS, aggregate
 
@@ -737,10 +738,6 @@ def bench_table(results: Mapping) -> str:
     return booktabs(head, out, "lrlrrrrr" + "r" * len(names))
 
 
-def _threads_target(case: str) -> float:
-    return 1.85 if case == "threads_gemm2048" or case.endswith("b16") else 1.0
-
-
 @table("tab:bench-threads")
 def bench_threads_table(results: Mapping) -> str:
     """2-vs-1-thread speed-ups of bnnlab (and of torch float32) from the bench's ``threads_*``
@@ -759,21 +756,26 @@ def bench_threads_table(results: Mapping) -> str:
         out.append([_tex(case[len("threads_"):]), _ms(r.get("torch")), _ms(r.get("bnnlab")),
                     "--" if math.isnan(ratio) else f"{ratio:.2f}$\\times$",
                     "--" if math.isnan(t2) else f"{t2:.2f}$\\times$",
-                    f"$\\geq$ {_threads_target(case):.2f}$\\times$"])
+                    f"$\\geq$ {B.threads_target(case):.2f}$\\times$"])
     return booktabs(head, out, "lrrrrr")
+
+
+def _bench_targets(results: Mapping) -> list[dict]:
+    """:func:`bnnlab.bench.targets` of the bench rows, with the efficiencies of
+    :func:`bnnlab.bench.add_efficiency` filled in on copies ([] without rows or peaks)."""
+    rows, b = _bench_rows(results), results.get("bench")
+    if not rows or not isinstance(b, Mapping) or not b.get("peaks"):
+        return []
+    return B.targets(B.add_efficiency([dict(copy.deepcopy(r)) for r in rows], b["peaks"]))
 
 
 @table("tab:bench-targets")
 def bench_targets_table(results: Mapping) -> str:
     """Issue 12's speed targets checked on the bench rows (:func:`bnnlab.bench.targets`): the
     goal, how many measured cases meet it and the case furthest from it."""
-    from bnnlab import bench as B
-
     rows = _bench_rows(results)
     head = ["Target", "Goal", "Met", "Furthest from the goal"]
-    b = results.get("bench")
-    ts = B.targets(B.add_efficiency([dict(copy.deepcopy(r)) for r in rows], b["peaks"])) \
-        if rows and isinstance(b, Mapping) and b.get("peaks") else []
+    ts = _bench_targets(results)
     if not ts:
         why = r"no \texttt{bench.json}" if rows is None else "no case with a target"
         return booktabs(head, [r"\emph{" + NOT_MEASURED + "}: " + why], "lrrl")
@@ -1138,6 +1140,12 @@ def macros(results: Mapping) -> dict[str, str]:
             sel = pick(lambda r, c=case: r.get("case") == c and r.get("threads") == 1)
             if sel:
                 m[name] = _f(sel[0]["ratio"], 1)
+        ov = next((t for t in _bench_targets(results) if t.get("ceiling")), None)
+        if ov:      # OpenVINO's efficiency and the ceiling it implies (bench.targets)
+            m["BenchOpenvinoEffMin"] = f"{100 * ov['peer_eff'][0]:.0f}"
+            m["BenchOpenvinoEffMax"] = f"{100 * ov['peer_eff'][1]:.0f}"
+            m["BenchOpenvinoCeilMin"] = _f(ov["ceiling"][0], 1)
+            m["BenchOpenvinoCeilMax"] = _f(ov["ceiling"][1], 1)
         mem = pick(lambda r: r.get("unit") == "bytes")
         for r in mem:
             name = "".join(w.capitalize() for w in re.split(r"[^A-Za-z]+", str(r["case"])) if w)
@@ -1191,13 +1199,7 @@ def _bench_machine_macros(bench: Mapping) -> dict[str, str]:
                if isinstance(r, Mapping) and r.get("peak_2v1")]
     if ceiling:
         m["BenchPeakTwoThreads"] = f"{ceiling[0]:.2f}"
-    rows: list[dict] = [dict(copy.deepcopy(r)) for r in bench.get("rows") or []
-                        if isinstance(r, Mapping)]
-    if pk.get("binary"):        # binary peers' efficiency and ceiling (older JSON lacks them)
-        from bnnlab import bench as B
-
-        rows = B.add_efficiency(rows, pk)
-    m.update(_bench_peer_macros(rows))
+    m.update(_bench_peer_macros(bench.get("rows") or []))
     return m
 
 
@@ -1222,15 +1224,6 @@ def _bench_peer_macros(rows: Sequence) -> dict[str, str]:
         if got:
             m[f"Bench{name}Min"] = _f(min(v for _, v in got), 1)
             m[f"Bench{name}Max"] = _f(max(v for _, v in got), 1)
-    effs = [(float(e["eff"]), float(e["ceiling"])) for r in rows if isinstance(r, Mapping)
-            and r.get("group") == "conv" and r.get("threads") == 1
-            for e in [(r.get("peers") or {}).get("openvino")]
-            if isinstance(e, Mapping) and e.get("eff") and e.get("ceiling")]
-    if effs:
-        m["BenchOpenvinoEffMin"] = f"{100 * min(e for e, _ in effs):.0f}"
-        m["BenchOpenvinoEffMax"] = f"{100 * max(e for e, _ in effs):.0f}"
-        m["BenchOpenvinoCeilMin"] = _f(min(c for _, c in effs), 1)
-        m["BenchOpenvinoCeilMax"] = _f(max(c for _, c in effs), 1)
     gemv = dict(ratios("torch_int8", "gemv"))
     if "gemv1x4096" in gemv:
         m["BenchIntEightGemv"] = _f(gemv["gemv1x4096"], 1)
