@@ -37,7 +37,8 @@ Cases:
 * ``threads_gemm2048``, ``threads_conv{c}x{hw}[b16]``: bnnlab at 2 threads vs bnnlab at 1
   thread (the baseline column), interleaved, then torch's own 2-vs-1 speed-up (``torch_2v1``),
   always on the wall clock; ``peak_2v1`` is the register-only binary kernel's 2-vs-1 scaling
-  (:func:`parallel_peak_scaling`), the ceiling any kernel can reach on this machine. Targets
+  (:func:`parallel_peak_scaling`), the ceiling any kernel can reach on this machine, and
+  ``steal`` the CPU time the hypervisor gave to other guests meanwhile (a shared VM). Targets
   (:func:`threads_target`): >= 1.85x for GEMM 2048 and the batch-16 convs, >= 1x (never
   slower) for batch-1 convs.
 * ``mem_*``: float32 bytes vs packed bytes (ratio = float / packed).
@@ -639,7 +640,7 @@ def _row(case: str, threads: int | None, **kw) -> dict:
            "torch": None, "bnnlab": None, "ratio": None, "unit": "s", "correct": False,
            "packing": "", "note": "", "macs": None, "isa": kernels.kernel_info()["isa"],
            "torch_eff": None, "bnnlab_eff": None, "peers": {}, "torch_2v1": None,
-           "peak_2v1": None, "pack_time": None, "pack_share": None}
+           "peak_2v1": None, "pack_time": None, "pack_share": None, "steal": None}
     row.update(kw)
     if row["torch"] is not None and row["bnnlab"]:
         row["ratio"] = row["torch"] / row["bnnlab"]
@@ -781,6 +782,34 @@ def threads_target(case: str) -> float:
     return THREADS_TARGETS[0] if big else THREADS_TARGETS[1]
 
 
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs from ``/proc/stat`` (Linux; ``None`` elsewhere).
+    Steal is the time the hypervisor ran other guests while this one had work: on a shared
+    VM it is what makes a 2-thread wall-clock speed-up lower than the code allows."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            return _parse_cpu_ticks(f.readline())
+    except OSError:
+        return None
+
+
+def _parse_cpu_ticks(line: str) -> tuple[int, int] | None:
+    """(steal, total) of ``/proc/stat``'s aggregate ``cpu`` line (``None`` if it is not one)."""
+    head = line.split()
+    if len(head) < 9 or head[0] != "cpu" or not all(v.isdigit() for v in head[1:]):
+        return None
+    ticks = [int(v) for v in head[1:]]
+    # guest and guest_nice (fields 9, 10) are already counted in user and nice
+    return ticks[7], sum(ticks[:8])
+
+
+def _steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of all CPUs' time stolen by the hypervisor between two :func:`_cpu_ticks`."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return max(0, after[0] - before[0]) / (after[1] - before[1])
+
+
 def _threads(case: str, cfg: dict) -> list[dict]:
     """bnnlab at 2 threads vs 1 (interleaved), then torch's own 2-vs-1 (interleaved), wall clock."""
     if case == "threads_gemm2048":
@@ -822,15 +851,19 @@ def _threads(case: str, cfg: dict) -> list[dict]:
     try:
         # two runs: torch's OpenMP workers spin after each torch op and would hold the second
         # core during the next bnnlab call (ext/README.md, "Threads")
+        ticks = _cpu_ticks()
         t1, t2 = _interleaved([lambda: ours(1), lambda: ours(2)], **cfg)
+        steal = _steal_share(ticks, _cpu_ticks())
         tt1, tt2 = _interleaved([torch_at(1), torch_at(2)], **cfg)
     finally:
         _CLOCK["timer"] = clock
         torch.set_num_threads(torch_before)
     return [_row(case, 2, torch=t1, bnnlab=t2, correct=True, baseline="bnnlab 1 thread",
-                 packing=packing, macs=macs, torch_2v1=tt1 / tt2,
+                 packing=packing, macs=macs, torch_2v1=tt1 / tt2, steal=steal,
                  note=f"2 vs 1 threads, wall clock; torch float32's own 2-vs-1: {tt1 / tt2:.2f}x; "
-                      f"target >= {threads_target(case):.2f}x")]
+                      f"target >= {threads_target(case):.2f}x"
+                      + ("" if steal is None else f"; CPU time stolen by the hypervisor: "
+                                                  f"{100 * steal:.1f}%"))]
 
 
 def _memory(case: str) -> list[dict]:
@@ -897,7 +930,10 @@ def run(cases: Iterable[str] | str | None = None, quick: bool = False,
         "time", "ratio" (peer time / bnnlab time: bnnlab's speed-up over the peer), "correct",
         "note"}}``, empty without ``peers``), ``torch_2v1`` (``threads_*`` rows: torch's own
         2-vs-1-thread speed-up) and ``peak_2v1`` (``threads_*`` rows: the register-only binary
-        kernel's 2-vs-1 scaling, :func:`parallel_peak_scaling`: the machine's ceiling).
+        kernel's 2-vs-1 scaling, :func:`parallel_peak_scaling`: the machine's ceiling), ``steal``
+        (``threads_*`` rows: the share of all CPUs' time that the hypervisor gave to other guests
+        while bnnlab's 1- and 2-thread calls were timed, from ``/proc/stat``; ``None`` where it
+        cannot be read).
     """
     if isinstance(quick, (int, float)) and not isinstance(quick, bool):
         raise TypeError(f"quick must be a bool, got {type(quick).__name__}")
@@ -962,8 +998,8 @@ def _fmt(v, unit: str) -> str:
     return f"{v * 1e6:.3g} us"
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.0f}%"
+def _pct(v, digits: int = 0) -> str:
+    return "-" if v is None else f"{100 * v:.{digits}f}%"
 
 
 def _peer_lines(r: dict) -> list[tuple[str, ...]]:
@@ -1078,8 +1114,9 @@ def format_threads_markdown(rows: Sequence[dict]) -> str:
     sel = [r for r in rows if r.get("group") == "threads"]
     if not sel:
         return ""
-    out = ["| case | bnnlab 1 thread | bnnlab 2 threads | bnnlab 2-vs-1 | torch fp32 2-vs-1 | target | met |",
-           "|---|---:|---:|---:|---:|---:|---|"]
+    out = ["| case | bnnlab 1 thread | bnnlab 2 threads | bnnlab 2-vs-1 | torch fp32 2-vs-1 | target | met "
+           "| stolen CPU time |",
+           "|---|---:|---:|---:|---:|---:|---|---:|"]
     ceiling = next((r["peak_2v1"] for r in sel if r.get("peak_2v1")), None)
     for r in sel:
         case = str(r["case"])[len("threads_"):]
@@ -1088,10 +1125,15 @@ def format_threads_markdown(rows: Sequence[dict]) -> str:
         out.append(f"| {case} | {_fmt(r.get('torch'), 's')} | {_fmt(r.get('bnnlab'), 's')} | "
                    f"{'-' if ratio is None else f'{ratio:.2f}×'} | "
                    f"{'-' if t2 is None else f'{t2:.2f}×'} | ≥ {target:.2f}× | "
-                   f"{'-' if ratio is None else ('yes' if ratio >= target else 'no')} |")
+                   f"{'-' if ratio is None else ('yes' if ratio >= target else 'no')} | "
+                   f"{_pct(r.get('steal'), 1)} |")
     if ceiling:
         out += ["", f"The register-only binary kernel on 2 threads at once runs {ceiling:.2f}× its "
                     "1-thread peak here: the machine's own ceiling for these speed-ups."]
+    if any(r.get("steal") is not None for r in sel):
+        out += ["", "Stolen CPU time: the share of both cores' time that the hypervisor gave to "
+                    "other guests while bnnlab's rows were timed (`/proc/stat`); on a shared VM it "
+                    "lowers a wall-clock 2-vs-1 speed-up whatever the code does."]
     return "\n".join(out)
 
 

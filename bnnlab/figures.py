@@ -742,13 +742,15 @@ def bench_table(results: Mapping) -> str:
 def bench_threads_table(results: Mapping) -> str:
     """2-vs-1-thread speed-ups of bnnlab (and of torch float32) from the bench's ``threads_*``
     rows (wall clock), with the targets: >= 1.85x for GEMM 2048 and batch-16 convs, never
-    slower for batch-1 convs."""
+    slower for batch-1 convs; and the CPU time the hypervisor gave to other guests meanwhile
+    (``steal``; "--" in runs from before it was recorded)."""
     rows = _bench_rows(results)
-    head = ["Case", "1 thread (ms)", "2 threads (ms)", "bnnlab 2 vs 1", "torch 2 vs 1", "Target"]
+    head = ["Case", "1 thread (ms)", "2 threads (ms)", "bnnlab 2 vs 1", "torch 2 vs 1", "Target",
+            "Stolen (\\%)"]
     sel = [r for r in rows or [] if r.get("group") == "threads"]
     if not sel:
         why = r"no \texttt{bench.json}" if rows is None else r"no \texttt{threads\_*} rows"
-        return booktabs(head, [r"\emph{" + NOT_MEASURED + "}: " + why], "lrrrrr")
+        return booktabs(head, [r"\emph{" + NOT_MEASURED + "}: " + why], "lrrrrrr")
     out = []
     for r in sel:
         case = str(r.get("case", "?"))
@@ -756,8 +758,14 @@ def bench_threads_table(results: Mapping) -> str:
         out.append([_tex(case[len("threads_"):]), _ms(r.get("torch")), _ms(r.get("bnnlab")),
                     "--" if math.isnan(ratio) else f"{ratio:.2f}$\\times$",
                     "--" if math.isnan(t2) else f"{t2:.2f}$\\times$",
-                    f"$\\geq$ {B.threads_target(case):.2f}$\\times$"])
-    return booktabs(head, out, "lrrrrr")
+                    f"$\\geq$ {B.threads_target(case):.2f}$\\times$",
+                    _steal_cell(r.get("steal"))])
+    return booktabs(head, out, "lrrrrrr")
+
+
+def _steal_cell(v) -> str:
+    v = _num(v)
+    return "--" if math.isnan(v) else f"{100 * v:.1f}"
 
 
 def _bench_targets(results: Mapping) -> list[dict]:

@@ -13,7 +13,7 @@ from bnnlab import bench, kernels
 
 KEYS = {"case", "group", "threads", "baseline", "torch", "bnnlab", "ratio", "unit", "correct",
         "packing", "note", "macs", "isa", "torch_eff", "bnnlab_eff", "peers", "torch_2v1",
-        "peak_2v1", "pack_time", "pack_share"}
+        "peak_2v1", "pack_time", "pack_share", "steal"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -313,6 +313,26 @@ def test_threads_rows_and_table():
         assert r["peak_2v1"] > 0 and "ceiling" in bench.format_threads_markdown(rows)
     table = bench.format_threads_markdown(rows)
     assert table.splitlines()[2].startswith("| conv256x14 |") and "≥ 1.00×" in table
+    if bench._cpu_ticks() is not None:                       # Linux: /proc/stat
+        assert 0.0 <= r["steal"] < 1.0 and "stolen by the hypervisor" in r["note"]
+        assert table.splitlines()[2].endswith(f"| {100 * r['steal']:.1f}% |")
+        assert "Stolen CPU time" in table
+
+
+def test_steal_share_from_proc_stat_lines():
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    a = bench._parse_cpu_ticks("cpu  100 0 50 800 10 0 0 40 7 0\n")
+    b = bench._parse_cpu_ticks("cpu  200 0 60 1100 10 0 0 70 9 0\n")
+    assert a == (40, 1000) and b == (70, 1440)
+    assert bench._steal_share(a, b) == pytest.approx(30 / 440)
+    assert bench._steal_share(a, a) is None and bench._steal_share(None, b) is None
+    assert bench._parse_cpu_ticks("cpu0 1 2 3 4 5 6 7 8 9 10") is None      # a per-CPU line
+    assert bench._parse_cpu_ticks("cpu 1 2 3") is None
+    assert bench._parse_cpu_ticks("cpu 1 2 3 x 5 6 7 8") is None
+    rows = [dict(bench._row("threads_gemm2048", 2, torch=2.0, bnnlab=1.0, correct=True),
+                 steal=None)]
+    assert bench.format_threads_markdown(rows).splitlines()[2].endswith("| - |")
+    assert "Stolen CPU time" not in bench.format_threads_markdown(rows)
     assert "threads_conv256x14" not in bench.format_markdown(rows).split("\n\n")[0]
 
 
@@ -404,6 +424,10 @@ def test_report_speed_tables_and_caption_come_from_the_bench_json():
     for r in doc["rows"]:
         if r["group"] == "threads":
             assert f"{r['ratio']:.2f}$\\times$" in threads
+    synthetic = {"bench": dict(doc, rows=[dict(r, steal=0.0123) for r in doc["rows"]
+                                          if r["group"] == "threads"])}
+    if synthetic["bench"]["rows"]:
+        assert " & 1.2 \\\\" in FG.bench_threads_table(synthetic)
 
 
 def test_report_peer_macros_read_the_peer_entries():
